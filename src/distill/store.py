@@ -1,0 +1,399 @@
+"""DuckDB storage: the trace store and the corpus tables. The only module that writes SQL.
+
+Each database's schema is an ordered list of migration functions (the simonw/llm pattern). Opening a
+database applies the ones it has not seen and records each in a `_migrations` table, so a file
+written by an older distill upgrades in place, and a file written by a newer one is refused rather
+than misread:
+
+    >>> store = TraceStore(Path("traces/traces.duckdb"))    # creates or upgrades the file
+    >>> store.append([trace])                               # one transaction per batch
+    1
+    >>> store.append([trace])                               # same query_id: skipped, not duplicated
+    0
+
+A batch is one transaction, so a crash or `kill -9` loses at most the batch being written, and
+`query_id` is unique, so re-running a collection resumes instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import duckdb
+
+from distill.errors import DistillError
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def _open(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    if read_only and not path.exists():
+        raise DistillError(f"{path} does not exist; run the step that creates it first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise DistillError(f"{path} is in use by another process; wait for it to finish") from None
+        raise DistillError(f"{path} is not a readable DuckDB file ({_first_line(err)}); move it aside and rerun") from None
+    except duckdb.Error as err:
+        raise DistillError(f"{path} is not a readable DuckDB file ({_first_line(err)}); move it aside and rerun") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, path: Path, migrations: Sequence[Migration]) -> None:
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    applied = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    known = {m.__name__ for m in migrations}
+    newer = sorted(applied - known)
+    if newer:
+        raise DistillError(
+            f"{path} has schema migration '{newer[0]}' from a newer distill; upgrade distill to read it")
+    for migration in migrations:
+        if migration.__name__ in applied:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            migration(con)
+            con.execute("INSERT INTO _migrations VALUES (?, now())", [migration.__name__])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# Trace store
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Trace:
+    """One answered query: what was asked, what came back, why it can be trusted, what it cost."""
+
+    query_id: str
+    scope: str | None
+    query: str
+    answer: str
+    citations: list[str]
+    cited_doc_versions: list[dict]
+    retrieved: list[str]
+    refused: bool
+    refusal_reason: str | None
+    route: str
+    route_reason: str
+    top_score: float | None
+    score_margin: float | None
+    retriever_agreement: float | None
+    mean_logprob: float | None
+    groundedness: float | None
+    citation_valid: bool
+    latency_ms: float
+    retrieval_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    backend: str
+    asked_at: datetime
+    trace_id: str = ""
+    run_id: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def _m001_traces(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE traces (
+            trace_id VARCHAR PRIMARY KEY,
+            query_id VARCHAR NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL,
+            asked_at TIMESTAMPTZ NOT NULL,
+            scope VARCHAR,
+            query VARCHAR NOT NULL,
+            answer VARCHAR NOT NULL,
+            citations VARCHAR[] NOT NULL,
+            cited_doc_versions STRUCT(doc_id VARCHAR, version INTEGER)[] NOT NULL,
+            retrieved VARCHAR[] NOT NULL,
+            refused BOOLEAN NOT NULL,
+            refusal_reason VARCHAR,
+            route VARCHAR NOT NULL,
+            route_reason VARCHAR NOT NULL,
+            top_score DOUBLE,
+            score_margin DOUBLE,
+            retriever_agreement DOUBLE,
+            mean_logprob DOUBLE,
+            groundedness DOUBLE,
+            citation_valid BOOLEAN NOT NULL,
+            latency_ms DOUBLE NOT NULL,
+            retrieval_ms DOUBLE NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            model VARCHAR NOT NULL,
+            backend VARCHAR NOT NULL
+        )""")
+
+
+def _m002_collect_runs(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE collect_runs (
+            run_id VARCHAR PRIMARY KEY,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            input VARCHAR NOT NULL,
+            backend VARCHAR NOT NULL,
+            queries_read INTEGER,
+            answered INTEGER,
+            skipped_existing INTEGER,
+            bad_lines INTEGER
+        )""")
+    con.execute("ALTER TABLE traces ADD COLUMN run_id VARCHAR")
+
+
+TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs]
+
+_TRACE_COLUMNS = [
+    "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
+    "cited_doc_versions", "retrieved", "refused", "refusal_reason", "route", "route_reason",
+    "top_score", "score_margin", "retriever_agreement", "mean_logprob", "groundedness",
+    "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
+    "backend", "run_id",
+]
+
+
+class TraceStore:
+    """The DuckDB trace store. Thread-safe appends; one process may write a file at a time."""
+
+    def __init__(self, path: Path, migrations: Sequence[Migration] = TRACE_MIGRATIONS):
+        self.path = Path(path)
+        self._con = _open(self.path)
+        self._lock = threading.Lock()
+        try:
+            _migrate(self._con, self.path, migrations)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "TraceStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def append(self, traces: Sequence[Trace]) -> int:
+        """Write a batch in one transaction; traces whose query_id is already stored are skipped.
+
+        Returns the number of new rows."""
+        if not traces:
+            return 0
+        import pyarrow as pa
+
+        rows = [asdict(t) for t in traces]
+        for row in rows:
+            row["trace_id"] = row["trace_id"] or row["query_id"]
+        batch = pa.Table.from_pylist(rows).select(_TRACE_COLUMNS)  # noqa: F841 (read by DuckDB below)
+        with self._lock:
+            cur = self._con.cursor()
+            before = cur.execute("SELECT count(*) FROM traces").fetchone()[0]
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                cur.execute(f"INSERT INTO traces ({', '.join(_TRACE_COLUMNS)}) "
+                            f"SELECT * FROM batch ON CONFLICT DO NOTHING")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            return cur.execute("SELECT count(*) FROM traces").fetchone()[0] - before
+
+    def answered(self, query_ids: Iterable[str]) -> set[str]:
+        """The subset of `query_ids` that already has a trace (for resuming a collection)."""
+        ids = list(query_ids)
+        if not ids:
+            return set()
+        with self._lock:
+            rows = self._con.cursor().execute(
+                "SELECT query_id FROM traces WHERE query_id IN (SELECT unnest(?))", [ids]).fetchall()
+        return {r[0] for r in rows}
+
+    def count(self) -> int:
+        with self._lock:
+            return self._con.cursor().execute("SELECT count(*) FROM traces").fetchone()[0]
+
+    def traces(self, limit: int | None = None) -> list[dict]:
+        """Traces as dicts, oldest first."""
+        sql = "SELECT * FROM traces ORDER BY asked_at, trace_id" + (f" LIMIT {int(limit)}" if limit else "")
+        return self.sql(sql)
+
+    def start_run(self, run_id: str, input_name: str, backend: str) -> None:
+        with self._lock:
+            self._con.cursor().execute(
+                "INSERT INTO collect_runs (run_id, started_at, input, backend) VALUES (?, now(), ?, ?)",
+                [run_id, input_name, backend])
+
+    def finish_run(self, run_id: str, queries_read: int, answered: int, skipped_existing: int, bad_lines: int) -> None:
+        with self._lock:
+            self._con.cursor().execute(
+                "UPDATE collect_runs SET finished_at = now(), queries_read = ?, answered = ?, "
+                "skipped_existing = ?, bad_lines = ? WHERE run_id = ?",
+                [queries_read, answered, skipped_existing, bad_lines, run_id])
+
+    def sql(self, query: str, params: Sequence | None = None) -> list[dict]:
+        """Run a user's SQL and return rows as dicts (what `distill sql` prints)."""
+        with self._lock:
+            cur = self._con.cursor()
+            try:
+                result = cur.execute(query, params or [])
+            except duckdb.Error as err:
+                raise DistillError(f"SQL failed: {_first_line(err)}") from None
+            if result.description is None:
+                return []
+            names = [d[0] for d in result.description]
+            return [dict(zip(names, row)) for row in result.fetchall()]
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus tables (chunks, document versions, BM25)
+# --------------------------------------------------------------------------------------------
+
+def _c001_corpus(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE documents (
+            doc_id VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            scope VARCHAR,
+            source VARCHAR NOT NULL,
+            title VARCHAR,
+            effective_date VARCHAR,
+            content_hash VARCHAR NOT NULL,
+            ingested_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (doc_id, version)
+        )""")
+    con.execute("""
+        CREATE TABLE chunks (
+            chunk_key BIGINT PRIMARY KEY,
+            chunk_id VARCHAR NOT NULL UNIQUE,
+            doc_id VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            scope VARCHAR,
+            source VARCHAR NOT NULL,
+            heading VARCHAR,
+            text VARCHAR NOT NULL,
+            position INTEGER NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            injection_flag VARCHAR,
+            is_latest BOOLEAN NOT NULL
+        )""")
+
+
+CORPUS_MIGRATIONS: list[Migration] = [_c001_corpus]
+
+_CHUNK_COLUMNS = ["chunk_key", "chunk_id", "doc_id", "version", "scope", "source", "heading", "text",
+                  "position", "content_hash", "injection_flag", "is_latest"]
+
+
+def _fts_extension_path() -> str:
+    import duckdb_extension_fts
+
+    path = Path(duckdb_extension_fts.__file__).parent / "extensions" / f"v{duckdb.__version__}" / "fts.duckdb_extension"
+    if not path.exists():
+        raise DistillError(f"DuckDB fts extension for duckdb {duckdb.__version__} not found at {path}; "
+                           f"install duckdb-extension-fts=={duckdb.__version__}")
+    return str(path)
+
+
+class CorpusStore:
+    """Documents and chunks with their versions, and the BM25 index over the chunks."""
+
+    def __init__(self, path: Path, read_only: bool = False):
+        self.path = Path(path)
+        self._con = _open(self.path, read_only=read_only)
+        self._lock = threading.Lock()
+        if not read_only:
+            _migrate(self._con, self.path, CORPUS_MIGRATIONS)
+        self._con.execute(f"LOAD '{_fts_extension_path()}'")
+
+    def close(self) -> None:
+        self._con.close()
+
+    def document_versions(self) -> dict[str, int]:
+        """doc_id -> latest ingested version."""
+        rows = self._con.execute("SELECT doc_id, max(version) FROM documents GROUP BY doc_id").fetchall()
+        return dict(rows)
+
+    def has_document(self, doc_id: str, version: int, content_hash: str) -> bool | None:
+        """True: this version is stored with this content; False: stored with other content; None: absent."""
+        row = self._con.execute("SELECT content_hash FROM documents WHERE doc_id = ? AND version = ?",
+                                [doc_id, version]).fetchone()
+        return None if row is None else row[0] == content_hash
+
+    def next_chunk_key(self) -> int:
+        return self._con.execute("SELECT coalesce(max(chunk_key) + 1, 0) FROM chunks").fetchone()[0]
+
+    def add(self, documents: Sequence[dict], chunks: Sequence[dict]) -> None:
+        """Store new document versions and their chunks, refresh `is_latest` and the BM25 index."""
+        import pyarrow as pa
+
+        docs = pa.Table.from_pylist([{**d, "ingested_at": datetime.now(timezone.utc)} for d in documents])  # noqa: F841
+        rows = pa.Table.from_pylist(list(chunks)).select(_CHUNK_COLUMNS) if chunks else None  # noqa: F841
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if documents:
+                con.execute("INSERT INTO documents BY NAME SELECT * FROM docs")
+            if chunks:
+                con.execute(f"INSERT INTO chunks ({', '.join(_CHUNK_COLUMNS)}) SELECT * FROM rows")
+            con.execute("""
+                UPDATE chunks SET is_latest = (chunks.version = latest.version)
+                FROM (SELECT doc_id, max(version) AS version FROM documents GROUP BY doc_id) AS latest
+                WHERE chunks.doc_id = latest.doc_id""")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("PRAGMA create_fts_index('chunks', 'chunk_key', 'heading', 'text', overwrite=1)")
+        con.execute("CHECKPOINT")
+
+    def chunks(self, keys: Sequence[int] | None = None) -> list[dict]:
+        """Chunk rows by key (all chunks when `keys` is None), ordered by key."""
+        cur = self._con.cursor()
+        if keys is None:
+            result = cur.execute("SELECT * FROM chunks ORDER BY chunk_key")
+        else:
+            result = cur.execute("SELECT * FROM chunks WHERE chunk_key IN (SELECT unnest(?)) ORDER BY chunk_key",
+                                 [list(keys)])
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row)) for row in result.fetchall()]
+
+    def scopes(self) -> list[str]:
+        return [r[0] for r in self._con.execute(
+            "SELECT DISTINCT scope FROM chunks WHERE scope IS NOT NULL ORDER BY 1").fetchall()]
+
+    def bm25(self, query: str, limit: int, scope: str | None = None, latest_only: bool = True) -> list[tuple[int, float]]:
+        """(chunk_key, BM25 score), best first, from DuckDB's fts index."""
+        cur = self._con.cursor()
+        rows = cur.execute("""
+            SELECT chunk_key, score FROM (
+                SELECT chunk_key, scope, is_latest, fts_main_chunks.match_bm25(chunk_key, ?) AS score FROM chunks
+            ) WHERE score IS NOT NULL AND (?::VARCHAR IS NULL OR scope = ?) AND (is_latest OR NOT ?)
+            ORDER BY score DESC LIMIT ?""", [query, scope, scope, latest_only, limit]).fetchall()
+        return [(int(k), float(s)) for k, s in rows]
+
+    def stats(self) -> dict:
+        row = self._con.execute("""
+            SELECT (SELECT count(*) FROM documents), (SELECT count(DISTINCT doc_id) FROM documents),
+                   count(*), count(*) FILTER (WHERE is_latest), count(*) FILTER (WHERE injection_flag IS NOT NULL),
+                   count(DISTINCT scope)
+            FROM chunks""").fetchone()
+        return dict(zip(["document_versions", "documents", "chunks", "latest_chunks", "flagged_chunks", "scopes"], row))
+
+
+def to_json(value) -> str:
+    return json.dumps(value, default=str)
