@@ -30,7 +30,7 @@ def _workspace(home: Optional[Path]):
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 @app.command()
@@ -64,17 +64,23 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
     from rich.progress import Progress
 
     from distill.collect import collect as run_collect
+    from distill.collect import require_query_file
+    from distill.teacher import Teacher
 
     workspace = _workspace(home)
     config = workspace.config({"teacher": {"backend": backend}} if backend else None)
     console = _console()
+    require_query_file(queries)
+    with console.status(f"loading the {config.teacher.backend} teacher"):
+        teacher = Teacher.from_workspace(workspace, config)
     with Progress(console=console) as progress:
         task = progress.add_task("answering", total=None)
 
         def advance(done: int, total: int) -> None:
             progress.update(task, advance=done, total=total)
 
-        report = run_collect(workspace, config, queries, limit=limit, strict=strict, on_progress=advance)
+        report = run_collect(workspace, config, queries, limit=limit, strict=strict, teacher=teacher,
+                             on_progress=advance)
     for line, problem in report.bad_lines[:20]:
         console.print(f"[yellow]{queries}:{line}: {problem} (skipped)[/]")
     if len(report.bad_lines) > 20:
@@ -139,7 +145,8 @@ def quickstart(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> Non
 
     workspace = _workspace(home)
     console = _console()
-    config = workspace.config()
+    # The sample includes a community-forum post; allowlisting the official sources keeps it out.
+    config = workspace.config({"corpus": {"allowed_sources": ["help-center", "policies"]}})
     console.rule("1. ingest the sample help center (two versions of three documents)")
     report = run_ingest(workspace, SAMPLE / "corpus.jsonl", config)
     console.print(f"{report.documents_read} documents: {report.added} new, {report.new_versions} new versions, "

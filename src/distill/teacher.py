@@ -292,7 +292,7 @@ def smollm2_folder(workspace_models: Path) -> Path:
 
 
 class TransformersGenerator:
-    """Greedy decoding with any local causal LM that has a chat template; stops at the first newline."""
+    """Greedy decoding with any local causal LM that has a chat template; keeps the first answer line."""
 
     backend = "transformers"
 
@@ -322,19 +322,29 @@ class TransformersGenerator:
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       output_scores=True, return_dict_in_generate=True,
-                                      stop_strings=["\n"], tokenizer=self.tokenizer,
+                                      stop_strings=STOP_STRINGS, tokenizer=self.tokenizer,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out.sequences[0, prompt_len:]
         logprobs = [torch.log_softmax(score[0].float(), -1)[tok].item() for score, tok in zip(out.scores, new_tokens)]
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip().splitlines()
-        return Generation(text=_unquote(text[0] if text else ""),
+        return Generation(text=first_answer_line(self.tokenizer.decode(new_tokens, skip_special_tokens=True)),
                           mean_logprob=float(np.mean(logprobs)) if logprobs else None,
                           prompt_tokens=int(prompt_len), completion_tokens=int(len(new_tokens)))
 
 
-def _unquote(text: str) -> str:
-    return text.strip().strip('"“”\'').strip()
+STOP_STRINGS = ["\n\n", "</evidence>"]
+_FENCE_TAG = re.compile(r"</?evidence[^>]*>")
+
+
+def first_answer_line(text: str) -> str:
+    """The first non-empty line of a generation, without echoed fence tags or quotes.
+
+    Small models often start by echoing the `<evidence ...>` tag; the answer is the line after it."""
+    for line in _FENCE_TAG.sub("\n", text).splitlines():
+        line = line.strip().strip('"“”\'').strip()
+        if line:
+            return line
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +368,7 @@ class OpenAIGenerator:
         import httpx
 
         body = {"model": self.model_name, "messages": messages, "max_tokens": self.max_new_tokens,
-                "temperature": 0, "logprobs": True, "stop": ["\n"]}
+                "temperature": 0, "logprobs": True, "stop": STOP_STRINGS}
         try:
             response = self._client.post("/chat/completions", json=body)
         except httpx.HTTPError as err:
@@ -376,8 +386,7 @@ class OpenAIGenerator:
                                f"check teacher.openai.base_url (it should end in /v1)") from None
         logprobs = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or []) if "logprob" in t]
         usage = data.get("usage") or {}
-        first_line = text.strip().splitlines()
-        return Generation(text=_unquote(first_line[0] if first_line else ""),
+        return Generation(text=first_answer_line(text),
                           mean_logprob=float(np.mean(logprobs)) if logprobs else None,
                           prompt_tokens=int(usage.get("prompt_tokens", 0)),
                           completion_tokens=int(usage.get("completion_tokens", 0)))

