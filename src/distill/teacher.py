@@ -159,20 +159,29 @@ class Teacher:
         return self.answer_batch([(query, scope)])[0]
 
     def answer_batch(self, queries: list[tuple[str, str | None]]) -> list[Answer]:
-        """Answer several queries; their embeddings are computed in one batch."""
+        """Answer several queries: their embeddings, and the extractive backend's sentence
+        embeddings, are computed in one batch each; shared costs are split evenly in `latency_ms`."""
+        if not queries:
+            return []
         started = time.perf_counter()
-        vectors = self.retriever.embed_queries([q for q, _ in queries]) if queries else []
-        embed_ms = (time.perf_counter() - started) * 1000 / max(len(queries), 1)
-        return [self._answer(q, s, v, embed_ms) for (q, s), v in zip(queries, vectors)]
+        vectors = self.retriever.embed_queries([q for q, _ in queries])
+        embed_ms = (time.perf_counter() - started) * 1000 / len(queries)
+        retrievals = [self.retriever.search(q, s, query_vector=v) for (q, s), v in zip(queries, vectors)]
+        evidences = [select_evidence(r, self.config) for r in retrievals]
+        prepare = getattr(self.generator, "prepare", None)
+        if prepare:
+            prepare([chunk for evidence in evidences for chunk in evidence])
+        shared_ms = (time.perf_counter() - started) * 1000 / len(queries) - \
+            sum(r.latency_ms for r in retrievals) / len(queries)
+        return [self._answer(r, e, v, embed_ms, shared_ms) for r, e, v in zip(retrievals, evidences, vectors)]
 
-    def _answer(self, query: str, scope: str | None, vector: np.ndarray, embed_ms: float) -> Answer:
+    def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, embed_ms: float,
+                shared_ms: float) -> Answer:
         started = time.perf_counter()
-        retrieval = self.retriever.search(query, scope, query_vector=vector)
-        retrieval_ms = retrieval.latency_ms + embed_ms
+        query, scope = retrieval.query, retrieval.scope
         dense_scores = sorted((h.dense_score for h in retrieval.hits), reverse=True)
         top = dense_scores[0] if dense_scores else None
         margin = dense_scores[0] - dense_scores[1] if len(dense_scores) > 1 else None
-        evidence = select_evidence(retrieval, self.config)
         messages = build_messages(query, evidence)
         refusal = None
         if not evidence:
@@ -197,7 +206,8 @@ class Teacher:
             mean_logprob=generation.mean_logprob,
             groundedness=groundedness(generation.text, cited) if cited else None,
             citation_valid=all(c["chunk_id"] in retrieved_ids for c in cited),
-            latency_ms=(time.perf_counter() - started) * 1000 + embed_ms, retrieval_ms=retrieval_ms,
+            latency_ms=(time.perf_counter() - started) * 1000 + retrieval.latency_ms + shared_ms,
+            retrieval_ms=retrieval.latency_ms + embed_ms,
             prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
             model=self.generator.model_name, backend=self.generator.backend, prompt=messages)
 
@@ -229,25 +239,27 @@ class ExtractiveGenerator:
         self.model_name = "extractive-minilm"
         self._cache: dict[str, np.ndarray] = {}
 
-    def _vectors(self, sentences: list[str]) -> np.ndarray:
+    def prepare(self, evidence: list[dict]) -> None:
+        """Embed, in one batch, every sentence of `evidence` not seen before."""
+        sentences = [s for chunk in evidence for s in self._sentences(chunk)]
         missing = [s for s in dict.fromkeys(sentences) if s not in self._cache]
         if missing:
-            for sentence, vector in zip(missing, embed(self.embedder, missing)):
+            for sentence, vector in zip(missing, embed(self.embedder, missing, batch_size=128)):
                 self._cache[sentence] = vector
-        return np.stack([self._cache[s] for s in sentences])
+
+    @staticmethod
+    def _sentences(chunk: dict) -> list[str]:
+        return [s.strip() for s in _SENTENCE.split(chunk["text"]) if len(words(s)) >= 3]
 
     def generate(self, query: str, evidence: list[dict], messages: list[dict],
                  query_vector: np.ndarray | None = None) -> Generation:
-        candidates: list[tuple[int, str]] = []
-        for rank, chunk in enumerate(evidence):
-            for sentence in _SENTENCE.split(chunk["text"]):
-                if len(words(sentence)) >= 3:
-                    candidates.append((rank, sentence.strip()))
+        candidates = [(rank, s) for rank, chunk in enumerate(evidence) for s in self._sentences(chunk)]
         if not candidates:
             return Generation("")
         if query_vector is None:
             query_vector = embed(self.embedder, [query])[0]
-        similarity = self._vectors([s for _, s in candidates]) @ query_vector
+        self.prepare(evidence)
+        similarity = np.stack([self._cache[s] for _, s in candidates]) @ query_vector
         query_words = set(words(query))
         scores = [sim + 0.1 * len(query_words & set(words(s))) / max(len(query_words), 1) - 0.02 * rank
                   for sim, (rank, s) in zip(similarity, candidates)]

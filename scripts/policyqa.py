@@ -1,0 +1,60 @@
+"""PolicyQA helpers shared by the benchmarks: the dataset path, the by-website split, SQuAD metrics.
+
+Websites are shuffled with a fixed seed and halved: settings are chosen on the *tune* half and
+figures are reported on the *report* half, so nothing is tuned on the queries it is reported on.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections import Counter
+from pathlib import Path
+
+from distill.traffic import _pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICYQA = ROOT.parent / "shared" / "datasets" / "policyqa" / "dev.json"
+
+
+def require_policyqa() -> Path:
+    if not POLICYQA.exists():
+        raise SystemExit(f"{POLICYQA} not found: this benchmark needs ../shared/datasets/policyqa")
+    return POLICYQA
+
+
+def split_pairs() -> dict[str, list[dict]]:
+    """{'tune': [...], 'report': [...]}, each a list of {scope, query, gold_answers, gold_doc_ids, type}."""
+    by_site: dict[str, list[dict]] = {}
+    for (website, question), entry in _pairs(require_policyqa()).items():
+        by_site.setdefault(website, []).append({"scope": website, "query": question, "gold_answers": entry["answers"],
+                                                "gold_doc_ids": set(entry["doc_ids"]), "type": entry["type"]})
+    sites = sorted(by_site)
+    random.Random(0).shuffle(sites)
+    half = len(sites) // 2
+    return {"tune": [p for s in sites[:half] for p in by_site[s]],
+            "report": [p for s in sites[half:] for p in by_site[s]]}
+
+
+def normalize(text: str) -> str:
+    """SQuAD normalization: lowercase, drop punctuation and articles, squeeze spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize(prediction).split(), normalize(gold).split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or not common:
+        return float(pred == ref)
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_f1(prediction: str, golds: list[str]) -> float:
+    return max((token_f1(prediction, g) for g in golds), default=0.0)
+
+
+def exact_match(prediction: str, golds: list[str]) -> float:
+    return float(any(normalize(prediction) == normalize(g) for g in golds))
