@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Workspace
-from distill.index import Retriever, ingest
-from distill.traffic import _pairs
+from distill.index import Retriever, corpus_path, ingest
+from distill.store import CorpusStore
 from policyqa import POLICYQA, require_policyqa, split_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,23 +78,36 @@ def quality() -> None:
 
 
 def synthetic(n_chunks: int) -> None:
-    """Latency at scale: n synthetic chunks built from PolicyQA sentences across 200 scopes."""
+    """Latency at scale: n synthetic chunks built from PolicyQA sentences across 200 scopes.
+
+    Embedding 100k chunks takes hours on 2 cores and does not change what a search costs, so the
+    dense vectors here are random unit vectors; the chunk text (and so BM25's work) is real text."""
+    import faiss
+
     workspace = Workspace(ROOT / "bench" / f"synthetic-{n_chunks}")
     if not (workspace.index_dir / "dense.faiss").exists():
         data = json.loads(POLICYQA.read_text())["data"]
         sentences = [s for a in data for p in a["paragraphs"] for s in p["context"].split(". ") if len(s) > 30]
         rng = random.Random(0)
-        path = workspace.home / "docs.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as out:
-            for i in range(n_chunks):
-                text = ". ".join(rng.sample(sentences, 3)) + "."
-                out.write(json.dumps({"id": f"doc{i}", "text": text, "source": "synthetic", "scope": f"s{i % 200}"}) + "\n")
-        started = time.time()
-        ingest(workspace, path, workspace.config(), progress=True)
-        print(f"ingested {n_chunks} chunks in {time.time() - started:.0f} s")
+        chunks = []
+        for i in range(n_chunks):
+            text = ". ".join(rng.sample(sentences, 3)) + "."
+            chunks.append({"chunk_key": i, "chunk_id": f"doc{i}@v1#0", "doc_id": f"doc{i}", "version": 1,
+                           "scope": f"s{i % 200}", "source": "synthetic", "heading": "", "text": text, "position": 0,
+                           "content_hash": str(i), "injection_flag": None, "is_latest": True})
+        store = CorpusStore(corpus_path(workspace))
+        store.add([{"doc_id": c["doc_id"], "version": 1, "scope": c["scope"], "source": "synthetic", "title": None,
+                    "effective_date": None, "content_hash": c["content_hash"]} for c in chunks], chunks)
+        store.close()
+        vectors = np.random.default_rng(0).standard_normal((n_chunks, 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        index = faiss.IndexFlatIP(384)
+        index.add(vectors)
+        faiss.write_index(index, str(workspace.index_dir / "dense.faiss"))
+        (workspace.index_dir / "dense.json").write_text(json.dumps(
+            {"embedding_model": workspace.config().index.embedding_model, "dim": 384, "chunks": n_chunks}))
     retriever = Retriever(workspace, workspace.config().index)
-    queries = [q for (_, q) in list(_pairs(POLICYQA))[:200]]
+    queries = [p["query"] for p in split_pairs()["report"][:200]]
     vectors = retriever.embed_queries(queries)
     for label, scope_of in (("scoped (1 of 200 scopes)", lambda i: f"s{i % 200}"), ("unscoped", lambda i: None)):
         latencies = []
@@ -103,7 +116,7 @@ def synthetic(n_chunks: int) -> None:
             retriever.search(query, scope=scope_of(i), query_vector=vector)
             latencies.append((time.perf_counter() - started) * 1000)
         print(f"{n_chunks} chunks, {label}: p50 {statistics.median(latencies):.1f} ms, "
-              f"p95 {np.percentile(latencies, 95):.1f} ms (query embedding excluded)")
+              f"p95 {np.percentile(latencies, 95):.1f} ms (query embedding excluded, about 7 ms more)")
 
 
 def main() -> None:

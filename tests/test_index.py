@@ -87,3 +87,21 @@ def test_no_corpus_is_a_clear_error(tmp_path):
     workspace = Workspace(tmp_path)
     with pytest.raises(DistillError, match="distill ingest"):
         Retriever(workspace, workspace.config().index)
+
+
+def test_in_memory_bm25_equals_duckdb_match_bm25(corpus_workspace):
+    """The in-memory scorer is DuckDB fts's own BM25, only faster: same scores, same order."""
+    import duckdb
+
+    from distill.store import _fts_extension_path
+
+    retriever = Retriever(corpus_workspace, corpus_workspace.config().index)
+    query = "how do I request a refund for an invoice?"
+    mine = retriever.bm25.search(query, retriever._filter(None, False)[1], 50)
+    con = duckdb.connect(str(corpus_workspace.index_dir / "corpus.duckdb"), read_only=True)
+    con.execute(f"LOAD '{_fts_extension_path()}'")
+    reference = con.execute("""SELECT chunk_key, score FROM (SELECT chunk_key, fts_main_chunks.match_bm25(chunk_key, ?)
+                               AS score FROM chunks) WHERE score IS NOT NULL ORDER BY score DESC""", [query]).fetchall()
+    con.close()
+    assert [k for k, _ in mine] == [k for k, _ in reference]
+    assert [round(s, 6) for _, s in mine] == [round(s, 6) for _, s in reference]

@@ -330,11 +330,10 @@ class CorpusStore:
         rows = self._con.execute("SELECT doc_id, max(version) FROM documents GROUP BY doc_id").fetchall()
         return dict(rows)
 
-    def has_document(self, doc_id: str, version: int, content_hash: str) -> bool | None:
-        """True: this version is stored with this content; False: stored with other content; None: absent."""
-        row = self._con.execute("SELECT content_hash FROM documents WHERE doc_id = ? AND version = ?",
-                                [doc_id, version]).fetchone()
-        return None if row is None else row[0] == content_hash
+    def document_hashes(self) -> dict[tuple[str, int], str]:
+        """(doc_id, version) -> content hash of every stored document version."""
+        rows = self._con.execute("SELECT doc_id, version, content_hash FROM documents").fetchall()
+        return {(doc_id, version): content_hash for doc_id, version, content_hash in rows}
 
     def next_chunk_key(self) -> int:
         return self._con.execute("SELECT coalesce(max(chunk_key) + 1, 0) FROM chunks").fetchone()[0]
@@ -378,15 +377,25 @@ class CorpusStore:
         return [r[0] for r in self._con.execute(
             "SELECT DISTINCT scope FROM chunks WHERE scope IS NOT NULL ORDER BY 1").fetchall()]
 
-    def bm25(self, query: str, limit: int, scope: str | None = None, latest_only: bool = True) -> list[tuple[int, float]]:
-        """(chunk_key, BM25 score), best first, from DuckDB's fts index."""
-        cur = self._con.cursor()
-        rows = cur.execute("""
-            SELECT chunk_key, score FROM (
-                SELECT chunk_key, scope, is_latest, fts_main_chunks.match_bm25(chunk_key, ?) AS score FROM chunks
-            ) WHERE score IS NOT NULL AND (?::VARCHAR IS NULL OR scope = ?) AND (is_latest OR NOT ?)
-            ORDER BY score DESC LIMIT ?""", [query, scope, scope, latest_only, limit]).fetchall()
-        return [(int(k), float(s)) for k, s in rows]
+    def fts_index(self) -> dict:
+        """What DuckDB's fts extension built for BM25: postings (term id, chunk key, term frequency
+        over heading and text), each term's id and document frequency, chunk lengths, corpus size
+        and average length. `index.Bm25` scores queries from these in memory."""
+        con = self._con.cursor()
+        postings = con.execute("""
+            SELECT t.termid, d.name AS chunk_key, count(*) AS tf
+            FROM fts_main_chunks.terms AS t JOIN fts_main_chunks.docs AS d USING (docid)
+            GROUP BY ALL""").fetchnumpy()
+        lengths = con.execute("SELECT name AS chunk_key, len FROM fts_main_chunks.docs").fetchnumpy()
+        terms = con.execute("SELECT term, termid, df FROM fts_main_chunks.dict").fetchall()
+        num_docs, avgdl = con.execute("SELECT num_docs, avgdl FROM fts_main_chunks.stats").fetchone()
+        return {"postings": postings, "lengths": lengths, "terms": terms, "num_docs": num_docs, "avgdl": avgdl}
+
+    def query_terms(self, query: str) -> list[str]:
+        """`query` tokenized and stemmed exactly as the fts index tokenized the chunks."""
+        rows = self._con.cursor().execute(
+            "SELECT DISTINCT stem(unnest(fts_main_chunks.tokenize(?)), 'porter')", [query]).fetchall()
+        return [r[0] for r in rows if r[0]]
 
     def stats(self) -> dict:
         row = self._con.execute("""
