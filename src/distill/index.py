@@ -202,9 +202,10 @@ class Bm25:
         norm = self.K1 * (1 - self.B + self.B * length[key] / max(fts["avgdl"] or 1.0, 1e-9))
         weight = idf[termid] * tf * (self.K1 + 1) / (tf + norm)
         self.matrix = csr_matrix((weight, (termid, key)), shape=(n_terms, n_chunks))
+        self._terms = lru_cache(maxsize=65536)(self.store.query_terms)  # traffic repeats its questions
 
     def scores(self, query: str) -> np.ndarray:
-        rows = [self.term_ids[t] for t in self.store.query_terms(query) if t in self.term_ids]
+        rows = [self.term_ids[t] for t in self._terms(query) if t in self.term_ids]
         if not rows:
             return np.zeros(self.matrix.shape[1])
         return np.asarray(self.matrix[rows].sum(axis=0)).ravel()
@@ -249,10 +250,12 @@ class Retrieval:
 class Retriever:
     """Hybrid scoped retrieval over an ingested workspace. Construct once; thread-safe to share."""
 
+    QUERY_CACHE = 20_000  # query vectors kept (about 30 MB)
+
     def __init__(self, workspace: Workspace, config: IndexConfig):
         import faiss
 
-        self.config = config
+        self.config, self.workspace = config, workspace
         db = corpus_path(workspace)
         if not db.exists():
             raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
@@ -273,9 +276,18 @@ class Retriever:
         self.model = load_embedder(config.embedding_model)
         self.bm25 = Bm25(self.store, len(chunks))
         self._filters: dict[tuple, tuple] = {}
+        self._query_vectors: dict[str, np.ndarray] = {}
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
-        return embed(self.model, queries)
+        """Unit vectors for `queries`. Traffic repeats its wordings, so the last QUERY_CACHE distinct
+        wordings keep their vectors (oldest dropped first) and are not embedded again."""
+        missing = [q for q in dict.fromkeys(queries) if q not in self._query_vectors]
+        if missing:
+            for query, vector in zip(missing, embed(self.model, missing)):
+                self._query_vectors[query] = vector
+        while len(self._query_vectors) > self.QUERY_CACHE:
+            self._query_vectors.pop(next(iter(self._query_vectors)))
+        return np.stack([self._query_vectors[q] for q in queries])
 
     def _filter(self, scope: str | None, latest_only: bool) -> tuple:
         """(FAISS selector or None, boolean mask over chunk keys) for a scope and version filter."""
