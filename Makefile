@@ -25,10 +25,12 @@ quickstart: install
 test: install
 	$(BIN)/pytest
 
+# Benchmarks print their figures; the PolicyQA ones need ../shared/datasets/policyqa.
 bench: install
-	$(BIN)/python scripts/bench_retrieval.py
 	$(BIN)/python scripts/bench_store.py
+	$(BIN)/python scripts/bench_retrieval.py --synthetic 100000
 	$(BIN)/python scripts/bench_collect.py
+	$(BIN)/python scripts/bench_teacher.py --smollm2 40
 
 clean:
-	rm -rf $(VENV) traces models index .quickstart
+	rm -rf $(VENV) traces models index bench

@@ -105,3 +105,10 @@ def test_in_memory_bm25_equals_duckdb_match_bm25(corpus_workspace):
     con.close()
     assert [k for k, _ in mine] == [k for k, _ in reference]
     assert [round(s, 6) for _, s in mine] == [round(s, 6) for _, s in reference]
+
+
+def test_a_corpus_with_no_allowed_source_is_refused(tmp_path, docs_file):
+    workspace = Workspace(tmp_path)
+    config = workspace.config({"corpus": {"allowed_sources": ["policies"]}})
+    with pytest.raises(DistillError, match="allowed source .*community-forum, help-center.*corpus.allowed_sources"):
+        ingest(workspace, docs_file, config)

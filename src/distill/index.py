@@ -119,6 +119,9 @@ def ingest(workspace: Workspace, path: Path, config: Config, fmt: str = "auto", 
                 report.new_versions += 1
             else:
                 report.added += 1
+        if not new_docs and not report.unchanged:
+            raise DistillError(f"no document in {path} comes from an allowed source "
+                               f"({', '.join(sorted(report.skipped_sources))}); add it to corpus.allowed_sources")
         key = store.next_chunk_key()
         rows = []
         for doc in new_docs.values():
