@@ -106,6 +106,42 @@ def traffic(squad: Path = typer.Argument(..., help="a SQuAD-format JSON file, e.
 
 
 @app.command()
+def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query id or query text: say why it was kept or rejected"),
+           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Pick the frequent, confident, grounded traces to train on; record why for every other."""
+    workspace = _workspace(home)
+    console = _console()
+    if explain is not None:
+        from distill.store import TraceStore
+
+        if not workspace.traces_db.exists():
+            raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
+        with TraceStore(workspace.traces_db) as store:
+            rows = store.explain(explain)
+        if not rows:
+            raise DistillError(f"no curated trace matches '{explain}'; run `distill curate` first or check the id")
+        _print_rows(rows)
+        return
+    from rich.table import Table
+
+    from distill.curate import curate as run_curate
+
+    with console.status("curating"):
+        result = run_curate(workspace, workspace.config())
+    table = Table(title=f"curation run {result.run_id}")
+    table.add_column("decision")
+    table.add_column("reason")
+    table.add_column("traces", justify="right")
+    for decision in ("train", "eval", "reject"):
+        for reason, count in result.decisions.get(decision, {}).most_common():
+            table.add_row(decision, reason or "-", str(count))
+    console.print(table)
+    console.print(f"{result.traces_seen} traces in {result.clusters} clusters; cutoff {result.cutoff}; "
+                  f"{result.leaked_eval_traces} eval traces share a wording with training; "
+                  f"{result.examples} training examples -> {result.dataset_path or '(none)'}")
+
+
+@app.command()
 def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run SQL on the trace store and print the result."""

@@ -95,11 +95,30 @@ class CollectConfig:
 
 
 @dataclass
+class CurateConfig:
+    cluster_threshold: float = _help("two wordings in one scope are one intent when their embeddings' cosine is at least this")
+    window_days: int = _help("frequency is counted over this many days before the train/eval cutoff")
+    eval_days: int = _help("the most recent this-many days of traces are held out for evaluation")
+    min_count: int = _help("rule 'infrequent': a cluster needs at least this many traces in the window")
+    min_agreement: float = _help("rule 'inconsistent': share of a cluster's traces that must give its majority answer")
+    min_top_score: float = _help("rule 'low_confidence': best chunk's dense similarity at least this")
+    min_margin: float = _help("rule 'low_confidence': margin of the best chunk over the next at least this")
+    min_logprob: float = _help("rule 'low_confidence': mean token log-probability at least this (where the backend gives one)")
+    min_groundedness: float = _help("rule 'ungrounded': share of answer words found in the cited chunks")
+    high_risk_scopes: list[str] = _help("rule 'high_risk': scopes never trained on")
+    high_risk_patterns: list[str] = _help("rule 'high_risk': case-insensitive regexes; a matching query is never trained on")
+    pii_entities: list[str] = _help("rule 'pii': presidio entity types that keep a query or answer out of training")
+    pii_min_score: float = _help("rule 'pii': presidio's score at which a detection counts")
+    prompt_template: str = _help("the student's prompt, from {scope} and {query}; recorded with the dataset")
+
+
+@dataclass
 class Config:
     corpus: CorpusConfig
     index: IndexConfig
     teacher: TeacherConfig
     collect: CollectConfig
+    curate: CurateConfig
 
 
 @dataclass

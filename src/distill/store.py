@@ -155,7 +155,50 @@ def _m002_collect_runs(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE traces ADD COLUMN run_id VARCHAR")
 
 
-TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs]
+def _m003_curation(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE curation_runs (
+            run_id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMPTZ NOT NULL,
+            config JSON NOT NULL,
+            cutoff TIMESTAMPTZ,
+            traces_seen INTEGER NOT NULL,
+            clusters INTEGER NOT NULL,
+            train INTEGER NOT NULL,
+            eval INTEGER NOT NULL,
+            rejected INTEGER NOT NULL,
+            leaked_eval_traces INTEGER NOT NULL,
+            dataset_path VARCHAR,
+            dataset_hash VARCHAR,
+            examples INTEGER NOT NULL
+        )""")
+    con.execute("""
+        CREATE TABLE clusters (
+            run_id VARCHAR NOT NULL,
+            cluster_id VARCHAR NOT NULL,
+            scope VARCHAR,
+            representative VARCHAR NOT NULL,
+            wordings VARCHAR[] NOT NULL,
+            traces INTEGER NOT NULL,
+            frequency INTEGER NOT NULL,
+            answer VARCHAR,
+            agreement DOUBLE NOT NULL,
+            cited_doc_versions STRUCT(doc_id VARCHAR, version INTEGER)[] NOT NULL,
+            trained BOOLEAN NOT NULL,
+            PRIMARY KEY (run_id, cluster_id)
+        )""")
+    con.execute("""
+        CREATE TABLE curation (
+            run_id VARCHAR NOT NULL,
+            trace_id VARCHAR NOT NULL,
+            cluster_id VARCHAR NOT NULL,
+            decision VARCHAR NOT NULL,
+            reason VARCHAR,
+            PRIMARY KEY (run_id, trace_id)
+        )""")
+
+
+TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -246,6 +289,48 @@ class TraceStore:
                 "UPDATE collect_runs SET finished_at = now(), queries_read = ?, answered = ?, "
                 "skipped_existing = ?, bad_lines = ? WHERE run_id = ?",
                 [queries_read, answered, skipped_existing, bad_lines, run_id])
+
+    def curation_input(self) -> list[dict]:
+        """Every teacher trace with what the curation rules read, oldest first."""
+        return self.sql("""
+            SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, refused,
+                   refusal_reason, top_score, score_margin, mean_logprob, groundedness, citation_valid
+            FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id""")
+
+    def write_curation(self, run: dict, clusters: list[dict], decisions: list[dict]) -> None:
+        """Store one curation run, its clusters and one decision per trace, all in one transaction."""
+        import pyarrow as pa
+
+        cluster_rows = pa.Table.from_pylist([{**c, "run_id": run["run_id"]} for c in clusters])  # noqa: F841
+        decision_rows = pa.Table.from_pylist([{**d, "run_id": run["run_id"]} for d in decisions])  # noqa: F841
+        with self._lock:
+            cur = self._con.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                for table in ("curation", "clusters", "curation_runs"):
+                    cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
+                columns = list(run)
+                cur.execute(f"INSERT INTO curation_runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                            [run[c] for c in columns])
+                if clusters:
+                    cur.execute("INSERT INTO clusters BY NAME SELECT * FROM cluster_rows")
+                if decisions:
+                    cur.execute("INSERT INTO curation BY NAME SELECT * FROM decision_rows")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def explain(self, needle: str) -> list[dict]:
+        """The latest curation decision for a trace id, query id or query text, with its cluster."""
+        return self.sql("""
+            WITH latest AS (SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)
+            SELECT t.trace_id, t.asked_at, t.scope, t.query, t.answer, c.decision, c.reason, c.cluster_id,
+                   k.representative, k.frequency, k.agreement, k.answer AS cluster_answer, c.run_id
+            FROM curation c JOIN latest USING (run_id) JOIN traces t USING (trace_id)
+            LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
+            WHERE t.trace_id = ? OR t.query_id = ? OR lower(t.query) = lower(?)
+            ORDER BY t.asked_at""", [needle, needle, needle.strip()])
 
     def sql(self, query: str, params: Sequence | None = None) -> list[dict]:
         """Run a user's SQL and return rows as dicts (what `distill sql` prints)."""
@@ -396,6 +481,9 @@ class CorpusStore:
         rows = self._con.cursor().execute(
             "SELECT DISTINCT stem(unnest(fts_main_chunks.tokenize(?)), 'porter')", [query]).fetchall()
         return [r[0] for r in rows if r[0]]
+
+    def flagged_chunk_ids(self) -> set[str]:
+        return {r[0] for r in self._con.execute("SELECT chunk_id FROM chunks WHERE injection_flag IS NOT NULL").fetchall()}
 
     def stats(self) -> dict:
         row = self._con.execute("""

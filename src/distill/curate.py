@@ -1,0 +1,349 @@
+"""The confidence filter: choose what the student learns, and record why for every trace.
+
+1. Intents. The distinct normalized wordings of each scope are embedded once (cost grows with
+   distinct queries, not traces) and joined into a cluster when their cosine similarity reaches
+   `curate.cluster_threshold` (FAISS nearest neighbours, then union-find).
+2. Split by time. Traces from the last `curate.eval_days` days are held out for evaluation; the
+   rest are training candidates. Eval traces whose exact wording also occurs in training are counted
+   and reported (`leaked_eval_traces`), never silently mixed.
+3. Rules. Each training candidate is checked against named rules in a fixed order; the first that
+   fails is its `reason`:
+
+       high_risk, injection, pii                       safety: never trained on, whatever else holds
+       refused, citation_invalid, stale_citation,      the trace itself
+       ungrounded, low_confidence
+       infrequent, inconsistent, minority_answer       its cluster: asked often enough, answered the
+                                                       same way, and this trace gave that answer
+
+   A refused trace is kept as a refusal example (reason `refusal_example`) when its whole cluster
+   is consistently refused and frequent. Eval traces only go through the safety rules.
+4. Output. One `curation` row per trace (`train`, `eval` or `reject` with the reason), a `clusters`
+   row per intent, a `curation_runs` row with the config, all written in one transaction; and the
+   training set as a Hugging Face dataset (prompt/completion in chat form, one example per cluster
+   and wording) saved to `<home>/datasets/<run_id>/`, with a content hash and its trace ids.
+
+    >>> result = curate(workspace, config)
+    >>> result.decisions["reject"]["infrequent"], result.examples
+    (412, 96)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+from distill.config import Config, CurateConfig, Workspace
+from distill.corpus import compile_patterns, detect_injection
+from distill.errors import DistillError
+from distill.index import corpus_path, embed, load_embedder
+from distill.store import CorpusStore, TraceStore
+from distill.teacher import words
+
+SAFETY_RULES = ("high_risk", "injection", "pii")
+TRACE_RULES = ("refused", "citation_invalid", "stale_citation", "ungrounded", "low_confidence")
+CLUSTER_RULES = ("infrequent", "inconsistent", "minority_answer")
+RULES = SAFETY_RULES + TRACE_RULES + CLUSTER_RULES
+REFUSED = "<refused>"
+
+
+@dataclass
+class CurationResult:
+    run_id: str
+    traces_seen: int
+    clusters: int
+    cutoff: datetime | None
+    decisions: dict[str, Counter] = field(default_factory=dict)
+    leaked_eval_traces: int = 0
+    examples: int = 0
+    dataset_path: Path | None = None
+    dataset_hash: str | None = None
+
+    @property
+    def train(self) -> int:
+        return sum(self.decisions.get("train", Counter()).values())
+
+
+def normalize_query(text: str) -> str:
+    """Lowercase, single spaces, no trailing punctuation: 'How do I export?' == 'how do i export'."""
+    return " ".join(text.lower().split()).rstrip(" ?!.")
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(words(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Clustering
+# ---------------------------------------------------------------------------------------------
+
+def cluster_wordings(wordings: list[tuple[str | None, str]], embedder, threshold: float,
+                     neighbours: int = 10) -> dict[tuple[str | None, str], int]:
+    """Map each (scope, normalized wording) to a cluster number; only wordings of one scope join."""
+    import faiss
+
+    parent = list(range(len(wordings)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    by_scope: dict[str | None, list[int]] = defaultdict(list)
+    for i, (scope, _) in enumerate(wordings):
+        by_scope[scope].append(i)
+    vectors = embed(embedder, [w for _, w in wordings], batch_size=128) if wordings else np.zeros((0, 1))
+    for members in by_scope.values():
+        if len(members) < 2:
+            continue
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors[members])
+        scores, hits = index.search(vectors[members], min(neighbours, len(members)))
+        for row, (score_row, hit_row) in enumerate(zip(scores, hits)):
+            for score, hit in zip(score_row, hit_row):
+                if hit >= 0 and hit != row and score >= threshold:
+                    parent[find(members[row])] = find(members[hit])
+    return {wording: find(i) for i, wording in enumerate(wordings)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------------------------
+
+class PiiDetector:
+    """Presidio's pattern recognizers (email, phone, card, IBAN, SSN, ...) with their checksums and
+    context logic. No spaCy NER model ships offline, so a blank English pipeline tokenizes; entity
+    types that need NER (names, places) are out of reach and not configured by default."""
+
+    def __init__(self, entities: list[str], min_score: float):
+        import logging
+
+        import spacy
+        import tldextract
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+        # Presidio's email check calls tldextract, whose default extractor downloads the public-suffix
+        # list: point it at the snapshot that ships inside tldextract.
+        tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
+
+        class BlankEnglish(SpacyNlpEngine):
+            def load(self) -> None:
+                self.nlp = {"en": spacy.blank("en")}
+
+        logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # one warning per non-English recognizer
+        engine = BlankEnglish(models=[{"lang_code": "en", "model_name": "blank"}])
+        engine.load()
+        registry = RecognizerRegistry()
+        registry.load_predefined_recognizers(nlp_engine=engine, languages=["en"])
+        self.analyzer = AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
+        self.entities, self.min_score = entities, min_score
+
+    def find(self, text: str) -> str | None:
+        """The first personal-data entity type found in `text`, or None."""
+        if not text.strip():
+            return None
+        results = self.analyzer.analyze(text=text, language="en", entities=self.entities,
+                                        score_threshold=self.min_score)
+        return results[0].entity_type if results else None
+
+
+def _validate(config: CurateConfig) -> None:
+    for name in ("cluster_threshold", "min_agreement", "min_groundedness", "pii_min_score"):
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise DistillError(f"setting 'curate.{name}' must be between 0 and 1 (got {value})")
+    for name in ("window_days", "min_count"):
+        if getattr(config, name) < 1:
+            raise DistillError(f"setting 'curate.{name}' must be at least 1 (got {getattr(config, name)})")
+    if config.eval_days < 0:
+        raise DistillError(f"setting 'curate.eval_days' must be 0 or more (got {config.eval_days})")
+    try:
+        config.prompt_template.format(scope="s", query="q")
+    except (KeyError, IndexError, ValueError):
+        raise DistillError("setting 'curate.prompt_template' may only use {scope} and {query}") from None
+
+
+def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> str | None:
+    """The first per-trace quality rule the trace fails (refusals are handled by the caller)."""
+    if not trace["citations"] or not trace["citation_valid"]:
+        return "citation_invalid"
+    if any(latest.get(c["doc_id"]) != c["version"] for c in trace["cited_doc_versions"]):
+        return "stale_citation"
+    if (trace["groundedness"] or 0.0) < config.min_groundedness:
+        return "ungrounded"
+    if ((trace["top_score"] or 0.0) < config.min_top_score or (trace["score_margin"] or 0.0) < config.min_margin
+            or (trace["mean_logprob"] is not None and trace["mean_logprob"] < config.min_logprob)):
+        return "low_confidence"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+def curate(workspace: Workspace, config: Config, now: datetime | None = None) -> CurationResult:
+    """Cluster, split, apply the rules, store the decisions and export the training set."""
+    cfg = config.curate
+    _validate(cfg)
+    if not workspace.traces_db.exists():
+        raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
+    corpus = CorpusStore(corpus_path(workspace), read_only=True)
+    try:
+        latest, flagged = corpus.document_versions(), corpus.flagged_chunk_ids()
+    finally:
+        corpus.close()
+    with TraceStore(workspace.traces_db) as store:
+        traces = store.curation_input()
+        if not traces:
+            raise DistillError(f"the trace store {workspace.traces_db} has no teacher traces; run `distill collect` first")
+        result = _decide(traces, config, latest, flagged)
+        dataset_path, dataset_hash, examples = _export(workspace, result, traces, cfg)
+        run = result["run"]
+        run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
+                   examples=examples, created_at=now or datetime.now(timezone.utc),
+                   config=json.dumps(asdict(cfg)))
+        store.write_curation(run, result["clusters"], result["decisions"])
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for d in result["decisions"]:
+        counts[d["decision"]][d["reason"]] += 1
+    return CurationResult(run_id=run["run_id"], traces_seen=len(traces), clusters=len(result["clusters"]),
+                          cutoff=run["cutoff"], decisions=dict(counts), leaked_eval_traces=run["leaked_eval_traces"],
+                          examples=examples, dataset_path=dataset_path, dataset_hash=dataset_hash)
+
+
+def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged: set[str]) -> dict:
+    cfg = config.curate
+    risk = compile_patterns(cfg.high_risk_patterns)
+    injection = compile_patterns(config.corpus.injection_patterns)
+    pii = PiiDetector(cfg.pii_entities, cfg.pii_min_score)
+
+    newest = max(t["asked_at"] for t in traces)
+    cutoff = newest - timedelta(days=cfg.eval_days) if cfg.eval_days else newest + timedelta(seconds=1)
+    window_start = cutoff - timedelta(days=cfg.window_days)
+
+    keys = [(t["scope"], normalize_query(t["query"])) for t in traces]
+    cluster_of = cluster_wordings(sorted(set(keys), key=str), load_embedder(config.index.embedding_model),
+                                  cfg.cluster_threshold)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        members[cluster_of[key]].append(i)
+
+    clusters, cluster_id, facts = [], {}, {}
+    for number, indices in members.items():
+        wordings = Counter(keys[i][1] for i in indices)
+        representative = wordings.most_common(1)[0][0]
+        scope = keys[indices[0]][0]
+        cid = hashlib.sha256(f"{scope}\x1f{representative}".encode()).hexdigest()[:16]
+        train_side = [i for i in indices if window_start <= traces[i]["asked_at"] < cutoff]
+        labels = Counter(REFUSED if traces[i]["refused"] else normalize_answer(traces[i]["answer"]) for i in train_side)
+        majority, count = labels.most_common(1)[0] if labels else (None, 0)
+        agreement = count / len(train_side) if train_side else 0.0
+        answer = next((traces[i]["answer"] for i in train_side if not traces[i]["refused"]
+                       and normalize_answer(traces[i]["answer"]) == majority), None)
+        cited = {(c["doc_id"], c["version"]) for i in train_side for c in traces[i]["cited_doc_versions"]}
+        cluster_id[number] = cid
+        facts[number] = {"majority": majority, "agreement": agreement, "frequency": len(train_side)}
+        clusters.append({"cluster_id": cid, "scope": scope, "representative": representative,
+                         "wordings": sorted(wordings), "traces": len(indices), "frequency": len(train_side),
+                         "answer": answer if majority != REFUSED else None, "agreement": agreement,
+                         "cited_doc_versions": [{"doc_id": d, "version": v} for d, v in sorted(cited)],
+                         "trained": False})
+
+    train_wordings = {keys[i] for i, t in enumerate(traces) if t["asked_at"] < cutoff}
+    decisions, leaked = [], 0
+    for i, trace in enumerate(traces):
+        number = cluster_of[keys[i]]
+        reason = _safety_rule(trace, cfg, risk, injection, pii, flagged)
+        if trace["asked_at"] >= cutoff:
+            decision = "reject" if reason else "eval"
+            leaked += decision == "eval" and keys[i] in train_wordings
+        elif reason:
+            decision = "reject"
+        elif trace["asked_at"] < window_start:
+            decision, reason = "reject", "infrequent"  # outside the frequency window: too old to count
+        else:
+            decision, reason = _quality_decision(trace, facts[number], cfg, latest)
+        decisions.append({"trace_id": trace["trace_id"], "cluster_id": cluster_id[number], "decision": decision,
+                          "reason": reason})
+    trained = {d["cluster_id"] for d in decisions if d["decision"] == "train"}
+    for cluster in clusters:
+        cluster["trained"] = cluster["cluster_id"] in trained
+    run = {"run_id": uuid.uuid4().hex, "cutoff": cutoff, "traces_seen": len(traces), "clusters": len(clusters),
+           "train": sum(d["decision"] == "train" for d in decisions),
+           "eval": sum(d["decision"] == "eval" for d in decisions),
+           "rejected": sum(d["decision"] == "reject" for d in decisions), "leaked_eval_traces": leaked}
+    return {"run": run, "clusters": clusters, "decisions": decisions}
+
+
+def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetector, flagged: set[str]) -> str | None:
+    if trace["scope"] in cfg.high_risk_scopes or detect_injection(trace["query"], risk):
+        return "high_risk"
+    if detect_injection(trace["query"], injection) or any(c in flagged for c in trace["citations"]):
+        return "injection"
+    if pii.find(trace["query"]) or pii.find(trace["answer"]):
+        return "pii"
+    return None
+
+
+def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dict[str, int]) -> tuple[str, str | None]:
+    consistent = cluster["agreement"] >= cfg.min_agreement
+    frequent = cluster["frequency"] >= cfg.min_count
+    if trace["refused"]:
+        if cluster["majority"] == REFUSED and consistent and frequent:
+            return "train", "refusal_example"
+        return "reject", "refused"
+    if reason := _trace_rule(trace, cfg, latest):
+        return "reject", reason
+    if not frequent:
+        return "reject", "infrequent"
+    if not consistent:
+        return "reject", "inconsistent"
+    if normalize_answer(trace["answer"]) != cluster["majority"]:
+        return "reject", "minority_answer"
+    return "train", None
+
+
+def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateConfig):
+    """Write the training set (one example per cluster and wording) as a `datasets` folder."""
+    by_id = {t["trace_id"]: t for t in traces}
+    clusters = {c["cluster_id"]: c for c in result["clusters"]}
+    grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for decision in result["decisions"]:
+        if decision["decision"] == "train":
+            trace = by_id[decision["trace_id"]]
+            grouped[(decision["cluster_id"], normalize_query(trace["query"]))].append(trace["trace_id"])
+    rows = []
+    for (cid, _), trace_ids in sorted(grouped.items()):
+        first = by_id[trace_ids[0]]
+        cluster = clusters[cid]
+        completion = cluster["answer"] if cluster["answer"] is not None else REFUSAL_COMPLETION
+        prompt = cfg.prompt_template.format(scope=first["scope"] or "", query=first["query"].strip())
+        rows.append({"prompt": [{"role": "user", "content": prompt}],
+                     "completion": [{"role": "assistant", "content": completion}],
+                     "cluster_id": cid, "scope": first["scope"] or "", "trace_ids": sorted(trace_ids),
+                     "cited_doc_versions": cluster["cited_doc_versions"]})
+    if not rows:
+        return None, None, 0
+    import datasets
+
+    datasets.disable_progress_bars()
+    digest = hashlib.sha256(json.dumps([[r["prompt"], r["completion"]] for r in rows], sort_keys=True).encode())
+    target = workspace.home / "datasets" / result["run"]["run_id"]
+    datasets.Dataset.from_list(rows).save_to_disk(str(target))
+    (target / "distill.json").write_text(json.dumps({"run_id": result["run"]["run_id"],
+                                                     "content_hash": digest.hexdigest(),
+                                                     "prompt_template": cfg.prompt_template,
+                                                     "examples": len(rows)}, indent=2))
+    return target, digest.hexdigest(), len(rows)
+
+
+REFUSAL_COMPLETION = "I don't know."

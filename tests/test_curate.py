@@ -1,0 +1,138 @@
+import os
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from distill.config import Workspace
+from distill.curate import PiiDetector, cluster_wordings, curate
+from distill.errors import DistillError
+from distill.index import load_embedder
+from distill.store import TraceStore
+from test_store import make_trace
+
+START = datetime(2026, 10, 1, tzinfo=timezone.utc)
+REFUND_Q = "How many days do I have to request a refund?"
+REFUND_A = "You can ask for a refund within 14 days of purchase."
+
+
+def refund(n: int, day: int, **changes):
+    fields = dict(scope="billing", query=REFUND_Q, answer=REFUND_A, citations=["billing/refunds@v1#0"],
+                  cited_doc_versions=[{"doc_id": "billing/refunds", "version": 1}],
+                  retrieved=["billing/refunds@v1#0"], asked_at=START + timedelta(days=day, hours=n))
+    fields.update(changes)
+    return make_trace(f"{fields['query']}-{day}-{n}", **fields)
+
+
+@pytest.fixture
+def home(corpus_workspace, tmp_path):
+    os.symlink(corpus_workspace.index_dir, tmp_path / "index")
+    traces = [refund(n, day=n) for n in range(4)]  # a frequent, consistent, grounded intent
+    traces += [refund(0, 2, query="Can I get a refund within how many days?")]  # a paraphrase
+    traces += [refund(n, n, query="My email is jane.doe@example.com, how long do refunds take?") for n in range(4)]
+    traces += [refund(n, n, query="Which medication dosage is safe with the app?", scope="notes") for n in range(4)]
+    traces += [refund(n, n, query="What is the search shortcut?", scope="notes", citations=["notes/shortcuts@v1#0"],
+                      cited_doc_versions=[{"doc_id": "notes/shortcuts", "version": 1}]) for n in range(4)]
+    traces += [refund(n, n, query="What was the old refund window?",
+                      cited_doc_versions=[{"doc_id": "billing/refunds", "version": 0}]) for n in range(4)]
+    traces += [refund(9, 3, refused=True, refusal_reason="low_retrieval_score", answer="", citations=[],
+                      cited_doc_versions=[])]
+    traces += [refund(n, 20) for n in range(2)]  # the most recent week: held out
+    with TraceStore(tmp_path / "traces" / "traces.duckdb") as store:
+        store.append(traces)
+    return Workspace(tmp_path)
+
+
+def reasons(store: TraceStore, run_id: str) -> dict[str, set]:
+    rows = store.sql("SELECT t.query, c.decision, c.reason FROM curation c JOIN traces t USING (trace_id) "
+                     "WHERE c.run_id = ?", [run_id])
+    out: dict[str, set] = {}
+    for row in rows:
+        out.setdefault(row["query"], set()).add((row["decision"], row["reason"]))
+    return out
+
+
+def test_unsafe_stale_and_refused_traces_never_reach_the_training_set(home):
+    import datasets
+
+    result = curate(home, home.config())
+    assert result.traces_seen == 24 and result.train == 5
+    with TraceStore(home.traces_db) as store:
+        decided = reasons(store, result.run_id)
+        assert decided["My email is jane.doe@example.com, how long do refunds take?"] == {("reject", "pii")}
+        assert decided["Which medication dosage is safe with the app?"] == {("reject", "high_risk")}
+        assert decided["What is the search shortcut?"] == {("reject", "injection")}
+        assert decided["What was the old refund window?"] == {("reject", "stale_citation")}
+        assert decided[REFUND_Q] == {("train", None), ("reject", "refused"), ("eval", None)}
+        assert store.sql("SELECT count(*) AS n FROM curation WHERE run_id = ?", [result.run_id]) == [{"n": 24}]
+        trained = store.sql("SELECT t.trace_id FROM curation c JOIN traces t USING (trace_id) "
+                            "WHERE c.run_id = ? AND decision = 'train'", [result.run_id])
+    dataset = datasets.load_from_disk(str(result.dataset_path))
+    assert len(dataset) == 2  # one example per wording of the trained cluster
+    assert {row["prompt"][0]["content"] for row in dataset} == {f"[billing] {REFUND_Q}",
+                                                                "[billing] Can I get a refund within how many days?"}
+    assert all(row["completion"] == [{"role": "assistant", "content": REFUND_A}] for row in dataset)
+    assert sorted(t for row in dataset for t in row["trace_ids"]) == sorted(r["trace_id"] for r in trained)
+    assert len(result.dataset_hash) == 64 and result.leaked_eval_traces == 2
+
+
+def test_infrequent_and_inconsistent_clusters_are_rejected(home):
+    strict = home.config({"curate": {"min_count": 20}})
+    result = curate(home, strict)
+    assert result.train == 0 and result.decisions["reject"]["infrequent"] >= 5
+    assert result.dataset_path is None
+    unanimous = curate(home, home.config({"curate": {"min_agreement": 1.0}}))  # one refusal breaks unanimity
+    assert unanimous.train == 0 and unanimous.decisions["reject"]["inconsistent"] >= 5
+
+
+def test_explain_and_reruns(home):
+    first = curate(home, home.config())
+    second = curate(home, home.config())
+    assert first.run_id != second.run_id
+    with TraceStore(home.traces_db) as store:
+        rows = store.explain("What is the search shortcut?")
+        assert {r["reason"] for r in rows} == {"injection"} and {r["run_id"] for r in rows} == {second.run_id}
+        run = store.sql("SELECT * FROM curation_runs WHERE run_id = ?", [second.run_id])[0]
+        assert '"min_count": 3' in run["config"]
+
+
+def test_rewriting_a_run_replaces_it_atomically(tmp_path):
+    with TraceStore(tmp_path / "t.duckdb") as store:
+        store.append([make_trace("q1")])
+        run = {"run_id": "r", "created_at": START, "config": "{}", "cutoff": START, "traces_seen": 1, "clusters": 1,
+               "train": 1, "eval": 0, "rejected": 0, "leaked_eval_traces": 0, "dataset_path": None,
+               "dataset_hash": None, "examples": 0}
+        cluster = {"cluster_id": "c", "scope": "s", "representative": "q", "wordings": ["q"], "traces": 1,
+                   "frequency": 1, "answer": "a", "agreement": 1.0, "cited_doc_versions": [], "trained": True}
+        decision = {"trace_id": "q1", "cluster_id": "c", "decision": "train", "reason": None}
+        store.write_curation(run, [cluster], [decision])
+        store.write_curation(run, [cluster], [decision])
+        with pytest.raises(Exception):
+            store.write_curation(run, [cluster], [decision, decision])  # a duplicate key fails mid-write ...
+        assert store.sql("SELECT count(*) AS n FROM curation") == [{"n": 1}]  # ... and the old run survives
+
+
+def test_bad_settings_and_empty_store(home, tmp_path):
+    with pytest.raises(DistillError, match="curate.min_agreement"):
+        curate(home, home.config({"curate": {"min_agreement": 1.5}}))
+    with pytest.raises(DistillError, match="curate.prompt_template"):
+        curate(home, home.config({"curate": {"prompt_template": "{question}"}}))
+    empty = Workspace(tmp_path / "empty")
+    with pytest.raises(DistillError, match="distill collect"):
+        curate(empty, empty.config())
+
+
+def test_paraphrases_cluster_and_scopes_stay_apart():
+    model = load_embedder("all-MiniLM-L6-v2")
+    wordings = [("notes", "how do i export my notes"), ("notes", "how can i export notes to pdf"),
+                ("billing", "how do i export my notes"), ("notes", "can i pay with paypal")]
+    clusters = cluster_wordings(wordings, model, 0.7)
+    assert clusters[wordings[0]] == clusters[wordings[1]]
+    assert clusters[wordings[0]] != clusters[wordings[2]] and clusters[wordings[0]] != clusters[wordings[3]]
+
+
+def test_pii_detector_uses_presidio_checks():
+    detector = PiiDetector(["EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE"], 0.5)
+    assert detector.find("reach me at jane.doe@example.com") == "EMAIL_ADDRESS"
+    assert detector.find("card 4111 1111 1111 1111 please") == "CREDIT_CARD"
+    assert detector.find("card 4111 1111 1111 1112 please") is None  # fails the Luhn check
+    assert detector.find("How do I export my notes?") is None
