@@ -43,6 +43,11 @@ def test_quickstart_runs_end_to_end_and_is_idempotent(tmp_path):
     assert second.returncode == 0 and "0 new traces" in second.stderr and f"{queries} already stored" in second.stderr
     counted = run_cli("sql", "SELECT count(*) AS n FROM traces", home=tmp_path)
     assert counted.returncode == 0 and str(queries) in counted.stdout
+    assert "training examples ->" in first.stderr
+    explained = run_cli("curate", "--explain", "Can I store patient medical records in Acme Notes?", home=tmp_path)
+    assert explained.returncode == 0 and "reject (high_risk)" in explained.stderr
+    unknown = run_cli("curate", "--explain", "no such trace", home=tmp_path)
+    assert unknown.returncode == 2 and "no curated trace matches" in unknown.stderr
 
 
 def test_collect_reports_bad_lines_and_strict_stops(corpus_workspace, tmp_path):

@@ -120,7 +120,13 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
             rows = store.explain(explain)
         if not rows:
             raise DistillError(f"no curated trace matches '{explain}'; run `distill curate` first or check the id")
-        _print_rows(rows)
+        for row in rows:
+            verdict = row["decision"] + (f" ({row['reason']})" if row["reason"] else "")
+            console.print(f"[bold]{verdict}[/]  trace {row['trace_id']}, asked {row['asked_at']:%Y-%m-%d %H:%M} "
+                          f"in scope {row['scope']}: {row['query']!r}\n"
+                          f"  answer: {row['answer']!r}\n"
+                          f"  intent {row['cluster_id']} ({row['representative']!r}): {row['frequency']} traces in "
+                          f"the window, agreement {row['agreement']:.2f}, its answer {row['cluster_answer']!r}")
         return
     from rich.table import Table
 
@@ -174,7 +180,7 @@ def _short(value) -> str:
 
 @app.command()
 def quickstart(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
-    """Run the main job on the embedded sample: ingest, collect, then show the traces."""
+    """Run the main job on the embedded sample: ingest, collect, show the traces, curate."""
     from distill.collect import collect as run_collect
     from distill.index import ingest as run_ingest
     from distill.store import TraceStore
@@ -203,8 +209,17 @@ def quickstart(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> Non
         _print_rows(store.sql(summary))
         console.print(f"[dim]{example}[/]")
         _print_rows(store.sql(example))
-    console.print(f"Try: distill sql \"SELECT refusal_reason, count(*) FROM traces GROUP BY 1\""
-                  + (f" --home {workspace.home}" if home else ""))
+    console.rule("4. curate: what the student may learn, and why every other trace may not")
+    from distill.curate import curate as run_curate
+
+    result = run_curate(workspace, config)
+    reasons = ", ".join(f"{reason} {count}" for reason, count in result.decisions.get("reject", {}).most_common())
+    console.print(f"{result.traces_seen} traces in {result.clusters} intents: {result.train} to train on, "
+                  f"{sum(result.decisions.get('eval', {}).values())} held out for evaluation, rejected: "
+                  f"{reasons or 'none'}; {result.examples} training examples -> {result.dataset_path}")
+    suffix = f" --home {workspace.home}" if home else ""
+    console.print(f"Try: distill sql \"SELECT reason, count(*) FROM curation GROUP BY 1\"{suffix}")
+    console.print(f"     distill curate --explain \"Can I store patient medical records in Acme Notes?\"{suffix}")
 
 
 def main() -> None:

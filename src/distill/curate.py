@@ -36,6 +36,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,9 @@ class PiiDetector:
         registry.load_predefined_recognizers(nlp_engine=engine, languages=["en"])
         self.analyzer = AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
         self.entities, self.min_score = entities, min_score
+        self.find = lru_cache(maxsize=None)(self._find)  # traffic repeats: cost grows with distinct texts
 
-    def find(self, text: str) -> str | None:
+    def _find(self, text: str) -> str | None:
         """The first personal-data entity type found in `text`, or None."""
         if not text.strip():
             return None
