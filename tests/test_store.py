@@ -48,8 +48,8 @@ def test_migrates_an_older_file_in_place(tmp_path):
     with TraceStore(path) as store:
         names = [r["name"] for r in store.sql("SELECT name FROM _migrations ORDER BY applied_at, name")]
         assert names == [m.__name__ for m in TRACE_MIGRATIONS]
-        assert store.sql("SELECT query_id, run_id FROM traces") == [{"query_id": "q1", "run_id": None}]
-        assert store.append([make_trace("q2", run_id="r")]) == 1
+        assert store.sql("SELECT query_id, collect_run_id FROM traces") == [{"query_id": "q1", "collect_run_id": None}]
+        assert store.append([make_trace("q2", collect_run_id="r")]) == 1
 
 
 def test_newer_schema_is_refused(tmp_path):

@@ -106,7 +106,7 @@ def read_queries(path: Path, known_scopes: set[str] | None = None, strict: bool 
 def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str = "rag",
              route_reason: str = "collect") -> Trace:
     return Trace(
-        trace_id=uuid.uuid4().hex, query_id=record.query_id, run_id=run_id, asked_at=record.asked_at,
+        trace_id=uuid.uuid4().hex, query_id=record.query_id, collect_run_id=run_id, asked_at=record.asked_at,
         scope=answer.scope, query=answer.query, answer=answer.answer, citations=answer.citations,
         cited_doc_versions=answer.cited_doc_versions, retrieved=answer.retrieved, refused=answer.refused,
         refusal_reason=answer.refusal_reason, route=route, route_reason=route_reason,

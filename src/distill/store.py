@@ -103,7 +103,7 @@ class Trace:
     backend: str
     asked_at: datetime
     trace_id: str = ""
-    run_id: str | None = None
+    collect_run_id: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -152,7 +152,7 @@ def _m002_collect_runs(con: duckdb.DuckDBPyConnection) -> None:
             skipped_existing INTEGER,
             bad_lines INTEGER
         )""")
-    con.execute("ALTER TABLE traces ADD COLUMN run_id VARCHAR")
+    con.execute("ALTER TABLE traces ADD COLUMN collect_run_id VARCHAR")
 
 
 def _m003_curation(con: duckdb.DuckDBPyConnection) -> None:
@@ -205,7 +205,7 @@ _TRACE_COLUMNS = [
     "cited_doc_versions", "retrieved", "refused", "refusal_reason", "route", "route_reason",
     "top_score", "score_margin", "retriever_agreement", "mean_logprob", "groundedness",
     "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
-    "backend", "run_id",
+    "backend", "collect_run_id",
 ]
 
 

@@ -1,0 +1,130 @@
+"""Is the confidence filter informative, and does curation scale?
+
+1. PolicyQA traffic (4,000 queries, Zipf) answered by the extractive teacher, then curated. Each
+   trace's token F1 against gold (kept aside by the traffic script) tells whether the teacher was
+   right; we report the F1 of kept vs rejected traces and the AUROC of each confidence signal, and
+   of their combination (mean percentile rank, no fitted weights), for predicting F1 >= 0.5.
+2. Scale: 100,000 synthetic traces with 10,000 distinct queries, curated end to end (goal <= 60 s).
+
+    python scripts/bench_curate.py [--skip-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from bench_teacher import workspace as policyqa_workspace
+from distill.collect import collect
+from distill.config import Workspace
+from distill.curate import curate
+from distill.store import Trace, TraceStore
+from distill.traffic import make_traffic
+from policyqa import ROOT, best_f1, require_policyqa
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def informativeness() -> None:
+    traffic = make_traffic(require_policyqa(), ROOT / "bench" / "traffic", n_queries=4000, seed=0)
+    gold = {g["query_id"]: g for g in map(json.loads, traffic.gold_file.read_text().splitlines())}
+    home = ROOT / "bench" / "curate-policyqa"
+    if not (home / "traces" / "traces.duckdb").exists():
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "index").exists():
+            (home / "index").symlink_to(policyqa_workspace().index_dir)
+        collect(Workspace(home), Workspace(home).config(), traffic.queries_file)
+    workspace = Workspace(home)
+    started = time.perf_counter()
+    result = curate(workspace, workspace.config())
+    elapsed = time.perf_counter() - started
+    with TraceStore(workspace.traces_db) as store:
+        rows = store.sql("""
+            SELECT t.query_id, t.answer, t.refused, t.top_score, t.score_margin, t.retriever_agreement,
+                   t.groundedness, c.decision, c.reason, k.agreement AS cluster_agreement, k.frequency
+            FROM curation c JOIN traces t USING (trace_id) JOIN clusters k USING (run_id, cluster_id)
+            WHERE c.run_id = ?""", [result.run_id])
+    for row in rows:
+        row["f1"] = best_f1(row["answer"], gold[row["query_id"]]["gold_answers"])
+    print(f"PolicyQA traffic: {result.traces_seen} traces, {result.clusters} intents, curated in {elapsed:.1f} s")
+    for decision in ("train", "eval", "reject"):
+        chosen = [r["f1"] for r in rows if r["decision"] == decision]
+        print(f"  {decision:7} {len(chosen):5d} traces, teacher F1 vs gold {np.mean(chosen) if chosen else 0:.3f}")
+    reasons = {}
+    for r in rows:
+        if r["decision"] == "reject":
+            reasons.setdefault(r["reason"], []).append(r["f1"])
+    for reason, f1s in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+        print(f"    rejected for {reason:16} {len(f1s):5d} traces, F1 {np.mean(f1s):.3f}")
+    answered = [r for r in rows if not r["refused"]]
+    labels = np.array([r["f1"] >= 0.5 for r in answered])
+    signals = {name: np.array([r[name] or 0.0 for r in answered], dtype=float)
+               for name in ("top_score", "score_margin", "retriever_agreement", "cluster_agreement", "frequency")}
+    ranks = np.mean([np.argsort(np.argsort(v)) / len(v) for v in signals.values()], axis=0)
+    print(f"  AUROC for a correct answer (F1 >= 0.5; {labels.mean():.1%} of {len(answered)} answered traces):")
+    for name, values in signals.items():
+        print(f"    {name:20} {auroc(values, labels):.3f}")
+    print(f"    {'combined (mean rank)':20} {auroc(ranks, labels):.3f}   (goal >= 0.75)")
+
+
+def scale(n_traces: int = 100_000, n_distinct: int = 10_000) -> None:
+    home = ROOT / "bench" / "curate-scale"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    (home / "index").symlink_to(policyqa_workspace().index_dir)
+    workspace = Workspace(home)
+    rng = random.Random(0)
+    scopes = [f"site{i}.com" for i in range(20)]
+    topics = ["data sharing", "cookies", "children", "retention", "opt out", "security", "contact details",
+              "advertising", "location", "third parties"]
+    start = datetime(2026, 9, 1, tzinfo=timezone.utc)
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(n_distinct)]
+    picks = rng.choices(range(n_distinct), weights=weights, k=n_traces)
+    traces = []
+    for n, q in enumerate(picks):
+        traces.append(Trace(
+            query_id=f"s{n}", scope=scopes[q % 20], query=f"What do you do about {topics[q % 10]} in case {q}?",
+            answer=f"We handle {topics[q % 10]} as described in section {q % 50}.", citations=["x@v1#0"],
+            cited_doc_versions=[{"doc_id": "x", "version": 1}], retrieved=["x@v1#0"], refused=False,
+            refusal_reason=None, route="rag", route_reason="collect", top_score=0.6, score_margin=0.05,
+            retriever_agreement=0.4, mean_logprob=None, groundedness=1.0, citation_valid=True, latency_ms=5.0,
+            retrieval_ms=2.0, prompt_tokens=0, completion_tokens=0, model="m", backend="extractive",
+            asked_at=start + timedelta(seconds=n * 24)))
+    with TraceStore(workspace.traces_db) as store:
+        for i in range(0, n_traces, 5000):
+            store.append(traces[i:i + 5000])
+    del traces
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    result = curate(workspace, workspace.config())
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"scale: {result.traces_seen:,} traces, {n_distinct:,} distinct queries -> {result.clusters:,} intents, "
+          f"{result.train:,} train, {result.examples:,} examples in {elapsed:.1f} s (goal <= 60 s); "
+          f"peak RSS {peak / 1024:.0f} MB (was {before / 1024:.0f} MB before curating)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-scale", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    informativeness()
+    if not args.skip_scale:
+        scale()
+
+
+if __name__ == "__main__":
+    main()
