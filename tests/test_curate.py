@@ -136,3 +136,11 @@ def test_pii_detector_uses_presidio_checks():
     assert detector.find("card 4111 1111 1111 1111 please") == "CREDIT_CARD"
     assert detector.find("card 4111 1111 1111 1112 please") is None  # fails the Luhn check
     assert detector.find("How do I export my notes?") is None
+
+
+def test_contact_details_published_in_the_cited_document_are_not_personal_data():
+    detector = PiiDetector(["EMAIL_ADDRESS"], 0.5)
+    answer = "Write to privacy@acme-notes.com for a copy of your data."
+    assert detector.find(answer) == "EMAIL_ADDRESS"
+    assert detector.find(answer, "Contact privacy@acme-notes.com with any request.") is None
+    assert detector.find("Mail jane@gmail.com or privacy@acme-notes.com", "privacy@acme-notes.com") == "EMAIL_ADDRESS"

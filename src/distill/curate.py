@@ -149,13 +149,15 @@ class PiiDetector:
         self.entities, self.min_score = entities, min_score
         self.find = lru_cache(maxsize=None)(self._find)  # traffic repeats: cost grows with distinct texts
 
-    def _find(self, text: str) -> str | None:
-        """The first personal-data entity type found in `text`, or None."""
+    def _find(self, text: str, published: str = "") -> str | None:
+        """The first personal-data entity type found in `text`, or None. Spans that also occur in
+        `published` (the cited documents: a support address, a company phone) are not personal data."""
         if not text.strip():
             return None
         results = self.analyzer.analyze(text=text, language="en", entities=self.entities,
                                         score_threshold=self.min_score)
-        return results[0].entity_type if results else None
+        found = [r for r in results if text[r.start:r.end] not in published]
+        return found[0].entity_type if found else None
 
 
 def _validate(config: CurateConfig) -> None:
@@ -201,13 +203,15 @@ def curate(workspace: Workspace, config: Config, now: datetime | None = None) ->
     corpus = CorpusStore(corpus_path(workspace), read_only=True)
     try:
         latest, flagged = corpus.document_versions(), corpus.flagged_chunk_ids()
+        with TraceStore(workspace.traces_db) as store:
+            traces = store.curation_input()
+        if not traces:
+            raise DistillError(f"the trace store {workspace.traces_db} has no teacher traces; run `distill collect` first")
+        cited_text = corpus.chunk_texts({c for t in traces for c in t["citations"]})
     finally:
         corpus.close()
     with TraceStore(workspace.traces_db) as store:
-        traces = store.curation_input()
-        if not traces:
-            raise DistillError(f"the trace store {workspace.traces_db} has no teacher traces; run `distill collect` first")
-        result = _decide(traces, config, latest, flagged)
+        result = _decide(traces, config, latest, flagged, cited_text)
         dataset_path, dataset_hash, examples = _export(workspace, result, traces, cfg)
         run = result["run"]
         run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
@@ -222,7 +226,8 @@ def curate(workspace: Workspace, config: Config, now: datetime | None = None) ->
                           examples=examples, dataset_path=dataset_path, dataset_hash=dataset_hash)
 
 
-def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged: set[str]) -> dict:
+def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged: set[str],
+            cited_text: dict[str, str]) -> dict:
     cfg = config.curate
     risk = compile_patterns(cfg.high_risk_patterns)
     injection = compile_patterns(config.corpus.injection_patterns)
@@ -264,7 +269,7 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
     decisions, leaked = [], 0
     for i, trace in enumerate(traces):
         number = cluster_of[keys[i]]
-        reason = _safety_rule(trace, cfg, risk, injection, pii, flagged)
+        reason = _safety_rule(trace, cfg, risk, injection, pii, flagged, cited_text)
         if trace["asked_at"] >= cutoff:
             decision = "reject" if reason else "eval"
             leaked += decision == "eval" and keys[i] in train_wordings
@@ -286,12 +291,14 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
     return {"run": run, "clusters": clusters, "decisions": decisions}
 
 
-def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetector, flagged: set[str]) -> str | None:
+def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetector, flagged: set[str],
+                 cited_text: dict[str, str]) -> str | None:
     if trace["scope"] in cfg.high_risk_scopes or detect_injection(trace["query"], risk):
         return "high_risk"
     if detect_injection(trace["query"], injection) or any(c in flagged for c in trace["citations"]):
         return "injection"
-    if pii.find(trace["query"]) or pii.find(trace["answer"]):
+    published = "\n".join(cited_text.get(c, "") for c in trace["citations"])
+    if pii.find(trace["query"]) or pii.find(trace["answer"], published):
         return "pii"
     return None
 

@@ -482,6 +482,11 @@ class CorpusStore:
             "SELECT DISTINCT stem(unnest(fts_main_chunks.tokenize(?)), 'porter')", [query]).fetchall()
         return [r[0] for r in rows if r[0]]
 
+    def chunk_texts(self, chunk_ids: Iterable[str]) -> dict[str, str]:
+        rows = self._con.cursor().execute("SELECT chunk_id, text FROM chunks WHERE chunk_id IN (SELECT unnest(?))",
+                                          [list(chunk_ids)]).fetchall()
+        return dict(rows)
+
     def flagged_chunk_ids(self) -> set[str]:
         return {r[0] for r in self._con.execute("SELECT chunk_id FROM chunks WHERE injection_flag IS NOT NULL").fetchall()}
 
