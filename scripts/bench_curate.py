@@ -72,21 +72,23 @@ def informativeness() -> None:
     # is then reported on the report half, so no choice is made on the figures it is judged by.
     halves = {name: {p["scope"] for p in pairs} for name, pairs in split_pairs().items()}
     names = ("top_score", "score_margin", "retriever_agreement", "cluster_agreement", "frequency")
-    figures = {}
-    for half, scopes in halves.items():
-        answered = [r for r in rows if not r["refused"] and gold[r["query_id"]]["scope"] in scopes]
-        labels = np.array([r["f1"] >= 0.5 for r in answered])
-        signals = {name: np.array([r[name] or 0.0 for r in answered], dtype=float) for name in names}
-        figures[half] = (labels, signals, {name: auroc(v, labels) for name, v in signals.items()})
-    best_two = sorted(names, key=lambda n: -figures["tune"][2][n])[:2]
-    print(f"  AUROC for a correct answer (F1 >= 0.5), answered traces by half:")
-    print(f"    {'signal':28} {'tune':>6} {'report':>7}")
-    for name in names:
-        print(f"    {name:28} {figures['tune'][2][name]:6.3f} {figures['report'][2][name]:7.3f}")
-    for label, chosen in (("mean rank of all", names), (f"mean rank of {' + '.join(best_two)}", best_two)):
-        values = [auroc(np.mean([np.argsort(np.argsort(figures[h][1][n])) for n in chosen], axis=0), figures[h][0])
-                  for h in ("tune", "report")]
-        print(f"    {label[:28]:28} {values[0]:6.3f} {values[1]:7.3f}   (goal >= 0.75)")
+    distinct = list({(gold[r["query_id"]]["scope"], gold[r["query_id"]]["query"]): r for r in rows}.values())
+    for population, chosen_rows in (("traces (frequent wordings weigh more)", rows), ("distinct wordings", distinct)):
+        figures = {}
+        for half, scopes in halves.items():
+            answered = [r for r in chosen_rows if not r["refused"] and gold[r["query_id"]]["scope"] in scopes]
+            labels = np.array([r["f1"] >= 0.5 for r in answered])
+            signals = {name: np.array([r[name] or 0.0 for r in answered], dtype=float) for name in names}
+            figures[half] = (labels, signals, {name: auroc(v, labels) for name, v in signals.items()})
+        best_two = sorted(names, key=lambda n: -figures["tune"][2][n])[:2]
+        print(f"  AUROC for a correct answer (F1 >= 0.5), {population}:")
+        print(f"    {'signal':40} {'tune':>6} {'report':>7}")
+        for name in names:
+            print(f"    {name:40} {figures['tune'][2][name]:6.3f} {figures['report'][2][name]:7.3f}")
+        for label, chosen in (("mean rank of all", names), (f"mean rank of {' + '.join(best_two)}", best_two)):
+            values = [auroc(np.mean([np.argsort(np.argsort(figures[h][1][n])) for n in chosen], axis=0), figures[h][0])
+                      for h in ("tune", "report")]
+            print(f"    {label:40} {values[0]:6.3f} {values[1]:7.3f}   (goal >= 0.75)")
 
 
 def scale(n_traces: int = 100_000, n_distinct: int = 10_000) -> None:

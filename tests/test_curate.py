@@ -144,3 +144,10 @@ def test_contact_details_published_in_the_cited_document_are_not_personal_data()
     assert detector.find(answer) == "EMAIL_ADDRESS"
     assert detector.find(answer, "Contact privacy@acme-notes.com with any request.") is None
     assert detector.find("Mail jane@gmail.com or privacy@acme-notes.com", "privacy@acme-notes.com") == "EMAIL_ADDRESS"
+
+
+def test_require_min_names_the_rule_that_rejected_most(home):
+    with pytest.raises(DistillError, match=r"only 0 traces passed the rules, 1 required; rule 'infrequent'"):
+        curate(home, home.config({"curate": {"min_count": 50}}), require_min=1)
+    with TraceStore(home.traces_db) as store:  # the run is stored all the same, for --explain
+        assert store.sql("SELECT count(*) AS n FROM curation_runs") == [{"n": 1}]

@@ -107,6 +107,7 @@ def traffic(squad: Path = typer.Argument(..., help="a SQuAD-format JSON file, e.
 
 @app.command()
 def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query id or query text: say why it was kept or rejected"),
+           require_min: Optional[int] = typer.Option(None, help="fail (exit 2) when fewer traces than this pass the rules"),
            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Pick the frequent, confident, grounded traces to train on; record why for every other."""
     workspace = _workspace(home)
@@ -133,7 +134,7 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
     from distill.curate import curate as run_curate
 
     with console.status("curating"):
-        result = run_curate(workspace, workspace.config())
+        result = run_curate(workspace, workspace.config(), require_min=require_min)
     table = Table(title=f"curation run {result.run_id}")
     table.add_column("decision")
     table.add_column("reason")
@@ -145,6 +146,9 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
     console.print(f"{result.traces_seen} traces in {result.clusters} clusters; cutoff {result.cutoff}; "
                   f"{result.leaked_eval_traces} eval traces share a wording with training; "
                   f"{result.examples} training examples -> {result.dataset_path or '(none)'}")
+    if result.train == 0 and (worst := result.most_rejected()):
+        console.print(f"[yellow]no trace passed the rules; '{worst[0]}' rejected most ({worst[1]}): "
+                      f"relax its setting in [curate] or collect more traffic[/]")
 
 
 @app.command()

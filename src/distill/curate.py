@@ -71,6 +71,10 @@ class CurationResult:
     def train(self) -> int:
         return sum(self.decisions.get("train", Counter()).values())
 
+    def most_rejected(self) -> tuple[str, int] | None:
+        rejected = self.decisions.get("reject", Counter())
+        return rejected.most_common(1)[0] if rejected else None
+
 
 def normalize_query(text: str) -> str:
     """Lowercase, single spaces, no trailing punctuation: 'How do I export?' == 'how do i export'."""
@@ -194,8 +198,12 @@ def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> st
 # The stage
 # ---------------------------------------------------------------------------------------------
 
-def curate(workspace: Workspace, config: Config, now: datetime | None = None) -> CurationResult:
-    """Cluster, split, apply the rules, store the decisions and export the training set."""
+def curate(workspace: Workspace, config: Config, require_min: int | None = None,
+           now: datetime | None = None) -> CurationResult:
+    """Cluster, split, apply the rules, store the decisions and export the training set.
+
+    With `require_min`, fewer than that many training traces is an error (the run is still stored,
+    so `--explain` can show why)."""
     cfg = config.curate
     _validate(cfg)
     if not workspace.traces_db.exists():
@@ -221,9 +229,15 @@ def curate(workspace: Workspace, config: Config, now: datetime | None = None) ->
     counts: dict[str, Counter] = defaultdict(Counter)
     for d in result["decisions"]:
         counts[d["decision"]][d["reason"]] += 1
-    return CurationResult(run_id=run["run_id"], traces_seen=len(traces), clusters=len(result["clusters"]),
-                          cutoff=run["cutoff"], decisions=dict(counts), leaked_eval_traces=run["leaked_eval_traces"],
-                          examples=examples, dataset_path=dataset_path, dataset_hash=dataset_hash)
+    curation = CurationResult(run_id=run["run_id"], traces_seen=len(traces), clusters=len(result["clusters"]),
+                              cutoff=run["cutoff"], decisions=dict(counts),
+                              leaked_eval_traces=run["leaked_eval_traces"], examples=examples,
+                              dataset_path=dataset_path, dataset_hash=dataset_hash)
+    if require_min is not None and curation.train < require_min:
+        reason, count = curation.most_rejected() or ("none", 0)
+        raise DistillError(f"only {curation.train} traces passed the rules, {require_min} required; rule '{reason}' "
+                           f"rejected most ({count}): relax its setting in [curate] or collect more traffic")
+    return curation
 
 
 def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged: set[str],
