@@ -53,7 +53,7 @@ def informativeness() -> None:
     with TraceStore(workspace.traces_db) as store:
         rows = store.sql("""
             SELECT t.query_id, t.answer, t.refused, t.top_score, t.score_margin, t.retriever_agreement,
-                   t.groundedness, c.decision, c.reason, k.agreement AS cluster_agreement, k.frequency
+                   t.groundedness, t.answer_score, c.decision, c.reason, k.agreement AS cluster_agreement, k.frequency
             FROM curation c JOIN traces t USING (trace_id) JOIN clusters k USING (run_id, cluster_id)
             WHERE c.run_id = ?""", [result.run_id])
     for row in rows:
@@ -71,7 +71,7 @@ def informativeness() -> None:
     # Signals are compared on the tune half of the websites; the combination of the two best there
     # is then reported on the report half, so no choice is made on the figures it is judged by.
     halves = {name: {p["scope"] for p in pairs} for name, pairs in split_pairs().items()}
-    names = ("top_score", "score_margin", "retriever_agreement", "cluster_agreement", "frequency")
+    names = ("top_score", "score_margin", "retriever_agreement", "answer_score", "cluster_agreement", "frequency")
     distinct = list({(gold[r["query_id"]]["scope"], gold[r["query_id"]]["query"]): r for r in rows}.values())
     for population, chosen_rows in (("traces (frequent wordings weigh more)", rows), ("distinct wordings", distinct)):
         figures = {}

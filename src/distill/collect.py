@@ -112,6 +112,7 @@ def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str
         refusal_reason=answer.refusal_reason, route=route, route_reason=route_reason,
         top_score=answer.top_score, score_margin=answer.score_margin,
         retriever_agreement=answer.retriever_agreement, mean_logprob=answer.mean_logprob,
+        answer_score=answer.answer_score,
         groundedness=answer.groundedness, citation_valid=answer.citation_valid, latency_ms=answer.latency_ms,
         retrieval_ms=answer.retrieval_ms, prompt_tokens=answer.prompt_tokens,
         completion_tokens=answer.completion_tokens, model=answer.model, backend=answer.backend)

@@ -103,6 +103,7 @@ class Trace:
     backend: str
     asked_at: datetime
     trace_id: str = ""
+    answer_score: float | None = None
     collect_run_id: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -198,14 +199,18 @@ def _m003_curation(con: duckdb.DuckDBPyConnection) -> None:
         )""")
 
 
-TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation]
+def _m004_answer_score(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE traces ADD COLUMN answer_score DOUBLE")
+
+
+TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
     "cited_doc_versions", "retrieved", "refused", "refusal_reason", "route", "route_reason",
     "top_score", "score_margin", "retriever_agreement", "mean_logprob", "groundedness",
     "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
-    "backend", "collect_run_id",
+    "backend", "collect_run_id", "answer_score",
 ]
 
 
@@ -294,7 +299,7 @@ class TraceStore:
         """Every teacher trace with what the curation rules read, oldest first."""
         return self.sql("""
             SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, refused,
-                   refusal_reason, top_score, score_margin, mean_logprob, groundedness, citation_valid
+                   refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid
             FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id""")
 
     def write_curation(self, run: dict, clusters: list[dict], decisions: list[dict]) -> None:

@@ -54,6 +54,7 @@ def words(text: str) -> list[str]:
 class Generation:
     text: str
     mean_logprob: float | None = None
+    answer_score: float | None = None  # the generator's own confidence in its answer, 0 to 1
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -72,6 +73,7 @@ class Answer:
     score_margin: float | None
     retriever_agreement: float | None
     mean_logprob: float | None
+    answer_score: float | None
     groundedness: float | None
     citation_valid: bool
     latency_ms: float
@@ -203,7 +205,7 @@ class Teacher:
             cited_doc_versions=[{"doc_id": c["doc_id"], "version": c["version"]} for c in cited],
             retrieved=retrieved_ids, refused=refusal is not None, refusal_reason=refusal,
             top_score=top, score_margin=margin, retriever_agreement=retrieval.agreement,
-            mean_logprob=generation.mean_logprob,
+            mean_logprob=generation.mean_logprob, answer_score=generation.answer_score,
             groundedness=groundedness(generation.text, cited) if cited else None,
             citation_valid=all(c["chunk_id"] in retrieved_ids for c in cited),
             latency_ms=(time.perf_counter() - started) * 1000 + retrieval.latency_ms + shared_ms,
@@ -263,8 +265,9 @@ class ExtractiveGenerator:
         query_words = set(words(query))
         scores = [sim + 0.1 * len(query_words & set(words(s))) / max(len(query_words), 1) - 0.02 * rank
                   for sim, (rank, s) in zip(similarity, candidates)]
-        best = candidates[int(np.argmax(scores))][1]
-        return Generation(" ".join(best.split()[: self.max_answer_words]))
+        best = int(np.argmax(scores))
+        return Generation(" ".join(candidates[best][1].split()[: self.max_answer_words]),
+                          answer_score=float(similarity[best]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +342,9 @@ class TransformersGenerator:
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out.sequences[0, prompt_len:]
         logprobs = [torch.log_softmax(score[0].float(), -1)[tok].item() for score, tok in zip(out.scores, new_tokens)]
+        mean = float(np.mean(logprobs)) if logprobs else None
         return Generation(text=first_answer_line(self.tokenizer.decode(new_tokens, skip_special_tokens=True)),
-                          mean_logprob=float(np.mean(logprobs)) if logprobs else None,
+                          mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
                           prompt_tokens=int(prompt_len), completion_tokens=int(len(new_tokens)))
 
 
@@ -398,7 +402,8 @@ class OpenAIGenerator:
                                f"check teacher.openai.base_url (it should end in /v1)") from None
         logprobs = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or []) if "logprob" in t]
         usage = data.get("usage") or {}
+        mean = float(np.mean(logprobs)) if logprobs else None
         return Generation(text=first_answer_line(text),
-                          mean_logprob=float(np.mean(logprobs)) if logprobs else None,
+                          mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
                           prompt_tokens=int(usage.get("prompt_tokens", 0)),
                           completion_tokens=int(usage.get("completion_tokens", 0)))
