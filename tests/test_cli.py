@@ -19,7 +19,7 @@ def run_cli(*args, home=None):
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("ingest", "collect", "traffic", "curate", "sql", "quickstart"):
+    for command in ("ingest", "collect", "traffic", "curate", "train", "models", "sql", "quickstart"):
         assert command in result.output
 
 

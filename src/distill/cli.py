@@ -152,6 +152,100 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
 
 
 @app.command()
+def train(dataset: Optional[Path] = typer.Option(None, help="a dataset folder from `distill curate` (default: the latest)"),
+          full: bool = typer.Option(False, "--full", help="full fine-tune instead of LoRA"),
+          max_steps: Optional[int] = typer.Option(None, help="stop after this many steps (default: train.epochs)"),
+          base_model: Optional[str] = typer.Option(None, help="'SmolLM2-135M-Instruct' or a local model folder"),
+          home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Fine-tune a new student version with TRL on the curated dataset (does not promote it)."""
+    from distill.train import train as run_train
+
+    workspace = _workspace(home)
+    overrides: dict = {}
+    if full:
+        overrides["method"] = "full"
+    if max_steps is not None:
+        overrides["max_steps"] = max_steps
+    if base_model is not None:
+        overrides["base_model"] = base_model
+    result = run_train(workspace, workspace.config({"train": overrides}))
+    losses = result.losses
+    _console().print(f"trained {result.version} on {result.examples} examples in {result.steps} steps "
+                     f"({result.runtime_s:.0f} s); loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {result.path}. "
+                     f"Promote it with: distill models promote {result.version}")
+
+
+models_app = typer.Typer(help="List, inspect, promote and roll back student versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _student(student: Optional[str], workspace) -> str:
+    return student or workspace.config().train.student_name
+
+
+@models_app.command("list")
+def models_list(student: Optional[str] = typer.Option(None, help="registry name (default: train.student_name)"),
+                home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """The versions of a student, the promoted one marked."""
+    from distill import registry
+
+    workspace = _workspace(home)
+    name = _student(student, workspace)
+    promoted = registry.current(workspace.models_dir, name)
+    rows = []
+    for version in registry.versions(workspace.models_dir, name):
+        m = registry.manifest(workspace.models_dir, name, version)
+        rows.append({"version": version, "current": "*" if version == promoted else "", "created": m["created_at"][:19],
+                     "examples": m["examples"], "intents": len(m["clusters"]), "final loss":
+                     (m["metrics"]["train_losses"] or [None])[-1], "eval": json_short(m.get("eval"))})
+    if not rows:
+        raise DistillError(f"student '{name}' has no versions in {workspace.models_dir}; run `distill train` first")
+    _print_rows(rows)
+
+
+def json_short(value) -> str:
+    import json
+
+    return "-" if value is None else json.dumps(value)[:60]
+
+
+@models_app.command("show")
+def models_show(version: str = typer.Argument(..., help="e.g. v0003"),
+                student: Optional[str] = typer.Option(None, help="registry name (default: train.student_name)"),
+                home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Print a version's manifest."""
+    import json
+
+    from distill import registry
+
+    workspace = _workspace(home)
+    print(json.dumps(registry.manifest(workspace.models_dir, _student(student, workspace), version), indent=2))
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(..., help="e.g. v0003"),
+                   student: Optional[str] = typer.Option(None, help="registry name (default: train.student_name)"),
+                   home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Make a version the one the router serves (atomic)."""
+    from distill import registry
+
+    workspace = _workspace(home)
+    registry.promote(workspace.models_dir, _student(student, workspace), version)
+    _console().print(f"{version} is now current")
+
+
+@models_app.command("rollback")
+def models_rollback(student: Optional[str] = typer.Option(None, help="registry name (default: train.student_name)"),
+                    home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Promote the previously promoted version again."""
+    from distill import registry
+
+    workspace = _workspace(home)
+    version = registry.rollback(workspace.models_dir, _student(student, workspace))
+    _console().print(f"rolled back: {version} is now current")
+
+
+@app.command()
 def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run SQL on the trace store and print the result."""

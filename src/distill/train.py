@@ -1,0 +1,186 @@
+"""Fine-tune the student on a curated dataset with TRL, and register the result.
+
+    >>> result = train(workspace, config)              # the latest curation run's dataset
+    >>> result.version, result.path
+    ('v0003', PosixPath('models/student/v0003'))
+
+TRL's `SFTTrainer` trains on the dataset as `curate` wrote it (conversational prompt/completion),
+so the loss is on the completion only and the student's own chat template frames every example.
+LoRA adapters on every linear layer by default (`train.method = "full"` trains all weights); the
+adapters are merged, so a version is a plain `save_pretrained` folder that transformers, vLLM or
+any OpenAI-compatible server loads. CPU unless accelerate finds a GPU. Checkpoints every
+`train.save_steps` steps under `models/<student>/.work/<dataset hash>/`: rerunning a killed training
+resumes from the last one. A version folder appears only when it is complete (written under a
+temporary name, then renamed); training never changes which version is `current`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from distill import registry
+from distill.config import Config, TrainConfig, Workspace
+from distill.errors import DistillError
+from distill.store import TraceStore
+from distill.teacher import SMOLLM2, smollm2_folder
+
+
+@dataclass
+class TrainResult:
+    version: str
+    path: Path
+    examples: int
+    steps: int
+    losses: list[float]
+    runtime_s: float
+
+
+def latest_dataset(workspace: Workspace) -> Path:
+    """The dataset of the most recent curation run that produced one."""
+    if not workspace.traces_db.exists():
+        raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` and `distill curate` first")
+    with TraceStore(workspace.traces_db) as store:
+        rows = store.sql("SELECT dataset_path FROM curation_runs WHERE dataset_path IS NOT NULL "
+                         "ORDER BY created_at DESC LIMIT 1")
+    if not rows:
+        raise DistillError("no curation run has produced a training set yet; run `distill curate` first")
+    return Path(rows[0]["dataset_path"])
+
+
+def load_training_set(path: Path):
+    import datasets
+
+    if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
+        raise DistillError(f"{path} is not a saved dataset; pass a folder written by `distill curate`")
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, IndexError) as err:
+        raise DistillError(f"cannot read the dataset {path} ({type(err).__name__}); rerun `distill curate`") from None
+    missing = {"prompt", "completion"} - set(dataset.column_names)
+    if missing:
+        raise DistillError(f"the dataset {path} lacks column '{sorted(missing)[0]}'; it needs prompt and completion "
+                           f"(conversational), as `distill curate` writes them")
+    if len(dataset) == 0:
+        raise DistillError(f"the dataset {path} is empty; relax the [curate] rules or collect more traffic")
+    return dataset
+
+
+def resolve_base(name: str, workspace: Workspace) -> Path:
+    path = smollm2_folder(workspace.models_dir) if name == SMOLLM2 else Path(name)
+    if not (path / "config.json").exists():
+        raise DistillError(f"base model '{name}' is neither '{SMOLLM2}' nor a model folder with config.json; "
+                           f"set train.base_model")
+    return path
+
+
+def _check_disk(target: Path, base: Path) -> None:
+    needed = 2 * sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
+    target.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target).free
+    if free < needed:
+        raise DistillError(f"{target} has {free / 1e6:.0f} MB free and training needs about {needed / 1e6:.0f} MB; "
+                           f"free some space or point --home elsewhere")
+
+
+def train(workspace: Workspace, config: Config, dataset_path: Path | None = None, progress: bool = True) -> TrainResult:
+    """Train a new student version on `dataset_path` (default: the latest curated set)."""
+    cfg = config.train
+    if cfg.method not in ("lora", "full"):
+        raise DistillError(f"setting 'train.method' must be 'lora' or 'full' (got {cfg.method!r})")
+    dataset_path = Path(dataset_path) if dataset_path else latest_dataset(workspace)
+    if not dataset_path.exists():
+        raise DistillError(f"dataset {dataset_path} does not exist; run `distill curate` or pass --dataset")
+    dataset = load_training_set(dataset_path)
+    meta_file = dataset_path / "distill.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    base = resolve_base(cfg.base_model, workspace)
+    root = registry.student_dir(workspace.models_dir, cfg.student_name)
+    _check_disk(root, base)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    work = root / ".work" / (meta.get("content_hash") or dataset_path.name)[:16]
+    args = SFTConfig(
+        output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
+        logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
+        report_to=[], disable_tqdm=not progress, use_cpu=not torch.cuda.is_available())
+    peft_config = None
+    if cfg.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    resume = any(p.name.startswith("checkpoint-") for p in work.iterdir()) if work.exists() else False
+    started = time.time()
+    trainer.train(resume_from_checkpoint=resume or None)
+    runtime = time.time() - started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    trained = trainer.model.merge_and_unload() if cfg.method == "lora" else trainer.model
+
+    version = registry.next_version(workspace.models_dir, cfg.student_name)
+    tmp = root / f".{version}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    clusters = {}
+    for row in dataset:
+        clusters.setdefault(row.get("cluster_id"), {"cluster_id": row.get("cluster_id"), "scope": row.get("scope"),
+                                                     "cited_doc_versions": row.get("cited_doc_versions") or []})
+    manifest = {
+        "student": cfg.student_name, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
+        "base_model": cfg.base_model, "base_model_path": str(base), "dataset_path": str(dataset_path),
+        "dataset_hash": meta.get("content_hash"), "curation_run_id": meta.get("run_id"),
+        "prompt_template": meta.get("prompt_template"), "examples": len(dataset),
+        "clusters": list(clusters.values()), "training": asdict(cfg),
+        "metrics": {"train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1)},
+        "eval": None,
+    }
+    (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (tmp / "README.md").write_text(model_card(manifest))
+    os.replace(tmp, root / version)
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(version, root / version, len(dataset), trainer.state.global_step, losses, runtime)
+
+
+def model_card(manifest: dict) -> str:
+    cfg = manifest["training"]
+    first, last = (manifest["metrics"]["train_losses"] or [None])[0], (manifest["metrics"]["train_losses"] or [None])[-1]
+    return f"""---
+base_model: {manifest['base_model']}
+library_name: transformers
+tags: [distill, trl, sft, {cfg['method']}]
+---
+
+# {manifest['student']} {manifest['version']}
+
+A student distilled by distill from its RAG teacher's traces: {manifest['base_model']} fine-tuned
+with TRL's SFTTrainer ({cfg['method']}) on {manifest['examples']} curated examples covering
+{len(manifest['clusters'])} intents. It answers closed-book; RAG stays the source of truth, and the
+router serves this model only for the intents, scopes and document versions listed in `distill.json`.
+
+| | |
+|---|---|
+| dataset | `{manifest['dataset_path']}` (sha256 `{manifest['dataset_hash']}`) |
+| curation run | `{manifest['curation_run_id']}` |
+| prompt template | `{manifest['prompt_template']}` |
+| training | {manifest['metrics']['steps']} steps, batch {cfg['batch_size']}, lr {cfg['learning_rate']} ({cfg['lr_scheduler']}), max length {cfg['max_length']}, seed {cfg['seed']} |
+| train loss | {first} -> {last} |
+| runtime | {manifest['metrics']['runtime_s']} s |
+
+Evaluation results are added to `distill.json` by `distill eval`.
+"""

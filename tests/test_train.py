@@ -1,0 +1,126 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill import registry
+from distill.config import Workspace
+from distill.errors import DistillError
+from distill.train import train
+
+QA = [("billing", "How long is the refund window?", "Refunds are possible within 14 days."),
+      ("billing", "Can I pay with PayPal?", "PayPal is not supported."),
+      ("notes", "How do I export a notebook?", "Open the notebook, click the menu and choose Export.")]
+
+
+def write_dataset(path, rows=QA, **meta):
+    import datasets
+
+    records = [{"prompt": [{"role": "user", "content": f"[{s}] {q}"}],
+                "completion": [{"role": "assistant", "content": a}],
+                "cluster_id": f"c{i}", "scope": s, "trace_ids": [f"t{i}"],
+                "cited_doc_versions": [{"doc_id": f"{s}/doc{i}", "version": 1}]} for i, (s, q, a) in enumerate(rows)]
+    datasets.Dataset.from_list(records).save_to_disk(str(path))
+    (path / "distill.json").write_text(json.dumps({"run_id": "run1", "content_hash": "ab" * 32,
+                                                   "prompt_template": "[{scope}] {query}", **meta}))
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_lm_dir):
+    ws = Workspace(tmp_path)
+    (tmp_path / "distill.toml").write_text(
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 12\nbatch_size = 3\nlearning_rate = 5e-3\n'
+        f'lr_scheduler = "constant"\nwarmup_ratio = 0.0\n')
+    return ws
+
+
+def test_training_logs_a_falling_loss_changes_weights_and_registers_a_loadable_version(workspace, tmp_path, tiny_lm_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dataset = write_dataset(tmp_path / "ds")
+    result = train(workspace, workspace.config(), dataset, progress=False)
+    assert result.version == "v0001" and result.steps == 12 and len(result.losses) == 12
+    assert result.losses[-1] < result.losses[0]
+    model = AutoModelForCausalLM.from_pretrained(str(result.path))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir))
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert changed, "LoRA was merged into the weights"
+    tokenizer = AutoTokenizer.from_pretrained(str(result.path))
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "[billing] Can I pay with PayPal?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert model.generate(**inputs, max_new_tokens=4, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
+    manifest = json.loads((result.path / "distill.json").read_text())
+    assert manifest["dataset_hash"] == "ab" * 32 and manifest["curation_run_id"] == "run1"
+    assert manifest["prompt_template"] == "[{scope}] {query}" and len(manifest["clusters"]) == 3
+    assert manifest["clusters"][0]["cited_doc_versions"] == [{"doc_id": "billing/doc0", "version": 1}]
+    assert "base_model:" in (result.path / "README.md").read_text()
+    assert registry.current(workspace.models_dir, "student") is None  # training never promotes
+
+
+def test_full_fine_tune(workspace, tmp_path):
+    result = train(workspace, workspace.config({"train": {"method": "full", "max_steps": 4}}),
+                   write_dataset(tmp_path / "ds"), progress=False)
+    assert result.steps == 4 and (result.path / "model.safetensors").exists()
+
+
+def test_bad_inputs_are_one_line_errors(workspace, tmp_path):
+    with pytest.raises(DistillError, match="distill curate"):
+        train(workspace, workspace.config())  # no curation run yet
+    with pytest.raises(DistillError, match="does not exist"):
+        train(workspace, workspace.config(), tmp_path / "missing")
+    (tmp_path / "notads").mkdir()
+    with pytest.raises(DistillError, match="not a saved dataset"):
+        train(workspace, workspace.config(), tmp_path / "notads")
+    import datasets
+
+    datasets.Dataset.from_list([{"text": "hello"}]).save_to_disk(str(tmp_path / "wrong"))
+    with pytest.raises(DistillError, match="lacks column 'completion'"):
+        train(workspace, workspace.config(), tmp_path / "wrong")
+    datasets.Dataset.from_dict({"prompt": [], "completion": []}).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(DistillError, match="is empty|cannot read the dataset"):  # datasets cannot reload 0 rows
+        train(workspace, workspace.config(), tmp_path / "empty")
+    with pytest.raises(DistillError, match="train.base_model"):
+        train(workspace, workspace.config({"train": {"base_model": str(tmp_path / "nope")}}), write_dataset(tmp_path / "ds"))
+    with pytest.raises(DistillError, match="train.method"):
+        train(workspace, workspace.config({"train": {"method": "qlora"}}), write_dataset(tmp_path / "ds2"))
+
+
+def fake_version(models, version):
+    path = models / "student" / version
+    path.mkdir(parents=True)
+    (path / "distill.json").write_text(json.dumps({"version": version}))
+
+
+def test_promote_and_rollback(tmp_path):
+    for version in ("v0001", "v0002"):
+        fake_version(tmp_path, version)
+    with pytest.raises(DistillError, match="no earlier promoted version"):
+        registry.rollback(tmp_path, "student")
+    registry.promote(tmp_path, "student", "v0001")
+    registry.promote(tmp_path, "student", "v0002")
+    assert registry.current(tmp_path, "student") == "v0002"
+    assert registry.rollback(tmp_path, "student") == "v0001"
+    assert registry.current(tmp_path, "student") == "v0001"
+    with pytest.raises(DistillError, match="no version 'v0009'"):
+        registry.promote(tmp_path, "student", "v0009")
+    assert registry.next_version(tmp_path, "student") == "v0003"
+
+
+def test_a_killed_promotion_leaves_a_valid_current(tmp_path):
+    """A process killed while promoting in a loop never leaves `current` empty or half-written."""
+    for version in ("v0001", "v0002"):
+        fake_version(tmp_path, version)
+    registry.promote(tmp_path, "student", "v0001")
+    code = ("import sys; from pathlib import Path; from distill import registry\n"
+            "while True:\n"
+            "    for v in ('v0001', 'v0002'): registry.promote(Path(sys.argv[1]), 'student', v)\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    for _ in range(200):
+        assert (tmp_path / "student" / "current").read_text().strip() in {"v0001", "v0002"}
+    os.kill(process.pid, 9)
+    process.wait()
+    assert registry.current(tmp_path, "student") in {"v0001", "v0002"}
