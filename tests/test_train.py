@@ -124,3 +124,17 @@ def test_a_killed_promotion_leaves_a_valid_current(tmp_path):
     os.kill(process.pid, 9)
     process.wait()
     assert registry.current(tmp_path, "student") in {"v0001", "v0002"}
+
+
+def test_a_trained_version_answers_with_its_own_template(workspace, tmp_path):
+    from distill.student import Student
+
+    result = train(workspace, workspace.config({"train": {"max_steps": 2}}), write_dataset(tmp_path / "ds"),
+                   progress=False)
+    student = Student.load(result.path, max_new_tokens=5)
+    assert student.template == "[{scope}] {query}"
+    generation = student.answer("Can I pay with PayPal?", scope="billing")
+    assert 0 < generation.completion_tokens <= 5 and generation.mean_logprob < 0
+    assert 0 < generation.answer_score <= 1 and generation.prompt_tokens > 5
+    with pytest.raises(DistillError, match="not a student version"):
+        Student.load(tmp_path)

