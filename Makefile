@@ -31,6 +31,8 @@ bench: install
 	$(BIN)/python scripts/bench_retrieval.py --synthetic 100000
 	$(BIN)/python scripts/bench_collect.py
 	$(BIN)/python scripts/bench_teacher.py --smollm2 40
+	$(BIN)/python scripts/bench_curate.py
+	$(BIN)/python scripts/bench_student.py
 
 clean:
 	rm -rf $(VENV) traces models index bench
