@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from distill.errors import DistillError
 from distill.registry import MANIFEST
-from distill.teacher import Generation
+from distill.teacher import Generation, greedy_chat
 
 
 class Student:
@@ -43,20 +41,8 @@ class Student:
         return cls(model, tokenizer, manifest, max_new_tokens)
 
     def answer(self, query: str, scope: str | None = None) -> Generation:
-        import torch
-
         prompt = self.template.format(scope=scope or "", query=query.strip())
-        inputs = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                    return_tensors="pt", return_dict=True)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      output_scores=True, return_dict_in_generate=True, stop_strings=["\n"],
-                                      tokenizer=self.tokenizer,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        prompt_len = inputs["input_ids"].shape[1]
-        new_tokens = out.sequences[0, prompt_len:]
-        logprobs = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, new_tokens)]
-        mean = float(np.mean(logprobs)) if logprobs else None
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip().split("\n")[0].strip()
-        return Generation(text=text, mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
-                          prompt_tokens=int(prompt_len), completion_tokens=int(len(new_tokens)))
+        generation, raw = greedy_chat(self.model, self.tokenizer, [{"role": "user", "content": prompt}],
+                                      self.max_new_tokens, ["\n"])
+        generation.text = raw.strip().split("\n")[0].strip()
+        return generation

@@ -336,22 +336,30 @@ class TransformersGenerator:
 
     def generate(self, query: str, evidence: list[dict], messages: list[dict],
                  query_vector: np.ndarray | None = None) -> Generation:
-        import torch
+        generation, raw = greedy_chat(self.model, self.tokenizer, messages, self.max_new_tokens, STOP_STRINGS)
+        generation.text = first_answer_line(raw)
+        return generation
 
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      output_scores=True, return_dict_in_generate=True,
-                                      stop_strings=STOP_STRINGS, tokenizer=self.tokenizer,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        prompt_len = inputs["input_ids"].shape[1]
-        new_tokens = out.sequences[0, prompt_len:]
-        logprobs = [torch.log_softmax(score[0].float(), -1)[tok].item() for score, tok in zip(out.scores, new_tokens)]
-        mean = float(np.mean(logprobs)) if logprobs else None
-        return Generation(text=first_answer_line(self.tokenizer.decode(new_tokens, skip_special_tokens=True)),
-                          mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
-                          prompt_tokens=int(prompt_len), completion_tokens=int(len(new_tokens)))
+
+def greedy_chat(model, tokenizer, messages: list[dict], max_new_tokens: int,
+                stop_strings: list[str]) -> tuple[Generation, str]:
+    """Greedy decoding of a chat with a local causal LM: the generation's token counts, mean token
+    log-probability and answer_score (its exp), and the raw decoded text (Generation.text is left
+    for the caller to clean)."""
+    import torch
+
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, stop_strings=stop_strings, tokenizer=tokenizer,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    prompt_len = inputs["input_ids"].shape[1]
+    new_tokens = out.sequences[0, prompt_len:]
+    logprobs = [torch.log_softmax(score[0].float(), -1)[tok].item() for score, tok in zip(out.scores, new_tokens)]
+    mean = float(np.mean(logprobs)) if logprobs else None
+    generation = Generation(text="", mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
+                            prompt_tokens=int(prompt_len), completion_tokens=int(len(new_tokens)))
+    return generation, tokenizer.decode(new_tokens, skip_special_tokens=True)
 
 
 STOP_STRINGS = ["\n\n", "</evidence>"]

@@ -110,13 +110,17 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base))
+    gpu = torch.cuda.is_available()
     work = root / ".work" / (meta.get("content_hash") or dataset_path.name)[:16]
     args = SFTConfig(
         output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
-        report_to=[], disable_tqdm=not progress, use_cpu=not torch.cuda.is_available())
+        report_to=[], disable_tqdm=not progress, use_cpu=not gpu,
+        # TRL defaults to bf16 and gradient checkpointing; on a CPU without bf16 units both make a
+        # step of the 135M model 30x slower (98 s instead of about 3 s), and it fits in memory anyway.
+        bf16=gpu and torch.cuda.is_bf16_supported(), gradient_checkpointing=gpu)
     peft_config = None
     if cfg.method == "lora":
         from peft import LoraConfig
