@@ -17,7 +17,6 @@ A batch is one transaction, so a crash or `kill -9` loses at most the batch bein
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -277,11 +276,6 @@ class TraceStore:
         with self._lock:
             return self._con.cursor().execute("SELECT count(*) FROM traces").fetchone()[0]
 
-    def traces(self, limit: int | None = None) -> list[dict]:
-        """Traces as dicts, oldest first."""
-        sql = "SELECT * FROM traces ORDER BY asked_at, trace_id" + (f" LIMIT {int(limit)}" if limit else "")
-        return self.sql(sql)
-
     def start_run(self, run_id: str, input_name: str, backend: str) -> None:
         with self._lock:
             self._con.cursor().execute(
@@ -463,10 +457,6 @@ class CorpusStore:
         names = [d[0] for d in result.description]
         return [dict(zip(names, row)) for row in result.fetchall()]
 
-    def scopes(self) -> list[str]:
-        return [r[0] for r in self._con.execute(
-            "SELECT DISTINCT scope FROM chunks WHERE scope IS NOT NULL ORDER BY 1").fetchall()]
-
     def fts_index(self) -> dict:
         """What DuckDB's fts extension built for BM25: postings (term id, chunk key, term frequency
         over heading and text), each term's id and document frequency, chunk lengths, corpus size
@@ -494,15 +484,3 @@ class CorpusStore:
 
     def flagged_chunk_ids(self) -> set[str]:
         return {r[0] for r in self._con.execute("SELECT chunk_id FROM chunks WHERE injection_flag IS NOT NULL").fetchall()}
-
-    def stats(self) -> dict:
-        row = self._con.execute("""
-            SELECT (SELECT count(*) FROM documents), (SELECT count(DISTINCT doc_id) FROM documents),
-                   count(*), count(*) FILTER (WHERE is_latest), count(*) FILTER (WHERE injection_flag IS NOT NULL),
-                   count(DISTINCT scope)
-            FROM chunks""").fetchone()
-        return dict(zip(["document_versions", "documents", "chunks", "latest_chunks", "flagged_chunks", "scopes"], row))
-
-
-def to_json(value) -> str:
-    return json.dumps(value, default=str)
