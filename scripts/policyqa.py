@@ -1,4 +1,5 @@
-"""PolicyQA helpers shared by the benchmarks: the dataset path, the by-website split, SQuAD metrics.
+"""PolicyQA helpers shared by the benchmarks: the dataset path, the by-website split, exact match
+(token F1 lives in distill.evaluate, re-exported here).
 
 Websites are shuffled with a fixed seed and halved: settings are chosen on the *tune* half and
 figures are reported on the *report* half, so nothing is tuned on the queries it is reported on.
@@ -7,11 +8,9 @@ figures are reported on the *report* half, so nothing is tuned on the queries it
 from __future__ import annotations
 
 import random
-import re
-import string
-from collections import Counter
 from pathlib import Path
 
+from distill.evaluate import best_f1, normalize, token_f1  # noqa: F401 (re-exported for the benchmarks)
 from distill.traffic import _pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,25 +34,6 @@ def split_pairs() -> dict[str, list[dict]]:
     half = len(sites) // 2
     return {"tune": [p for s in sites[:half] for p in by_site[s]],
             "report": [p for s in sites[half:] for p in by_site[s]]}
-
-
-def normalize(text: str) -> str:
-    """SQuAD normalization: lowercase, drop punctuation and articles, squeeze spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    pred, ref = normalize(prediction).split(), normalize(gold).split()
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or not common:
-        return float(pred == ref)
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def best_f1(prediction: str, golds: list[str]) -> float:
-    return max((token_f1(prediction, g) for g in golds), default=0.0)
 
 
 def exact_match(prediction: str, golds: list[str]) -> float:

@@ -175,6 +175,25 @@ def train(dataset: Optional[Path] = typer.Option(None, help="a dataset folder fr
                      f"Promote it with: distill models promote {result.version}")
 
 
+@app.command()
+def nightly(gold: Optional[Path] = typer.Option(None, help="gold.jsonl (query_id, gold_answers): gate on F1 against gold "
+                                                         "instead of agreement with the teacher"),
+            force: bool = typer.Option(False, "--force", help="run even if today's run already finished"),
+            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Curate, train, evaluate on the held-out window, and promote only if the gate passes (for cron)."""
+    from distill.evaluate import load_gold
+    from distill.nightly import nightly as run_nightly
+
+    workspace = _workspace(home)
+    console = _console()
+    result = run_nightly(workspace, workspace.config(), gold=load_gold(gold) if gold else None, force=force,
+                         say=lambda stage, text: console.print(f"[bold]{stage:9s}[/] {text}"))
+    if result.status == "skipped":
+        console.print(f"[yellow]{result.reason}[/]")
+    console.print(f"serving: {result.current or 'no student (everything goes to RAG)'}; "
+                  f"run record: distill sql \"SELECT * FROM nightly_runs WHERE run_id = '{result.run_id}'\"")
+
+
 models_app = typer.Typer(help="List, inspect, promote and roll back student versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -197,16 +216,16 @@ def models_list(student: Optional[str] = typer.Option(None, help="registry name 
         m = registry.manifest(workspace.models_dir, name, version)
         rows.append({"version": version, "current": "*" if version == promoted else "", "created": m["created_at"][:19],
                      "examples": m["examples"], "intents": len(m["clusters"]), "final loss":
-                     (m["metrics"]["train_losses"] or [None])[-1], "eval": json_short(m.get("eval"))})
+                     (m["metrics"]["train_losses"] or [None])[-1], "eval": _eval_short(m.get("eval"))})
     if not rows:
         raise DistillError(f"student '{name}' has no versions in {workspace.models_dir}; run `distill train` first")
     _print_rows(rows)
 
 
-def json_short(value) -> str:
-    import json
-
-    return "-" if value is None else json.dumps(value)[:60]
+def _eval_short(scores: dict | None) -> str:
+    if not scores or scores.get("metric") not in scores:
+        return "-"
+    return f"{scores['metric']} {scores[scores['metric']]:.3f} on {scores['queries']}"
 
 
 @models_app.command("show")

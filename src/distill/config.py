@@ -131,6 +131,21 @@ class TrainConfig:
 
 
 @dataclass
+class StudentConfig:
+    runtime: str = _help("weights when answering: 'int8' (dynamic quantization of linear layers, CPU), 'bf16' or 'fp32'")
+    max_new_tokens: int = _help("longest student answer, in tokens")
+    batch_size: int = _help("questions answered together in one generate call when evaluating or batching")
+
+
+@dataclass
+class NightlyConfig:
+    min_examples: int = _help("fewer curated examples than this: no training tonight, the current student stays")
+    max_eval_queries: int = _help("distinct held-out queries scored per model at the gate (the most recent first)")
+    teacher_margin: float = _help("gate: the candidate's F1 may be at most this far below the teacher's (against the teacher's answers, or gold with --gold)")
+    max_regression: float = _help("gate: the candidate's F1 may be at most this far below the current student's on the same queries")
+
+
+@dataclass
 class Config:
     corpus: CorpusConfig
     index: IndexConfig
@@ -138,6 +153,8 @@ class Config:
     collect: CollectConfig
     curate: CurateConfig
     train: TrainConfig
+    student: StudentConfig
+    nightly: NightlyConfig
 
 
 @dataclass

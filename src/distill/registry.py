@@ -56,6 +56,16 @@ def manifest(models_dir: Path, student: str, version: str) -> dict:
         raise DistillError(f"the manifest {path} is corrupted; retrain or promote another version") from None
 
 
+def record_eval(models_dir: Path, student: str, version: str, scores: dict) -> None:
+    """Store evaluation figures in a version's manifest (`eval`), replacing the file atomically."""
+    data = manifest(models_dir, student, version)
+    data["eval"] = scores
+    path = student_dir(models_dir, student) / version / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
 def current(models_dir: Path, student: str) -> str | None:
     pointer = student_dir(models_dir, student) / "current"
     if not pointer.exists():

@@ -17,6 +17,7 @@ A batch is one transaction, so a crash or `kill -9` loses at most the batch bein
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -202,7 +203,23 @@ def _m004_answer_score(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE traces ADD COLUMN answer_score DOUBLE")
 
 
-TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score]
+def _m005_nightly_runs(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE nightly_runs (
+            run_id VARCHAR PRIMARY KEY,
+            day DATE NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            status VARCHAR NOT NULL,
+            reason VARCHAR,
+            serving_before VARCHAR,
+            candidate VARCHAR,
+            figures JSON NOT NULL
+        )""")
+
+
+TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
+                                     _m005_nightly_runs]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -319,6 +336,34 @@ class TraceStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+
+    def eval_window(self, run_id: str) -> list[dict]:
+        """A curation run's held-out traces (decision 'eval') with their cluster's trained answer,
+        most recent first."""
+        return self.sql("""
+            SELECT t.trace_id, t.query_id, t.asked_at, t.scope, t.query, t.answer, t.refused, c.cluster_id,
+                   k.answer AS cluster_answer, k.trained
+            FROM curation c JOIN traces t USING (trace_id)
+            JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
+            WHERE c.run_id = ? AND c.decision = 'eval' ORDER BY t.asked_at DESC, t.trace_id""", [run_id])
+
+    def start_nightly(self, run_id: str, day, serving: str | None) -> None:
+        self.sql("INSERT INTO nightly_runs (run_id, day, started_at, status, serving_before, figures) "
+                 "VALUES (?, ?, now(), 'running', ?, '{}')", [run_id, day, serving])
+
+    def update_nightly(self, run_id: str, figures: dict) -> None:
+        self.sql("UPDATE nightly_runs SET figures = ?, candidate = ? WHERE run_id = ?",
+                 [json.dumps(figures, default=str), figures.get("train", {}).get("version"), run_id])
+
+    def finish_nightly(self, run_id: str, status: str, reason: str, figures: dict) -> None:
+        self.sql("UPDATE nightly_runs SET finished_at = now(), status = ?, reason = ?, figures = ?, candidate = ? "
+                 "WHERE run_id = ?", [status, reason, json.dumps(figures, default=str),
+                                      figures.get("train", {}).get("version"), run_id])
+
+    def nightly_runs(self, day) -> list[dict]:
+        """The nightly runs started on `day`, oldest first, figures parsed."""
+        rows = self.sql("SELECT * FROM nightly_runs WHERE day = ? ORDER BY started_at", [day])
+        return [{**row, "figures": json.loads(row["figures"])} for row in rows]
 
     def explain(self, needle: str) -> list[dict]:
         """The latest curation decision for a trace id, query id or query text, with its cluster."""

@@ -343,23 +343,55 @@ class TransformersGenerator:
 
 def greedy_chat(model, tokenizer, messages: list[dict], max_new_tokens: int,
                 stop_strings: list[str]) -> tuple[Generation, str]:
-    """Greedy decoding of a chat with a local causal LM: the generation's token counts, mean token
-    log-probability and answer_score (its exp), and the raw decoded text (Generation.text is left
-    for the caller to clean)."""
+    """Greedy decoding of one chat with a local causal LM (see `greedy_chats`)."""
+    return greedy_chats(model, tokenizer, [messages], max_new_tokens, stop_strings)[0]
+
+
+def greedy_chats(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                 stop_strings: list[str]) -> list[tuple[Generation, str]]:
+    """Greedy decoding of a batch of chats, left-padded into one `generate` call.
+
+    For each chat: its Generation with token counts, mean token log-probability and answer_score
+    (its exp), and the raw decoded text (Generation.text is left for the caller to clean). Tokens
+    after a sequence has finished (end of turn or a stop string) are padding and are not counted."""
     import torch
 
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        inputs = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True, padding=True)
+    finally:
+        tokenizer.padding_side = side
+    inputs = inputs.to(model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
                              return_dict_in_generate=True, stop_strings=stop_strings, tokenizer=tokenizer,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                             pad_token_id=pad)
     prompt_len = inputs["input_ids"].shape[1]
-    new_tokens = out.sequences[0, prompt_len:]
-    logprobs = [torch.log_softmax(score[0].float(), -1)[tok].item() for score, tok in zip(out.scores, new_tokens)]
-    mean = float(np.mean(logprobs)) if logprobs else None
-    generation = Generation(text="", mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
-                            prompt_tokens=int(prompt_len), completion_tokens=int(len(new_tokens)))
-    return generation, tokenizer.decode(new_tokens, skip_special_tokens=True)
+    new = out.sequences[:, prompt_len:]
+    logprobs = torch.stack([torch.log_softmax(score.float(), -1) for score in out.scores], 1) if out.scores else None
+    ends = {tokenizer.eos_token_id, pad}
+    results = []
+    for row in range(new.shape[0]):
+        tokens = new[row].tolist()
+        length = _generated_length(tokenizer, tokens, ends, stop_strings)
+        picked = [logprobs[row, i, tokens[i]].item() for i in range(length)] if logprobs is not None else []
+        mean = float(np.mean(picked)) if picked else None
+        generation = Generation(text="", mean_logprob=mean,
+                                answer_score=float(np.exp(mean)) if mean is not None else None,
+                                prompt_tokens=int(inputs["attention_mask"][row].sum()), completion_tokens=length)
+        results.append((generation, tokenizer.decode(tokens[:length], skip_special_tokens=True)))
+    return results
+
+
+def _generated_length(tokenizer, tokens: list[int], ends: set[int], stop_strings: list[str]) -> int:
+    """How many of a batch row's tokens were generated: through the first end-of-turn token or the
+    token that completed a stop string; what follows is padding."""
+    for i, token in enumerate(tokens):
+        if token in ends or any(stop in tokenizer.decode(tokens[: i + 1]) for stop in stop_strings):
+            return i + 1
+    return len(tokens)
 
 
 STOP_STRINGS = ["\n\n", "</evidence>"]

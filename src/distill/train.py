@@ -186,5 +186,5 @@ router serves this model only for the intents, scopes and document versions list
 | train loss | {first} -> {last} |
 | runtime | {manifest['metrics']['runtime_s']} s |
 
-Evaluation results are added to `distill.json` by `distill eval`.
+The nightly gate adds its evaluation (held-out recent window, covered intents) to `distill.json` under `eval`.
 """

@@ -1,0 +1,185 @@
+"""The nightly job, one command for cron: curate -> train -> evaluate -> gate -> promote.
+
+    $ distill nightly
+    curate    1,204 traces seen, 177 training examples (run 3f2a...)
+    train     v0004: 184 steps in 1,310 s, loss 3.57 -> 0.04
+    evaluate  100 held-out queries: v0004 F1 vs teacher 0.86, current v0003 0.84
+    gate      passed -> promoted v0004
+
+The gate promotes the candidate only when, on the held-out recent window of the intents it covers,
+its token F1 is within `nightly.teacher_margin` of the teacher's (against the teacher's answers, or
+against gold when a gold file is given) and at most `nightly.max_regression` below the current
+student's on the same queries. Otherwise the current student keeps serving and the run says why.
+No held-out query on a covered intent means no evidence, and no promotion.
+
+Every stage writes its figures to the `nightly_runs` table as it finishes, so
+`SELECT * FROM nightly_runs ORDER BY started_at DESC` explains any night. Guarantees:
+
+- One run at a time: an exclusive lock on `<home>/nightly.lock`, which the OS releases if the
+  process dies, so a crashed run never blocks the next.
+- Idempotent per day: a day whose run finished (promoted or kept) is not run again unless forced.
+  A run that crashed or was killed is run again; training resumes from its last checkpoint.
+- A crash at any stage leaves the current student serving: promotion is the last step and atomic.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from distill import registry
+from distill.config import Config, Workspace
+from distill.curate import curate
+from distill.errors import DistillError
+from distill.evaluate import covered_eval_queries, evaluate_student
+from distill.store import TraceStore
+from distill.train import train
+
+FINISHED = ("promoted", "kept")
+
+
+@dataclass
+class NightlyResult:
+    run_id: str
+    day: date
+    status: str  # promoted, kept, or skipped (this day already ran)
+    reason: str
+    candidate: str | None = None
+    current: str | None = None  # the version serving after the run
+    figures: dict = field(default_factory=dict)
+
+
+def nightly(workspace: Workspace, config: Config, gold: dict[str, list[str]] | None = None, force: bool = False,
+            today: date | None = None, say: Callable[[str, str], None] = lambda stage, text: None) -> NightlyResult:
+    """Run tonight's job; `say(stage, text)` hears each stage's one-line summary."""
+    day = today or datetime.now(timezone.utc).date()
+    student = config.train.student_name
+    with _exclusive(workspace.home / "nightly.lock"):
+        if not workspace.traces_db.exists():
+            raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
+        with TraceStore(workspace.traces_db) as store:
+            earlier = store.nightly_runs(day)
+            finished = [r for r in earlier if r["status"] in FINISHED]
+            if finished and not force:
+                last = finished[-1]
+                return NightlyResult(last["run_id"], day, "skipped",
+                                     f"already ran on {day} ({last['status']}: {last['reason']}); pass --force to run again",
+                                     last["candidate"], registry.current(workspace.models_dir, student), last["figures"])
+            for row in earlier:
+                if row["status"] == "running":  # its process died: we hold the lock
+                    store.finish_nightly(row["run_id"], "failed", "interrupted", row["figures"])
+            run_id = uuid.uuid4().hex
+            store.start_nightly(run_id, day, registry.current(workspace.models_dir, student))
+        run = _Run(workspace, run_id, say)
+        try:
+            result = _stages(workspace, config, run, gold)
+        except BaseException as err:
+            reason = str(err) if isinstance(err, DistillError) else f"{type(err).__name__}: {err}"
+            run.finish("failed", reason)
+            raise
+        return NightlyResult(run_id, day, result[0], result[1], run.figures.get("train", {}).get("version"),
+                             registry.current(workspace.models_dir, student), run.figures)
+
+
+class _Run:
+    """The run's row in `nightly_runs`, updated after every stage."""
+
+    def __init__(self, workspace: Workspace, run_id: str, say: Callable[[str, str], None]):
+        self.workspace, self.run_id, self.say, self.figures = workspace, run_id, say, {}
+
+    def record(self, stage: str, figures: dict, summary: str) -> None:
+        self.figures[stage] = figures
+        with TraceStore(self.workspace.traces_db) as store:
+            store.update_nightly(self.run_id, self.figures)
+        self.say(stage, summary)
+
+    def finish(self, status: str, reason: str) -> tuple[str, str]:
+        with TraceStore(self.workspace.traces_db) as store:
+            store.finish_nightly(self.run_id, status, reason, self.figures)
+        self.say("gate" if status != "failed" else "failed", f"{status}: {reason}")
+        return status, reason
+
+
+def _stages(workspace: Workspace, config: Config, run: _Run, gold) -> tuple[str, str]:
+    cfg, student = config.nightly, config.train.student_name
+    curation = curate(workspace, config)
+    run.record("curate", {"run_id": curation.run_id, "traces_seen": curation.traces_seen,
+                          "clusters": curation.clusters, "train": curation.train, "examples": curation.examples,
+                          "leaked_eval_traces": curation.leaked_eval_traces, "dataset_hash": curation.dataset_hash},
+               f"{curation.traces_seen:,} traces seen, {curation.examples} training examples (run {curation.run_id[:8]})")
+    if curation.examples < cfg.min_examples:
+        return run.finish("kept", f"only {curation.examples} training examples, nightly.min_examples is "
+                                  f"{cfg.min_examples}; collect more traffic or relax the [curate] rules")
+    current = registry.current(workspace.models_dir, student)
+    current_manifest = registry.manifest(workspace.models_dir, student, current) if current else None
+    if current_manifest and current_manifest.get("dataset_hash") == curation.dataset_hash:
+        return run.finish("kept", f"the training set is unchanged since {current}; nothing to train")
+
+    trained = train(workspace, config, curation.dataset_path, progress=True)
+    run.record("train", {"version": trained.version, "steps": trained.steps, "runtime_s": round(trained.runtime_s, 1),
+                         "first_loss": trained.losses[0] if trained.losses else None,
+                         "last_loss": trained.losses[-1] if trained.losses else None},
+               f"{trained.version}: {trained.steps} steps in {trained.runtime_s:.0f} s"
+               + (f", loss {trained.losses[0]:.2f} -> {trained.losses[-1]:.2f}" if trained.losses else ""))
+
+    candidate_manifest = registry.manifest(workspace.models_dir, student, trained.version)
+    queries = covered_eval_queries(workspace, candidate_manifest, curation.run_id, cfg.max_eval_queries)
+    scores = {trained.version: _score(trained.path, queries, config, gold)}
+    if current:
+        scores[current] = _score(workspace.models_dir / student / current, queries, config, gold)
+    metric = "f1_vs_gold" if gold and scores[trained.version].get("gold_queries") else "f1_vs_teacher"
+    registry.record_eval(workspace.models_dir, student, trained.version,
+                         {"curation_run_id": curation.run_id, "metric": metric, **scores[trained.version]})
+    run.record("evaluate", {"queries": len(queries), "metric": metric, "scores": scores},
+               f"{len(queries)} held-out queries on covered intents: "
+               + ", ".join(f"{v} {metric} {s.get(metric, 0):.3f}" for v, s in scores.items()))
+
+    if not queries:
+        return run.finish("kept", f"no held-out traces on the intents {trained.version} covers, so no evidence; "
+                                  f"raise curate.eval_days or collect more recent traffic")
+    candidate = scores[trained.version][metric]
+    teacher = scores[trained.version]["teacher_f1_vs_gold"] if metric == "f1_vs_gold" else 1.0
+    if candidate < teacher - cfg.teacher_margin:
+        return run.finish("kept", f"{trained.version} {metric} {candidate:.3f} is more than nightly.teacher_margin "
+                                  f"{cfg.teacher_margin} below the teacher's {teacher:.3f}")
+    if current and candidate < scores[current][metric] - cfg.max_regression:
+        return run.finish("kept", f"{trained.version} {metric} {candidate:.3f} is below the current {current}'s "
+                                  f"{scores[current][metric]:.3f} by more than nightly.max_regression {cfg.max_regression}")
+    registry.promote(workspace.models_dir, student, trained.version, reason=f"nightly {run.run_id}")
+    return run.finish("promoted", f"{trained.version} {metric} {candidate:.3f} passed the gate"
+                                  + (f" (current {current}: {scores[current][metric]:.3f})" if current else ""))
+
+
+def _score(path: Path, queries: list[dict], config: Config, gold) -> dict:
+    from distill.student import Student
+
+    if not queries:
+        return {"queries": 0}
+    student = Student.load(path, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+    return evaluate_student(student, queries, gold, config.student.batch_size, progress=True)
+
+
+@contextmanager
+def _exclusive(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DistillError(f"another nightly run holds {path} (pid {holder}); wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
