@@ -1,11 +1,12 @@
-"""Student vs teacher on PolicyQA traffic: train the default student on the curated set, then
-compare on the held-out recent window, on the intents the student covers.
+"""Student vs teacher on PolicyQA traffic: run `distill nightly` (curate, train the default student,
+gate against gold) on the collected traffic, then compare the candidate with the teacher on the
+held-out recent window, on the intents the student covers.
 
     python scripts/bench_student.py [--max-eval 120] [--teacher-latency 20] [--set train.epochs=8]
     python scripts/bench_student.py --version v0003     # evaluate a registered version, no training
 
-Needs `scripts/bench_curate.py` to have collected and curated the traffic first (it does both).
-Reports training wall time and peak memory; token F1 of student answers against the teacher's and
+Needs `scripts/bench_curate.py` to have collected the traffic first. Reports the nightly wall time
+by stage and peak memory; token F1 of student answers against the teacher's and
 against gold, the teacher's own F1 against gold on the same queries, and the ceiling a replay of the
 cluster's trained answer would reach (what a semantic cache scores); latency p50/p95 of the student
 in each runtime next to the SmolLM2 RAG teacher (retrieval included), measured in the same run.
@@ -23,10 +24,10 @@ import tomllib
 import numpy as np
 
 from distill.config import Workspace
-from distill.evaluate import covered_eval_queries
+from distill.evaluate import covered_eval_queries, load_gold
+from distill.nightly import nightly
 from distill.student import Student
 from distill.teacher import Teacher
-from distill.train import train
 from policyqa import ROOT, best_f1, token_f1
 
 
@@ -55,13 +56,17 @@ def main() -> None:
         path = workspace.models_dir / config.train.student_name / args.version
     else:
         started = time.time()
-        result = train(workspace, config)
-        train_s = time.time() - started
+        result = nightly(workspace, config, gold=load_gold(ROOT / "bench" / "traffic" / "gold.jsonl"), force=True,
+                         say=lambda stage, text: print(f"  {stage:9s} {text}"))
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"trained {result.version} ({config.train.method}, lr {config.train.learning_rate}, "
-              f"{config.train.epochs} epochs): {result.examples} examples, {result.steps} steps, {train_s:.0f} s wall "
-              f"(goal: nightly <= 30 min), peak RSS {peak_mb:.0f} MB; loss {result.losses[0]:.2f} -> {result.losses[-1]:.2f}")
-        path = result.path
+        stages = ", ".join(f"{name} {f['seconds']:.0f} s" for name, f in result.figures.items())
+        print(f"nightly {result.status} in {time.time() - started:.0f} s wall ({stages}; goal <= 30 min), "
+              f"peak RSS {peak_mb:.0f} MB; {config.train.method}, lr {config.train.learning_rate}, "
+              f"{config.train.epochs} epochs")
+        version = result.candidate or result.current
+        if version is None:
+            raise SystemExit(f"nothing to evaluate: {result.reason}")
+        path = workspace.models_dir / config.train.student_name / version
     manifest = json.loads((path / "distill.json").read_text())
     queries = covered_eval_queries(workspace, manifest)[: args.max_eval]
     student = Student.load(path, runtime="fp32")

@@ -26,7 +26,8 @@ def test_smollm2_student_trains_with_lora_and_answers(corpus_workspace, tmp_path
     from distill.train import train
     from test_train import write_dataset
 
-    config = corpus_workspace.config({"train": {"max_steps": 3, "batch_size": 3, "student_name": "slow-student"}})
+    config = corpus_workspace.config({"train": {"method": "lora", "max_steps": 3, "batch_size": 3,
+                                                  "student_name": "slow-student"}})
     result = train(corpus_workspace, config, write_dataset(tmp_path / "ds"), progress=False)
     assert result.steps == 3 and len(result.losses) == 3
     student = Student.load(result.path, max_new_tokens=12)

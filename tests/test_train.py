@@ -33,7 +33,7 @@ def write_dataset(path, rows=QA, **meta):
 def workspace(tmp_path, tiny_lm_dir):
     ws = Workspace(tmp_path)
     (tmp_path / "distill.toml").write_text(
-        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 12\nbatch_size = 3\nlearning_rate = 5e-3\n'
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmethod = "lora"\nmax_steps = 12\nbatch_size = 3\nlearning_rate = 5e-3\n'
         f'lr_scheduler = "constant"\nwarmup_ratio = 0.0\n')
     return ws
 

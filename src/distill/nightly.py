@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,9 +93,11 @@ class _Run:
 
     def __init__(self, workspace: Workspace, run_id: str, say: Callable[[str, str], None]):
         self.workspace, self.run_id, self.say, self.figures = workspace, run_id, say, {}
+        self.stage_started = time.time()
 
     def record(self, stage: str, figures: dict, summary: str) -> None:
-        self.figures[stage] = figures
+        self.figures[stage] = {**figures, "seconds": round(time.time() - self.stage_started, 1)}
+        self.stage_started = time.time()
         with TraceStore(self.workspace.traces_db) as store:
             store.update_nightly(self.run_id, self.figures)
         self.say(stage, summary)
