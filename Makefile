@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python scripts/bench_teacher.py --smollm2 40
 	$(BIN)/python scripts/bench_curate.py
 	$(BIN)/python scripts/bench_student.py
+	$(BIN)/python scripts/bench_router.py
 
 clean:
 	rm -rf $(VENV) traces models index bench

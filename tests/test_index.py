@@ -70,6 +70,21 @@ def test_unversioned_documents_get_a_new_version_when_changed(tmp_path):
     assert [c["version"] for c in retriever.chunks if c["is_latest"]] == [2]
 
 
+def test_a_new_version_label_on_unchanged_text_is_not_a_new_version(tmp_path):
+    """The next FAQ scrape labels every answer version 2; only the ones whose text changed are new,
+    so the router keeps serving intents whose documents did not change."""
+    workspace = Workspace(tmp_path / "ws")
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text("\n".join(json.dumps({"id": f"cdc|{i}", "source": "CDC", "question": f"Q: Question {i}?", "versions": [
+        {"version": 1, "answer": f"Answer {i}."}, {"version": 2, "answer": f"Answer {i}." if i else "Changed."}]})
+        for i in range(2)) + "\n")
+    ingest(workspace, faq, workspace.config(), fmt="faq-versions", version=1)
+    report = ingest(workspace, faq, workspace.config(), fmt="faq-versions", version=2)
+    assert report.new_versions == 1 and report.unchanged == 1
+    latest = {c["doc_id"]: c["version"] for c in Retriever(workspace, workspace.config().index).chunks if c["is_latest"]}
+    assert latest == {"cdc|0": 2, "cdc|1": 1}
+
+
 def test_a_killed_ingest_is_repaired_by_rerunning(tmp_path, docs_file):
     workspace = Workspace(tmp_path)
     config = workspace.config()

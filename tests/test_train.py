@@ -21,7 +21,7 @@ def write_dataset(path, rows=QA, **meta):
 
     records = [{"prompt": [{"role": "user", "content": f"[{s}] {q}"}],
                 "completion": [{"role": "assistant", "content": a}],
-                "cluster_id": f"c{i}", "scope": s, "trace_ids": [f"t{i}"],
+                "cluster_id": f"c{i}", "scope": s, "query": q, "trace_ids": [f"t{i}"],
                 "cited_doc_versions": [{"doc_id": f"{s}/doc{i}", "version": 1}]} for i, (s, q, a) in enumerate(rows)]
     datasets.Dataset.from_list(records).save_to_disk(str(path))
     (path / "distill.json").write_text(json.dumps({"run_id": "run1", "content_hash": "ab" * 32,
@@ -57,6 +57,7 @@ def test_training_logs_a_falling_loss_changes_weights_and_registers_a_loadable_v
     assert manifest["dataset_hash"] == "ab" * 32 and manifest["curation_run_id"] == "run1"
     assert manifest["prompt_template"] == "[{scope}] {query}" and len(manifest["clusters"]) == 3
     assert manifest["clusters"][0]["cited_doc_versions"] == [{"doc_id": "billing/doc0", "version": 1}]
+    assert manifest["clusters"][0]["wordings"] == ["How long is the refund window?"]
     assert "base_model:" in (result.path / "README.md").read_text()
     assert registry.current(workspace.models_dir, "student") is None  # training never promotes
 

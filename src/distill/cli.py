@@ -267,6 +267,32 @@ def models_rollback(student: Optional[str] = typer.Option(None, help="registry n
 
 
 @app.command()
+def ask(question: str = typer.Argument(..., help="the question"),
+        scope: Optional[str] = typer.Option(None, help="its scope (tenant, product, website)"),
+        explain: bool = typer.Option(False, "--explain", help="also print every check's score"),
+        home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Answer through the router: the student when it covers the question safely, else RAG."""
+    import json
+
+    from distill.router import Router
+
+    workspace = _workspace(home)
+    with _console().status("loading the router"):
+        router = Router.from_workspace(workspace)
+    with router:
+        routed = router.answer(question, scope)
+    print(routed.answer or "(no answer)")
+    console = _console()
+    served_by = f"student {routed.student_version}" if routed.route == "student" else "RAG teacher"
+    console.print(f"route: [bold]{routed.route}[/] ({routed.reason}) answered by {served_by} in "
+                  f"{routed.latency_ms:.0f} ms (router {routed.router_ms:.0f} ms)")
+    if routed.citations:
+        console.print("citations: " + ", ".join(routed.citations))
+    if explain:
+        console.print("checks: " + json.dumps(routed.checks))
+
+
+@app.command()
 def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run SQL on the trace store and print the result."""

@@ -147,6 +147,15 @@ class NightlyConfig:
 
 
 @dataclass
+class RouterConfig:
+    max_query_chars: int = _help("check 'input': longer questions go to RAG")
+    coverage_threshold: float = _help("check 'coverage': cosine between the question and the nearest trained wording of its scope, at least this")
+    min_student_logprob: float = _help("check 'confidence': the student's mean token log-probability on its answer, at least this")
+    student_timeout_s: float = _help("a student answer slower than this is dropped and RAG answers instead")
+    log_traces: bool = _help("write every routed answer to the trace store (in the background)")
+
+
+@dataclass
 class Config:
     corpus: CorpusConfig
     index: IndexConfig
@@ -156,6 +165,7 @@ class Config:
     train: TrainConfig
     student: StudentConfig
     nightly: NightlyConfig
+    router: RouterConfig
 
 
 @dataclass

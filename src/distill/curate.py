@@ -352,7 +352,8 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateC
         prompt = cfg.prompt_template.format(scope=first["scope"] or "", query=first["query"].strip())
         rows.append({"prompt": [{"role": "user", "content": prompt}],
                      "completion": [{"role": "assistant", "content": completion}],
-                     "cluster_id": cid, "scope": first["scope"] or "", "trace_ids": sorted(trace_ids),
+                     "cluster_id": cid, "scope": first["scope"] or "", "query": first["query"].strip(),
+                     "citations": list(first["citations"]), "trace_ids": sorted(trace_ids),
                      "cited_doc_versions": cluster["cited_doc_versions"]})
     if not rows:
         return None, None, 0

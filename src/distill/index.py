@@ -101,10 +101,11 @@ def ingest(workspace: Workspace, path: Path, config: Config, fmt: str = "auto", 
             if not allowed(doc, config.corpus.allowed_sources):
                 report.skipped_sources[doc.source] = report.skipped_sources.get(doc.source, 0) + 1
                 continue
-            if doc.version is None:
-                current = latest.get(doc.doc_id)
-                same = current is not None and stored[(doc.doc_id, current)] == doc.content_hash
-                doc.version = current if same else (current or 0) + 1
+            current = latest.get(doc.doc_id)
+            if current is not None and stored[(doc.doc_id, current)] == doc.content_hash:
+                doc.version = current  # the same text again, whatever version it is labelled: nothing changed
+            elif doc.version is None:
+                doc.version = (current or 0) + 1
             key = (doc.doc_id, doc.version)
             if stored.get(key) == doc.content_hash:
                 report.unchanged += 1

@@ -106,6 +106,11 @@ class Trace:
     answer_score: float | None = None
     collect_run_id: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    router_ms: float | None = None  # the router's own checks, generation excluded
+    generation_ms: float | None = None
+    checks: str | None = None  # JSON: each router check's score
+    cluster_id: str | None = None  # the student intent that covered the query
+    student_version: str | None = None
 
 
 def _m001_traces(con: duckdb.DuckDBPyConnection) -> None:
@@ -218,15 +223,22 @@ def _m005_nightly_runs(con: duckdb.DuckDBPyConnection) -> None:
         )""")
 
 
+def _m006_router_columns(con: duckdb.DuckDBPyConnection) -> None:
+    for column, kind in (("router_ms", "DOUBLE"), ("generation_ms", "DOUBLE"), ("checks", "JSON"),
+                         ("cluster_id", "VARCHAR"), ("student_version", "VARCHAR")):
+        con.execute(f"ALTER TABLE traces ADD COLUMN {column} {kind}")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
-                                     _m005_nightly_runs]
+                                     _m005_nightly_runs, _m006_router_columns]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
     "cited_doc_versions", "retrieved", "refused", "refusal_reason", "route", "route_reason",
     "top_score", "score_margin", "retriever_agreement", "mean_logprob", "groundedness",
     "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
-    "backend", "collect_run_id", "answer_score",
+    "backend", "collect_run_id", "answer_score", "router_ms", "generation_ms", "checks", "cluster_id",
+    "student_version",
 ]
 
 

@@ -61,13 +61,13 @@ class Student:
     def answer(self, query: str, scope: str | None = None) -> Generation:
         return self.answer_batch([(query, scope)])[0]
 
-    def answer_batch(self, questions: list[tuple[str, str | None]]) -> list[Generation]:
+    def answer_batch(self, questions: list[tuple[str, str | None]], max_time: float | None = None) -> list[Generation]:
         """Answer (query, scope) pairs in one left-padded `generate` call: several times the
         throughput of one at a time on a CPU, with the same greedy answers."""
         if not questions:
             return []
         outputs = greedy_chats(self.model, self.tokenizer, [self.prompt(q, s) for q, s in questions],
-                               self.max_new_tokens, ["\n"])
+                               self.max_new_tokens, ["\n"], max_time)
         for generation, raw in outputs:
             generation.text = raw.strip().split("\n")[0].strip()
         return [generation for generation, _ in outputs]

@@ -348,12 +348,13 @@ def greedy_chat(model, tokenizer, messages: list[dict], max_new_tokens: int,
 
 
 def greedy_chats(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                 stop_strings: list[str]) -> list[tuple[Generation, str]]:
+                 stop_strings: list[str], max_time: float | None = None) -> list[tuple[Generation, str]]:
     """Greedy decoding of a batch of chats, left-padded into one `generate` call.
 
     For each chat: its Generation with token counts, mean token log-probability and answer_score
     (its exp), and the raw decoded text (Generation.text is left for the caller to clean). Tokens
-    after a sequence has finished (end of turn or a stop string) are padding and are not counted."""
+    after a sequence has finished (end of turn or a stop string) are padding and are not counted.
+    `max_time` (seconds) stops generating early; the answers are then cut short."""
     import torch
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -367,7 +368,7 @@ def greedy_chats(model, tokenizer, conversations: list[list[dict]], max_new_toke
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
                              return_dict_in_generate=True, stop_strings=stop_strings, tokenizer=tokenizer,
-                             pad_token_id=pad)
+                             pad_token_id=pad, max_time=max_time)
     prompt_len = inputs["input_ids"].shape[1]
     new = out.sequences[:, prompt_len:]
     logprobs = torch.stack([torch.log_softmax(score.float(), -1) for score in out.scores], 1) if out.scores else None

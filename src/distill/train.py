@@ -151,8 +151,11 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
     tokenizer.save_pretrained(tmp)
     clusters = {}
     for row in dataset:
-        clusters.setdefault(row.get("cluster_id"), {"cluster_id": row.get("cluster_id"), "scope": row.get("scope"),
-                                                     "cited_doc_versions": row.get("cited_doc_versions") or []})
+        cluster = clusters.setdefault(row.get("cluster_id"), {
+            "cluster_id": row.get("cluster_id"), "scope": row.get("scope"), "wordings": [],
+            "citations": row.get("citations") or [], "cited_doc_versions": row.get("cited_doc_versions") or []})
+        if row.get("query"):  # what the router's coverage check compares a new question with
+            cluster["wordings"].append(row["query"])
     manifest = {
         "student": cfg.student_name, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
         "base_model": cfg.base_model, "base_model_path": str(base), "dataset_path": str(dataset_path),

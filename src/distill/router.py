@@ -1,0 +1,306 @@
+"""The runtime router: the student answers only what it covers, safely; everything else goes to RAG.
+
+    >>> router = Router.from_workspace(workspace)          # construct once, share across requests
+    >>> routed = router.answer("How long is the refund window?", scope="billing")
+    >>> routed.route, routed.reason, routed.answer
+    ('student', 'served', 'You can ask for a refund within 14 days of purchase.')
+    >>> router.answer("What dosage of ibuprofen is safe?", scope="billing").reason
+    'high_risk'
+
+Checks, cheapest first; the first that fails sends the question to the RAG teacher and is the
+recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
+
+    input        empty, too long (`router.max_query_chars`) or not valid text
+    high_risk    a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)
+    injection    the question reads like a prompt injection (`corpus.injection_patterns`)
+    no_student   no student version is promoted
+    coverage     no trained wording of the same scope within `router.coverage_threshold` cosine
+    stale        a document the covering intent cites has changed since the student was trained
+    student_error, student_timeout, empty_answer
+                 the student failed; RAG answers, the caller never sees the failure
+    confidence   the student's mean token log-probability is below `router.min_student_logprob`
+
+A served answer carries the covering intent's citations (the chunks the teacher cited when it gave
+that answer). Every decision becomes a trace (route, reason, each check's score, router and
+generation time), written by a background thread so requests never wait on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from distill import registry
+from distill.config import Config, Workspace
+from distill.corpus import compile_patterns, detect_injection
+from distill.curate import REFUSAL_COMPLETION
+from distill.errors import DistillError
+from distill.store import Trace, TraceStore
+from distill.teacher import Answer, Teacher
+
+
+@dataclass
+class RoutedAnswer:
+    query: str
+    scope: str | None
+    answer: str
+    citations: list[str]
+    route: str  # 'student' or 'rag'
+    reason: str  # 'served', or the name of the check that sent it to RAG
+    checks: dict = field(default_factory=dict)  # each check's score, for --explain and the trace
+    refused: bool = False
+    router_ms: float = 0.0
+    generation_ms: float = 0.0
+    latency_ms: float = 0.0
+    student_version: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    trace_id: str = ""
+    teacher_answer: Answer | None = field(default=None, repr=False)  # the full RAG answer, for the trace
+
+
+class Coverage:
+    """The intents a student was trained on, per scope: a FAISS inner-product index over the unit
+    vectors of their training wordings. `nearest` gives the closest intent and its cosine."""
+
+    def __init__(self, clusters: list[dict], embed):
+        import faiss
+
+        self.by_scope: dict[str, tuple] = {}
+        rows: dict[str, list[tuple[str, dict]]] = {}
+        for cluster in clusters:
+            for wording in cluster.get("wordings", []):
+                rows.setdefault(cluster.get("scope") or "", []).append((wording, cluster))
+        for scope, pairs in rows.items():
+            vectors = embed([w for w, _ in pairs]).astype(np.float32)
+            index = faiss.IndexFlatIP(vectors.shape[1])
+            index.add(vectors)
+            self.by_scope[scope] = (index, [c for _, c in pairs])
+
+    def nearest(self, vector: np.ndarray, scope: str | None) -> tuple[dict | None, float]:
+        found = self.by_scope.get(scope or "")
+        if found is None:
+            return None, 0.0
+        index, clusters = found
+        scores, ids = index.search(vector.reshape(1, -1).astype(np.float32), 1)
+        return clusters[int(ids[0][0])], float(scores[0][0])
+
+
+class TraceWriter:
+    """Appends traces from a background thread in batches; `close` flushes everything queued."""
+
+    def __init__(self, store: TraceStore, batch: int = 256, wait_s: float = 0.2):
+        self.store, self.batch, self.wait_s = store, batch, wait_s
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="distill-trace-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, trace: Trace) -> None:
+        self._queue.put(trace)
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            pending = [self._queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            while len(pending) < self.batch and (left := deadline - time.monotonic()) > 0:
+                try:
+                    pending.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            done = pending[-1] is None
+            traces = [t for t in pending if t is not None]
+            if traces:
+                self.store.append(traces)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class Router:
+    """See the module docstring. Thread-safe: generation is serialized per model (a CPU runs one
+    well anyway); the cheap checks run concurrently."""
+
+    def __init__(self, teacher: Teacher, config: Config, student=None, version: str | None = None,
+                 writer: TraceWriter | None = None):
+        self.teacher, self.config, self.student, self.version, self.writer = teacher, config, student, version, writer
+        self.risk = compile_patterns(config.curate.high_risk_patterns)
+        self.injection = compile_patterns(config.corpus.injection_patterns)
+        self.latest = {}  # doc_id -> the version RAG retrieves now
+        for chunk in teacher.retriever.chunks:
+            if chunk["is_latest"]:
+                self.latest[chunk["doc_id"]] = chunk["version"]
+        clusters = student.manifest.get("clusters", []) if student else []
+        if student and clusters and not any(c.get("wordings") for c in clusters):
+            raise DistillError(f"student {version} was trained before distill recorded its intents' wordings; "
+                               f"retrain it with `distill train` or `distill nightly`")
+        self.coverage = Coverage(clusters, teacher.retriever.embed_queries)
+        self._student_lock, self._teacher_lock = threading.Lock(), threading.Lock()
+
+    @classmethod
+    def from_workspace(cls, workspace: Workspace, config: Config | None = None, log: bool | None = None) -> "Router":
+        """The teacher over the workspace's index, the promoted student (if any) and a trace writer."""
+        from distill.student import Student
+
+        config = config or workspace.config()
+        teacher = Teacher.from_workspace(workspace, config)
+        name = config.train.student_name
+        version = registry.current(workspace.models_dir, name)
+        student = None
+        if version:
+            student = Student.load(registry.student_dir(workspace.models_dir, name) / version,
+                                   runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+        writer = TraceWriter(TraceStore(workspace.traces_db)) if (config.router.log_traces if log is None else log) else None
+        return cls(teacher, config, student, version, writer)
+
+    def close(self) -> None:
+        """Flush the traces still queued and close the store."""
+        if self.writer:
+            self.writer.close()
+            self.writer.store.close()
+            self.writer = None
+
+    def __enter__(self) -> "Router":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def check(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None]:
+        """The cheap checks (everything before generation): (failed check or None, scores, intent)."""
+        cfg = self.config.router
+        checks: dict = {}
+        if not isinstance(query, str) or not query.strip() or len(query) > cfg.max_query_chars:
+            return "input", checks, None
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:
+            return "input", checks, None
+        if (scope in self.config.curate.high_risk_scopes) or detect_injection(query, self.risk):
+            return "high_risk", checks, None
+        if detect_injection(query, self.injection):
+            return "injection", checks, None
+        if self.student is None:
+            return "no_student", checks, None
+        vector = self.teacher.retriever.embed_queries([query.strip()])[0]
+        cluster, similarity = self.coverage.nearest(vector, scope)
+        checks["coverage"] = round(similarity, 4)
+        if cluster is None or similarity < cfg.coverage_threshold:
+            return "coverage", checks, None
+        checks["cluster_id"] = cluster["cluster_id"]
+        changed = [d["doc_id"] for d in cluster.get("cited_doc_versions", [])
+                   if self.latest.get(d["doc_id"]) != d["version"]]
+        if changed:
+            checks["stale_documents"] = changed
+            return "stale", checks, cluster
+        return None, checks, cluster
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def answer(self, query: str, scope: str | None = None) -> RoutedAnswer:
+        started = time.perf_counter()
+        failed, checks, cluster = self.check(query, scope)
+        router_ms = (time.perf_counter() - started) * 1000
+        if failed is None:
+            routed = self._from_student(query, scope, checks, cluster, router_ms)
+            if routed.route == "student":
+                return self._finish(routed, started)
+            failed, router_ms = routed.reason, routed.router_ms
+        return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
+
+    def answer_batch(self, questions: list[tuple[str, str | None]]) -> list[RoutedAnswer]:
+        return [self.answer(query, scope) for query, scope in questions]
+
+    async def aanswer(self, query: str, scope: str | None = None) -> RoutedAnswer:
+        """`answer` for asyncio services: runs in a worker thread, never blocks the event loop."""
+        return await asyncio.to_thread(self.answer, query, scope)
+
+    def _from_student(self, query: str, scope: str | None, checks: dict, cluster: dict,
+                      router_ms: float) -> RoutedAnswer:
+        cfg = self.config.router
+        began = time.perf_counter()
+        try:
+            with self._student_lock:
+                generation = self.student.answer_batch([(query, scope)], max_time=cfg.student_timeout_s)[0]
+            failed = None
+        except Exception as err:  # any student failure falls back to RAG, never to an error
+            generation, failed = None, "student_error"
+            checks["student_error"] = f"{type(err).__name__}: {err}"[:200]
+        generation_ms = (time.perf_counter() - began) * 1000
+        if generation is not None:
+            checks["student_logprob"] = None if generation.mean_logprob is None else round(generation.mean_logprob, 4)
+            if generation_ms >= cfg.student_timeout_s * 1000:
+                failed = "student_timeout"
+            elif not generation.text.strip():
+                failed = "empty_answer"
+            elif generation.mean_logprob is None or generation.mean_logprob < cfg.min_student_logprob:
+                failed = "confidence"
+        if failed:
+            return RoutedAnswer(query, scope, "", [], "rag", failed, checks, router_ms=router_ms + generation_ms)
+        text = generation.text.strip()
+        return RoutedAnswer(query, scope, text, list(cluster.get("citations", [])), "student", "served", checks,
+                            refused=text == REFUSAL_COMPLETION, router_ms=router_ms, generation_ms=generation_ms,
+                            student_version=self.version, prompt_tokens=generation.prompt_tokens,
+                            completion_tokens=generation.completion_tokens)
+
+    def _from_teacher(self, query: str, scope: str | None, reason: str, checks: dict, router_ms: float) -> RoutedAnswer:
+        if reason == "input":
+            return RoutedAnswer(query if isinstance(query, str) else "", scope, "", [], "rag", reason, checks,
+                                refused=True, router_ms=router_ms)
+        began = time.perf_counter()
+        with self._teacher_lock:
+            answer = self.teacher.answer(query, scope)
+        return RoutedAnswer(query, scope, answer.answer, answer.citations, "rag", reason, checks,
+                            refused=answer.refused, router_ms=router_ms,
+                            generation_ms=(time.perf_counter() - began) * 1000, prompt_tokens=answer.prompt_tokens,
+                            completion_tokens=answer.completion_tokens, teacher_answer=answer)
+
+    def _finish(self, routed: RoutedAnswer, started: float) -> RoutedAnswer:
+        routed.latency_ms = (time.perf_counter() - started) * 1000
+        routed.trace_id = uuid.uuid4().hex
+        if self.writer:
+            self.writer.put(self._trace(routed))
+        return routed
+
+    def _trace(self, routed: RoutedAnswer) -> Trace:
+        answer = routed.teacher_answer
+        common = dict(trace_id=routed.trace_id, query_id=routed.trace_id, asked_at=datetime.now(timezone.utc),
+                      scope=routed.scope, query=routed.query, route=routed.route, route_reason=routed.reason,
+                      latency_ms=routed.latency_ms, router_ms=routed.router_ms, generation_ms=routed.generation_ms,
+                      checks=json.dumps(routed.checks), cluster_id=routed.checks.get("cluster_id"))
+        if answer is not None:
+            return Trace(**common, answer=answer.answer, citations=answer.citations,
+                         cited_doc_versions=answer.cited_doc_versions, retrieved=answer.retrieved,
+                         refused=answer.refused, refusal_reason=answer.refusal_reason, top_score=answer.top_score,
+                         score_margin=answer.score_margin, retriever_agreement=answer.retriever_agreement,
+                         mean_logprob=answer.mean_logprob, answer_score=answer.answer_score,
+                         groundedness=answer.groundedness, citation_valid=answer.citation_valid,
+                         retrieval_ms=answer.retrieval_ms, prompt_tokens=answer.prompt_tokens,
+                         completion_tokens=answer.completion_tokens, model=answer.model, backend=answer.backend)
+        served = routed.route == "student"
+        cluster = self._cluster(routed.checks.get("cluster_id")) if served else {}
+        return Trace(**common, answer=routed.answer, citations=routed.citations,
+                     cited_doc_versions=cluster.get("cited_doc_versions", []), retrieved=[],
+                     refused=routed.refused or not served, refusal_reason="invalid_input" if routed.reason == "input" else None,
+                     top_score=None, score_margin=None, retriever_agreement=None,
+                     mean_logprob=routed.checks.get("student_logprob"), groundedness=None, citation_valid=served,
+                     retrieval_ms=0.0, prompt_tokens=routed.prompt_tokens, completion_tokens=routed.completion_tokens,
+                     model=f"{self.config.train.student_name}/{self.version}" if served else "",
+                     backend="student" if served else "none", student_version=self.version if served else None)
+
+    def _cluster(self, cluster_id: str | None) -> dict:
+        for cluster in self.student.manifest.get("clusters", []):
+            if cluster["cluster_id"] == cluster_id:
+                return cluster
+        return {}
