@@ -293,6 +293,24 @@ def ask(question: str = typer.Argument(..., help="the question"),
 
 
 @app.command()
+def serve(host: Optional[str] = typer.Option(None, help="listen address (default serve.host, 127.0.0.1)"),
+          port: Optional[int] = typer.Option(None, help="port (default serve.port, 8080)"),
+          home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Serve the router over the OpenAI chat-completions API (/v1/chat/completions, /v1/models,
+    /health, /metrics)."""
+    from distill.router import Router
+    from distill.serve import serve as run_serve
+
+    workspace = _workspace(home)
+    config = workspace.config()
+    with _console().status("loading the router"):
+        router = Router.from_workspace(workspace, config)
+    _console().print(f"serving student {router.version or '(none: everything goes to RAG)'} as "
+                     f"'{config.serve.model_name}' on http://{host or config.serve.host}:{port or config.serve.port}/v1")
+    run_serve(router, config, host, port)
+
+
+@app.command()
 def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run SQL on the trace store and print the result."""

@@ -156,6 +156,15 @@ class RouterConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = _help("address `distill serve` listens on (127.0.0.1: this machine only)")
+    port: int = _help("port `distill serve` listens on")
+    api_key_env: str = _help("environment variable holding the bearer token clients must send; unset or empty: no auth")
+    max_body_bytes: int = _help("larger request bodies are refused with 413")
+    model_name: str = _help("the model id clients name and /v1/models lists")
+
+
+@dataclass
 class Config:
     corpus: CorpusConfig
     index: IndexConfig
@@ -166,6 +175,7 @@ class Config:
     student: StudentConfig
     nightly: NightlyConfig
     router: RouterConfig
+    serve: ServeConfig
 
 
 @dataclass

@@ -1,0 +1,164 @@
+"""`distill serve`: the router behind the OpenAI chat-completions API, so existing clients work.
+
+    $ distill serve --home ws
+    $ curl -s localhost:8080/v1/chat/completions -H 'content-type: application/json' \\
+        -d '{"model": "distill", "messages": [{"role": "user", "content": "How long is the refund window?"}],
+             "metadata": {"scope": "billing"}}'
+    {"id": "chatcmpl-...", "object": "chat.completion", "choices": [{"message": {"role": "assistant",
+     "content": "..."}, "finish_reason": "stop", "index": 0}], "usage": {...},
+     "distill": {"route": "student", "reason": "served", "citations": [...], "checks": {...}}}
+
+The question is the last user message; its scope comes from `metadata.scope` (or a top-level
+`scope`, or the `X-Distill-Scope` header). Route and reason are also response headers
+(`X-Distill-Route`, `X-Distill-Reason`). Errors have OpenAI's shape: `{"error": {"message", "type",
+"param", "code"}}`. `/health` says what is serving; `/metrics` is Prometheus text (requests by route
+and reason, latency histograms). With `$DISTILL_API_KEY` set (`serve.api_key_env`), every request
+but /health needs `Authorization: Bearer <key>`. Shutting down flushes every trace.
+"""
+
+
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from distill.config import Config
+from distill.errors import DistillError
+from distill.router import Router
+
+log = logging.getLogger("distill.serve")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def create_app(router: Router, config: Config):
+    """A FastAPI app serving `router`; closing the app closes the router (flushing its traces)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    requests = Counter("distill_requests", "Chat completions answered, by route and reason",
+                       ["route", "reason"], registry=registry)
+    errors = Counter("distill_request_errors", "Requests refused, by HTTP status", ["status"], registry=registry)
+    latency = Histogram("distill_latency_seconds", "End-to-end answer time, by route", ["route"],
+                        buckets=LATENCY_BUCKETS, registry=registry)
+    overhead = Histogram("distill_router_seconds", "Time in the router's checks (generation excluded)",
+                         buckets=LATENCY_BUCKETS, registry=registry)
+    cfg = config.serve
+    api_key = os.environ.get(cfg.api_key_env) or None
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        router.close()
+
+    app = FastAPI(title="distill", lifespan=lifespan)
+
+    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        errors.labels(str(status)).inc()
+        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                            status_code=status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error(401, "missing or wrong bearer token; send Authorization: Bearer <key>",
+                             "authentication_error")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            return error(413, f"request body over {cfg.max_body_bytes} bytes (serve.max_body_bytes)")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "student": router.version, "model": cfg.model_name}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
+                                            "owned_by": "distill", "student": router.version}]}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await request.body()
+        if len(body) > cfg.max_body_bytes:
+            return error(413, f"request body over {cfg.max_body_bytes} bytes (serve.max_body_bytes)")
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            return error(400, "the request body is not UTF-8")
+        except json.JSONDecodeError:
+            return error(400, "the request body is not JSON")
+        parsed = _question(payload, request.headers.get("x-distill-scope"))
+        if isinstance(parsed, tuple) and parsed[0] == "error":
+            return error(400, parsed[1], param=parsed[2])
+        query, scope = parsed
+        try:
+            routed = await router.aanswer(query, scope)
+        except DistillError as err:  # e.g. an unknown scope
+            return error(400, str(err), param="metadata.scope" if "scope" in str(err) else None)
+        except Exception:
+            log.exception("answering failed")
+            return error(500, "the server failed to answer; see its log", "server_error")
+        requests.labels(routed.route, routed.reason).inc()
+        latency.labels(routed.route).observe(routed.latency_ms / 1000)
+        overhead.observe(routed.router_ms / 1000)
+        if routed.reason == "input":
+            return error(400, f"the question is empty or longer than {config.router.max_query_chars} characters "
+                              f"(router.max_query_chars)", param="messages")
+        content = routed.answer if routed.answer else "I don't know."
+        response = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": cfg.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": routed.prompt_tokens, "completion_tokens": routed.completion_tokens,
+                      "total_tokens": routed.prompt_tokens + routed.completion_tokens},
+            "distill": {"route": routed.route, "reason": routed.reason, "citations": routed.citations,
+                        "refused": routed.refused, "student_version": routed.student_version,
+                        "checks": routed.checks, "trace_id": routed.trace_id,
+                        "latency_ms": round(routed.latency_ms, 1), "router_ms": round(routed.router_ms, 2)},
+        }
+        return JSONResponse(response, headers={"X-Distill-Route": routed.route, "X-Distill-Reason": routed.reason})
+
+    return app
+
+
+def _question(payload, header_scope: str | None):
+    """(query, scope) from an OpenAI chat request, or ('error', message, param)."""
+    if not isinstance(payload, dict):
+        return "error", "the request body must be a JSON object", None
+    if payload.get("stream"):
+        return "error", "stream=true is not supported; send stream=false", "stream"
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "error", "'messages' must be a non-empty list of {role, content}", "messages"
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        return "error", "'messages' has no user message to answer", "messages"
+    content = users[-1].get("content")
+    if isinstance(content, list):  # content parts: keep the text ones
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if not isinstance(content, str):
+        return "error", "the last user message's 'content' must be a string or text parts", "messages"
+    metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    scope = metadata.get("scope") or payload.get("scope") or header_scope
+    if scope is not None and not isinstance(scope, str):
+        return "error", "'scope' must be a string", "metadata.scope"
+    return content, scope
+
+
+def serve(router: Router, config: Config, host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(router, config), host=host or config.serve.host, port=port or config.serve.port,
+                log_level="info")

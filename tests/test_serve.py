@@ -1,0 +1,77 @@
+import pytest
+from fastapi.testclient import TestClient
+
+from distill.router import Router
+from distill.serve import create_app
+from distill.store import TraceStore
+from test_router import REFUND_Q, workspace  # noqa: F401 (the module's fixture: a workspace with a promoted tiny student)
+
+
+def chat(content, **extra):
+    return {"model": "distill", "messages": [{"role": "system", "content": "be brief"},
+                                             {"role": "user", "content": content}], **extra}
+
+
+@pytest.fixture
+def client(workspace):  # noqa: F811
+    router = Router.from_workspace(workspace)
+    with TestClient(create_app(router, workspace.config())) as client:
+        yield client
+
+
+def test_openai_chat_completion_with_route_and_citations(client):
+    response = client.post("/v1/chat/completions", json=chat(REFUND_Q, metadata={"scope": "billing"}))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["choices"][0]["message"]["content"] and body["usage"]["total_tokens"] > 0
+    assert body["distill"]["route"] in ("student", "rag") and body["distill"]["citations"]
+    assert response.headers["x-distill-route"] == body["distill"]["route"]
+    risky = client.post("/v1/chat/completions", json=chat("What medication dosage is safe?"),
+                        headers={"X-Distill-Scope": "billing"})
+    assert risky.json()["distill"]["reason"] == "high_risk"
+    assert client.get("/v1/models").json()["data"][0]["id"] == "distill"
+    assert client.get("/health").json()["student"] == "v0001"
+    metrics = client.get("/metrics").text
+    assert 'distill_requests_total{reason="high_risk",route="rag"} 1.0' in metrics
+    assert "distill_latency_seconds_bucket" in metrics
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"not json", 400, "not JSON"),
+    (b"\xff\xfe\x00", 400, "not UTF-8"),
+    (b'{"messages": []}', 400, "non-empty list"),
+    (b'{"messages": [{"role": "system", "content": "hi"}]}', 400, "no user message"),
+    (b'{"messages": [{"role": "user", "content": ""}]}', 400, "router.max_query_chars"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}', 400, "stream"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "metadata": {"scope": "nope"}}', 400, "unknown scope"),
+    (b'{"messages": [{"role": "user", "content": "' + b"x" * 70000 + b'"}]}', 413, "serve.max_body_bytes"),
+])
+def test_bad_requests_get_openai_style_errors(client, body, status, message):
+    response = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert message in response.json()["error"]["message"] and response.json()["error"]["type"]
+
+
+def test_bearer_auth_when_a_key_is_configured(workspace, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("DISTILL_API_KEY", "s3cret")
+    router = Router.from_workspace(workspace, log=False)
+    with TestClient(create_app(router, workspace.config())) as client:
+        assert client.get("/health").status_code == 200
+        refused = client.post("/v1/chat/completions", json=chat("hi"))
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+        allowed = client.post("/v1/chat/completions", json=chat("What medication dosage is safe?"),
+                              headers={"Authorization": "Bearer s3cret", "X-Distill-Scope": "billing"})
+        assert allowed.status_code == 200
+
+
+def test_every_request_is_a_trace_after_shutdown(workspace):  # noqa: F811
+    with TraceStore(workspace.traces_db) as store:
+        before = store.count()
+    router = Router.from_workspace(workspace)
+    with TestClient(create_app(router, workspace.config())) as client:
+        for i in range(12):
+            assert client.post("/v1/chat/completions",
+                               json=chat(f"What medication dosage is safe, take {i}?", scope="billing")).status_code == 200
+    with TraceStore(workspace.traces_db) as store:
+        assert store.count() == before + 12
