@@ -1,5 +1,6 @@
 import asyncio
 import json
+import shutil
 import threading
 
 import pytest
@@ -103,6 +104,8 @@ def test_no_promoted_student_means_everything_goes_to_rag(workspace, tmp_path):
 
 
 def test_a_changed_document_takes_its_intents_off_the_student_without_retraining(workspace, tmp_path):
+    shutil.copytree(workspace.home, tmp_path / "ws", ignore=shutil.ignore_patterns("traces"))
+    workspace = Workspace(tmp_path / "ws")
     changed = dict(DOCS[0], text=REFUND_V2, version=None)
     (tmp_path / "v2.jsonl").write_text(json.dumps(changed) + "\n")
     ingest(workspace, tmp_path / "v2.jsonl", workspace.config())  # refunds is now version 2
@@ -139,3 +142,44 @@ def test_a_student_without_recorded_wordings_is_refused_with_a_clear_message(wor
     student.manifest = {**student.manifest, "clusters": [{"cluster_id": "c0", "scope": "billing"}]}
     with pytest.raises(DistillError, match="retrain"):
         Router(Teacher.from_workspace(workspace, workspace.config()), workspace.config(), student, "v0001")
+
+
+def own_router(workspace, store_path, **router_settings):
+    """A router over the shared workspace that logs to its own trace store."""
+    from distill.student import Student
+    from distill.router import TraceWriter
+    from distill.teacher import Teacher
+
+    config = workspace.config({"router": router_settings})
+    student = Student.load(workspace.models_dir / "student" / "v0001", runtime="fp32", max_new_tokens=6)
+    return Router(Teacher.from_workspace(workspace, config), config, student, "v0001",
+                  TraceWriter(TraceStore(store_path)))
+
+
+def test_an_intent_the_student_disagrees_on_in_shadow_checks_is_withdrawn(workspace, tmp_path):
+    store_path = tmp_path / "traces.duckdb"
+    router = own_router(workspace, store_path, shadow_share=1.0, withdraw_min_samples=2, withdraw_below=1.01)
+    served = [router.answer(REFUND_Q, "billing") for _ in range(2)]
+    router.close()  # finishes the queued shadow checks
+    assert all(r.route == "student" for r in served)
+    with TraceStore(store_path) as store:
+        checks = store.sql("SELECT cluster_id, student_answer, teacher_answer, agreement FROM shadow_checks")
+        (withdrawn,) = store.sql("SELECT student_version, cluster_id, samples, evidence FROM withdrawn_clusters")
+    assert len(checks) == 2 and all(c["cluster_id"] == "c0" and c["teacher_answer"] for c in checks)
+    assert withdrawn["student_version"] == "v0001" and withdrawn["samples"] == 2
+    assert len(json.loads(withdrawn["evidence"])) == 2
+    again = own_router(workspace, store_path)  # a restart keeps it withdrawn until the next version
+    assert again.answer(REFUND_Q, "billing").reason == "withdrawn"
+    again.close()
+
+
+def test_shadow_mode_answers_with_rag_and_logs_the_student_beside_it(workspace, tmp_path):
+    router = own_router(workspace, tmp_path / "traces.duckdb", mode="shadow")
+    routed = router.answer(REFUND_Q, "billing")
+    router.close()
+    assert routed.route == "rag" and routed.reason == "shadow" and routed.student_version is None
+    with TraceStore(tmp_path / "traces.duckdb") as store:
+        (check,) = store.sql("SELECT trace_id, student_answer, teacher_answer FROM shadow_checks")
+    assert check["trace_id"] == routed.trace_id and check["teacher_answer"] == routed.answer and check["student_answer"]
+    with pytest.raises(DistillError, match="router.mode"):
+        own_router(workspace, tmp_path / "other.duckdb", mode="yolo")

@@ -153,6 +153,10 @@ class RouterConfig:
     min_student_logprob: float = _help("check 'confidence': the student's mean token log-probability on its answer, at least this")
     student_timeout_s: float = _help("a student answer slower than this is dropped and RAG answers instead")
     log_traces: bool = _help("write every routed answer to the trace store (in the background)")
+    mode: str = _help("'route' (serve the student where safe) or 'shadow' (always answer with RAG; run the student beside it and log the agreement)")
+    shadow_share: float = _help("share of student-served questions also answered by RAG off the request path, to watch agreement")
+    withdraw_below: float = _help("an intent whose shadow agreement (token F1 with RAG) averages below this is withdrawn from the student")
+    withdraw_min_samples: int = _help("shadow checks an intent needs before it can be withdrawn")
 
 
 @dataclass

@@ -18,18 +18,28 @@ recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
     stale        a document the covering intent cites has changed since the student was trained
     student_error, student_timeout, empty_answer
                  the student failed; RAG answers, the caller never sees the failure
+    withdrawn    shadow checks found the student disagreeing with RAG on this intent (below)
     confidence   the student's mean token log-probability is below `router.min_student_logprob`
 
 A served answer carries the covering intent's citations (the chunks the teacher cited when it gave
 that answer). Every decision becomes a trace (route, reason, each check's score, router and
 generation time), written by a background thread so requests never wait on the database.
+
+Shadow checks: a share (`router.shadow_share`) of student-served questions is answered by RAG as
+well, off the request path, and the two answers' token F1 is stored (`shadow_checks`). An intent
+whose agreement averages below `router.withdraw_below` over `router.withdraw_min_samples` checks is
+withdrawn (`withdrawn_clusters`, with the evidence) and goes to RAG until the next student version.
+`router.mode = "shadow"` is for measuring before switching: RAG answers everything, and the student
+answers every covered question beside it, logged the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -43,8 +53,12 @@ from distill.config import Config, Workspace
 from distill.corpus import compile_patterns, detect_injection
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
+from distill.evaluate import token_f1
 from distill.store import Trace, TraceStore
 from distill.teacher import Answer, Teacher
+
+log = logging.getLogger("distill.router")
+MODES = ("route", "shadow")
 
 
 @dataclass
@@ -126,6 +140,55 @@ class TraceWriter:
         self._thread.join()
 
 
+class ShadowChecker:
+    """Off the request path: answer a question with whichever of student and RAG did not answer it,
+    store the agreement, and withdraw intents whose agreement stays low."""
+
+    def __init__(self, router: "Router", store: TraceStore | None):
+        self.router, self.store = router, store
+        self.evidence: dict[str, list[dict]] = {}  # cluster_id -> its shadow checks so far
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="distill-shadow", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: dict) -> None:
+        self._queue.put(job)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._check(job)
+            except Exception:  # a failed check must never take the router down
+                log.exception("shadow check failed")
+
+    def _check(self, job: dict) -> None:
+        router, cfg = self.router, self.router.config.router
+        if job.get("teacher_answer") is None:
+            with router._teacher_lock:
+                job["teacher_answer"] = router.teacher.answer(job["query"], job["scope"]).answer
+        if job.get("student_answer") is None:
+            with router._student_lock:
+                job["student_answer"] = router.student.answer(job["query"], job["scope"]).text
+        job["agreement"] = round(token_f1(job["student_answer"], job["teacher_answer"]), 4)
+        job["student_version"] = router.version
+        if self.store:
+            self.store.add_shadow_check(job)
+        checks = self.evidence.setdefault(job["cluster_id"], [])
+        checks.append({k: job[k] for k in ("trace_id", "query", "student_answer", "teacher_answer", "agreement")})
+        mean = sum(c["agreement"] for c in checks) / len(checks)
+        if len(checks) >= cfg.withdraw_min_samples and mean < cfg.withdraw_below \
+                and job["cluster_id"] not in router.withdrawn:
+            router.withdrawn.add(job["cluster_id"])
+            log.warning("withdrew intent %s from student %s: shadow agreement %.2f over %d checks",
+                        job["cluster_id"], router.version, mean, len(checks))
+            if self.store:
+                self.store.withdraw_cluster(router.version, job["cluster_id"], len(checks), round(mean, 4), checks)
+
+
 class Router:
     """See the module docstring. Thread-safe: generation is serialized per model (a CPU runs one
     well anyway); the cheap checks run concurrently."""
@@ -145,6 +208,12 @@ class Router:
                                f"retrain it with `distill train` or `distill nightly`")
         self.coverage = Coverage(clusters, teacher.retriever.embed_queries)
         self._student_lock, self._teacher_lock = threading.Lock(), threading.Lock()
+        if config.router.mode not in MODES:
+            raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
+        store = writer.store if writer else None
+        self.withdrawn: set[str] = store.withdrawn_clusters(version) if store and version else set()
+        self.shadow = ShadowChecker(self, store) if student else None
+        self._sample = random.Random(0)
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, config: Config | None = None, log: bool | None = None) -> "Router":
@@ -163,7 +232,10 @@ class Router:
         return cls(teacher, config, student, version, writer)
 
     def close(self) -> None:
-        """Flush the traces still queued and close the store."""
+        """Finish the queued shadow checks, flush the traces still queued and close the store."""
+        if self.shadow:
+            self.shadow.close()
+            self.shadow = None
         if self.writer:
             self.writer.close()
             self.writer.store.close()
@@ -199,6 +271,8 @@ class Router:
         if cluster is None or similarity < cfg.coverage_threshold:
             return "coverage", checks, None
         checks["cluster_id"] = cluster["cluster_id"]
+        if cluster["cluster_id"] in self.withdrawn:
+            return "withdrawn", checks, cluster
         changed = [d["doc_id"] for d in cluster.get("cited_doc_versions", [])
                    if self.latest.get(d["doc_id"]) != d["version"]]
         if changed:
@@ -212,10 +286,20 @@ class Router:
         started = time.perf_counter()
         failed, checks, cluster = self.check(query, scope)
         router_ms = (time.perf_counter() - started) * 1000
+        if self.config.router.mode == "shadow":
+            routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started)
+            if failed is None:  # the student answers the same question in the background
+                self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
+                                    "cluster_id": cluster["cluster_id"], "teacher_answer": routed.answer})
+            return routed
         if failed is None:
             routed = self._from_student(query, scope, checks, cluster, router_ms)
             if routed.route == "student":
-                return self._finish(routed, started)
+                routed = self._finish(routed, started)
+                if self._sample.random() < self.config.router.shadow_share:
+                    self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
+                                        "cluster_id": cluster["cluster_id"], "student_answer": routed.answer})
+                return routed
             failed, router_ms = routed.reason, routed.router_ms
         return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
 

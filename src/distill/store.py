@@ -229,8 +229,33 @@ def _m006_router_columns(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE traces ADD COLUMN {column} {kind}")
 
 
+def _m007_shadow(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE shadow_checks (
+            trace_id VARCHAR NOT NULL,
+            checked_at TIMESTAMPTZ NOT NULL,
+            student_version VARCHAR NOT NULL,
+            cluster_id VARCHAR NOT NULL,
+            scope VARCHAR,
+            query VARCHAR NOT NULL,
+            student_answer VARCHAR NOT NULL,
+            teacher_answer VARCHAR NOT NULL,
+            agreement DOUBLE NOT NULL
+        )""")
+    con.execute("""
+        CREATE TABLE withdrawn_clusters (
+            student_version VARCHAR NOT NULL,
+            cluster_id VARCHAR NOT NULL,
+            withdrawn_at TIMESTAMPTZ NOT NULL,
+            samples INTEGER NOT NULL,
+            agreement DOUBLE NOT NULL,
+            evidence JSON NOT NULL,
+            PRIMARY KEY (student_version, cluster_id)
+        )""")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
-                                     _m005_nightly_runs, _m006_router_columns]
+                                     _m005_nightly_runs, _m006_router_columns, _m007_shadow]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -376,6 +401,23 @@ class TraceStore:
         """The nightly runs started on `day`, oldest first, figures parsed."""
         rows = self.sql("SELECT * FROM nightly_runs WHERE day = ? ORDER BY started_at", [day])
         return [{**row, "figures": json.loads(row["figures"])} for row in rows]
+
+    def add_shadow_check(self, row: dict) -> None:
+        """One shadow comparison of a student answer with the teacher's (see router.py)."""
+        self.sql("INSERT INTO shadow_checks BY NAME SELECT * FROM (SELECT ? AS trace_id, now() AS checked_at, "
+                 "? AS student_version, ? AS cluster_id, ? AS scope, ? AS query, ? AS student_answer, "
+                 "? AS teacher_answer, ? AS agreement)",
+                 [row["trace_id"], row["student_version"], row["cluster_id"], row["scope"], row["query"],
+                  row["student_answer"], row["teacher_answer"], row["agreement"]])
+
+    def withdraw_cluster(self, student_version: str, cluster_id: str, samples: int, agreement: float,
+                         evidence: list[dict]) -> None:
+        self.sql("INSERT INTO withdrawn_clusters VALUES (?, ?, now(), ?, ?, ?) ON CONFLICT DO NOTHING",
+                 [student_version, cluster_id, samples, agreement, json.dumps(evidence)])
+
+    def withdrawn_clusters(self, student_version: str) -> set[str]:
+        rows = self.sql("SELECT cluster_id FROM withdrawn_clusters WHERE student_version = ?", [student_version])
+        return {row["cluster_id"] for row in rows}
 
     def explain(self, needle: str) -> list[dict]:
         """The latest curation decision for a trace id, query id or query text, with its cluster."""
