@@ -95,9 +95,11 @@ def main() -> None:
         off = [router.answer(q).route for q in OFF_TOPIC]
     print(f"high-risk questions served by the student: {risky.count('student')} of {len(risky)} (goal 0); "
           f"off-topic: {off.count('student')} of {len(off)} (goal 0)")
-    print(f"router overhead (checks, no generation), {len(after['overhead_ms'])} questions: "
-          f"p50 {statistics.median(after['overhead_ms']):.1f} ms, p95 {np.percentile(after['overhead_ms'], 95):.1f} ms "
-          f"(goal p50 <= 10 ms); cold (first sight of a wording, embedding included)")
+    for kind in ("warm", "cold"):
+        values = after[f"{kind}_ms"]
+        print(f"router overhead (every check, no generation), {kind}: {len(values)} questions, "
+              f"p50 {statistics.median(values):.1f} ms, p95 {np.percentile(values, 95):.1f} ms (goal p50 <= 10 ms)")
+    print("  warm: a wording seen before (its vector cached); cold: a new wording, one MiniLM forward included")
 
 
 def load_default_patterns() -> list[str]:
@@ -134,20 +136,23 @@ def traffic(rows: list[dict], path) -> int:
 
 def route_all(workspace, config, wordings: dict[str, list[str]], answer_each: int = 30) -> dict:
     """Every wording through the checks; the first `answer_each` of each group answered end to end."""
-    routes, served, answered, overhead = {}, {}, {}, []
+    routes, served, answered, warm, cold = {}, {}, {}, [], []
     with Router.from_workspace(workspace, config, log=False) as router:
         for group, texts in wordings.items():
             counts: dict[str, int] = {}
             for text in texts:
                 began = time.perf_counter()
                 failed, _, _ = router.check(text)
-                overhead.append((time.perf_counter() - began) * 1000)
+                warm.append((time.perf_counter() - began) * 1000)
                 counts[failed or "eligible"] = counts.get(failed or "eligible", 0) + 1
+                began = time.perf_counter()
+                router.check(f"please tell me, {text}")  # never seen: embedded on the request path
+                cold.append((time.perf_counter() - began) * 1000)
             routes[group] = counts
             results = [router.answer(text) for text in texts[:answer_each]]
             served[group] = sum(r.route == "student" for r in results)
             answered[group] = len(results)
-    return {"routes": routes, "served": served, "answered": answered, "overhead_ms": overhead}
+    return {"routes": routes, "served": served, "answered": answered, "warm_ms": warm, "cold_ms": cold}
 
 
 if __name__ == "__main__":

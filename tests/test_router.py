@@ -113,6 +113,13 @@ def test_a_changed_document_takes_its_intents_off_the_student_without_retraining
         routed = router.answer(REFUND_Q, "billing")
     assert routed.route == "rag" and routed.reason == "stale" and routed.checks["stale_documents"] == ["billing/refunds"]
     assert routed.citations and all("@v2" in c for c in routed.citations if c.startswith("billing/refunds"))
+    with Router.from_workspace(workspace, log=False) as router:  # an intent that only *retrieved* refunds
+        (cluster,) = router.coverage.by_scope["billing"][1]
+        cluster["cited_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 1}]
+        cluster["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 1}]
+        assert router.check(REFUND_Q, "billing")[0] == "stale"
+        cluster["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
+        assert router.check(REFUND_Q, "billing")[0] is None
 
 
 def test_concurrent_requests_are_all_logged_after_a_clean_close(workspace):

@@ -76,6 +76,12 @@ class CurationResult:
         return rejected.most_common(1)[0] if rejected else None
 
 
+def doc_version(chunk_id: str) -> tuple[str, int]:
+    """'billing/refunds@v2#0' -> ('billing/refunds', 2): the document version a chunk belongs to."""
+    doc_id, rest = chunk_id.rsplit("@v", 1)
+    return doc_id, int(rest.split("#", 1)[0])
+
+
 def normalize_query(text: str) -> str:
     """Lowercase, single spaces, no trailing punctuation: 'How do I export?' == 'how do i export'."""
     return " ".join(text.lower().split()).rstrip(" ?!.")
@@ -271,12 +277,14 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
         answer = next((traces[i]["answer"] for i in train_side if not traces[i]["refused"]
                        and normalize_answer(traces[i]["answer"]) == majority), None)
         cited = {(c["doc_id"], c["version"]) for i in train_side for c in traces[i]["cited_doc_versions"]}
+        retrieved = {doc_version(chunk_id) for i in train_side for chunk_id in traces[i]["retrieved"]}
         cluster_id[number] = cid
         facts[number] = {"majority": majority, "agreement": agreement, "frequency": len(train_side)}
         clusters.append({"cluster_id": cid, "scope": scope, "representative": representative,
                          "wordings": sorted(wordings), "traces": len(indices), "frequency": len(train_side),
                          "answer": answer if majority != REFUSED else None, "agreement": agreement,
                          "cited_doc_versions": [{"doc_id": d, "version": v} for d, v in sorted(cited)],
+                         "retrieved_doc_versions": [{"doc_id": d, "version": v} for d, v in sorted(retrieved)],
                          "trained": False})
 
     train_wordings = {keys[i] for i, t in enumerate(traces) if t["asked_at"] < cutoff}
@@ -354,7 +362,8 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateC
                      "completion": [{"role": "assistant", "content": completion}],
                      "cluster_id": cid, "scope": first["scope"] or "", "query": first["query"].strip(),
                      "citations": list(first["citations"]), "trace_ids": sorted(trace_ids),
-                     "cited_doc_versions": cluster["cited_doc_versions"]})
+                     "cited_doc_versions": cluster["cited_doc_versions"],
+                     "retrieved_doc_versions": cluster["retrieved_doc_versions"]})
     if not rows:
         return None, None, 0
     import datasets

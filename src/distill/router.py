@@ -15,7 +15,9 @@ recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
     injection    the question reads like a prompt injection (`corpus.injection_patterns`)
     no_student   no student version is promoted
     coverage     no trained wording of the same scope within `router.coverage_threshold` cosine
-    stale        a document the covering intent cites has changed since the student was trained
+    stale        a document the covering intent's answers cited, or that was retrieved for it, has
+                 changed since the student was trained (a changed document the teacher did not cite
+                 may now hold the better answer)
     student_error, student_timeout, empty_answer
                  the student failed; RAG answers, the caller never sees the failure
     withdrawn    shadow checks found the student disagreeing with RAG on this intent (below)
@@ -273,8 +275,8 @@ class Router:
         checks["cluster_id"] = cluster["cluster_id"]
         if cluster["cluster_id"] in self.withdrawn:
             return "withdrawn", checks, cluster
-        changed = [d["doc_id"] for d in cluster.get("cited_doc_versions", [])
-                   if self.latest.get(d["doc_id"]) != d["version"]]
+        changed = sorted({d["doc_id"] for d in cluster.get("cited_doc_versions", []) + cluster.get("retrieved_doc_versions", [])
+                          if self.latest.get(d["doc_id"]) != d["version"]})
         if changed:
             checks["stale_documents"] = changed
             return "stale", checks, cluster

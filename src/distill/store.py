@@ -254,8 +254,13 @@ def _m007_shadow(con: duckdb.DuckDBPyConnection) -> None:
         )""")
 
 
+def _m008_retrieved_doc_versions(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE clusters ADD COLUMN retrieved_doc_versions STRUCT(doc_id VARCHAR, version INTEGER)[]")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
-                                     _m005_nightly_runs, _m006_router_columns, _m007_shadow]
+                                     _m005_nightly_runs, _m006_router_columns, _m007_shadow,
+                                     _m008_retrieved_doc_versions]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -346,7 +351,7 @@ class TraceStore:
     def curation_input(self) -> list[dict]:
         """Every teacher trace with what the curation rules read, oldest first."""
         return self.sql("""
-            SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, refused,
+            SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, retrieved, refused,
                    refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid
             FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id""")
 
