@@ -34,6 +34,8 @@ bench: install
 	$(BIN)/python scripts/bench_curate.py
 	$(BIN)/python scripts/bench_student.py
 	$(BIN)/python scripts/bench_router.py
+	$(BIN)/python scripts/bench_replay.py
+	$(BIN)/python scripts/bench_serve.py
 
 clean:
 	rm -rf $(VENV) traces models index bench

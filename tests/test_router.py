@@ -190,3 +190,13 @@ def test_shadow_mode_answers_with_rag_and_logs_the_student_beside_it(workspace, 
     assert check["trace_id"] == routed.trace_id and check["teacher_answer"] == routed.answer and check["student_answer"]
     with pytest.raises(DistillError, match="router.mode"):
         own_router(workspace, tmp_path / "other.duckdb", mode="yolo")
+
+
+def test_a_corrupted_student_falls_back_to_rag_instead_of_failing(workspace, tmp_path):
+    shutil.copytree(workspace.home, tmp_path / "ws", ignore=shutil.ignore_patterns("traces"))
+    broken = Workspace(tmp_path / "ws")
+    (broken.models_dir / "student" / "v0001" / "distill.json").write_text("{not json")
+    with Router.from_workspace(broken, log=False) as router:
+        assert router.student is None and "corrupted" in router.student_problem
+        routed = router.answer(REFUND_Q, "billing")
+    assert routed.route == "rag" and routed.reason == "no_student" and routed.answer

@@ -279,6 +279,8 @@ def ask(question: str = typer.Argument(..., help="the question"),
     workspace = _workspace(home)
     with _console().status("loading the router"):
         router = Router.from_workspace(workspace)
+    if router.student_problem:
+        _console().print(f"[yellow]{router.student_problem}[/]")
     with router:
         routed = router.answer(question, scope)
     print(routed.answer or "(no answer)")
@@ -305,6 +307,8 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
     config = workspace.config()
     with _console().status("loading the router"):
         router = Router.from_workspace(workspace, config)
+    if router.student_problem:
+        _console().print(f"[yellow]{router.student_problem}[/]")
     _console().print(f"serving student {router.version or '(none: everything goes to RAG)'} as "
                      f"'{config.serve.model_name}' on http://{host or config.serve.host}:{port or config.serve.port}/v1")
     run_serve(router, config, host, port)

@@ -216,6 +216,7 @@ class Router:
         self.withdrawn: set[str] = store.withdrawn_clusters(version) if store and version else set()
         self.shadow = ShadowChecker(self, store) if student else None
         self._sample = random.Random(0)
+        self.student_problem: str | None = None  # why a promoted student is not serving, if it is not
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, config: Config | None = None, log: bool | None = None) -> "Router":
@@ -226,12 +227,19 @@ class Router:
         teacher = Teacher.from_workspace(workspace, config)
         name = config.train.student_name
         version = registry.current(workspace.models_dir, name)
-        student = None
+        student, problem = None, None
         if version:
-            student = Student.load(registry.student_dir(workspace.models_dir, name) / version,
-                                   runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+            try:
+                student = Student.load(registry.student_dir(workspace.models_dir, name) / version,
+                                       runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+            except (DistillError, OSError, ValueError) as err:  # a broken version: RAG answers everything
+                problem = f"student {version} cannot be loaded ({err}); every question goes to RAG"
+                log.error(problem)
+                version = None
         writer = TraceWriter(TraceStore(workspace.traces_db)) if (config.router.log_traces if log is None else log) else None
-        return cls(teacher, config, student, version, writer)
+        router = cls(teacher, config, student, version, writer)
+        router.student_problem = problem
+        return router
 
     def close(self) -> None:
         """Finish the queued shadow checks, flush the traces still queued and close the store."""

@@ -77,7 +77,8 @@ def create_app(router: Router, config: Config):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "student": router.version, "model": cfg.model_name}
+        return {"status": "ok", "student": router.version, "model": cfg.model_name,
+                "student_problem": router.student_problem}
 
     @app.get("/v1/models")
     async def models():
