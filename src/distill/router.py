@@ -59,7 +59,7 @@ from distill.evaluate import token_f1
 from distill.store import Trace, TraceStore
 from distill.teacher import Answer, Teacher
 
-log = logging.getLogger("distill.router")
+logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
 
 
@@ -165,7 +165,7 @@ class ShadowChecker:
             try:
                 self._check(job)
             except Exception:  # a failed check must never take the router down
-                log.exception("shadow check failed")
+                logger.exception("shadow check failed")
 
     def _check(self, job: dict) -> None:
         router, cfg = self.router, self.router.config.router
@@ -185,7 +185,7 @@ class ShadowChecker:
         if len(checks) >= cfg.withdraw_min_samples and mean < cfg.withdraw_below \
                 and job["cluster_id"] not in router.withdrawn:
             router.withdrawn.add(job["cluster_id"])
-            log.warning("withdrew intent %s from student %s: shadow agreement %.2f over %d checks",
+            logger.warning("withdrew intent %s from student %s: shadow agreement %.2f over %d checks",
                         job["cluster_id"], router.version, mean, len(checks))
             if self.store:
                 self.store.withdraw_cluster(router.version, job["cluster_id"], len(checks), round(mean, 4), checks)
@@ -234,7 +234,7 @@ class Router:
                                        runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
             except (DistillError, OSError, ValueError) as err:  # a broken version: RAG answers everything
                 problem = f"student {version} cannot be loaded ({err}); every question goes to RAG"
-                log.error(problem)
+                logger.error(problem)
                 version = None
         writer = TraceWriter(TraceStore(workspace.traces_db)) if (config.router.log_traces if log is None else log) else None
         router = cls(teacher, config, student, version, writer)
