@@ -200,3 +200,23 @@ def test_a_corrupted_student_falls_back_to_rag_instead_of_failing(workspace, tmp
         assert router.student is None and "corrupted" in router.student_problem
         routed = router.answer(REFUND_Q, "billing")
     assert routed.route == "rag" and routed.reason == "no_student" and routed.answer
+
+
+def test_concurrent_student_questions_are_batched_into_one_generate_call(workspace, tmp_path):
+    router = own_router(workspace, tmp_path / "traces.duckdb", batch_wait_ms=200.0, shadow_share=0.0)
+    sizes, real = [], router.student.answer_batch
+
+    def recording(questions, **kwargs):
+        sizes.append(len(questions))
+        return real(questions, **kwargs)
+
+    router.student.answer_batch = recording
+    threads = [threading.Thread(target=router.answer, args=(REFUND_Q, "billing")) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    router.close()
+    assert sum(sizes) == 4 and max(sizes) > 1
+    with TraceStore(tmp_path / "traces.duckdb") as store:
+        assert store.sql("SELECT count(*) AS n FROM traces WHERE route = 'student'")[0]["n"] == 4

@@ -152,6 +152,7 @@ class RouterConfig:
     coverage_threshold: float = _help("check 'coverage': cosine between the question and the nearest trained wording of its scope, at least this")
     min_student_logprob: float = _help("check 'confidence': the student's mean token log-probability on its answer, at least this")
     student_timeout_s: float = _help("a student answer slower than this is dropped and RAG answers instead")
+    batch_wait_ms: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.batch_size)")
     log_traces: bool = _help("write every routed answer to the trace store (in the background)")
     mode: str = _help("'route' (serve the student where safe) or 'shadow' (always answer with RAG; run the student beside it and log the agreement)")
     shadow_share: float = _help("share of student-served questions also answered by RAG off the request path, to watch agreement")
