@@ -151,7 +151,7 @@ class RouterConfig:
     max_query_chars: int = _help("check 'input': longer questions go to RAG")
     coverage_threshold: float = _help("check 'coverage': cosine between the question and the nearest trained wording of its scope, at least this")
     min_student_logprob: float = _help("check 'confidence': the student's mean token log-probability on its answer, at least this")
-    student_timeout_s: float = _help("a student answer slower than this is dropped and RAG answers instead")
+    student_timeout_s: float = _help("a student answer slower than this, waiting for a batch included, is dropped and RAG answers instead")
     batch_wait_ms: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.batch_size)")
     log_traces: bool = _help("write every routed answer to the trace store (in the background)")
     mode: str = _help("'route' (serve the student where safe) or 'shadow' (always answer with RAG; run the student beside it and log the agreement)")
@@ -167,6 +167,7 @@ class ServeConfig:
     api_key_env: str = _help("environment variable holding the bearer token clients must send; unset or empty: no auth")
     max_body_bytes: int = _help("larger request bodies are refused with 413")
     model_name: str = _help("the model id clients name and /v1/models lists")
+    max_concurrent: int = _help("requests answered at once (worker threads); more wait their turn")
 
 
 @dataclass

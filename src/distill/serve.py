@@ -17,12 +17,14 @@ but /health needs `Authorization: Bearer <key>`. Shutting down flushes every tra
 """
 
 
+import asyncio
 import json
 import logging
 import os
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from distill.config import Config
@@ -53,6 +55,9 @@ def create_app(router: Router, config: Config):
 
     @asynccontextmanager
     async def lifespan(app):
+        # Requests wait in worker threads (router.aanswer); asyncio's default pool has only
+        # cpu_count + 4 of them, which would cap how many student questions can batch together.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.max_concurrent))
         yield
         router.close()
 
