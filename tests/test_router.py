@@ -216,7 +216,10 @@ def test_concurrent_student_questions_are_batched_into_one_generate_call(workspa
         thread.start()
     for thread in threads:
         thread.join()
+    questions = [(REFUND_Q, "billing"), ("Which medication dosage is safe?", "billing"), (REFUND_Q, "billing")]
+    batch = router.answer_batch(questions)
     router.close()
-    assert sum(sizes) == 4 and max(sizes) > 1
+    assert [r.reason for r in batch] == ["served", "high_risk", "served"]  # in order
+    assert sum(sizes) == 6 and max(sizes) > 1
     with TraceStore(tmp_path / "traces.duckdb") as store:
-        assert store.sql("SELECT count(*) AS n FROM traces WHERE route = 'student'")[0]["n"] == 4
+        assert store.sql("SELECT count(*) AS n FROM traces WHERE route = 'student'")[0]["n"] == 6

@@ -364,7 +364,12 @@ class Router:
         return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
 
     def answer_batch(self, questions: list[tuple[str, str | None]]) -> list[RoutedAnswer]:
-        return [self.answer(query, scope) for query, scope in questions]
+        """Answer several questions at once, in order; those the student takes share its batches."""
+        if len(questions) <= 1:
+            return [self.answer(query, scope) for query, scope in questions]
+        workers = min(len(questions), 2 * self.config.student.batch_size)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda pair: self.answer(*pair), questions))
 
     async def aanswer(self, query: str, scope: str | None = None) -> RoutedAnswer:
         """`answer` for asyncio services: runs in a worker thread, never blocks the event loop."""
