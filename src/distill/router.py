@@ -243,6 +243,8 @@ class Router:
     def __init__(self, teacher: Teacher, config: Config, student=None, version: str | None = None,
                  writer: TraceWriter | None = None):
         self.teacher, self.config, self.student, self.version, self.writer = teacher, config, student, version, writer
+        if config.router.mode not in MODES:
+            raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
         self.risk = compile_patterns(config.curate.high_risk_patterns)
         self.injection = compile_patterns(config.corpus.injection_patterns)
         self.latest = {}  # doc_id -> the version RAG retrieves now
@@ -257,8 +259,6 @@ class Router:
         self._teacher_lock = threading.Lock()
         self.batcher = StudentBatcher(student, config.student.batch_size, config.router.batch_wait_ms / 1000,
                                       config.router.student_timeout_s) if student else None
-        if config.router.mode not in MODES:
-            raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
         store = writer.store if writer else None
         self.withdrawn: set[str] = store.withdrawn_clusters(version) if store and version else set()
         self.shadow = ShadowChecker(self, store) if student else None
