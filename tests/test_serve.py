@@ -30,6 +30,8 @@ def test_openai_chat_completion_with_route_and_citations(client):
     risky = client.post("/v1/chat/completions", json=chat("What medication dosage is safe?"),
                         headers={"X-Distill-Scope": "billing"})
     assert risky.json()["distill"]["reason"] == "high_risk"
+    literal = client.post("/v1/chat/completions", json=chat("error", metadata={"scope": "billing"}))
+    assert literal.status_code == 200  # a question that reads like an internal marker is still a question
     assert client.get("/v1/models").json()["data"][0]["id"] == "distill"
     assert client.get("/health").json()["student"] == "v0001"
     metrics = client.get("/metrics").text

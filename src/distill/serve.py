@@ -105,10 +105,10 @@ def create_app(router: Router, config: Config):
             return error(400, "the request body is not UTF-8")
         except json.JSONDecodeError:
             return error(400, "the request body is not JSON")
-        parsed = _question(payload, request.headers.get("x-distill-scope"))
-        if isinstance(parsed, tuple) and parsed[0] == "error":
-            return error(400, parsed[1], param=parsed[2])
-        query, scope = parsed
+        try:
+            query, scope = _question(payload, request.headers.get("x-distill-scope"))
+        except BadRequest as bad:
+            return error(400, bad.message, param=bad.param)
         try:
             routed = await router.aanswer(query, scope)
         except DistillError as err:  # e.g. an unknown scope
@@ -139,27 +139,35 @@ def create_app(router: Router, config: Config):
     return app
 
 
-def _question(payload, header_scope: str | None):
-    """(query, scope) from an OpenAI chat request, or ('error', message, param)."""
+class BadRequest(Exception):
+    """A malformed chat request: answered with a 400 naming the field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message, self.param = message, param
+
+
+def _question(payload, header_scope: str | None) -> tuple[str, str | None]:
+    """(query, scope) from an OpenAI chat request; raises BadRequest."""
     if not isinstance(payload, dict):
-        return "error", "the request body must be a JSON object", None
+        raise BadRequest("the request body must be a JSON object")
     if payload.get("stream"):
-        return "error", "stream=true is not supported; send stream=false", "stream"
+        raise BadRequest("stream=true is not supported; send stream=false", "stream")
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
-        return "error", "'messages' must be a non-empty list of {role, content}", "messages"
+        raise BadRequest("'messages' must be a non-empty list of {role, content}", "messages")
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     if not users:
-        return "error", "'messages' has no user message to answer", "messages"
+        raise BadRequest("'messages' has no user message to answer", "messages")
     content = users[-1].get("content")
     if isinstance(content, list):  # content parts: keep the text ones
         content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     if not isinstance(content, str):
-        return "error", "the last user message's 'content' must be a string or text parts", "messages"
+        raise BadRequest("the last user message's 'content' must be a string or text parts", "messages")
     metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
     scope = metadata.get("scope") or payload.get("scope") or header_scope
     if scope is not None and not isinstance(scope, str):
-        return "error", "'scope' must be a string", "metadata.scope"
+        raise BadRequest("'scope' must be a string", "metadata.scope")
     return content, scope
 
 
