@@ -371,13 +371,16 @@ def greedy_chats(model, tokenizer, conversations: list[list[dict]], max_new_toke
                              pad_token_id=pad, max_time=max_time)
     prompt_len = inputs["input_ids"].shape[1]
     new = out.sequences[:, prompt_len:]
-    logprobs = torch.stack([torch.log_softmax(score.float(), -1) for score in out.scores], 1) if out.scores else None
+    # The log-probability of each chosen token, step by step: (batch, steps), never a full-vocabulary
+    # tensor per step (49k floats x batch x steps would be 150 MB for a batch of 16).
+    chosen = torch.stack([torch.log_softmax(score.float(), -1).gather(1, new[:, i:i + 1]).squeeze(1)
+                          for i, score in enumerate(out.scores)], 1) if out.scores else None
     ends = {tokenizer.eos_token_id, pad}
     results = []
     for row in range(new.shape[0]):
         tokens = new[row].tolist()
         length = _generated_length(tokenizer, tokens, ends, stop_strings)
-        picked = [logprobs[row, i, tokens[i]].item() for i in range(length)] if logprobs is not None else []
+        picked = chosen[row, :length].tolist() if chosen is not None else []
         mean = float(np.mean(picked)) if picked else None
         generation = Generation(text="", mean_logprob=mean,
                                 answer_score=float(np.exp(mean)) if mean is not None else None,
