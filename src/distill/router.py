@@ -111,6 +111,21 @@ class Coverage:
         return clusters[int(ids[0][0])], float(scores[0][0])
 
 
+def _take_batch(source: queue.Queue, first, limit: int, wait_s: float) -> tuple[list, bool]:
+    """`first` and whatever else arrives on `source` within `wait_s`, up to `limit` items; and
+    whether the stop marker (None) arrived meanwhile (it is not in the batch)."""
+    batch, deadline = [first], time.monotonic() + wait_s
+    while len(batch) < limit and (left := deadline - time.monotonic()) > 0:
+        try:
+            item = source.get(timeout=left)
+        except queue.Empty:
+            break
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
 class TraceWriter:
     """Appends traces from a background thread in batches; `close` flushes everything queued."""
 
@@ -124,19 +139,11 @@ class TraceWriter:
         self._queue.put(trace)
 
     def _run(self) -> None:
-        done = False
-        while not done:
-            pending = [self._queue.get()]
-            deadline = time.monotonic() + self.wait_s
-            while len(pending) < self.batch and (left := deadline - time.monotonic()) > 0:
-                try:
-                    pending.append(self._queue.get(timeout=left))
-                except queue.Empty:
-                    break
-            done = pending[-1] is None
-            traces = [t for t in pending if t is not None]
-            if traces:
-                self.store.append(traces)
+        while (first := self._queue.get()) is not None:
+            traces, stopping = _take_batch(self._queue, first, self.batch, self.wait_s)
+            self.store.append(traces)
+            if stopping:
+                break
 
     def close(self) -> None:
         self._queue.put(None)
@@ -166,17 +173,7 @@ class StudentBatcher:
 
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
-            batch, closing = [first], False
-            deadline = time.monotonic() + self.wait_s
-            while len(batch) < self.size and (left := deadline - time.monotonic()) > 0:
-                try:
-                    item = self._queue.get(timeout=left)
-                except queue.Empty:
-                    break
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
+            batch, stopping = _take_batch(self._queue, first, self.size, self.wait_s)
             try:
                 generations = self.student.answer_batch([(q, s) for q, s, _ in batch], max_time=self.max_time)
                 for (_, _, done), generation in zip(batch, generations):
@@ -184,7 +181,7 @@ class StudentBatcher:
             except Exception as err:
                 for _, _, done in batch:
                     done.set_exception(err)
-            if closing:
+            if stopping:
                 break
 
 
