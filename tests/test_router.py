@@ -48,7 +48,7 @@ def workspace(tmp_path_factory, tiny_lm_dir):
 def traces(workspace):
     with TraceStore(workspace.traces_db) as store:
         return store.sql("SELECT query, route, route_reason, backend, student_version, cluster_id, checks, "
-                         "router_ms, generation_ms, citations FROM traces ORDER BY created_at")
+                         "router_ms, generation_ms, citations, cited_doc_versions FROM traces ORDER BY created_at")
 
 
 def test_a_covered_fresh_question_is_served_by_the_student_with_the_intents_citations(workspace):
@@ -60,6 +60,7 @@ def test_a_covered_fresh_question_is_served_by_the_student_with_the_intents_cita
     (trace,) = [t for t in traces(workspace) if t["query"] == routed.query]
     assert trace["route"] == "student" and trace["backend"] == "student" and trace["student_version"] == "v0001"
     assert trace["cluster_id"] == "c0" and trace["router_ms"] > 0 and trace["generation_ms"] > 0
+    assert trace["cited_doc_versions"] == [{"doc_id": "billing/refunds", "version": 1}]
 
 
 @pytest.mark.parametrize("query, scope, reason", [

@@ -82,6 +82,7 @@ class RoutedAnswer:
     completion_tokens: int = 0
     trace_id: str = ""
     teacher_answer: Answer | None = field(default=None, repr=False)  # the full RAG answer, for the trace
+    cluster: dict | None = field(default=None, repr=False)  # the intent the student answered for
 
 
 class Coverage:
@@ -244,10 +245,7 @@ class Router:
             raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
         self.risk = compile_patterns(config.curate.high_risk_patterns)
         self.injection = compile_patterns(config.corpus.injection_patterns)
-        self.latest = {}  # doc_id -> the version RAG retrieves now
-        for chunk in teacher.retriever.chunks:
-            if chunk["is_latest"]:
-                self.latest[chunk["doc_id"]] = chunk["version"]
+        self.latest = teacher.retriever.store.document_versions()  # doc_id -> the version RAG retrieves now
         clusters = student.manifest.get("clusters", []) if student else []
         if student and clusters and not any(c.get("wordings") for c in clusters):
             raise DistillError(f"student {version} was trained before distill recorded its intents' wordings; "
@@ -397,7 +395,7 @@ class Router:
         return RoutedAnswer(query, scope, text, list(cluster.get("citations", [])), "student", "served", checks,
                             refused=text == REFUSAL_COMPLETION, router_ms=router_ms, generation_ms=generation_ms,
                             student_version=self.version, prompt_tokens=generation.prompt_tokens,
-                            completion_tokens=generation.completion_tokens)
+                            completion_tokens=generation.completion_tokens, cluster=cluster)
 
     def _from_teacher(self, query: str, scope: str | None, reason: str, checks: dict, router_ms: float) -> RoutedAnswer:
         if reason == "input":
@@ -434,7 +432,7 @@ class Router:
                          retrieval_ms=answer.retrieval_ms, prompt_tokens=answer.prompt_tokens,
                          completion_tokens=answer.completion_tokens, model=answer.model, backend=answer.backend)
         served = routed.route == "student"
-        cluster = self._cluster(routed.checks.get("cluster_id")) if served else {}
+        cluster = routed.cluster or {}
         return Trace(**common, answer=routed.answer, citations=routed.citations,
                      cited_doc_versions=cluster.get("cited_doc_versions", []), retrieved=[],
                      refused=routed.refused or not served, refusal_reason="invalid_input" if routed.reason == "input" else None,
@@ -443,9 +441,3 @@ class Router:
                      retrieval_ms=0.0, prompt_tokens=routed.prompt_tokens, completion_tokens=routed.completion_tokens,
                      model=f"{self.config.train.student_name}/{self.version}" if served else "",
                      backend="student" if served else "none", student_version=self.version if served else None)
-
-    def _cluster(self, cluster_id: str | None) -> dict:
-        for cluster in self.student.manifest.get("clusters", []):
-            if cluster["cluster_id"] == cluster_id:
-                return cluster
-        return {}
