@@ -162,6 +162,17 @@ def _load_faq_versions(path: Path, version: int) -> Iterator[Document]:
                            version=version, title=question, effective_date=chosen.get("scraped"))
 
 
+def make_chunk_id(doc_id: str, version: int, position: int) -> str:
+    """('billing/refunds', 2, 0) -> 'billing/refunds@v2#0'; `chunk_doc_version` reads it back."""
+    return f"{doc_id}@v{version}#{position}"
+
+
+def chunk_doc_version(chunk_id: str) -> tuple[str, int]:
+    """'billing/refunds@v2#0' -> ('billing/refunds', 2): the document version a chunk belongs to."""
+    doc_id, rest = chunk_id.rsplit("@v", 1)
+    return doc_id, int(rest.split("#", 1)[0])
+
+
 def allowed(document: Document, allowed_sources: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(document.source, pattern) for pattern in allowed_sources)
 
@@ -273,7 +284,7 @@ def chunk_document(doc: Document, chunk_words: int, injection_patterns: list[str
                 pieces.append((heading, []))
             pieces[-1][1].append(block)
     return [
-        Chunk(chunk_id=f"{doc.doc_id}@v{doc.version}#{n}", doc_id=doc.doc_id, version=doc.version, scope=doc.scope,
+        Chunk(chunk_id=make_chunk_id(doc.doc_id, doc.version, n), doc_id=doc.doc_id, version=doc.version, scope=doc.scope,
               source=doc.source, heading=heading, text="\n\n".join(blocks), position=n,
               content_hash=sha256("\n\n".join(blocks)),
               injection_flag=detect_injection(heading + "\n" + "\n\n".join(blocks), patterns))

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Config, CurateConfig, Workspace
-from distill.corpus import compile_patterns, detect_injection
+from distill.corpus import chunk_doc_version, compile_patterns, detect_injection
 from distill.errors import DistillError
 from distill.index import corpus_path, embed, load_embedder
 from distill.store import CorpusStore, TraceStore
@@ -74,12 +74,6 @@ class CurationResult:
     def most_rejected(self) -> tuple[str, int] | None:
         rejected = self.decisions.get("reject", Counter())
         return rejected.most_common(1)[0] if rejected else None
-
-
-def doc_version(chunk_id: str) -> tuple[str, int]:
-    """'billing/refunds@v2#0' -> ('billing/refunds', 2): the document version a chunk belongs to."""
-    doc_id, rest = chunk_id.rsplit("@v", 1)
-    return doc_id, int(rest.split("#", 1)[0])
 
 
 def normalize_query(text: str) -> str:
@@ -277,7 +271,7 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
         answer = next((traces[i]["answer"] for i in train_side if not traces[i]["refused"]
                        and normalize_answer(traces[i]["answer"]) == majority), None)
         cited = {(c["doc_id"], c["version"]) for i in train_side for c in traces[i]["cited_doc_versions"]}
-        retrieved = {doc_version(chunk_id) for i in train_side for chunk_id in traces[i]["retrieved"]}
+        retrieved = {chunk_doc_version(chunk_id) for i in train_side for chunk_id in traces[i]["retrieved"]}
         cluster_id[number] = cid
         facts[number] = {"majority": majority, "agreement": agreement, "frequency": len(train_side)}
         clusters.append({"cluster_id": cid, "scope": scope, "representative": representative,
