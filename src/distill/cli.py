@@ -266,6 +266,17 @@ def models_rollback(student: Optional[str] = typer.Option(None, help="registry n
     _console().print(f"rolled back: {version} is now current")
 
 
+def _router(workspace, config=None):
+    """The workspace's router, saying so when its promoted student could not be loaded."""
+    from distill.router import Router
+
+    with _console().status("loading the router"):
+        router = Router.from_workspace(workspace, config)
+    if router.student_problem:
+        _console().print(f"[yellow]{router.student_problem}[/]")
+    return router
+
+
 @app.command()
 def ask(question: str = typer.Argument(..., help="the question"),
         scope: Optional[str] = typer.Option(None, help="its scope (tenant, product, website)"),
@@ -274,13 +285,7 @@ def ask(question: str = typer.Argument(..., help="the question"),
     """Answer through the router: the student when it covers the question safely, else RAG."""
     import json
 
-    from distill.router import Router
-
-    workspace = _workspace(home)
-    with _console().status("loading the router"):
-        router = Router.from_workspace(workspace)
-    if router.student_problem:
-        _console().print(f"[yellow]{router.student_problem}[/]")
+    router = _router(_workspace(home))
     with router:
         routed = router.answer(question, scope)
     print(routed.answer or "(no answer)")
@@ -300,15 +305,11 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Serve the router over the OpenAI chat-completions API (/v1/chat/completions, /v1/models,
     /health, /metrics)."""
-    from distill.router import Router
     from distill.serve import serve as run_serve
 
     workspace = _workspace(home)
     config = workspace.config()
-    with _console().status("loading the router"):
-        router = Router.from_workspace(workspace, config)
-    if router.student_problem:
-        _console().print(f"[yellow]{router.student_problem}[/]")
+    router = _router(workspace, config)
     _console().print(f"serving student {router.version or '(none: everything goes to RAG)'} as "
                      f"'{config.serve.model_name}' on http://{host or config.serve.host}:{port or config.serve.port}/v1")
     run_serve(router, config, host, port)
