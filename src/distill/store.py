@@ -398,9 +398,9 @@ class TraceStore:
                  [json.dumps(figures, default=str), figures.get("train", {}).get("version"), run_id])
 
     def finish_nightly(self, run_id: str, status: str, reason: str, figures: dict) -> None:
-        self.sql("UPDATE nightly_runs SET finished_at = now(), status = ?, reason = ?, figures = ?, candidate = ? "
-                 "WHERE run_id = ?", [status, reason, json.dumps(figures, default=str),
-                                      figures.get("train", {}).get("version"), run_id])
+        self.update_nightly(run_id, figures)
+        self.sql("UPDATE nightly_runs SET finished_at = now(), status = ?, reason = ? WHERE run_id = ?",
+                 [status, reason, run_id])
 
     def nightly_runs(self, day) -> list[dict]:
         """The nightly runs started on `day`, oldest first, figures parsed."""
