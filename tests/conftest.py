@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DISTILL_CACHE_DIR", tempfile.mkdtemp(prefix="distill-cache-"))  # the ONNX export, once per run
 
 REFUND_V1 = ("# Refund policy\n\nYou can ask for a refund within 14 days of purchase. Refunds go back to the "
              "original payment method.\n\n## How to request a refund\n\n1. Open Billing in the web app.\n"

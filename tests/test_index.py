@@ -4,7 +4,9 @@ import pytest
 
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.index import Retriever, ingest
+import numpy as np
+
+from distill.index import OnnxQueryEncoder, Retriever, embed, ingest, load_embedder
 from conftest import DOCS, REFUND_V2
 
 
@@ -127,3 +129,15 @@ def test_a_corpus_with_no_allowed_source_is_refused(tmp_path, docs_file):
     config = workspace.config({"corpus": {"allowed_sources": ["policies"]}})
     with pytest.raises(DistillError, match="allowed source .*community-forum, help-center.*corpus.allowed_sources"):
         ingest(workspace, docs_file, config)
+
+
+def test_onnx_query_encoder_gives_the_torch_vectors(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path))
+    model = load_embedder("all-MiniLM-L6-v2")
+    encode = OnnxQueryEncoder.build(model)
+    assert encode is not None and len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+    texts = ["how do I export my notes?", "a much longer question about refunds " * 20, "x"]
+    cosines = (encode(texts) * embed(model, texts)).sum(axis=1)
+    assert np.all(cosines > 0.9999)
+    assert OnnxQueryEncoder.build(model) is not None  # the cached export is reused
+    assert len(list((tmp_path / "onnx").iterdir())) == 1

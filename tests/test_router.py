@@ -94,6 +94,18 @@ def test_an_unconfident_or_failing_student_falls_back_to_rag(workspace, monkeypa
     assert "14 days" in failed.answer  # the teacher's answer, not an error
 
 
+def test_a_backed_up_student_sheds_questions_to_rag_instead_of_making_them_wait(workspace):
+    with Router.from_workspace(workspace, log=False) as router:
+        assert router.answer(REFUND_Q, "billing").route == "student"
+        assert router.batcher.batch_s is not None and router.batcher.pending == 0
+        router.batcher.batch_s = 4.0  # each batch takes 4 s: 16 questions ahead means 8 s, one more 12 s
+        router.batcher.pending = 2 * router.config.student.batch_size
+        busy = router.answer(REFUND_Q, "billing")
+        router.batcher.pending = 0
+    assert busy.route == "rag" and busy.reason == "student_busy" and busy.checks["student_wait_s"] == 12.0
+    assert "14 days" in busy.answer
+
+
 def test_no_promoted_student_means_everything_goes_to_rag(workspace, tmp_path):
     bare = Workspace(tmp_path)
     (tmp_path / "index").symlink_to(workspace.index_dir)
@@ -121,6 +133,13 @@ def test_a_changed_document_takes_its_intents_off_the_student_without_retraining
         assert router.check(REFUND_Q, "billing")[0] == "stale"
         cluster["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
         assert router.check(REFUND_Q, "billing")[0] is None
+        # a changed neighbour that still ranks below the cited answer leaves the answer standing
+        cluster["cited_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
+        cluster["retrieved_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 0}]
+        assert router.check(REFUND_Q, "billing")[0] is None
+        payment_q = "Which payment methods and cards do you accept?"  # ranks the changed neighbour first
+        vector = router.teacher.retriever.embed_queries([payment_q])[0]
+        assert router._stale_documents(payment_q, "billing", vector, cluster) == ["billing/payment-methods"]
 
 
 def test_concurrent_requests_are_all_logged_after_a_clean_close(workspace):

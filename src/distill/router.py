@@ -15,9 +15,11 @@ recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
     injection    the question reads like a prompt injection (`corpus.injection_patterns`)
     no_student   no student version is promoted
     coverage     no trained wording of the same scope within `router.coverage_threshold` cosine
-    stale        a document the covering intent's answers cited, or that was retrieved for it, has
-                 changed since the student was trained (a changed document the teacher did not cite
-                 may now hold the better answer)
+    stale        a document the covering intent's answers cited has changed since the student was
+                 trained, or a document retrieved beside it has changed and now ranks above the
+                 cited ones for this question (the changed document may now hold the better answer)
+    student_busy the student's queue is so long that the answer would take more than
+                 `router.student_timeout_s`: the question goes to RAG without waiting
     student_error, student_timeout, empty_answer
                  the student failed; RAG answers, the caller never sees the failure
     withdrawn    shadow checks found the student disagreeing with RAG on this intent (below)
@@ -41,6 +43,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import math
 import queue
 import random
 import threading
@@ -158,15 +161,28 @@ class StudentBatcher:
 
     def __init__(self, student, size: int, wait_s: float, max_time: float):
         self.student, self.size, self.wait_s, self.max_time = student, size, wait_s, max_time
+        self.pending = 0  # questions queued or being generated
+        self.batch_s: float | None = None  # moving average of one batch's wall time
+        self._count = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="distill-student", daemon=True)
         self._thread.start()
 
+    def expected_wait_s(self) -> float:
+        """How long a question asked now would wait for its answer: the batches ahead of it and its own."""
+        return 0.0 if self.batch_s is None else math.ceil((self.pending + 1) / self.size) * self.batch_s
+
     def answer(self, query: str, scope: str | None):
         """The student's Generation; raises what generating raised."""
         done = concurrent.futures.Future()
+        with self._count:
+            self.pending += 1
         self._queue.put((query, scope, done))
-        return done.result()
+        try:
+            return done.result()
+        finally:
+            with self._count:
+                self.pending -= 1
 
     def close(self) -> None:
         self._queue.put(None)
@@ -175,8 +191,11 @@ class StudentBatcher:
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
             batch, stopping = _take_batch(self._queue, first, self.size, self.wait_s)
+            began = time.perf_counter()
             try:
                 generations = self.student.answer_batch([(q, s) for q, s, _ in batch], max_time=self.max_time)
+                took = time.perf_counter() - began
+                self.batch_s = took if self.batch_s is None else 0.7 * self.batch_s + 0.3 * took
                 for (_, _, done), generation in zip(batch, generations):
                     done.set_result(generation)
             except Exception as err:
@@ -328,12 +347,30 @@ class Router:
         checks["cluster_id"] = cluster["cluster_id"]
         if cluster["cluster_id"] in self.withdrawn:
             return "withdrawn", checks, cluster
-        changed = sorted({d["doc_id"] for d in cluster.get("cited_doc_versions", []) + cluster.get("retrieved_doc_versions", [])
-                          if self.latest.get(d["doc_id"]) != d["version"]})
-        if changed:
-            checks["stale_documents"] = changed
+        stale = self._stale_documents(query, scope, vector, cluster)
+        if stale:
+            checks["stale_documents"] = stale
             return "stale", checks, cluster
         return None, checks, cluster
+
+    def _stale_documents(self, query: str, scope: str | None, vector: np.ndarray, cluster: dict) -> list[str]:
+        """The changed documents that make the student's answer for `cluster` untrustworthy: any
+        document its answers cited, and any document retrieved beside them that, at its new version,
+        now ranks above every cited one for this question (RAG would now answer from it). A changed
+        neighbour that still ranks below the cited answer leaves the answer standing."""
+        def changed(key: str) -> set[str]:
+            return {d["doc_id"] for d in cluster.get(key, []) if self.latest.get(d["doc_id"]) != d["version"]}
+
+        cited = {d["doc_id"] for d in cluster.get("cited_doc_versions", [])}
+        if changed_cited := changed("cited_doc_versions"):
+            return sorted(changed_cited)
+        neighbours = changed("retrieved_doc_versions") - cited
+        if not neighbours:
+            return []
+        ranking = [hit.chunk["doc_id"] for hit in
+                   self.teacher.retriever.search(query, scope, query_vector=vector).hits]
+        first_cited = next((i for i, doc in enumerate(ranking) if doc in cited), len(ranking))
+        return sorted({doc for doc in ranking[:first_cited] if doc in neighbours})
 
     # -- answering -------------------------------------------------------------------------------
 
@@ -373,6 +410,9 @@ class Router:
     def _from_student(self, query: str, scope: str | None, checks: dict, cluster: dict,
                       router_ms: float) -> RoutedAnswer:
         cfg = self.config.router
+        if (wait_s := self.batcher.expected_wait_s()) > cfg.student_timeout_s:  # shed load to RAG at once
+            checks["student_wait_s"] = round(wait_s, 2)
+            return RoutedAnswer(query, scope, "", [], "rag", "student_busy", checks, router_ms=router_ms)
         began = time.perf_counter()
         try:
             generation = self.batcher.answer(query, scope)
