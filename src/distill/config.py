@@ -171,6 +171,20 @@ class ServeConfig:
 
 
 @dataclass
+class EvalConfig:
+    max_queries: int = _help("distinct held-out queries evaluated (the most recent first); each is weighted by how often it was asked")
+    teacher_pricing: str = _help("'api': the teacher's RAG prompt and answer are billed per token at the prices below, as an OpenAI-compatible "
+                                 "LLM would bill them (tokens counted with the student's tokenizer when the backend reports none); 'local': per second")
+    prompt_price_per_million: float = _help("USD per million prompt tokens sent to the teacher LLM")
+    completion_price_per_million: float = _help("USD per million completion tokens from the teacher LLM")
+    local_price_per_hour: float = _help("USD per hour of the machine that runs the router, retriever and student (per second of their latency)")
+    success_f1: float = _help("an answer counts as successful (for the cost per successful answer) at this token F1 or more")
+    thresholds: list[float] = _help("coverage thresholds swept for the cost-quality curve")
+    suite: str = _help("regression suite (JSON lines: query, scope, expect_route, expect_answer, expect_refusal) that `distill eval --suite` "
+                       "runs and `distill nightly` gates on; relative to the workspace; empty: none")
+
+
+@dataclass
 class Config:
     corpus: CorpusConfig
     index: IndexConfig
@@ -182,6 +196,7 @@ class Config:
     nightly: NightlyConfig
     router: RouterConfig
     serve: ServeConfig
+    eval: EvalConfig
 
 
 @dataclass

@@ -1,17 +1,25 @@
-"""Score a student version on the held-out recent window, on the intents it covers.
+"""Evaluate like a product: the teacher, a semantic cache, the student and the routed system, side by side.
 
-The curation run that built a training set also held out its most recent traces (`curate.eval_days`):
-the teacher answered them after the cutoff, so they test a student the way production will, with
-newer wordings of the intents it learned. The score is SQuAD token F1 against the teacher's answer
-(always there) and, when a gold file is given, against gold answers next to the teacher's own.
+Two uses. `nightly` scores a candidate student on the held-out recent window of the intents it
+covers (`covered_eval_queries`, `evaluate_student`). `distill eval` (`evaluate_systems`) answers an
+evaluation set with every system and scores each on the same questions:
 
-    >>> queries = covered_eval_queries(workspace, manifest)     # distinct held-out queries it covers
-    >>> scores = evaluate_student(Student.load(path), queries)
-    >>> scores["f1_vs_teacher"], scores["cache_f1_vs_teacher"]
-    (0.84, 0.97)
+    >>> items = held_out_items(workspace, gold=load_gold_rows(Path("gold.jsonl")))
+    >>> figures = evaluate_systems(workspace, config, items)
+    >>> figures["systems"]["routed"]["f1_vs_gold"], figures["systems"]["routed"]["student_share"]
+    (0.27, 0.58)
 
-`cache_f1_vs_teacher` is what replaying each cluster's trained answer would score (a semantic
-cache): the ceiling for a student that learned its clusters perfectly.
+The evaluation set is the recent traffic the latest curation run held out (every question asked
+after its cutoff, weighted by how often it was asked; gold joined by `query_id` when a gold file is
+given), or a gold file of {query, scope, gold_answers, gold_doc_ids?, gold_chunk_ids?,
+should_refuse?, type?} rows.
+
+The four systems share one pass: per distinct question the teacher answers, the router runs its
+checks once (coverage unthresholded, so the threshold can be swept afterwards) and the student
+answers. The routed system is then the router's own rules (`Router.check`'s order, `Router.judge`
+on the student's answer) applied at a threshold, which is how the cost-quality curve costs one pass.
+The cache replays the answer the covering intent's traces agreed on (what GPTCache does), under the
+same coverage, risk and freshness checks as the student. Scores are SQuAD token F1 and exact match.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import re
 import string
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,18 +62,30 @@ def best_f1(prediction: str, references: list[str]) -> float:
     return max((token_f1(prediction, r) for r in references), default=0.0)
 
 
-def load_gold(path: Path) -> dict[str, list[str]]:
-    """A gold file (`distill traffic` writes one): JSON lines with query_id and gold_answers."""
+def load_gold_rows(path: Path) -> list[dict]:
+    """A gold file's rows: JSON lines, each with gold_answers (a list) and a query_id (`distill
+    traffic` writes those) or a query (and scope); should_refuse, gold_doc_ids, gold_chunk_ids and
+    type are optional."""
     if not Path(path).exists():
-        raise DistillError(f"gold file {path} does not exist; pass the gold.jsonl written by `distill traffic`")
-    gold = {}
+        raise DistillError(f"gold file {path} does not exist; pass a gold.jsonl (`distill traffic` writes one)")
+    rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
-            gold[row["query_id"]] = list(row["gold_answers"])
+            if not isinstance(row["gold_answers"], list) or not (row.get("query_id") or row.get("query")):
+                raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise DistillError(f"{path} line {number} is not a JSON object with query_id and gold_answers") from None
-    return gold
+            raise DistillError(f"{path} line {number} is not a JSON object with gold_answers (a list) and a "
+                               f"query_id or query") from None
+        rows.append(row)
+    return rows
+
+
+def load_gold(path: Path) -> dict[str, list[str]]:
+    """query_id -> gold answers, from a gold file written by `distill traffic`."""
+    return {row["query_id"]: list(row["gold_answers"]) for row in load_gold_rows(path) if row.get("query_id")}
 
 
 def covered_eval_queries(workspace: Workspace, manifest: dict, run_id: str | None = None,
@@ -117,3 +138,337 @@ def evaluate_student(student, queries: list[dict], gold: dict[str, list[str]] | 
 
 def _mean(values) -> float:
     return round(float(np.mean([float(v) for v in values])), 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# distill eval: teacher, cache, student and routed system on one evaluation set
+# ---------------------------------------------------------------------------------------------
+
+SYSTEMS = ("teacher", "cache", "student", "routed")
+
+
+@dataclass
+class EvalItem:
+    """One distinct question of the evaluation set; `weight` is how often the traffic asked it."""
+    query: str
+    scope: str | None
+    weight: int = 1
+    gold_answers: list[str] | None = None
+    gold_doc_ids: list[str] = field(default_factory=list)
+    gold_chunk_ids: list[str] = field(default_factory=list)
+    should_refuse: bool | None = None
+    category: str | None = None
+
+
+def gold_items(path: Path) -> list[EvalItem]:
+    """A gold file as the evaluation set: each row with a query is one item."""
+    rows = [r for r in load_gold_rows(path) if r.get("query")]
+    if not rows:
+        raise DistillError(f"{path} has no rows with a query; an evaluation on a gold file needs query (and scope)")
+    return [_item(row["query"], row.get("scope"), 1, row) for row in rows]
+
+
+def held_out_items(workspace: Workspace, gold: list[dict] | None = None, run_id: str | None = None,
+                   limit: int | None = None) -> list[EvalItem]:
+    """The traffic the latest curation run held out, one item per distinct (scope, question),
+    most recent first, weighted by occurrences; gold rows joined by query_id, else by the question."""
+    with TraceStore(workspace.traces_db) as store:
+        traces = store.held_out(run_id)
+    if not traces:
+        raise DistillError("no held-out traffic: run `distill curate` (or `distill nightly`) on collected traces "
+                           "first, or pass --gold FILE with queries")
+    by_id = {row["query_id"]: row for row in gold or [] if row.get("query_id")}
+    by_query = {(row.get("scope"), normalize_query(row["query"])): row for row in gold or [] if row.get("query")}
+    items: dict[tuple, EvalItem] = {}
+    for trace in traces:
+        key = (trace["scope"], normalize_query(trace["query"]))
+        if key in items:
+            items[key].weight += 1
+        else:
+            items[key] = _item(trace["query"], trace["scope"], 1, by_id.get(trace["query_id"]) or by_query.get(key))
+    return list(items.values())[:limit]
+
+
+def _item(query: str, scope: str | None, weight: int, gold: dict | None) -> EvalItem:
+    if gold is None:
+        return EvalItem(query, scope, weight)
+    return EvalItem(query, scope, weight, list(gold["gold_answers"]), list(gold.get("gold_doc_ids") or []),
+                    list(gold.get("gold_chunk_ids") or []), gold.get("should_refuse"),
+                    gold.get("type") or gold.get("category"))
+
+
+def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progress: bool = True) -> dict:
+    """Answer every item with each system, score them side by side and sweep the coverage threshold."""
+    from tqdm.auto import tqdm
+
+    from distill.router import Router
+
+    if not items:
+        raise DistillError("the evaluation set is empty")
+    with Router.from_workspace(workspace, config, log=False) as router:
+        records = [_observe(router, item) for item in tqdm(items, desc="evaluating", unit="question", disable=not progress)]
+        chunk_texts = router.teacher.retriever.store.chunk_texts(
+            {c for r in records for c in r["teacher"].citations + r["teacher"].retrieved + r["cluster_citations"]})
+        cache = _cluster_answers(workspace, router.student.manifest) if router.student else {}
+        counter = _token_counter(router)
+        teacher_prompt_tokens = [r["teacher"].prompt_tokens or counter(r["teacher"].prompt) for r in records]
+        version = router.version
+    prices = config.eval
+    context = {"chunk_texts": chunk_texts, "prices": prices, "teacher_prompt_tokens": teacher_prompt_tokens}
+    threshold = config.router.coverage_threshold
+    outcomes = {"teacher": [_teacher_outcome(r, t, prices) for r, t in zip(records, teacher_prompt_tokens)],
+                "cache": [_cache_outcome(r, t, threshold, cache, prices) for r, t in zip(records, teacher_prompt_tokens)],
+                "student": [_student_outcome(r, prices) for r in records],
+                "routed": [_routed_outcome(r, t, threshold, prices) for r, t in zip(records, teacher_prompt_tokens)]}
+    teacher_answers = [o["answer"] for o in outcomes["teacher"]]
+    systems = {name: score_outcomes(items, outs, teacher_answers, context) for name, outs in outcomes.items()}
+    if version is None:
+        systems.pop("student")
+    curve = []
+    quality_key = "f1_vs_gold" if any(i.gold_answers for i in items) else "agreement"
+    for t in config.eval.thresholds:
+        routed = [_routed_outcome(r, tokens, t, prices) for r, tokens in zip(records, teacher_prompt_tokens)]
+        scores = score_outcomes(items, routed, teacher_answers, context)
+        curve.append({"threshold": t, "student_share": scores["student_share"], "quality": scores[quality_key],
+                      "cost_per_success_usd": scores["cost_per_success_usd"]})
+    teacher_quality = systems["teacher"][quality_key]
+    keeps = {f"{p:.0%}": max([c["student_share"] for c in curve if c["quality"] >= p * teacher_quality], default=0.0)
+             for p in (0.95, 0.99)}
+    return {"queries": len(items), "traffic": sum(i.weight for i in items),
+            "gold_queries": sum(i.gold_answers is not None for i in items), "student_version": version,
+            "quality_metric": quality_key, "coverage_threshold": threshold, "systems": systems,
+            "curve": curve, "student_share_keeping": keeps, "retrieval": _retrieval(items, records, chunk_texts),
+            "slices": _slices(items, outcomes, teacher_answers, context)}
+
+
+def _observe(router, item: EvalItem) -> dict:
+    """Everything every system needs for one question, each part timed: the teacher's answer, the
+    router's checks (coverage unthresholded) and the student's answer."""
+    record: dict = {"teacher": router.teacher.answer(item.query, item.scope)}
+    began = time.perf_counter()
+    failed, checks, cluster = router.check(item.query, item.scope, coverage_threshold=-1.0)
+    record.update(router_ms=(time.perf_counter() - began) * 1000, failed=failed,
+                  similarity=checks.get("coverage", 0.0), cluster=cluster,
+                  cluster_citations=list((cluster or {}).get("citations", [])))
+    if router.student is not None and failed != "input":
+        began = time.perf_counter()
+        generation = router.student.answer(item.query, item.scope)
+        record.update(student=generation, student_ms=(time.perf_counter() - began) * 1000)
+        record["judged"] = router.judge(generation, record["student_ms"], {})
+    return record
+
+
+def route_at(record: dict, threshold: float) -> str:
+    """The router's reason for one observed question at a coverage threshold: 'served' or the first
+    failing check, in the router's order (those before coverage, coverage, those after, the answer)."""
+    from distill.router import BEFORE_COVERAGE
+
+    if record["failed"] in BEFORE_COVERAGE:
+        return record["failed"]
+    if record["cluster"] is None or record["similarity"] < threshold:
+        return "coverage"
+    return record["failed"] or record.get("judged") or "served"
+
+
+def _teacher_outcome(record: dict, prompt_tokens: int, prices) -> dict:
+    answer = record["teacher"]
+    return {"answer": answer.answer, "refused": answer.refused, "citations": answer.citations,
+            "latency_ms": answer.latency_ms, "prompt_tokens": prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "cost": _teacher_cost(answer, prompt_tokens, prices), "route": "rag", "reason": "teacher"}
+
+
+def _teacher_cost(answer, prompt_tokens: int, prices) -> float:
+    if prices.teacher_pricing == "api":
+        completion = answer.completion_tokens or len(answer.answer.split()) * 4 // 3
+        return (prompt_tokens * prices.prompt_price_per_million + completion * prices.completion_price_per_million) / 1e6 \
+            + answer.retrieval_ms / 1000 * prices.local_price_per_hour / 3600
+    return answer.latency_ms / 1000 * prices.local_price_per_hour / 3600
+
+
+def _local_cost(ms: float, prices) -> float:
+    return ms / 1000 * prices.local_price_per_hour / 3600
+
+
+def _fallback(record: dict, prompt_tokens: int, prices, reason: str, extra_ms: float) -> dict:
+    """The teacher answers after the router (and perhaps the student) spent `extra_ms`."""
+    outcome = _teacher_outcome(record, prompt_tokens, prices)
+    outcome.update(latency_ms=outcome["latency_ms"] + extra_ms, cost=outcome["cost"] + _local_cost(extra_ms, prices),
+                   reason=reason)
+    return outcome
+
+
+def _cache_outcome(record: dict, prompt_tokens: int, threshold: float, answers: dict, prices) -> dict:
+    reason = route_at({**record, "judged": None}, threshold)
+    cluster = record["cluster"] or {}
+    if reason != "served" or cluster.get("cluster_id") not in answers:
+        return _fallback(record, prompt_tokens, prices, reason if reason != "served" else "not_cached", record["router_ms"])
+    answer = answers[cluster["cluster_id"]]
+    return {"answer": answer or "", "refused": answer is None, "citations": record["cluster_citations"],
+            "latency_ms": record["router_ms"], "prompt_tokens": 0, "completion_tokens": 0,
+            "cost": _local_cost(record["router_ms"], prices), "route": "cache", "reason": "served"}
+
+
+def _student_outcome(record: dict, prices) -> dict:
+    if "student" not in record:
+        return {"answer": "", "refused": True, "citations": [], "latency_ms": 0.0, "prompt_tokens": 0,
+                "completion_tokens": 0, "cost": 0.0, "route": "student", "reason": "no_student"}
+    generation, text = record["student"], record["student"].text.strip()
+    return {"answer": "" if text == REFUSAL_COMPLETION else text, "refused": text == REFUSAL_COMPLETION,
+            "citations": record["cluster_citations"], "latency_ms": record["student_ms"],
+            "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
+            "cost": _local_cost(record["student_ms"], prices), "route": "student", "reason": "student"}
+
+
+def _routed_outcome(record: dict, prompt_tokens: int, threshold: float, prices) -> dict:
+    reason = route_at(record, threshold)
+    if reason == "served":
+        outcome = _student_outcome(record, prices)
+        spent = record["router_ms"] + record["student_ms"]
+        outcome.update(latency_ms=spent, cost=_local_cost(spent, prices), reason="served")
+        return outcome
+    spent = record["router_ms"] + (record.get("student_ms", 0.0) if reason == record.get("judged") else 0.0)
+    return _fallback(record, prompt_tokens, prices, reason, spent)
+
+
+def score_outcomes(items: list[EvalItem], outcomes: list[dict], teacher_answers: list[str], context: dict) -> dict:
+    """Every metric of one system over the evaluation set, weighted by how often each question was asked."""
+    weights = np.array([i.weight for i in items], dtype=float)
+    texts, prices = context["chunk_texts"], context["prices"]
+
+    def mean(pairs) -> float | None:
+        pairs = [(v, w) for v, w in pairs if v is not None]
+        return round(float(np.average([v for v, _ in pairs], weights=[w for _, w in pairs])), 4) if pairs else None
+
+    rows = list(zip(items, outcomes, teacher_answers, weights))
+    graded = [(i, o, w) for i, o, _, w in rows if i.gold_answers is not None]
+    f1 = {id(o): _gold_f1(i, o) for i, o, _ in graded}
+    agreement = [(1.0 if o["refused"] and not t else token_f1(o["answer"], t), w) for _, o, t, w in rows]
+    success = [_success(i, o, t, f1.get(id(o)), prices.success_f1) for i, o, t, _ in rows]
+    cost = float(np.dot([o["cost"] for o in outcomes], weights))
+    latency = np.repeat([o["latency_ms"] for o in outcomes], weights.astype(int))
+    answered = [(i, o, w) for i, o, _, w in rows if not o["refused"] and o["citations"]]
+    scores = {
+        "f1_vs_gold": mean((f1[id(o)], w) for _, o, w in graded),
+        "exact_vs_gold": mean((float(not o["refused"] and any(normalize(o["answer"]) == normalize(g) for g in i.gold_answers))
+                               if not i.should_refuse else float(o["refused"]), w) for i, o, w in graded),
+        "agreement": mean(agreement),
+        "citation_correct": mean((_citation_correct(i, o, texts), w) for i, o, w in answered if i.gold_answers),
+        "groundedness": mean((_grounded(o, texts), w) for _, o, w in answered),
+        "refusal_correct": mean((float(o["refused"] == bool(i.should_refuse)), w) for i, o, w in graded),
+        "refused": mean((float(o["refused"]), w) for _, o, _, w in rows),
+        "format_valid": mean((float(_format_valid(o)), w) for _, o, _, w in rows),
+        "latency_p50_ms": round(float(np.percentile(latency, 50)), 1),
+        "latency_p95_ms": round(float(np.percentile(latency, 95)), 1),
+        "prompt_tokens": mean((o["prompt_tokens"], w) for _, o, _, w in rows),
+        "completion_tokens": mean((o["completion_tokens"], w) for _, o, _, w in rows),
+        "success": mean(zip(success, weights)),
+        "cost_total_usd": round(cost, 6),
+        "student_share": mean((float(o["route"] in ("student", "cache")), w) for _, o, _, w in rows),
+        "reasons": dict(Counter(o["reason"] for o, w in zip(outcomes, weights) for _ in range(int(w))).most_common()),
+    }
+    successes = float(np.dot(success, weights))
+    scores["cost_per_success_usd"] = round(cost / successes, 8) if successes else None
+    return scores
+
+
+def _gold_f1(item: EvalItem, outcome: dict) -> float:
+    if item.should_refuse:
+        return float(outcome["refused"])
+    return 0.0 if outcome["refused"] else best_f1(outcome["answer"], item.gold_answers)
+
+
+def _success(item: EvalItem, outcome: dict, teacher_answer: str, f1: float | None, threshold: float) -> float:
+    if f1 is not None:
+        return float(f1 >= threshold)
+    if outcome["refused"]:
+        return float(not teacher_answer)
+    return float(token_f1(outcome["answer"], teacher_answer) >= threshold)
+
+
+def _citation_correct(item: EvalItem, outcome: dict, texts: dict[str, str]) -> float:
+    """A cited chunk is one of the gold chunks or documents, or holds a gold answer word for word."""
+    from distill.corpus import chunk_doc_version
+
+    for chunk_id in outcome["citations"]:
+        if chunk_id in item.gold_chunk_ids or chunk_doc_version(chunk_id)[0] in item.gold_doc_ids:
+            return 1.0
+        if any(normalize(g) and normalize(g) in normalize(texts.get(chunk_id, "")) for g in item.gold_answers):
+            return 1.0
+    return 0.0
+
+
+def _grounded(outcome: dict, texts: dict[str, str]) -> float:
+    from distill.teacher import groundedness
+
+    return groundedness(outcome["answer"], [{"text": texts.get(c, "")} for c in outcome["citations"]])
+
+
+def _format_valid(outcome: dict) -> bool:
+    """An answer or a refusal, on one line, without chat-template tokens, under 600 characters."""
+    text = outcome["answer"]
+    if outcome["refused"]:
+        return True
+    return bool(text.strip()) and "\n" not in text.strip() and "<|" not in text and "[INST" not in text and len(text) < 600
+
+
+def _retrieval(items: list[EvalItem], records: list[dict], texts: dict[str, str]) -> dict:
+    """The teacher's retrieval against gold: recall@1/@k and MRR over answerable gold questions. A
+    retrieved chunk is relevant if it is a gold chunk, belongs to a gold document, or holds a gold answer."""
+    from distill.corpus import chunk_doc_version
+
+    ranks = []
+    for item, record in zip(items, records):
+        if not item.gold_answers or item.should_refuse:
+            continue
+        rank = next((n for n, c in enumerate(record["teacher"].retrieved, 1) if c in item.gold_chunk_ids
+                     or chunk_doc_version(c)[0] in item.gold_doc_ids
+                     or (not item.gold_doc_ids and not item.gold_chunk_ids
+                         and any(normalize(g) in normalize(texts.get(c, "")) for g in item.gold_answers))), None)
+        ranks.append(rank)
+    if not ranks:
+        return {}
+    k = max((len(r["teacher"].retrieved) for r in records), default=0)
+    return {"queries": len(ranks), "k": k, "recall_at_1": round(sum(r == 1 for r in ranks) / len(ranks), 4),
+            "recall_at_k": round(sum(r is not None for r in ranks) / len(ranks), 4),
+            "mrr": round(sum(1 / r for r in ranks if r) / len(ranks), 4)}
+
+
+def _slices(items: list[EvalItem], outcomes: dict, teacher_answers: list[str], context: dict, top: int = 8) -> dict:
+    """Per scope (the `top` most asked) and per category: each system's quality and the student's share."""
+    slices = {}
+    for kind, key in (("scope", lambda i: i.scope or "(none)"), ("category", lambda i: i.category)):
+        groups: dict[str, list[int]] = {}
+        for n, item in enumerate(items):
+            if key(item) is not None:
+                groups.setdefault(key(item), []).append(n)
+        ranked = sorted(groups.items(), key=lambda kv: -sum(items[n].weight for n in kv[1]))[:top]
+        slices[kind] = {
+            name: {"traffic": sum(items[n].weight for n in members),
+                   **{system: _quality(score_outcomes([items[n] for n in members], [outs[n] for n in members],
+                                                      [teacher_answers[n] for n in members], context))
+                      for system, outs in outcomes.items()}}
+            for name, members in ranked}
+    return slices
+
+
+def _quality(scores: dict) -> dict:
+    return {"quality": scores["f1_vs_gold"] if scores["f1_vs_gold"] is not None else scores["agreement"],
+            "student_share": scores["student_share"]}
+
+
+def _cluster_answers(workspace: Workspace, manifest: dict) -> dict[str, str | None]:
+    """The answers a student's intents were trained on (a refusal is None): what a cache would replay."""
+    with TraceStore(workspace.traces_db) as store:
+        answers = store.cluster_answers(manifest.get("curation_run_id") or "")
+    return {c["cluster_id"]: answers.get(c["cluster_id"]) for c in manifest.get("clusters", []) if c["cluster_id"] in answers}
+
+
+def _token_counter(router):
+    """Counts a chat prompt's tokens with the student's tokenizer (the closest at hand to what an
+    LLM teacher would bill); without a student, 4 tokens per 3 words."""
+    tokenizer = router.student.tokenizer if router.student else None
+
+    def count(messages: list[dict]) -> int:
+        text = "\n".join(m["content"] for m in messages)
+        return len(tokenizer(text)["input_ids"]) if tokenizer else len(text.split()) * 4 // 3
+    return count

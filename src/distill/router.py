@@ -65,6 +65,7 @@ from distill.teacher import Answer, Teacher
 
 logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
+BEFORE_COVERAGE = ("input", "high_risk", "injection", "no_student")  # the checks `check` runs before coverage
 
 
 @dataclass
@@ -323,9 +324,12 @@ class Router:
 
     # -- deciding -------------------------------------------------------------------------------
 
-    def check(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None]:
-        """The cheap checks (everything before generation): (failed check or None, scores, intent)."""
+    def check(self, query: str, scope: str | None = None,
+              coverage_threshold: float | None = None) -> tuple[str | None, dict, dict | None]:
+        """The cheap checks (everything before generation): (failed check or None, scores, intent).
+        `coverage_threshold` overrides the configured one (an evaluation sweeps it)."""
         cfg = self.config.router
+        threshold = cfg.coverage_threshold if coverage_threshold is None else coverage_threshold
         checks: dict = {}
         if not isinstance(query, str) or not query.strip() or len(query) > cfg.max_query_chars:
             return "input", checks, None
@@ -342,7 +346,7 @@ class Router:
         vector = self.teacher.retriever.embed_queries([query.strip()])[0]
         cluster, similarity = self.coverage.nearest(vector, scope)
         checks["coverage"] = round(similarity, 4)
-        if cluster is None or similarity < cfg.coverage_threshold:
+        if cluster is None or similarity < threshold:
             return "coverage", checks, None
         checks["cluster_id"] = cluster["cluster_id"]
         if cluster["cluster_id"] in self.withdrawn:
@@ -422,13 +426,7 @@ class Router:
             checks["student_error"] = f"{type(err).__name__}: {err}"[:200]
         generation_ms = (time.perf_counter() - began) * 1000
         if generation is not None:
-            checks["student_logprob"] = None if generation.mean_logprob is None else round(generation.mean_logprob, 4)
-            if generation_ms >= cfg.student_timeout_s * 1000:
-                failed = "student_timeout"
-            elif not generation.text.strip():
-                failed = "empty_answer"
-            elif generation.mean_logprob is None or generation.mean_logprob < cfg.min_student_logprob:
-                failed = "confidence"
+            failed = self.judge(generation, generation_ms, checks)
         if failed:
             return RoutedAnswer(query, scope, "", [], "rag", failed, checks, router_ms=router_ms + generation_ms)
         text = generation.text.strip()
@@ -436,6 +434,18 @@ class Router:
                             refused=text == REFUSAL_COMPLETION, router_ms=router_ms, generation_ms=generation_ms,
                             student_version=self.version, prompt_tokens=generation.prompt_tokens,
                             completion_tokens=generation.completion_tokens, cluster=cluster)
+
+    def judge(self, generation, generation_ms: float, checks: dict) -> str | None:
+        """The checks on the student's own answer: None to serve it, else the reason for RAG."""
+        cfg = self.config.router
+        checks["student_logprob"] = None if generation.mean_logprob is None else round(generation.mean_logprob, 4)
+        if generation_ms >= cfg.student_timeout_s * 1000:
+            return "student_timeout"
+        if not generation.text.strip():
+            return "empty_answer"
+        if generation.mean_logprob is None or generation.mean_logprob < cfg.min_student_logprob:
+            return "confidence"
+        return None
 
     def _from_teacher(self, query: str, scope: str | None, reason: str, checks: dict, router_ms: float) -> RoutedAnswer:
         if reason == "input":

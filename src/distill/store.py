@@ -258,9 +258,21 @@ def _m008_retrieved_doc_versions(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE clusters ADD COLUMN retrieved_doc_versions STRUCT(doc_id VARCHAR, version INTEGER)[]")
 
 
+def _m009_eval_runs(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE eval_runs (
+            run_id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMPTZ NOT NULL,
+            source VARCHAR NOT NULL,
+            student_version VARCHAR,
+            queries INTEGER NOT NULL,
+            figures JSON NOT NULL
+        )""")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
-                                     _m008_retrieved_doc_versions]
+                                     _m008_retrieved_doc_versions, _m009_eval_runs]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -388,6 +400,39 @@ class TraceStore:
             FROM curation c JOIN traces t USING (trace_id)
             JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
             WHERE c.run_id = ? AND c.decision = 'eval' ORDER BY t.asked_at DESC, t.trace_id""", [run_id])
+
+    def held_out(self, run_id: str | None = None) -> list[dict]:
+        """Every teacher trace at or after a curation run's cutoff (default: the latest run), most
+        recent first: the traffic a student trained from that run has never seen, high-risk and
+        unanswerable questions included, with the cluster each fell in and that cluster's answer."""
+        return self.sql("""
+            WITH run AS (SELECT run_id, cutoff FROM curation_runs WHERE run_id = coalesce(?, (
+                SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)))
+            SELECT t.trace_id, t.query_id, t.asked_at, t.scope, t.query, t.answer, t.refused, t.citations,
+                   c.cluster_id, c.decision, c.reason, k.answer AS cluster_answer, run.run_id
+            FROM run JOIN curation c USING (run_id) JOIN traces t USING (trace_id)
+            LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
+            WHERE t.asked_at >= run.cutoff ORDER BY t.asked_at DESC, t.trace_id""", [run_id])
+
+    def cluster_answers(self, run_id: str) -> dict[str, str | None]:
+        """cluster_id -> the answer its traces agreed on (None: a refusal), for one curation run."""
+        rows = self.sql("SELECT cluster_id, answer FROM clusters WHERE run_id = ?", [run_id])
+        return {row["cluster_id"]: row["answer"] for row in rows}
+
+    def add_eval_run(self, run_id: str, source: str, student_version: str | None, queries: int,
+                     figures: dict) -> None:
+        self.sql("INSERT INTO eval_runs VALUES (?, now(), ?, ?, ?, ?)",
+                 [run_id, source, student_version, queries, json.dumps(figures, default=str)])
+
+    def eval_runs(self, limit: int = 10) -> list[dict]:
+        """The latest evaluation runs, newest first, figures parsed."""
+        rows = self.sql("SELECT * FROM eval_runs ORDER BY created_at DESC LIMIT ?", [limit])
+        return [{**row, "figures": json.loads(row["figures"])} for row in rows]
+
+    def recent_nightly_runs(self, limit: int = 10) -> list[dict]:
+        """The latest nightly runs, newest first, figures parsed."""
+        rows = self.sql("SELECT * FROM nightly_runs ORDER BY started_at DESC LIMIT ?", [limit])
+        return [{**row, "figures": json.loads(row["figures"])} for row in rows]
 
     def start_nightly(self, run_id: str, day, serving: str | None) -> None:
         self.sql("INSERT INTO nightly_runs (run_id, day, started_at, status, serving_before, figures) "

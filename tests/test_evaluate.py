@@ -1,0 +1,73 @@
+import pytest
+
+from distill import registry
+from distill.config import Workspace
+from distill.collect import collect
+from distill.curate import curate
+from distill.errors import DistillError
+from distill.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at, token_f1
+from distill.index import ingest
+from distill.train import train
+
+from distill.cli import SAMPLE  # the embedded sample the quickstart runs on
+
+
+@pytest.fixture(scope="module")
+def sample_workspace(tmp_path_factory, tiny_lm_dir):
+    """The embedded sample: ingested, collected, curated, and a tiny student trained and promoted."""
+    home = tmp_path_factory.mktemp("eval_ws")
+    (home / "distill.toml").write_text(
+        f'[corpus]\nallowed_sources = ["help-center", "policies"]\n'
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n'
+        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
+        f'[router]\nmin_student_logprob = -1000.0\n')  # a random tiny model is never confident
+    workspace = Workspace(home)
+    config = workspace.config()
+    ingest(workspace, SAMPLE / "corpus.jsonl", config)
+    collect(workspace, config, SAMPLE / "queries.jsonl")
+    curation = curate(workspace, config)
+    result = train(workspace, config, curation.dataset_path, progress=False)
+    registry.promote(workspace.models_dir, "student", result.version)
+    return workspace
+
+
+def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspace):
+    gold = load_gold_rows(SAMPLE / "gold.jsonl")
+    items = held_out_items(sample_workspace, gold)
+    assert items and sum(i.weight for i in items) >= len(items)
+    assert sum(i.gold_answers is not None for i in items) >= len(items) // 2  # joined by the question
+    figures = evaluate_systems(sample_workspace, sample_workspace.config(), items, progress=False)
+    assert set(figures["systems"]) == set(SYSTEMS)
+    teacher, routed = figures["systems"]["teacher"], figures["systems"]["routed"]
+    assert teacher["agreement"] == 1.0 and teacher["student_share"] == 0.0
+    assert 0.0 <= teacher["f1_vs_gold"] <= 1.0 and teacher["cost_per_success_usd"] > 0
+    assert sum(routed["reasons"].values()) == figures["traffic"]
+    assert routed["student_share"] == pytest.approx(routed["reasons"].get("served", 0) / figures["traffic"], abs=1e-3)
+    # the curve's ends: a threshold above any cosine serves nothing, so it is the teacher
+    top = max(figures["curve"], key=lambda c: c["threshold"])
+    assert top["student_share"] == 0.0 and top["quality"] == teacher["f1_vs_gold"]
+    assert figures["retrieval"]["queries"] > 0 and 0 <= figures["retrieval"]["mrr"] <= 1
+    assert "notes" in figures["slices"]["scope"]
+
+
+def test_a_gold_file_is_an_evaluation_set_of_its_own(sample_workspace, tmp_path):
+    items = gold_items(SAMPLE / "gold.jsonl")
+    refuse = [i for i in items if i.should_refuse]
+    assert len(items) == 58 and len(refuse) == 3
+    figures = evaluate_systems(sample_workspace, sample_workspace.config(), items[:12] + refuse, progress=False)
+    teacher = figures["systems"]["teacher"]
+    assert teacher["refusal_correct"] is not None and teacher["citation_correct"] is not None
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "x"}\n')
+    with pytest.raises(DistillError, match="line 1 is not a JSON object with gold_answers"):
+        gold_items(bad)
+
+
+def test_the_routed_reason_follows_the_routers_order():
+    record = {"failed": None, "cluster": {"cluster_id": "c0"}, "similarity": 0.9, "judged": None}
+    assert route_at(record, 0.8) == "served" and route_at(record, 0.95) == "coverage"
+    assert route_at({**record, "failed": "stale"}, 0.8) == "stale"
+    assert route_at({**record, "failed": "stale"}, 0.95) == "coverage"  # coverage is checked first
+    assert route_at({**record, "failed": "high_risk"}, 0.0) == "high_risk"
+    assert route_at({**record, "judged": "confidence"}, 0.8) == "confidence"
+    assert token_f1("refund within 30 days", "refunds within 30 days") == pytest.approx(0.75)
