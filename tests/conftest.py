@@ -103,3 +103,32 @@ def tiny_lm_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "distill" / "sample"  # what the quickstart runs on
+
+
+@pytest.fixture(scope="session")
+def sample_workspace(tmp_path_factory, tiny_lm_dir):
+    """The embedded sample: ingested, collected, curated, and a tiny student trained and promoted."""
+    home = tmp_path_factory.mktemp("eval_ws")
+    (home / "distill.toml").write_text(
+        f'[corpus]\nallowed_sources = ["help-center", "policies"]\n'
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n'
+        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
+        f'[router]\nmin_student_logprob = -1000.0\n')  # a random tiny model is never confident
+    from distill import registry
+    from distill.collect import collect
+    from distill.config import Workspace
+    from distill.curate import curate
+    from distill.index import ingest
+    from distill.train import train
+
+    workspace = Workspace(home)
+    config = workspace.config()
+    ingest(workspace, SAMPLE / "corpus.jsonl", config)
+    collect(workspace, config, SAMPLE / "queries.jsonl")
+    curation = curate(workspace, config)
+    result = train(workspace, config, curation.dataset_path, progress=False)
+    registry.promote(workspace.models_dir, "student", result.version)
+    return workspace

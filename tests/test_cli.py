@@ -20,13 +20,14 @@ def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in ("ingest", "collect", "traffic", "curate", "train", "nightly", "ask", "serve", "models", "sql",
-                    "quickstart"):
+                    "eval", "report", "quickstart"):
         assert command in result.output
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     for args in (["ingest", str(tmp_path / "missing")], ["collect", str(tmp_path / "q.jsonl")],
-                 ["sql", "SELECT 1"], ["nightly"], ["nightly", "--gold", str(tmp_path / "gold.jsonl")], ["ask", "hello"], ["serve"]):
+                 ["sql", "SELECT 1"], ["nightly"], ["nightly", "--gold", str(tmp_path / "gold.jsonl")], ["ask", "hello"], ["serve"],
+                 ["eval"], ["report"], ["eval", "--suite", str(tmp_path / "suite.jsonl")]):
         result = run_cli(*args, home=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1

@@ -1,34 +1,8 @@
 import pytest
 
-from distill import registry
-from distill.config import Workspace
-from distill.collect import collect
-from distill.curate import curate
+from conftest import SAMPLE
 from distill.errors import DistillError
 from distill.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at, token_f1
-from distill.index import ingest
-from distill.train import train
-
-from distill.cli import SAMPLE  # the embedded sample the quickstart runs on
-
-
-@pytest.fixture(scope="module")
-def sample_workspace(tmp_path_factory, tiny_lm_dir):
-    """The embedded sample: ingested, collected, curated, and a tiny student trained and promoted."""
-    home = tmp_path_factory.mktemp("eval_ws")
-    (home / "distill.toml").write_text(
-        f'[corpus]\nallowed_sources = ["help-center", "policies"]\n'
-        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n'
-        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
-        f'[router]\nmin_student_logprob = -1000.0\n')  # a random tiny model is never confident
-    workspace = Workspace(home)
-    config = workspace.config()
-    ingest(workspace, SAMPLE / "corpus.jsonl", config)
-    collect(workspace, config, SAMPLE / "queries.jsonl")
-    curation = curate(workspace, config)
-    result = train(workspace, config, curation.dataset_path, progress=False)
-    registry.promote(workspace.models_dir, "student", result.version)
-    return workspace
 
 
 def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspace):

@@ -196,6 +196,52 @@ def nightly(gold: Optional[Path] = typer.Option(None, help="gold.jsonl (query_id
                   f"run record: distill sql \"SELECT * FROM nightly_runs WHERE run_id = '{result.run_id}'\"")
 
 
+@app.command("eval")
+def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id or query, scope, gold_answers, should_refuse?, "
+                                                       "gold_doc_ids?, type?}): score against gold as well as the teacher"),
+          on_gold: bool = typer.Option(False, "--on-gold", help="evaluate on the gold file's questions instead of the held-out traffic"),
+          limit: Optional[int] = typer.Option(None, help="distinct questions at most (default eval.max_queries)"),
+          suite: Optional[Path] = typer.Option(None, help="run this regression suite instead (JSON lines: query, scope, "
+                                                          "expect_route, expect_answer, expect_refusal); exit 1 if a case fails"),
+          home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Score teacher, cache, student and routed system side by side on held-out traffic or a gold file."""
+    workspace = _workspace(home)
+    console = _console()
+    config = workspace.config()
+    if suite:
+        from distill.evaluate import load_suite, run_suite
+
+        with _router(workspace, workspace.config({"router": {"log_traces": False}})) as router:
+            results = run_suite(router, load_suite(suite), config.eval.success_f1)
+        _print_rows([{k: r[k] for k in ("query", "route", "reason", "passed", "problems")} for r in results])
+        failed = sum(not r["passed"] for r in results)
+        console.print(f"{len(results) - failed} of {len(results)} cases passed")
+        raise typer.Exit(1 if failed else 0)
+    from distill.evaluate import run_eval
+
+    run_id, figures = run_eval(workspace, config, gold, on_gold, limit)
+    systems = figures["systems"]
+    keys = [figures["quality_metric"], "agreement", "citation_correct", "refusal_correct", "student_share",
+            "latency_p50_ms", "latency_p95_ms", "cost_per_success_usd"]
+    _print_rows([{"metric": k, **{name: _short(s.get(k)) for name, s in systems.items()}} for k in keys])
+    keeps = figures["student_share_keeping"]
+    console.print(f"{figures['queries']} questions ({figures['traffic']} asked, {figures['gold_queries']} with gold). "
+                  f"Student share keeping 95 % / 99 % of the teacher's {figures['quality_metric']}: "
+                  f"{keeps['95%']:.1%} / {keeps['99%']:.1%}. Routed reasons: {systems['routed']['reasons']}")
+    console.print(f"stored as eval run {run_id}; see it with: distill report")
+
+
+@app.command()
+def report(run: Optional[str] = typer.Option(None, help="an eval run id (default: the latest)"),
+           out: Optional[Path] = typer.Option(None, help="folder for report.html and report.json (default <home>/reports/<time>)"),
+           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Write the HTML report (plots inline) and its figures as JSON from the latest `distill eval`."""
+    from distill.report import write_report
+
+    path = write_report(_workspace(home), run, out)
+    print(path)
+
+
 models_app = typer.Typer(help="List, inspect, promote and roll back student versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

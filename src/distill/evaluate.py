@@ -472,3 +472,71 @@ def _token_counter(router):
         text = "\n".join(m["content"] for m in messages)
         return len(tokenizer(text)["input_ids"]) if tokenizer else len(text.split()) * 4 // 3
     return count
+
+
+def run_eval(workspace: Workspace, config, gold: Path | None = None, on_gold: bool = False,
+             limit: int | None = None, progress: bool = True) -> tuple[str, dict]:
+    """`distill eval`: build the evaluation set, score every system, store the figures in `eval_runs`.
+    Returns (run_id, figures)."""
+    import uuid
+
+    limit = limit or config.eval.max_queries
+    if on_gold:
+        if gold is None:
+            raise DistillError("--on-gold needs --gold FILE")
+        items, source = gold_items(gold)[:limit], f"gold:{gold}"
+    else:
+        items = held_out_items(workspace, load_gold_rows(gold) if gold else None, limit=limit)
+        source = "held-out traffic" + (f" + gold:{gold}" if gold else "")
+    figures = {"source": source, **evaluate_systems(workspace, config, items, progress)}
+    run_id = uuid.uuid4().hex
+    with TraceStore(workspace.traces_db) as store:
+        store.add_eval_run(run_id, source, figures["student_version"], len(items), figures)
+    return run_id, figures
+
+
+# ---------------------------------------------------------------------------------------------
+# regression suite: pinned questions with the route and answer they must get
+# ---------------------------------------------------------------------------------------------
+
+def load_suite(path: Path) -> list[dict]:
+    """JSON lines: {query, scope?, expect_route? ('student'|'rag'), expect_reason?, expect_answer?,
+    expect_refusal?}. A case checks only what it names."""
+    if not Path(path).exists():
+        raise DistillError(f"regression suite {path} does not exist; set eval.suite or pass --suite FILE")
+    cases = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+            if not isinstance(case.get("query"), str):
+                raise TypeError
+        except (json.JSONDecodeError, TypeError, AttributeError):
+            raise DistillError(f"{path} line {number} is not a JSON object with a query") from None
+        if case.get("expect_route") not in (None, "student", "rag"):
+            raise DistillError(f"{path} line {number}: expect_route must be 'student' or 'rag'")
+        cases.append(case)
+    return cases
+
+
+def run_suite(router, cases: list[dict], success_f1: float) -> list[dict]:
+    """Route every case (the real `Router.answer`) and say which expectation, if any, failed."""
+    results = []
+    for case in cases:
+        routed = router.answer(case["query"], case.get("scope"))
+        problems = []
+        if case.get("expect_route") and routed.route != case["expect_route"]:
+            problems.append(f"route {routed.route} ({routed.reason}), expected {case['expect_route']}")
+        if case.get("expect_reason") and routed.reason != case["expect_reason"]:
+            problems.append(f"reason {routed.reason}, expected {case['expect_reason']}")
+        if case.get("expect_refusal") is not None and bool(routed.refused) != bool(case["expect_refusal"]):
+            problems.append("refused" if routed.refused else "answered, expected a refusal")
+        if case.get("expect_answer"):
+            expected = case["expect_answer"]
+            if normalize(expected) not in normalize(routed.answer) and token_f1(routed.answer, expected) < success_f1:
+                problems.append(f"answer {routed.answer!r} does not match {expected!r}")
+        results.append({"query": case["query"], "scope": case.get("scope"), "route": routed.route,
+                        "reason": routed.reason, "answer": routed.answer, "passed": not problems,
+                        "problems": "; ".join(problems)})
+    return results

@@ -9,8 +9,9 @@
 The gate promotes the candidate only when, on the held-out recent window of the intents it covers,
 its token F1 is within `nightly.teacher_margin` of the teacher's (against the teacher's answers, or
 against gold when a gold file is given) and at most `nightly.max_regression` below the current
-student's on the same queries. Otherwise the current student keeps serving and the run says why.
-No held-out query on a covered intent means no evidence, and no promotion.
+student's on the same queries, and, when `eval.suite` names a regression suite, the candidate
+routes and answers every pinned case as the suite expects. Otherwise the current student keeps
+serving and the run says why. No held-out query on a covered intent means no evidence, and no promotion.
 
 Every stage writes its figures to the `nightly_runs` table as it finishes, so
 `SELECT * FROM nightly_runs ORDER BY started_at DESC` explains any night. Guarantees:
@@ -38,7 +39,7 @@ from distill import registry
 from distill.config import Config, Workspace
 from distill.curate import curate
 from distill.errors import DistillError
-from distill.evaluate import covered_eval_queries, evaluate_student
+from distill.evaluate import covered_eval_queries, evaluate_student, load_suite, run_suite
 from distill.store import TraceStore
 from distill.train import train
 
@@ -154,6 +155,14 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold) -> tuple[str,
     if current and candidate < scores[current][metric] - cfg.max_regression:
         return run.finish("kept", f"{trained.version} {metric} {candidate:.3f} is below the current {current}'s "
                                   f"{scores[current][metric]:.3f} by more than nightly.max_regression {cfg.max_regression}")
+    if config.eval.suite:
+        results = _suite(workspace, config, trained)
+        failed = [r for r in results if not r["passed"]]
+        run.record("suite", {"cases": len(results), "failed": failed},
+                   f"regression suite: {len(results) - len(failed)} of {len(results)} cases passed")
+        if failed:
+            return run.finish("kept", f"{trained.version} failed {len(failed)} of {len(results)} regression suite "
+                                      f"cases (eval.suite), first: {failed[0]['query']!r}: {failed[0]['problems']}")
     registry.promote(workspace.models_dir, student, trained.version, reason=f"nightly {run.run_id}")
     return run.finish("promoted", f"{trained.version} {metric} {candidate:.3f} passed the gate"
                                   + (f" (current {current}: {scores[current][metric]:.3f})" if current else ""))
@@ -166,6 +175,18 @@ def _score(path: Path, queries: list[dict], config: Config, gold) -> dict:
         return {"queries": 0}
     student = Student.load(path, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
     return evaluate_student(student, queries, gold, config.student.batch_size, progress=True)
+
+
+def _suite(workspace: Workspace, config: Config, trained) -> list[dict]:
+    """The regression suite routed with the candidate as the student (nothing logged)."""
+    from distill.router import Router
+    from distill.student import Student
+    from distill.teacher import Teacher
+
+    cases = load_suite(workspace.home / config.eval.suite)
+    candidate = Student.load(trained.path, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+    with Router(Teacher.from_workspace(workspace, config), config, candidate, trained.version) as router:
+        return run_suite(router, cases, config.eval.success_f1)
 
 
 @contextmanager

@@ -1,0 +1,46 @@
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SAMPLE
+from distill.cli import app
+from distill.config import Workspace
+from distill.errors import DistillError
+from distill.evaluate import run_eval
+from distill.report import write_report
+
+
+def test_the_report_shows_the_systems_the_curve_and_what_changed(sample_workspace, tmp_path):
+    shutil.copytree(sample_workspace.home, tmp_path / "ws")
+    workspace = Workspace(tmp_path / "ws")
+    first, _ = run_eval(workspace, workspace.config(), SAMPLE / "gold.jsonl", progress=False)
+    page = write_report(workspace, out=tmp_path / "r1")
+    text = page.read_text()
+    for section in ("Systems side by side", "Cost-quality curve", "Why questions went to RAG", "by scope",
+                    "What changed since the last run", "No earlier evaluation run"):
+        assert section in text
+    assert text.count("<svg") == 3
+    summary = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert summary["run_id"] == first and summary["headline"]["metric"] == "f1_vs_gold"
+    stricter = workspace.config({"router": {"coverage_threshold": 1.01}})  # nothing covered: all RAG
+    second, figures = run_eval(workspace, stricter, SAMPLE / "gold.jsonl", progress=False)
+    assert figures["systems"]["routed"]["student_share"] == 0.0
+    summary = json.loads((write_report(workspace, out=tmp_path / "r2").parent / "report.json").read_text())
+    assert summary["run_id"] == second and summary["previous_run_id"] == first
+    assert any(c["system"] == "routed" and c["metric"] == "student_share" for c in summary["changes"])
+    with pytest.raises(DistillError, match="no evaluation run nope"):
+        write_report(workspace, "nope")
+
+
+def test_the_regression_suite_passes_and_fails_by_case(sample_workspace, tmp_path):
+    suite = tmp_path / "suite.jsonl"
+    cases = [{"query": "How do I cancel my subscription?", "scope": "billing", "expect_refusal": False},
+             {"query": "Can I store patient medical records in Acme Notes?", "scope": "notes", "expect_route": "rag",
+              "expect_reason": "high_risk"},
+             {"query": "Is there an Acme Calendar app?", "scope": "notes", "expect_route": "student"}]
+    suite.write_text("\n".join(json.dumps(c) for c in cases) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--suite", str(suite), "--home", str(sample_workspace.home)])
+    assert result.exit_code == 1, result.output
+    assert "2 of 3 cases passed" in result.output
