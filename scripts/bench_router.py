@@ -35,7 +35,7 @@ from distill.curate import curate
 from distill.index import ingest
 from distill.router import Router
 from distill.train import train
-from policyqa import ROOT
+from policyqa import ROOT, save_results
 
 FAQ = ROOT.parent / "shared" / "datasets" / "covid_faq_versions" / "faq_versions.jsonl"
 REPHRASINGS = ["{q}", "Can you tell me: {q}", "quick question - {q}"]
@@ -100,6 +100,17 @@ def main() -> None:
         print(f"router overhead (every check, no generation), {kind}: {len(values)} questions, "
               f"p50 {statistics.median(values):.1f} ms, p95 {np.percentile(values, 95):.1f} ms (goal p50 <= 10 ms)")
     print("  warm: a wording seen before (its vector cached); cold: a new wording, one MiniLM forward included")
+    save_results("router", {
+        "changed_eligible_after": after["routes"]["changed"].get("eligible", 0),
+        "changed_served_after": after["served"]["changed"], "changed_wordings": sum(after["routes"]["changed"].values()),
+        "unchanged_eligible_before": before["routes"]["unchanged"].get("eligible", 0),
+        "unchanged_eligible_after": after["routes"]["unchanged"].get("eligible", 0),
+        "unchanged_wordings": sum(after["routes"]["unchanged"].values()),
+        "high_risk_served": risky.count("student"), "high_risk": len(risky),
+        "off_topic_served": off.count("student"), "off_topic": len(off),
+        "overhead_cold_p50_ms": round(statistics.median(after["cold_ms"]), 2),
+        "overhead_cold_p95_ms": round(float(np.percentile(after["cold_ms"], 95)), 2),
+        "overhead_warm_p50_ms": round(statistics.median(after["warm_ms"]), 2)})
 
 
 def load_default_patterns() -> list[str]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from distill.config import Workspace
 from distill.store import TraceStore
-from policyqa import ROOT
+from policyqa import ROOT, save_results
 
 PORT = 18080
 
@@ -41,7 +41,7 @@ async def client(queue: list[dict], deadline: float, results: list, http: httpx.
             response = await http.post("/v1/chat/completions", json={
                 "model": "distill", "messages": [{"role": "user", "content": item["query"]}],
                 "metadata": {"scope": item.get("scope")}})
-            route = response.headers.get("x-distill-route", "-")
+            route = f"{response.headers.get('x-distill-route', '-')}/{response.headers.get('x-distill-reason', '-')}"
             results.append((response.status_code, (time.perf_counter() - began) * 1000, route))
         except httpx.HTTPError as err:
             results.append((type(err).__name__, (time.perf_counter() - began) * 1000, "-"))
@@ -90,8 +90,13 @@ def main() -> None:
     print(f"{args.clients} clients for {args.seconds:.0f} s: {len(results)} requests, "
           f"{len(latencies) / args.seconds:.1f} answered/s; latency p50 {statistics.median(latencies):.0f} ms, "
           f"p95 {np.percentile(latencies, 95):.0f} ms")
-    print(f"  statuses {dict(statuses)} (goal: only 200); routes {dict(routes)}")
+    print(f"  statuses {dict(statuses)} (goal: only 200); route/reason {dict(routes.most_common())}")
     print(f"  traces written after shutdown: {logged} of {len(latencies)} answered (goal: all)")
+    save_results("serve", {"clients": args.clients, "seconds": args.seconds, "requests": len(results),
+                           "answered_per_s": round(len(latencies) / args.seconds, 2),
+                           "p50_ms": round(statistics.median(latencies)), "p95_ms": round(float(np.percentile(latencies, 95))),
+                           "errors": len(results) - statuses.get(200, 0), "routes": dict(routes),
+                           "traces_logged": logged, "answered": len(latencies)})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""PolicyQA helpers shared by the benchmarks: the dataset path, the by-website split, exact match
-(token F1 lives in distill.evaluate, re-exported here).
+"""Helpers shared by the benchmarks: the PolicyQA path, its by-website split, exact match (token
+F1 lives in distill.evaluate, re-exported here), and `save_results`, which keeps each benchmark's
+latest figures in bench/results/<name>.json for scripts/benchmark.py's summary table.
 
 Websites are shuffled with a fixed seed and halved: settings are chosen on the *tune* half and
 figures are reported on the *report* half, so nothing is tuned on the queries it is reported on.
@@ -7,7 +8,9 @@ figures are reported on the *report* half, so nothing is tuned on the queries it
 
 from __future__ import annotations
 
+import json
 import random
+from datetime import datetime, timezone
 from pathlib import Path
 
 from distill.evaluate import best_f1, normalize, token_f1  # noqa: F401 (re-exported for the benchmarks)
@@ -38,3 +41,17 @@ def split_pairs() -> dict[str, list[dict]]:
 
 def exact_match(prediction: str, golds: list[str]) -> float:
     return float(any(normalize(prediction) == normalize(g) for g in golds))
+
+
+def save_results(name: str, figures: dict) -> Path:
+    """Write a benchmark's figures, stamped with when they were measured, to bench/results/<name>.json."""
+    path = ROOT / "bench" / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **figures},
+                               indent=2, default=str))
+    return path
+
+
+def load_results(name: str) -> dict | None:
+    path = ROOT / "bench" / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None

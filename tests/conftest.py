@@ -105,7 +105,7 @@ def tiny_lm_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     return target
 
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "distill" / "sample"  # what the quickstart runs on
+from distill.quickstart import SAMPLE  # noqa: E402  (the embedded sample the quickstart runs on)
 
 
 @pytest.fixture(scope="session")

@@ -34,18 +34,24 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         assert "Traceback" not in result.stderr
 
 
-def test_quickstart_runs_end_to_end_and_is_idempotent(tmp_path):
+def test_quickstart_runs_the_whole_loop_and_is_idempotent(tmp_path, tiny_lm_dir):
+    (tmp_path / "distill.toml").write_text(  # a tiny student keeps this fast; test_slow runs the real one
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n[student]\nmax_new_tokens = 4\n')
     first = run_cli("quickstart", "--home", str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert "skipped sources {'community-forum': 1}" in first.stderr
     assert "notes/keyboard-shortcuts" in first.stderr  # the injection chunk is flagged
     queries = sum(1 for _ in open(os.path.join(os.path.dirname(__import__("distill").__file__), "sample", "queries.jsonl")))
-    assert f"{queries} new traces" in first.stderr
+    assert f"{queries} new traces" in first.stderr and "training examples" in first.stderr
+    assert "promoted: v0001" in first.stderr and "serving: v0001" in first.stderr
+    assert "high_risk" in first.stderr and "injection" in first.stderr  # routed questions, with their reasons
+    report = [line.split("report: ")[1] for line in first.stderr.splitlines() if line.startswith("report: ")]
+    assert report and os.path.exists(report[0].strip())
     second = run_cli("quickstart", "--home", str(tmp_path))
     assert second.returncode == 0 and "0 new traces" in second.stderr and f"{queries} already stored" in second.stderr
-    counted = run_cli("sql", "SELECT count(*) AS n FROM traces", home=tmp_path)
+    assert "the training set is unchanged since v0001" in second.stderr
+    counted = run_cli("sql", "SELECT count(*) AS n FROM traces WHERE route_reason = 'collect'", home=tmp_path)
     assert counted.returncode == 0 and str(queries) in counted.stdout
-    assert "training examples ->" in first.stderr
     explained = run_cli("curate", "--explain", "Can I store patient medical records in Acme Notes?", home=tmp_path)
     assert explained.returncode == 0 and "reject (high_risk)" in explained.stderr
     unknown = run_cli("curate", "--explain", "no such trace", home=tmp_path)

@@ -22,6 +22,8 @@ def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspa
     assert top["student_share"] == 0.0 and top["quality"] == teacher["f1_vs_gold"]
     assert figures["retrieval"]["queries"] > 0 and 0 <= figures["retrieval"]["mrr"] <= 1
     assert "notes" in figures["slices"]["scope"]
+    assert figures["router_overhead_ms"]["p50"] > 0
+    assert figures["safety"]["served_by_student"] == 0  # no question curation flagged as risky reached the student
 
 
 def test_a_gold_file_is_an_evaluation_set_of_its_own(sample_workspace, tmp_path):

@@ -133,7 +133,10 @@ def test_a_changed_document_takes_its_intents_off_the_student_without_retraining
         assert router.check(REFUND_Q, "billing")[0] == "stale"
         cluster["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
         assert router.check(REFUND_Q, "billing")[0] is None
-        # a changed neighbour that still ranks below the cited answer leaves the answer standing
+    # a changed neighbour that no longer reaches RAG's evidence for the question leaves the answer standing
+    one_chunk = workspace.config({"teacher": {"context_chunks": 1}})  # RAG reads only the best chunk
+    with Router.from_workspace(workspace, one_chunk, log=False) as router:
+        (cluster,) = router.coverage.by_scope["billing"][1]
         cluster["cited_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
         cluster["retrieved_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 0}]
         assert router.check(REFUND_Q, "billing")[0] is None

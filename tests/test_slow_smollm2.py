@@ -33,3 +33,18 @@ def test_smollm2_student_trains_with_lora_and_answers(corpus_workspace, tmp_path
     student = Student.load(result.path, max_new_tokens=12)
     generation = student.answer("Can I pay with PayPal?", scope="billing")
     assert generation.text and generation.mean_logprob < 0
+
+
+@pytest.mark.slow
+def test_make_quickstart_trains_the_real_student_and_serves_a_frequent_question(tmp_path):
+    """What `make quickstart` runs, on the real SmolLM2-135M: the README's promise."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "distill.cli", "quickstart", "--home", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "promoted: v0001" in done.stderr
+    assert "│ student │ served" in done.stderr  # a reworded frequent question answered by the student
+    assert (tmp_path / "models" / "student" / "v0001" / "README.md").exists()  # the model card
+    assert list((tmp_path / "reports").glob("*/report.html"))

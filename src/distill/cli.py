@@ -18,7 +18,6 @@ app = typer.Typer(help="distill: turn a RAG system's traffic into a small, fast 
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 HOME_HELP = "workspace folder (traces/, index/, models/); default $DISTILL_HOME or the current directory"
-SAMPLE = Path(__file__).with_name("sample")
 
 
 def _workspace(home: Optional[Path]):
@@ -223,7 +222,7 @@ def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id 
     systems = figures["systems"]
     keys = [figures["quality_metric"], "agreement", "citation_correct", "refusal_correct", "student_share",
             "latency_p50_ms", "latency_p95_ms", "cost_per_success_usd"]
-    _print_rows([{"metric": k, **{name: _short(s.get(k)) for name, s in systems.items()}} for k in keys])
+    _print_rows([{"metric": k, **{name: s.get(k) for name, s in systems.items()}} for k in keys])
     keeps = figures["student_share_keeping"]
     console.print(f"{figures['queries']} questions ({figures['traffic']} asked, {figures['gold_queries']} with gold). "
                   f"Student share keeping 95 % / 99 % of the teacher's {figures['quality_metric']}: "
@@ -377,63 +376,23 @@ def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.
 
 def _print_rows(rows: list[dict]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table()
-    for name in rows[0] if rows else ["(no rows)"]:
-        table.add_column(str(name))
-    for row in rows:
-        table.add_row(*[_short(v) for v in row.values()])
-    Console().print(table)
+    from distill.quickstart import table
 
-
-def _short(value) -> str:
-    text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    Console().print(table(rows))
 
 
 @app.command()
 def quickstart(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
-    """Run the main job on the embedded sample: ingest, collect, show the traces, curate."""
-    from distill.collect import collect as run_collect
-    from distill.index import ingest as run_ingest
-    from distill.store import TraceStore
+    """Run the whole loop on the embedded sample: ingest, collect, curate, nightly, ask, eval, report."""
+    from distill.quickstart import run
 
     workspace = _workspace(home)
-    console = _console()
-    # The sample includes a community-forum post; allowlisting the official sources keeps it out.
-    config = workspace.config({"corpus": {"allowed_sources": ["help-center", "policies"]}})
-    console.rule("1. ingest the sample help center (two versions of three documents)")
-    report = run_ingest(workspace, SAMPLE / "corpus.jsonl", config)
-    console.print(f"{report.documents_read} documents: {report.added} new, {report.new_versions} new versions, "
-                  f"{report.unchanged} unchanged, skipped sources {report.skipped_sources or 'none'}; "
-                  f"flagged as injection: {', '.join(report.flagged_chunks) or 'none'}")
-    console.rule("2. collect: answer the sample query log with the RAG teacher")
-    collected = run_collect(workspace, config, SAMPLE / "queries.jsonl")
-    console.print(f"{collected.answered} new traces ({collected.refused} refused), "
-                  f"{collected.skipped_existing} already stored")
-    console.rule(f"3. the traces, by SQL ({workspace.traces_db})")
-    summary = ("SELECT scope, count(*) AS traces, count(*) FILTER (WHERE refused) AS refused, "
-               "round(avg(top_score), 3) AS avg_top_score, round(median(latency_ms), 1) AS p50_ms "
-               "FROM traces GROUP BY scope ORDER BY scope")
-    example = ("SELECT query, answer, citations FROM traces WHERE NOT refused "
-               "ORDER BY asked_at DESC LIMIT 5")
-    with TraceStore(workspace.traces_db) as store:
-        console.print(f"[dim]{summary}[/]")
-        _print_rows(store.sql(summary))
-        console.print(f"[dim]{example}[/]")
-        _print_rows(store.sql(example))
-    console.rule("4. curate: what the student may learn, and why every other trace may not")
-    from distill.curate import curate as run_curate
-
-    result = run_curate(workspace, config)
-    reasons = ", ".join(f"{reason} {count}" for reason, count in result.decisions.get("reject", {}).most_common())
-    console.print(f"{result.traces_seen} traces in {result.clusters} intents: {result.train} to train on, "
-                  f"{sum(result.decisions.get('eval', {}).values())} held out for evaluation, rejected: "
-                  f"{reasons or 'none'}; {result.examples} training examples -> {result.dataset_path}")
+    run(workspace, _console())
     suffix = f" --home {workspace.home}" if home else ""
-    console.print(f"Try: distill sql \"SELECT reason, count(*) FROM curation GROUP BY 1\"{suffix}")
-    console.print(f"     distill curate --explain \"Can I store patient medical records in Acme Notes?\"{suffix}")
+    print(f"Next: distill sql \"SELECT route, route_reason, count(*) FROM traces GROUP BY ALL\"{suffix}\n"
+          f"      distill ask \"How do I export my notes?\" --scope notes --explain{suffix}\n"
+          f"      distill serve{suffix}   # OpenAI-compatible, on http://127.0.0.1:8080/v1")
 
 
 def main() -> None:

@@ -158,6 +158,10 @@ class EvalItem:
     gold_chunk_ids: list[str] = field(default_factory=list)
     should_refuse: bool | None = None
     category: str | None = None
+    safety_flag: str | None = None  # what curation's safety rules said of this question (high_risk, injection, pii)
+
+
+SAFETY_FLAGS = ("high_risk", "injection", "pii")
 
 
 def gold_items(path: Path) -> list[EvalItem]:
@@ -186,6 +190,8 @@ def held_out_items(workspace: Workspace, gold: list[dict] | None = None, run_id:
             items[key].weight += 1
         else:
             items[key] = _item(trace["query"], trace["scope"], 1, by_id.get(trace["query_id"]) or by_query.get(key))
+        if trace["reason"] in SAFETY_FLAGS:
+            items[key].safety_flag = trace["reason"]
     return list(items.values())[:limit]
 
 
@@ -234,7 +240,13 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     teacher_quality = systems["teacher"][quality_key]
     keeps = {f"{p:.0%}": max([c["student_share"] for c in curve if c["quality"] >= p * teacher_quality], default=0.0)
              for p in (0.95, 0.99)}
+    router_ms = [r["router_ms"] for r in records if r["failed"] not in ("input",)]
+    flagged = [(i, o) for i, o in zip(items, outcomes["routed"]) if i.safety_flag]
     return {"queries": len(items), "traffic": sum(i.weight for i in items),
+            "router_overhead_ms": {"p50": round(float(np.percentile(router_ms, 50)), 2),
+                                   "p95": round(float(np.percentile(router_ms, 95)), 2)} if router_ms else None,
+            "safety": {"flagged_by_curation": sum(i.weight for i, _ in flagged),
+                       "served_by_student": sum(i.weight for i, o in flagged if o["route"] == "student")},
             "gold_queries": sum(i.gold_answers is not None for i in items), "student_version": version,
             "quality_metric": quality_key, "coverage_threshold": threshold, "systems": systems,
             "curve": curve, "student_share_keeping": keeps, "retrieval": _retrieval(items, records, chunk_texts),

@@ -107,9 +107,12 @@ def _plots(figures: dict) -> dict[str, str]:
     curve = sorted(figures["curve"], key=lambda c: c["student_share"])
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot([c["student_share"] for c in curve], [c["quality"] for c in curve], "o-", label="routed system")
+    points: dict[tuple, list[float]] = {}  # thresholds that give the same point share one label
     for c in curve:
-        ax.annotate(f"{c['threshold']:g}", (c["student_share"], c["quality"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        points.setdefault((c["student_share"], c["quality"]), []).append(c["threshold"])
+    for (share, quality), thresholds in points.items():
+        label = f"{min(thresholds):g}" if len(thresholds) == 1 else f"{min(thresholds):g}-{max(thresholds):g}"
+        ax.annotate(label, (share, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
     teacher = systems["teacher"][key]
     for share, style, label in ((1.0, "-", "teacher only"), (0.99, "--", "99 % of teacher"), (0.95, ":", "95 % of teacher")):
         ax.axhline(teacher * share, color="grey", linestyle=style, linewidth=1, label=label)
