@@ -36,7 +36,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 
 def test_quickstart_runs_the_whole_loop_and_is_idempotent(tmp_path, tiny_lm_dir):
     (tmp_path / "distill.toml").write_text(  # a tiny student keeps this fast; test_slow runs the real one
-        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n[student]\nmax_new_tokens = 4\n')
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n[student]\nmax_new_tokens = 4\n'
+        f'[nightly]\nteacher_margin = 1.0\n')  # a random tiny student never agrees with the teacher
     first = run_cli("quickstart", "--home", str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert "skipped sources {'community-forum': 1}" in first.stderr

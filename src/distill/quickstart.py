@@ -93,7 +93,9 @@ def run(workspace: Workspace, console) -> Path:
 
     console.rule("6. ask through the router: the student where it is safe, RAG everywhere else")
     rows = []
-    with Router.from_workspace(workspace, config) as router:
+    # Not logged: the sample's traffic is dated October 2026, and traces asked today would move
+    # curation's time window on a rerun. In a service every routed answer is a trace.
+    with Router.from_workspace(workspace, config, log=False) as router:
         for question, scope, shows in QUESTIONS:
             routed = router.answer(question, scope)
             rows.append({"question": question, "shows": shows, "route": routed.route, "reason": routed.reason,
