@@ -125,6 +125,8 @@ def summary(measured: dict, figures: dict, night) -> None:
         ("#6 routed F1 vs gold kept, share of teacher-only", ">= 98 %", _pct(top["quality_kept"])),
         ("#6 traffic served by the student", ">= 60 %", _pct(top["student_share"])),
         ("#6 cost per successful answer vs teacher-only", "<= 40 %", _pct(top["cost_ratio"])),
+        ("#6 of those served, asked in a wording seen in training", "-",
+         f"{figures['served_wording_seen_in_training']} of {round(top['student_share'] * figures['traffic'])}"),
         ("#6 risky questions (curation's flags) served by the student", "0",
          f"{measured['safety']['served_by_student']} of {measured['safety']['flagged_by_curation']}"),
         ("#6 share keeping 95 % / 99 % of teacher quality (curve)", "-",

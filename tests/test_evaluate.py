@@ -23,6 +23,7 @@ def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspa
     assert figures["retrieval"]["queries"] > 0 and 0 <= figures["retrieval"]["mrr"] <= 1
     assert "notes" in figures["slices"]["scope"]
     assert figures["router_overhead_ms"]["p50"] > 0
+    assert figures["served_wording_seen_in_training"] <= routed["reasons"].get("served", 0)
     assert figures["safety"]["served_by_student"] == 0  # no question curation flagged as risky reached the student
 
 

@@ -219,6 +219,8 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         counter = _token_counter(router)
         teacher_prompt_tokens = [r["teacher"].prompt_tokens or counter(r["teacher"].prompt) for r in records]
         version = router.version
+        trained = {(c.get("scope"), normalize_query(w)) for c in (router.student.manifest.get("clusters", [])
+                                                                 if router.student else []) for w in c.get("wordings", [])}
     prices = config.eval
     context = {"chunk_texts": chunk_texts, "prices": prices, "teacher_prompt_tokens": teacher_prompt_tokens}
     threshold = config.router.coverage_threshold
@@ -245,6 +247,8 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     return {"queries": len(items), "traffic": sum(i.weight for i in items),
             "router_overhead_ms": {"p50": round(float(np.percentile(router_ms, 50)), 2),
                                    "p95": round(float(np.percentile(router_ms, 95)), 2)} if router_ms else None,
+            "served_wording_seen_in_training": sum(i.weight for i, o in zip(items, outcomes["routed"]) if o["route"] == "student"
+                                                   and (i.scope, normalize_query(i.query)) in trained),
             "safety": {"flagged_by_curation": sum(i.weight for i, _ in flagged),
                        "served_by_student": sum(i.weight for i, o in flagged if o["route"] == "student")},
             "gold_queries": sum(i.gold_answers is not None for i in items), "student_version": version,

@@ -186,7 +186,8 @@ student {figures['student_version'] or 'none'}, coverage threshold {figures['cov
 ({_fmt(top['routed_quality'], '{:.3f}')} vs {_fmt(top['teacher_quality'], '{:.3f}')}) while the student serves
 <b>{top['student_share']:.1%}</b> of the traffic, at <b>{_fmt(top['cost_ratio'], '{:.0%}')}</b> of the teacher's cost per
 successful answer and {_fmt(top['latency_p50_ratio'], '{:.2f}')}x its median latency.
-Share the student can take keeping 95 % / 99 % of the teacher's quality: {keeps['95%']:.1%} / {keeps['99%']:.1%}.</p>
+Share the student can take keeping 95 % / 99 % of the teacher's quality: {keeps['95%']:.1%} / {keeps['99%']:.1%}.
+Of the questions the student served, {figures.get('served_wording_seen_in_training', 0)} were asked in a wording it was trained on.</p>
 <h2>Systems side by side</h2>{side}{plots['systems']}
 <h2>Cost-quality curve</h2>{plots['curve']}{curve}
 <h2>Why questions went to RAG</h2>{plots['reasons']}
