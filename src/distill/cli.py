@@ -195,6 +195,37 @@ def nightly(gold: Optional[Path] = typer.Option(None, help="gold.jsonl (query_id
                   f"run record: distill sql \"SELECT * FROM nightly_runs WHERE run_id = '{result.run_id}'\"")
 
 
+@app.command("tune-retriever")
+def tune_retriever(gold: Optional[Path] = typer.Option(None, help="gold JSONL with query_id and gold_doc_ids: judge the "
+                                                                  "held-out questions by gold documents instead of the teacher's citations"),
+                   rollback: bool = typer.Option(False, "--rollback", help="switch back to the retriever active before the last switch"),
+                   switch: Optional[str] = typer.Option(None, help="switch to this tuned version (e.g. v0002) without the gate"),
+                   home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Fine-tune the embedder on the kept traces' citations; switch only if held-out recall@5 and MRR improve."""
+    from distill.tune import rollback_retriever, switch_retriever, tune_retriever as run_tune
+
+    workspace = _workspace(home)
+    console = _console()
+    if switch:
+        switch_retriever(workspace, switch)
+        console.print(f"retrieving with {switch}; restart services to pick it up")
+        return
+    if rollback:
+        console.print(f"retrieving with {rollback_retriever(workspace, workspace.config())} again; restart services to pick it up")
+        return
+    rows = None
+    if gold:
+        from distill.evaluate import load_gold_rows
+
+        rows = {row["query_id"]: row for row in load_gold_rows(gold) if row.get("query_id")}
+    result = run_tune(workspace, workspace.config(), rows)
+    console.print(f"{result.version}: {result.pairs} training triplets, {result.held_out} held-out questions "
+                  f"({result.held_out_seen} in a wording seen in training; relevance: {result.relevance}), "
+                  f"{result.runtime_s:.0f} s")
+    console.print(("[green]" if result.switched else "[yellow]") + result.reason + "[/]")
+    console.print(f"saved to {result.path}")
+
+
 @app.command("eval")
 def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id or query, scope, gold_answers, should_refuse?, "
                                                        "gold_doc_ids?, type?}): score against gold as well as the teacher"),

