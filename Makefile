@@ -36,6 +36,8 @@ bench: install
 	$(BIN)/python scripts/bench_router.py
 	$(BIN)/python scripts/bench_replay.py
 	$(BIN)/python scripts/bench_serve.py
+	$(BIN)/python scripts/bench_tune.py
+	$(BIN)/python scripts/benchmark.py
 
 clean:
-	rm -rf $(VENV) traces models index bench
+	rm -rf $(VENV) traces models index reports bench

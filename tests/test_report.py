@@ -8,7 +8,7 @@ from conftest import SAMPLE
 from distill.cli import app
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.evaluate import run_eval
+from distill.evaluate import load_suite, run_eval
 from distill.report import write_report
 
 
@@ -44,3 +44,6 @@ def test_the_regression_suite_passes_and_fails_by_case(sample_workspace, tmp_pat
     result = CliRunner().invoke(app, ["eval", "--suite", str(suite), "--home", str(sample_workspace.home)])
     assert result.exit_code == 1, result.output
     assert "2 of 3 cases passed" in result.output
+    suite.write_text('{"query": "x", "expect_route": "cache"}\n')
+    with pytest.raises(DistillError, match="line 1 is not a JSON object with a query"):
+        load_suite(suite)

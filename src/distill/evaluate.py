@@ -68,17 +68,23 @@ def load_gold_rows(path: Path) -> list[dict]:
     type are optional."""
     if not Path(path).exists():
         raise DistillError(f"gold file {path} does not exist; pass a gold.jsonl (`distill traffic` writes one)")
+    return _json_lines(path, "gold_answers (a list) and a query_id or query",
+                       lambda row: isinstance(row["gold_answers"], list) and (row.get("query_id") or row.get("query")))
+
+
+def _json_lines(path: Path, what: str, valid) -> list[dict]:
+    """The JSON objects of a JSON lines file, blank lines skipped; a line that is not an object for
+    which `valid` holds is an error naming the file, the line and `what` it needs."""
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row["gold_answers"], list) or not (row.get("query_id") or row.get("query")):
+            if not isinstance(row, dict) or not valid(row):
                 raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise DistillError(f"{path} line {number} is not a JSON object with gold_answers (a list) and a "
-                               f"query_id or query") from None
+            raise DistillError(f"{path} line {number} is not a JSON object with {what}") from None
         rows.append(row)
     return rows
 
@@ -520,20 +526,9 @@ def load_suite(path: Path) -> list[dict]:
     expect_refusal?}. A case checks only what it names."""
     if not Path(path).exists():
         raise DistillError(f"regression suite {path} does not exist; set eval.suite or pass --suite FILE")
-    cases = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            case = json.loads(line)
-            if not isinstance(case.get("query"), str):
-                raise TypeError
-        except (json.JSONDecodeError, TypeError, AttributeError):
-            raise DistillError(f"{path} line {number} is not a JSON object with a query") from None
-        if case.get("expect_route") not in (None, "student", "rag"):
-            raise DistillError(f"{path} line {number}: expect_route must be 'student' or 'rag'")
-        cases.append(case)
-    return cases
+    return _json_lines(path, "a query (a string) and expect_route, if any, 'student' or 'rag'",
+                       lambda case: isinstance(case.get("query"), str)
+                       and case.get("expect_route") in (None, "student", "rag"))
 
 
 def run_suite(router, cases: list[dict], success_f1: float) -> list[dict]:

@@ -202,7 +202,7 @@ def _train(triplets: list[dict], config: Config, out: Path, progress: bool) -> P
     model = SentenceTransformer(embedder_path(config.index.embedding_model), device="cpu")  # a fresh copy
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out.with_suffix(".work")), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, warmup_ratio=0.1, batch_sampler=BatchSamplers.NO_DUPLICATES,
+        learning_rate=cfg.learning_rate, warmup_steps=0.1, batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="no", report_to="none", logging_steps=10, seed=0, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not progress, dataloader_num_workers=0)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(triplets),
