@@ -142,7 +142,9 @@ def test_a_changed_document_takes_its_intents_off_the_student_without_retraining
         assert router.check(REFUND_Q, "billing")[0] is None
         payment_q = "Which payment methods and cards do you accept?"  # ranks the changed neighbour first
         vector = router.teacher.retriever.embed_queries([payment_q])[0]
-        assert router._stale_documents(payment_q, "billing", vector, cluster) == ["billing/payment-methods"]
+        checks = {}
+        assert router._stale_documents(payment_q, "billing", vector, cluster, checks) == ["billing/payment-methods"]
+        assert checks["evidence_searched"]
 
 
 def test_concurrent_requests_are_all_logged_after_a_clean_close(workspace):

@@ -351,13 +351,14 @@ class Router:
         checks["cluster_id"] = cluster["cluster_id"]
         if cluster["cluster_id"] in self.withdrawn:
             return "withdrawn", checks, cluster
-        stale = self._stale_documents(query, scope, vector, cluster)
+        stale = self._stale_documents(query, scope, vector, cluster, checks)
         if stale:
             checks["stale_documents"] = stale
             return "stale", checks, cluster
         return None, checks, cluster
 
-    def _stale_documents(self, query: str, scope: str | None, vector: np.ndarray, cluster: dict) -> list[str]:
+    def _stale_documents(self, query: str, scope: str | None, vector: np.ndarray, cluster: dict,
+                         checks: dict) -> list[str]:
         """The changed documents that make the student's answer for `cluster` untrustworthy: any
         document its answers cited, and any document retrieved beside them that, at its new version,
         is among the evidence RAG would now read for this question (the top `teacher.context_chunks`),
@@ -374,6 +375,7 @@ class Router:
         neighbours = changed("retrieved_doc_versions") - cited
         if not neighbours:
             return []
+        checks["evidence_searched"] = True  # the one check that costs a retrieval, only after a document changed
         evidence = self.teacher.retriever.search(query, scope, k=self.config.teacher.context_chunks,
                                                  query_vector=vector).hits
         return sorted({hit.chunk["doc_id"] for hit in evidence} & neighbours)
