@@ -228,7 +228,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         trained = {(c.get("scope"), normalize_query(w)) for c in (router.student.manifest.get("clusters", [])
                                                                  if router.student else []) for w in c.get("wordings", [])}
     prices = config.eval
-    context = {"chunk_texts": chunk_texts, "prices": prices, "teacher_prompt_tokens": teacher_prompt_tokens}
+    context = {"chunk_texts": chunk_texts, "prices": prices}
     threshold = config.router.coverage_threshold
     outcomes = {"teacher": [_teacher_outcome(r, t, prices) for r, t in zip(records, teacher_prompt_tokens)],
                 "cache": [_cache_outcome(r, t, threshold, cache, prices) for r, t in zip(records, teacher_prompt_tokens)],
