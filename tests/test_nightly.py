@@ -80,6 +80,17 @@ def test_a_failed_gate_keeps_the_current_student(workspace):
     assert runs(workspace)[-1]["serving_before"] == "v0001"
 
 
+def test_a_candidate_failing_the_regression_suite_is_not_promoted(workspace):
+    (workspace.home / "suite.jsonl").write_text(
+        '{"query": "How many days do I have to request a refund?", "scope": "billing", "expect_route": "student"}\n'
+        '{"query": "Which cards do you accept?", "scope": "billing", "expect_refusal": false}\n')
+    with_suite = workspace.config({"eval": {"suite": "suite.jsonl"}})
+    result = nightly(workspace, with_suite, today=DAY)  # the tiny random student is never confident: RAG answers
+    assert result.status == "kept" and "failed 1 of 2 regression suite cases (eval.suite)" in result.reason
+    assert "route rag (confidence), expected student" in result.reason
+    assert result.current is None and result.figures["suite"]["cases"] == 2
+
+
 def test_a_crash_mid_run_leaves_the_current_student_and_is_recorded(workspace, tmp_path):
     nightly(workspace, workspace.config(), today=DAY)
     with TraceStore(workspace.traces_db) as store:
