@@ -24,7 +24,7 @@ import numpy as np
 
 from distill.config import Workspace
 from distill.curate import normalize_query
-from distill.evaluate import load_gold_rows
+from distill.evaluate import load_gold_rows, rank_scores
 from distill.index import embed, load_embedder
 from distill.store import TraceStore
 from distill.teacher import Teacher
@@ -96,9 +96,7 @@ def covid_recall(tuned_path) -> dict:
         doc_vectors, query_vectors = embed(model, docs), embed(model, queries)
         order = np.argsort(-(query_vectors @ doc_vectors.T), axis=1)[:, :5]
         ranks = [next((k + 1 for k, j in enumerate(row) if j == n), None) for n, row in enumerate(order)]
-        out[name] = {"recall_at_1": round(sum(r == 1 for r in ranks) / len(ranks), 4),
-                     "recall_at_5": round(sum(r is not None for r in ranks) / len(ranks), 4),
-                     "mrr": round(sum(1 / r for r in ranks if r) / len(ranks), 4)}
+        out[name] = rank_scores(ranks, "recall_at_5")
     return out
 
 

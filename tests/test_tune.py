@@ -53,7 +53,7 @@ def test_a_worse_retriever_is_kept_aside_and_a_switch_can_be_rolled_back(workspa
     assert dense_meta(workspace) == before
     with pytest.raises(DistillError, match="no earlier retriever"):
         rollback_retriever(workspace, wrecked)
-    switch_retriever(workspace, result.version)  # by hand, past the gate
+    switch_retriever(workspace, wrecked, result.version)  # by hand, past the gate
     retriever = Retriever(workspace, wrecked.index)
     assert retriever.dense["retriever_version"] == result.version
     assert retrieval_scores(retriever, held_out_queries_for(workspace))["recall_at_5"] == result.after["recall_at_5"]

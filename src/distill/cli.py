@@ -207,7 +207,7 @@ def tune_retriever(gold: Optional[Path] = typer.Option(None, help="gold JSONL wi
     workspace = _workspace(home)
     console = _console()
     if switch:
-        switch_retriever(workspace, switch)
+        switch_retriever(workspace, workspace.config(), switch)
         console.print(f"retrieving with {switch}; restart services to pick it up")
         return
     if rollback:

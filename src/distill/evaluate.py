@@ -223,17 +223,18 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
             {c for r in records for c in r["teacher"].citations + r["teacher"].retrieved + r["cluster_citations"]})
         cache = _cluster_answers(workspace, router.student.manifest) if router.student else {}
         counter = _token_counter(router)
-        teacher_prompt_tokens = [r["teacher"].prompt_tokens or counter(r["teacher"].prompt) for r in records]
+        for record in records:
+            record["prompt_tokens"] = record["teacher"].prompt_tokens or counter(record["teacher"].prompt)
         version = router.version
         trained = {(c.get("scope"), normalize_query(w)) for c in (router.student.manifest.get("clusters", [])
                                                                  if router.student else []) for w in c.get("wordings", [])}
     prices = config.eval
     context = {"chunk_texts": chunk_texts, "prices": prices}
     threshold = config.router.coverage_threshold
-    outcomes = {"teacher": [_teacher_outcome(r, t, prices) for r, t in zip(records, teacher_prompt_tokens)],
-                "cache": [_cache_outcome(r, t, threshold, cache, prices) for r, t in zip(records, teacher_prompt_tokens)],
+    outcomes = {"teacher": [_teacher_outcome(r, prices) for r in records],
+                "cache": [_cache_outcome(r, threshold, cache, prices) for r in records],
                 "student": [_student_outcome(r, prices) for r in records],
-                "routed": [_routed_outcome(r, t, threshold, prices) for r, t in zip(records, teacher_prompt_tokens)]}
+                "routed": [_routed_outcome(r, threshold, prices) for r in records]}
     teacher_answers = [o["answer"] for o in outcomes["teacher"]]
     systems = {name: score_outcomes(items, outs, teacher_answers, context) for name, outs in outcomes.items()}
     if version is None:
@@ -241,7 +242,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     curve = []
     quality_key = "f1_vs_gold" if any(i.gold_answers for i in items) else "agreement"
     for t in config.eval.thresholds:
-        routed = [_routed_outcome(r, tokens, t, prices) for r, tokens in zip(records, teacher_prompt_tokens)]
+        routed = [_routed_outcome(r, t, prices) for r in records]
         scores = score_outcomes(items, routed, teacher_answers, context)
         curve.append({"threshold": t, "student_share": scores["student_share"], "quality": scores[quality_key],
                       "cost_per_success_usd": scores["cost_per_success_usd"]})
@@ -292,8 +293,9 @@ def route_at(record: dict, threshold: float) -> str:
     return record["failed"] or record.get("judged") or "served"
 
 
-def _teacher_outcome(record: dict, prompt_tokens: int, prices) -> dict:
-    answer = record["teacher"]
+def _teacher_outcome(record: dict, prices) -> dict:
+    """`record["prompt_tokens"]`: the RAG prompt's tokens, counted when the backend reports none."""
+    answer, prompt_tokens = record["teacher"], record["prompt_tokens"]
     return {"answer": answer.answer, "refused": answer.refused, "citations": answer.citations,
             "latency_ms": answer.latency_ms, "prompt_tokens": prompt_tokens, "completion_tokens": answer.completion_tokens,
             "cost": _teacher_cost(answer, prompt_tokens, prices), "route": "rag", "reason": "teacher"}
@@ -303,27 +305,27 @@ def _teacher_cost(answer, prompt_tokens: int, prices) -> float:
     if prices.teacher_pricing == "api":
         completion = answer.completion_tokens or len(answer.answer.split()) * 4 // 3
         return (prompt_tokens * prices.prompt_price_per_million + completion * prices.completion_price_per_million) / 1e6 \
-            + answer.retrieval_ms / 1000 * prices.local_price_per_hour / 3600
-    return answer.latency_ms / 1000 * prices.local_price_per_hour / 3600
+            + _local_cost(answer.retrieval_ms, prices)
+    return _local_cost(answer.latency_ms, prices)
 
 
 def _local_cost(ms: float, prices) -> float:
     return ms / 1000 * prices.local_price_per_hour / 3600
 
 
-def _fallback(record: dict, prompt_tokens: int, prices, reason: str, extra_ms: float) -> dict:
+def _fallback(record: dict, prices, reason: str, extra_ms: float) -> dict:
     """The teacher answers after the router (and perhaps the student) spent `extra_ms`."""
-    outcome = _teacher_outcome(record, prompt_tokens, prices)
+    outcome = _teacher_outcome(record, prices)
     outcome.update(latency_ms=outcome["latency_ms"] + extra_ms, cost=outcome["cost"] + _local_cost(extra_ms, prices),
                    reason=reason)
     return outcome
 
 
-def _cache_outcome(record: dict, prompt_tokens: int, threshold: float, answers: dict, prices) -> dict:
+def _cache_outcome(record: dict, threshold: float, answers: dict, prices) -> dict:
     reason = route_at({**record, "judged": None}, threshold)
     cluster = record["cluster"] or {}
     if reason != "served" or cluster.get("cluster_id") not in answers:
-        return _fallback(record, prompt_tokens, prices, reason if reason != "served" else "not_cached", record["router_ms"])
+        return _fallback(record, prices, reason if reason != "served" else "not_cached", record["router_ms"])
     answer = answers[cluster["cluster_id"]]
     return {"answer": answer or "", "refused": answer is None, "citations": record["cluster_citations"],
             "latency_ms": record["router_ms"], "prompt_tokens": 0, "completion_tokens": 0,
@@ -341,7 +343,7 @@ def _student_outcome(record: dict, prices) -> dict:
             "cost": _local_cost(record["student_ms"], prices), "route": "student", "reason": "student"}
 
 
-def _routed_outcome(record: dict, prompt_tokens: int, threshold: float, prices) -> dict:
+def _routed_outcome(record: dict, threshold: float, prices) -> dict:
     reason = route_at(record, threshold)
     if reason == "served":
         outcome = _student_outcome(record, prices)
@@ -349,7 +351,7 @@ def _routed_outcome(record: dict, prompt_tokens: int, threshold: float, prices) 
         outcome.update(latency_ms=spent, cost=_local_cost(spent, prices), reason="served")
         return outcome
     spent = record["router_ms"] + (record.get("student_ms", 0.0) if reason == record.get("judged") else 0.0)
-    return _fallback(record, prompt_tokens, prices, reason, spent)
+    return _fallback(record, prices, reason, spent)
 
 
 def score_outcomes(items: list[EvalItem], outcomes: list[dict], teacher_answers: list[str], context: dict) -> dict:
@@ -450,9 +452,16 @@ def _retrieval(items: list[EvalItem], records: list[dict], texts: dict[str, str]
     if not ranks:
         return {}
     k = max((len(r["teacher"].retrieved) for r in records), default=0)
-    return {"queries": len(ranks), "k": k, "recall_at_1": round(sum(r == 1 for r in ranks) / len(ranks), 4),
-            "recall_at_k": round(sum(r is not None for r in ranks) / len(ranks), 4),
-            "mrr": round(sum(1 / r for r in ranks if r) / len(ranks), 4)}
+    return {"k": k, **rank_scores(ranks, "recall_at_k")}
+
+
+def rank_scores(ranks: list[int | None], recall_key: str) -> dict:
+    """Recall@1, recall over the ranked list (as `recall_key`) and MRR, from the 1-based rank of
+    the first relevant result of each query (None: none in the list)."""
+    n = max(len(ranks), 1)
+    return {"queries": len(ranks), "recall_at_1": round(sum(r == 1 for r in ranks) / n, 4),
+            recall_key: round(sum(r is not None for r in ranks) / n, 4),
+            "mrr": round(sum(1 / r for r in ranks if r) / n, 4)}
 
 
 def _slices(items: list[EvalItem], outcomes: dict, teacher_answers: list[str], context: dict, top: int = 8) -> dict:

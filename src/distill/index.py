@@ -379,10 +379,10 @@ class Retriever:
 
         self.config, self.workspace = config, workspace
         db = corpus_path(workspace)
-        if not db.exists() or dense_meta(workspace) is None:
+        meta = dense or dense_meta(workspace)
+        if not db.exists() or meta is None:
             raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
         self.store = CorpusStore(db, read_only=True)
-        meta = dense or dense_meta(workspace)
         if meta["embedding_model"] != config.embedding_model:
             raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
                                f"'{config.embedding_model}'; set index.embedding_model to match")

@@ -284,6 +284,17 @@ _TRACE_COLUMNS = [
 ]
 
 
+# The curation run a query names (`run` with its cutoff): the one given as the first parameter, or
+# the latest when that is NULL.
+_CURATION_RUN = """
+    WITH run AS (SELECT run_id, cutoff FROM curation_runs WHERE run_id = coalesce(?, (
+        SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)))"""
+
+
+def _figures_parsed(rows: list[dict]) -> list[dict]:
+    return [{**row, "figures": json.loads(row["figures"])} for row in rows]
+
+
 class TraceStore:
     """The DuckDB trace store. Thread-safe appends; one process may write a file at a time."""
 
@@ -405,9 +416,7 @@ class TraceStore:
         """Every teacher trace at or after a curation run's cutoff (default: the latest run), most
         recent first: the traffic a student trained from that run has never seen, high-risk and
         unanswerable questions included, with the cluster each fell in and that cluster's answer."""
-        return self.sql("""
-            WITH run AS (SELECT run_id, cutoff FROM curation_runs WHERE run_id = coalesce(?, (
-                SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)))
+        return self.sql(_CURATION_RUN + """
             SELECT t.trace_id, t.query_id, t.asked_at, t.scope, t.query, t.answer, t.refused, t.citations,
                    c.cluster_id, c.decision, c.reason, k.answer AS cluster_answer, run.run_id
             FROM run JOIN curation c USING (run_id) JOIN traces t USING (trace_id)
@@ -418,9 +427,7 @@ class TraceStore:
         """The traces of a curation run (default: the latest) with what the retriever tuner reads:
         the question, the chunks the teacher cited and retrieved, the curation decision, and whether
         the trace falls after the run's cutoff (held out)."""
-        return self.sql("""
-            WITH run AS (SELECT run_id, cutoff FROM curation_runs WHERE run_id = coalesce(?, (
-                SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)))
+        return self.sql(_CURATION_RUN + """
             SELECT t.query_id, t.scope, t.query, t.citations, t.retrieved, t.refused, c.decision,
                    t.asked_at >= run.cutoff AS held_out, run.run_id
             FROM run JOIN curation c USING (run_id) JOIN traces t USING (trace_id)
@@ -438,13 +445,11 @@ class TraceStore:
 
     def eval_runs(self, limit: int = 10) -> list[dict]:
         """The latest evaluation runs, newest first, figures parsed."""
-        rows = self.sql("SELECT * FROM eval_runs ORDER BY created_at DESC LIMIT ?", [limit])
-        return [{**row, "figures": json.loads(row["figures"])} for row in rows]
+        return _figures_parsed(self.sql("SELECT * FROM eval_runs ORDER BY created_at DESC LIMIT ?", [limit]))
 
     def recent_nightly_runs(self, limit: int = 10) -> list[dict]:
         """The latest nightly runs, newest first, figures parsed."""
-        rows = self.sql("SELECT * FROM nightly_runs ORDER BY started_at DESC LIMIT ?", [limit])
-        return [{**row, "figures": json.loads(row["figures"])} for row in rows]
+        return _figures_parsed(self.sql("SELECT * FROM nightly_runs ORDER BY started_at DESC LIMIT ?", [limit]))
 
     def start_nightly(self, run_id: str, day, serving: str | None) -> None:
         self.sql("INSERT INTO nightly_runs (run_id, day, started_at, status, serving_before, figures) "
@@ -461,8 +466,7 @@ class TraceStore:
 
     def nightly_runs(self, day) -> list[dict]:
         """The nightly runs started on `day`, oldest first, figures parsed."""
-        rows = self.sql("SELECT * FROM nightly_runs WHERE day = ? ORDER BY started_at", [day])
-        return [{**row, "figures": json.loads(row["figures"])} for row in rows]
+        return _figures_parsed(self.sql("SELECT * FROM nightly_runs WHERE day = ? ORDER BY started_at", [day]))
 
     def add_shadow_check(self, row: dict) -> None:
         """One shadow comparison of a student answer with the teacher's (see router.py)."""

@@ -37,6 +37,7 @@ from distill.config import Config, Workspace
 from distill.corpus import chunk_doc_version
 from distill.curate import normalize_query
 from distill.errors import DistillError
+from distill.evaluate import rank_scores
 from distill.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
                            embedder_path, sync_dense, write_dense_meta)
 from distill.store import CorpusStore, TraceStore
@@ -104,10 +105,7 @@ def retrieval_scores(retriever: Retriever, queries: list[dict], k: int = 5) -> d
         relevant = [hit.chunk["doc_id"] in q["docs"] if "docs" in q else hit.chunk["chunk_id"] in q["chunks"]
                     for hit in hits]
         ranks.append(relevant.index(True) + 1 if True in relevant else None)
-    n = max(len(ranks), 1)
-    return {"queries": len(ranks), "recall_at_1": round(sum(r == 1 for r in ranks) / n, 4),
-            f"recall_at_{k}": round(sum(r is not None for r in ranks) / n, 4),
-            "mrr": round(sum(1 / r for r in ranks if r) / n, 4)}
+    return rank_scores(ranks, f"recall_at_{k}")
 
 
 def tune_retriever(workspace: Workspace, config: Config, gold: dict[str, dict] | None = None,
@@ -154,24 +152,18 @@ def tune_retriever(workspace: Workspace, config: Config, gold: dict[str, dict] |
     (folder / "README.md").write_text(_card(manifest))
     (folder / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))  # last: now it is a complete version
     if better:
-        switch_retriever(workspace, version, reason="tune-retriever gate")
+        switch_retriever(workspace, config, version, reason="tune-retriever gate")
     return TuneResult(version, better, reason, len(triplets), len(queries), seen, relevance, before, after,
                       runtime, folder)
 
 
-def switch_retriever(workspace: Workspace, version: str, reason: str = "manual") -> None:
+def switch_retriever(workspace: Workspace, config: Config, version: str, reason: str = "manual") -> None:
     """Make a tuned version the active retriever (its corpus vectors were built when it was tuned)."""
     meta = registry.manifest(workspace.models_dir, NAME, version)["dense"]
     if not (workspace.index_dir / meta["faiss"]).exists():
         raise DistillError(f"index/{meta['faiss']} is missing; tune again to rebuild {version}'s corpus vectors")
     registry.promote(workspace.models_dir, NAME, version, reason=reason)
-    (workspace.index_dir / "dense.previous.json").write_text(json.dumps(dense_meta(workspace), indent=2))
-    write_dense_meta(workspace, meta)
-    store = CorpusStore(corpus_path(workspace), read_only=True)  # only the FAISS file is written
-    try:
-        sync_dense(workspace, store, workspace.config().index, progress=False)  # chunks ingested since it was tuned
-    finally:
-        store.close()
+    _activate(workspace, config, meta)
 
 
 def rollback_retriever(workspace: Workspace, config: Config) -> str:
@@ -179,15 +171,21 @@ def rollback_retriever(workspace: Workspace, config: Config) -> str:
     previous_file = workspace.index_dir / "dense.previous.json"
     if not previous_file.exists():
         raise DistillError("no earlier retriever to roll back to (no index/dense.previous.json)")
-    previous, now = json.loads(previous_file.read_text()), dense_meta(workspace)
-    previous_file.write_text(json.dumps(now, indent=2))
-    write_dense_meta(workspace, previous)
+    previous = json.loads(previous_file.read_text())
+    _activate(workspace, config, previous)
+    return previous["embedder"]
+
+
+def _activate(workspace: Workspace, config: Config, meta: dict) -> None:
+    """Make `meta` the active dense index, keeping the one it replaces as `dense.previous.json`,
+    and embed the chunks ingested since its vectors were built."""
+    (workspace.index_dir / "dense.previous.json").write_text(json.dumps(dense_meta(workspace), indent=2))
+    write_dense_meta(workspace, meta)
     store = CorpusStore(corpus_path(workspace), read_only=True)  # only the FAISS file is written
     try:
-        sync_dense(workspace, store, config.index, progress=False)  # chunks ingested since the switch
+        sync_dense(workspace, store, config.index, progress=False)
     finally:
         store.close()
-    return previous["embedder"]
 
 
 def _train(triplets: list[dict], config: Config, out: Path, progress: bool) -> Path:
