@@ -151,3 +151,21 @@ def test_require_min_names_the_rule_that_rejected_most(home):
         curate(home, home.config({"curate": {"min_count": 50}}), require_min=1)
     with TraceStore(home.traces_db) as store:  # the run is stored all the same, for --explain
         assert store.sql("SELECT count(*) AS n FROM curation_runs") == [{"n": 1}]
+
+
+def test_curating_from_the_lake_decides_as_the_file_does(home, tmp_path_factory):
+    """Traces pushed from one machine, curated on another that has only the corpus and the lake."""
+    lake_dir = tmp_path_factory.mktemp("lake")
+    settings = f'[lake]\ncatalog = "{lake_dir}/t.ducklake"\ndata_path = "{lake_dir}/data"\n'
+    (home.home / "distill.toml").write_text(settings)
+    with TraceStore(home.traces_db) as store:
+        store.push_to_lake(home.lake(home.config()))
+    on_file = curate(home, home.config())
+    central = Workspace(tmp_path_factory.mktemp("central"))
+    os.symlink(home.index_dir, central.home / "index")
+    (central.home / "distill.toml").write_text(settings)
+    on_lake = curate(central, central.config(), from_lake=True)
+    assert (on_lake.traces_seen, on_lake.decisions, on_lake.dataset_hash) == \
+        (on_file.traces_seen, on_file.decisions, on_file.dataset_hash)
+    with TraceStore(central.traces_db) as store:  # every decision joins to its trace
+        assert store.explain(REFUND_Q)[0]["decision"] == "train"

@@ -82,3 +82,45 @@ def test_concurrent_appends_lose_nothing(tmp_path):
         for t in threads:
             t.join()
         assert store.count() == 4 * 10 * 20
+
+
+def test_lake_push_is_partitioned_and_idempotent(tmp_path):
+    from distill.store import LakeLocation, TraceLake
+
+    lake = LakeLocation(str(tmp_path / "lake" / "t.ducklake"), str(tmp_path / "lake" / "data"))
+    days = [datetime(2026, 10, d, 23, 30, tzinfo=timezone.utc) for d in (1, 2)]
+    with TraceStore(tmp_path / "t.duckdb") as store:
+        store.append([make_trace(f"q{i}", asked_at=days[i % 2], scope=("notes", "billing")[i // 2]) for i in range(4)])
+        assert store.push_to_lake(lake) == 4
+        assert store.push_to_lake(lake) == 0  # a rerun sends nothing twice
+        store.append([make_trace("q9")])
+        assert store.push_to_lake(lake) == 1
+    files = sorted(p.relative_to(tmp_path / "lake" / "data").parent.as_posix()
+                   for p in (tmp_path / "lake" / "data").rglob("*.parquet"))
+    assert "main/traces/day=2026-10-01/scope=notes" in files and "main/traces/day=2026-10-02/scope=billing" in files
+    # the files are plain Parquet: any reader sees every trace without the catalog
+    rows = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/data/**/*.parquet')").fetchone()[0]
+    assert rows == 5
+    with TraceLake(lake) as reader:
+        assert reader.count() == 5
+        assert {(str(p["day"]), p["scope"]) for p in reader.partitions()} >= {("2026-10-01", "notes"),
+                                                                             ("2026-10-02", "billing")}
+        with TraceStore(tmp_path / "t.duckdb") as store:  # the same SQL gives the same rows
+            assert reader.curation_input() == store.curation_input()
+
+
+def test_lake_pull_fills_a_store_and_errors_are_one_line(tmp_path):
+    from distill.store import LakeLocation, TraceLake
+
+    lake = LakeLocation(str(tmp_path / "t.ducklake"), str(tmp_path / "data"))
+    with pytest.raises(DistillError, match="distill lake push"):
+        TraceLake(lake)
+    with TraceStore(tmp_path / "a.duckdb") as store:
+        store.append([make_trace("a"), make_trace("b")])
+        store.push_to_lake(lake)
+    with TraceStore(tmp_path / "b.duckdb") as store:
+        store.append([make_trace("b")])
+        assert store.pull_from_lake(lake) == 1 and store.count() == 2
+    (tmp_path / "bad.ducklake").write_text("not a database")
+    with pytest.raises(DistillError, match="lake.catalog"):
+        TraceLake(LakeLocation(str(tmp_path / "bad.ducklake"), str(tmp_path / "data")))

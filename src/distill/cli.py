@@ -107,6 +107,8 @@ def traffic(squad: Path = typer.Argument(..., help="a SQuAD-format JSON file, e.
 @app.command()
 def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query id or query text: say why it was kept or rejected"),
            require_min: Optional[int] = typer.Option(None, help="fail (exit 2) when fewer traces than this pass the rules"),
+           lake: bool = typer.Option(False, help="read the traces from the DuckLake catalog of [lake] (all machines' "
+                                                  "pushed traces) instead of this workspace's DuckDB file"),
            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Pick the frequent, confident, grounded traces to train on; record why for every other."""
     workspace = _workspace(home)
@@ -133,7 +135,7 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
     from distill.curate import curate as run_curate
 
     with console.status("curating"):
-        result = run_curate(workspace, workspace.config(), require_min=require_min)
+        result = run_curate(workspace, workspace.config(), require_min=require_min, from_lake=lake)
     table = Table(title=f"curation run {result.run_id}")
     table.add_column("decision")
     table.add_column("reason")
@@ -270,6 +272,41 @@ def report(run: Optional[str] = typer.Option(None, help="an eval run id (default
 
     path = write_report(_workspace(home), run, out)
     print(path)
+
+
+lake_app = typer.Typer(help="Trace storage beyond one DuckDB file: a DuckLake catalog of Parquet files "
+                            "partitioned by day and scope.", no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("push")
+def lake_push(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Append this workspace's traces that the lake lacks (idempotent: a rerun sends only the rest)."""
+    from distill.store import TraceLake, TraceStore
+
+    workspace = _workspace(home)
+    if not workspace.traces_db.exists():
+        raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
+    lake = workspace.lake(workspace.config())
+    console = _console()
+    with console.status(f"pushing traces to {lake.catalog}"), TraceStore(workspace.traces_db) as store:
+        sent = store.push_to_lake(lake)
+    with TraceLake(lake) as reader:
+        total, partitions = reader.count(), len(reader.partitions())
+    console.print(f"[bold]{sent}[/] traces pushed; the lake holds {total} in {partitions} day/scope partitions "
+                  f"under {lake.data_path}")
+
+
+@lake_app.command("status")
+def lake_status(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Print the lake's traces per day and scope."""
+    from distill.store import TraceLake
+
+    workspace = _workspace(home)
+    with TraceLake(workspace.lake(workspace.config())) as reader:
+        rows = reader.partitions()
+    for row in rows:
+        typer.echo(f"{row['day']}  {row['scope'] or '-'}  {row['traces']}")
 
 
 models_app = typer.Typer(help="List, inspect, promote and roll back student versions.", no_args_is_help=True)

@@ -193,6 +193,14 @@ class EvalConfig:
 
 
 @dataclass
+class LakeConfig:
+    catalog: str = _help("DuckLake metadata database that `distill lake push` appends to and `distill curate --lake` reads: "
+                         "a .ducklake file (relative to the workspace), or 'postgres:dbname=... host=...' shared by many machines")
+    data_path: str = _help("where the lake's Parquet files go, partitioned by day and scope: a folder (relative to the workspace) "
+                           "or an object-store prefix such as s3://bucket/traces/ (DuckDB httpfs and a secret)")
+
+
+@dataclass
 class Config:
     corpus: CorpusConfig
     index: IndexConfig
@@ -206,6 +214,7 @@ class Config:
     serve: ServeConfig
     eval: EvalConfig
     tune: TuneConfig
+    lake: LakeConfig
 
 
 @dataclass
@@ -231,6 +240,15 @@ class Workspace:
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    def lake(self, config: Config) -> "LakeLocation":
+        """The trace lake named by `config.lake`, relative paths taken from the workspace."""
+        from distill.store import LakeLocation
+
+        def place(value: str) -> str:
+            return value if ":" in value else str(self.home / value)
+
+        return LakeLocation(place(config.lake.catalog), place(config.lake.data_path))
 
     def config(self, overrides: dict | None = None) -> Config:
         return load_config(self.home, overrides)

@@ -45,7 +45,7 @@ from distill.config import Config, CurateConfig, Workspace
 from distill.corpus import chunk_doc_version, compile_patterns, detect_injection
 from distill.errors import DistillError
 from distill.index import corpus_path, embed, load_embedder
-from distill.store import CorpusStore, TraceStore
+from distill.store import CorpusStore, TraceLake, TraceStore
 from distill.teacher import words
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
@@ -199,22 +199,34 @@ def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> st
 # ---------------------------------------------------------------------------------------------
 
 def curate(workspace: Workspace, config: Config, require_min: int | None = None,
-           now: datetime | None = None) -> CurationResult:
+           now: datetime | None = None, from_lake: bool = False) -> CurationResult:
     """Cluster, split, apply the rules, store the decisions and export the training set.
 
     With `require_min`, fewer than that many training traces is an error (the run is still stored,
-    so `--explain` can show why)."""
+    so `--explain` can show why). With `from_lake`, the traces are read from the DuckLake catalog
+    of `config.lake` (every machine's pushed traces) by the same SQL; the decisions are stored in
+    this workspace's trace store, which first copies in the lake traces it lacks so every decision
+    can be joined to its trace."""
     cfg = config.curate
     _validate(cfg)
-    if not workspace.traces_db.exists():
+    if not from_lake and not workspace.traces_db.exists():
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
     corpus = CorpusStore(corpus_path(workspace), read_only=True)
     try:
         latest, flagged = corpus.document_versions(), corpus.flagged_chunk_ids()
-        with TraceStore(workspace.traces_db) as store:
-            traces = store.curation_input()
+        if from_lake:
+            lake = workspace.lake(config)
+            with TraceLake(lake) as reader:
+                traces = reader.curation_input()
+            with TraceStore(workspace.traces_db) as store:
+                store.pull_from_lake(lake)
+            source = lake.catalog
+        else:
+            with TraceStore(workspace.traces_db) as store:
+                traces = store.curation_input()
+            source = workspace.traces_db
         if not traces:
-            raise DistillError(f"the trace store {workspace.traces_db} has no teacher traces; run `distill collect` first")
+            raise DistillError(f"the trace store {source} has no teacher traces; run `distill collect` first")
         cited_text = corpus.chunk_texts({c for t in traces for c in t["citations"]})
     finally:
         corpus.close()

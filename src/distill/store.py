@@ -291,8 +291,104 @@ _CURATION_RUN = """
         SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)))"""
 
 
+# What curation reads: the same statement runs on the DuckDB file and, unchanged, on a DuckLake
+# catalog (where `traces` is the lake's table, see TraceLake).
+CURATION_INPUT = """
+    SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, retrieved, refused,
+           refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid
+    FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id"""
+
+# A lake row is a trace plus its partition key `day` (the UTC date it was asked).
+_LAKE_SELECT = ", ".join(_TRACE_COLUMNS) + ", CAST(timezone('UTC', asked_at) AS DATE) AS day"
+
+
 def _figures_parsed(rows: list[dict]) -> list[dict]:
     return [{**row, "figures": json.loads(row["figures"])} for row in rows]
+
+
+@dataclass(frozen=True)
+class LakeLocation:
+    """Where a DuckLake trace catalog lives: `catalog` is its metadata database (a local
+    `.ducklake` file, or `postgres:dbname=... host=...` for many writers), `data_path` the folder
+    or object-store prefix (`s3://bucket/traces/`) that holds its Parquet files."""
+
+    catalog: str
+    data_path: str
+
+
+def _ducklake_extension_path() -> str:
+    import duckdb_extension_ducklake
+
+    path = (Path(duckdb_extension_ducklake.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+            / "ducklake.duckdb_extension")
+    if not path.exists():
+        raise DistillError(f"DuckDB ducklake extension for duckdb {duckdb.__version__} not found at {path}; "
+                           f"install duckdb-extension-ducklake=={duckdb.__version__}")
+    return str(path)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _attach_lake(cur: duckdb.DuckDBPyConnection, lake: LakeLocation) -> None:
+    """Attach the catalog as `lake`. Rows are always written to Parquet (no inlining into the
+    metadata database), so every trace lands in a `day=.../scope=.../` file that any Parquet
+    reader can open."""
+    cur.execute(f"LOAD '{_ducklake_extension_path()}'")
+    if "://" not in lake.data_path:
+        Path(lake.data_path).mkdir(parents=True, exist_ok=True)
+    if ":" not in lake.catalog:
+        Path(lake.catalog).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        cur.execute(f"ATTACH {_literal('ducklake:' + lake.catalog)} AS lake "
+                    f"(DATA_PATH {_literal(lake.data_path)}, DATA_INLINING_ROW_LIMIT 0)")  # ATTACH takes no parameters
+    except duckdb.Error as err:
+        raise DistillError(f"cannot open the trace lake {lake.catalog} ({_first_line(err)}); "
+                           f"check lake.catalog and lake.data_path") from None
+
+
+class TraceLake:
+    """Read side of the trace lake: curation's own SQL, run over the lake's Parquet files.
+
+        >>> with TraceLake(LakeLocation("lake/traces.ducklake", "lake/data")) as lake:
+        ...     rows = lake.curation_input()
+    """
+
+    def __init__(self, lake: LakeLocation):
+        self.lake = lake
+        self._con = duckdb.connect()
+        try:
+            _attach_lake(self._con, lake)
+            self._con.execute("USE lake")
+            if not self._con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'lake' "
+                                     "AND table_name = 'traces'").fetchone()[0]:
+                raise DistillError(f"the trace lake {lake.catalog} holds no traces; run `distill lake push` first")
+        except BaseException:
+            self._con.close()
+            raise
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "TraceLake":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def count(self) -> int:
+        return self._con.execute("SELECT count(*) FROM traces").fetchone()[0]
+
+    def partitions(self) -> list[dict]:
+        """Rows per (day, scope) partition, as a person auditing the lake would ask for them."""
+        result = self._con.execute("SELECT day, scope, count(*) AS traces FROM traces GROUP BY ALL ORDER BY ALL")
+        return [dict(zip(("day", "scope", "traces"), row)) for row in result.fetchall()]
+
+    def curation_input(self) -> list[dict]:
+        result = self._con.execute(CURATION_INPUT)
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row)) for row in result.fetchall()]
 
 
 class TraceStore:
@@ -373,10 +469,60 @@ class TraceStore:
 
     def curation_input(self) -> list[dict]:
         """Every teacher trace with what the curation rules read, oldest first."""
-        return self.sql("""
-            SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, retrieved, refused,
-                   refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid
-            FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id""")
+        return self.sql(CURATION_INPUT)
+
+    def push_to_lake(self, lake: "LakeLocation") -> int:
+        """Append the traces the lake does not hold yet (by trace_id) in one lake transaction, so a
+        push killed halfway leaves nothing behind and a rerun sends the rest. Returns the rows sent.
+
+        Columns added to `traces` by later migrations are added to the lake table first."""
+        with self._lock:
+            cur = self._con.cursor()
+            _attach_lake(cur, lake)
+            try:
+                lake_columns = {r[0] for r in cur.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_catalog = 'lake' "
+                    "AND table_name = 'traces'").fetchall()}
+                if not lake_columns:
+                    cur.execute(f"CREATE TABLE lake.traces AS SELECT {_LAKE_SELECT} FROM traces LIMIT 0")
+                    cur.execute("ALTER TABLE lake.traces SET PARTITIONED BY (day, scope)")
+                else:
+                    types = dict(cur.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                             "WHERE table_catalog = current_database() AND table_name = 'traces'").fetchall())
+                    for column in _TRACE_COLUMNS:
+                        if column not in lake_columns:
+                            cur.execute(f"ALTER TABLE lake.traces ADD COLUMN {column} {types[column]}")
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    sent = cur.execute(f"INSERT INTO lake.traces BY NAME SELECT {_LAKE_SELECT} FROM traces "
+                                       f"WHERE trace_id NOT IN (SELECT trace_id FROM lake.traces)").fetchone()[0]
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                return sent
+            finally:
+                cur.execute("DETACH lake")
+
+    def pull_from_lake(self, lake: "LakeLocation") -> int:
+        """Copy into this store the lake's traces it lacks (by query_id), so that the audit joins
+        (`explain`, the eval window) find every trace a lake curation decided on. Returns rows copied."""
+        with self._lock:
+            cur = self._con.cursor()
+            _attach_lake(cur, lake)
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    copied = cur.execute(
+                        f"INSERT INTO traces ({', '.join(_TRACE_COLUMNS)}) SELECT {', '.join(_TRACE_COLUMNS)} "
+                        f"FROM lake.traces ANTI JOIN traces USING (query_id)").fetchone()[0]
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                return copied
+            finally:
+                cur.execute("DETACH lake")
 
     def write_curation(self, run: dict, clusters: list[dict], decisions: list[dict]) -> None:
         """Store one curation run, its clusters and one decision per trace, all in one transaction."""
