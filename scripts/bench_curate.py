@@ -91,8 +91,10 @@ def informativeness() -> None:
             print(f"    {label:40} {values[0]:6.3f} {values[1]:7.3f}   (goal >= 0.75)")
 
 
-def scale(n_traces: int = 100_000, n_distinct: int = 10_000) -> None:
-    home = ROOT / "bench" / "curate-scale"
+def synthetic_workspace(home, n_traces: int, n_distinct: int):
+    """A workspace on the PolicyQA index holding `n_traces` synthetic teacher traces over
+    `n_distinct` real PolicyQA (website, question) wordings, Zipf-distributed, one every 24 s.
+    Returns the workspace and the number of distinct wordings asked."""
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     (home / "index").symlink_to(policyqa_workspace().index_dir)
@@ -108,27 +110,33 @@ def scale(n_traces: int = 100_000, n_distinct: int = 10_000) -> None:
     # every wording asked at least once, the rest of the traffic Zipf-distributed over them
     picks = list(range(len(pairs))) + rng.choices(range(len(pairs)), weights=weights, k=n_traces - len(pairs))
     rng.shuffle(picks)
-    traces = []
-    for n, q in enumerate(picks):
-        scope, query = pairs[q]
-        traces.append(Trace(
-            query_id=f"s{n}", scope=scope, query=query, answer=f"We describe this in section {q % 7}.",
-            citations=[f"{scope}/000@v1#0"], cited_doc_versions=[{"doc_id": f"{scope}/000", "version": 1}],
-            retrieved=[f"{scope}/000@v1#0"], refused=False,
-            refusal_reason=None, route="rag", route_reason="collect", top_score=0.6, score_margin=0.05,
-            retriever_agreement=0.4, mean_logprob=None, groundedness=1.0, citation_valid=True, latency_ms=5.0,
-            retrieval_ms=2.0, prompt_tokens=0, completion_tokens=0, model="m", backend="extractive",
-            asked_at=start + timedelta(seconds=n * 24)))
+    step = timedelta(seconds=24 * 100_000 / n_traces)  # the same 28 days whatever the volume
     with TraceStore(workspace.traces_db) as store:
-        for i in range(0, n_traces, 5000):
-            store.append(traces[i:i + 5000])
-    del traces
+        for first in range(0, n_traces, 5000):
+            store.append([_synthetic_trace(n, *pairs[q], q, start + n * step)
+                          for n, q in enumerate(picks[first:first + 5000], first)])
+    return workspace, len(set(picks))
+
+
+def _synthetic_trace(n: int, scope: str, query: str, q: int, asked_at: datetime) -> Trace:
+    return Trace(
+        query_id=f"s{n}", scope=scope, query=query, answer=f"We describe this in section {q % 7}.",
+        citations=[f"{scope}/000@v1#0"], cited_doc_versions=[{"doc_id": f"{scope}/000", "version": 1}],
+        retrieved=[f"{scope}/000@v1#0"], refused=False,
+        refusal_reason=None, route="rag", route_reason="collect", top_score=0.6, score_margin=0.05,
+        retriever_agreement=0.4, mean_logprob=None, groundedness=1.0, citation_valid=True, latency_ms=5.0,
+        retrieval_ms=2.0, prompt_tokens=0, completion_tokens=0, model="m", backend="extractive",
+        asked_at=asked_at)
+
+
+def scale(n_traces: int = 100_000, n_distinct: int = 10_000) -> None:
+    workspace, distinct = synthetic_workspace(ROOT / "bench" / "curate-scale", n_traces, n_distinct)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     result = curate(workspace, workspace.config())
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"scale: {result.traces_seen:,} traces, {len(set(picks)):,} distinct queries -> {result.clusters:,} intents, "
+    print(f"scale: {result.traces_seen:,} traces, {distinct:,} distinct queries -> {result.clusters:,} intents, "
           f"{result.train:,} train, {result.examples:,} examples in {elapsed:.1f} s (goal <= 60 s); "
           f"peak RSS {peak / 1024:.0f} MB (was {before / 1024:.0f} MB before curating)")
 

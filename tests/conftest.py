@@ -6,6 +6,7 @@ with the real SmolLM2 tokenizer, so they exercise the real code paths in seconds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -132,3 +133,41 @@ def sample_workspace(tmp_path_factory, tiny_lm_dir):
     result = train(workspace, config, curation.dataset_path, progress=False)
     registry.promote(workspace.models_dir, "student", result.version)
     return workspace
+
+
+@contextlib.contextmanager
+def served(app):
+    """Run an ASGI app with uvicorn on a free local port in a thread; yield its /v1 base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_server(tiny_lm_dir, tmp_path_factory):
+    """`distill serve --model <tiny LM>`: the project's own OpenAI-compatible model server."""
+    from distill.config import Workspace
+    from distill.serve import create_model_app
+    from distill.student import ChatModel
+
+    workspace = Workspace(tmp_path_factory.mktemp("model_server"))
+    model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)
+    with served(create_model_app(model, workspace.config())) as url:
+        yield url

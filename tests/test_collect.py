@@ -100,3 +100,26 @@ def test_kill_9_mid_collect_then_rerun_loses_and_duplicates_nothing(corpus_works
 def _wal_size(db: Path) -> int:
     wal = db.with_name(db.name + ".wal")
     return wal.stat().st_size if wal.exists() else 0
+
+
+def test_ray_engine_with_an_openai_teacher_resumes_like_the_local_one(corpus_workspace, tiny_model_server, tmp_path):
+    """Ray Data actors on this machine, each calling `distill serve --model` as the teacher's LLM."""
+    path = write_lines(tmp_path / "q.jsonl", QUERIES + ["not json"])
+    config = corpus_workspace.config({"collect": {"engine": "ray", "ray_workers": 2, "batch_size": 2},
+                                      "teacher": {"backend": "openai",
+                                                  "openai": {"base_url": tiny_model_server, "max_new_tokens": 4}}})
+    store_path = corpus_workspace.traces_db
+    with TraceStore(store_path) as store:
+        before = store.count()
+    first = collect(corpus_workspace, config, path)
+    assert (first.queries_read, first.answered, len(first.bad_lines)) == (5, 5, 1)
+    again = collect(corpus_workspace, config, path)
+    assert again.answered == 0 and again.skipped_existing == 5
+    with TraceStore(store_path) as store:
+        assert store.count() == before + 5
+        rows = store.sql("SELECT backend, model, prompt_tokens, collect_run_id FROM traces WHERE collect_run_id = ?",
+                         [first.run_id])
+    assert len(rows) == 5 and {r["backend"] for r in rows} == {"openai"}
+    assert any(r["prompt_tokens"] > 0 for r in rows)  # the endpoint answered (a thin-evidence query sends none)
+    with pytest.raises(DistillError, match="collect.engine"):
+        collect(corpus_workspace, config, path, engine="spark")

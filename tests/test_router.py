@@ -248,3 +248,26 @@ def test_concurrent_student_questions_are_batched_into_one_generate_call(workspa
     assert sum(sizes) == 6 and max(sizes) > 1
     with TraceStore(tmp_path / "traces.duckdb") as store:
         assert store.sql("SELECT count(*) AS n FROM traces WHERE route = 'student'")[0]["n"] == 6
+
+
+def test_the_student_can_answer_from_an_openai_compatible_endpoint(workspace, tmp_path):
+    """`student.endpoint`: the promoted version served by another process (here `distill serve --model`
+    on the same folder, as vLLM would serve it); coverage and the prompt still come from its manifest."""
+    from conftest import served
+    from distill.serve import create_model_app
+    from distill.student import ChatModel, RemoteStudent
+
+    folder = registry.student_dir(workspace.models_dir, "student") / "v0001"
+    local = Router.from_workspace(workspace, log=False)
+    with served(create_model_app(ChatModel.load(str(folder), workspace.models_dir), workspace.config())) as url:
+        config = workspace.config({"student": {"endpoint": url, "endpoint_model": "student"}})
+        with Router.from_workspace(workspace, config, log=False) as router, local:
+            assert isinstance(router.student, RemoteStudent)
+            remote_answer = router.answer(REFUND_Q, scope="billing")
+            local_answer = local.answer(REFUND_Q, scope="billing")
+        assert remote_answer.route == "student" and remote_answer.reason == "served", remote_answer.checks
+        assert remote_answer.answer == local_answer.answer  # the same weights, greedy: the same answer
+    config = workspace.config({"student": {"endpoint": url}})  # the endpoint is gone now
+    with Router.from_workspace(workspace, config, log=False) as router:
+        down = router.answer(REFUND_Q, scope="billing")
+    assert down.route == "rag" and down.reason == "student_error" and down.answer

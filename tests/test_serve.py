@@ -1,6 +1,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from distill.errors import DistillError
 from distill.router import Router
 from distill.serve import create_app
 from distill.store import TraceStore
@@ -77,3 +78,34 @@ def test_every_request_is_a_trace_after_shutdown(workspace):  # noqa: F811
                                json=chat(f"What medication dosage is safe, take {i}?", scope="billing")).status_code == 200
     with TraceStore(workspace.traces_db) as store:
         assert store.count() == before + 12
+
+
+def test_model_server_speaks_chat_completions_and_batches_concurrent_requests(tiny_lm_dir, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distill.config import Workspace
+    from distill.serve import create_model_app
+    from distill.student import ChatModel
+
+    workspace = Workspace(tmp_path)
+    model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)
+    calls = []
+    answer_batch = model.answer_batch
+    model.answer_batch = lambda requests, max_time=None: calls.append(len(requests)) or answer_batch(requests, max_time)
+    config = workspace.config({"router": {"batch_wait_ms": 200.0}})
+    with TestClient(create_model_app(model, config)) as client:
+        assert client.get("/v1/models").json()["data"][0]["id"] == tiny_lm_dir.name
+        body = {"model": "any", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "logprobs": True}
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: client.post("/v1/chat/completions", json=body), range(4)))
+        assert [r.status_code for r in responses] == [200] * 4
+        first = responses[0].json()
+        assert first["object"] == "chat.completion" and first["usage"]["completion_tokens"] <= 5
+        assert len(first["choices"][0]["logprobs"]["content"]) == first["usage"]["completion_tokens"]
+        assert {r.json()["choices"][0]["message"]["content"] for r in responses} == \
+            {first["choices"][0]["message"]["content"]}  # greedy: the same answer, batched or not
+        assert max(calls) > 1  # concurrent requests shared a generate call
+        bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+    with pytest.raises(DistillError, match="save_pretrained folder"):
+        ChatModel.load(str(tmp_path / "nope"), workspace.models_dir)

@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from distill.errors import DistillError
-from distill.teacher import OpenAIGenerator, Teacher, TransformersGenerator, build_messages, fence
+from distill.teacher import ChatEndpoint, OpenAIGenerator, Teacher, TransformersGenerator, build_messages, fence
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +75,31 @@ def test_missing_model_folder_is_a_clear_error(corpus_workspace, tmp_path):
         TransformersGenerator.load(str(tmp_path / "nope"), corpus_workspace, 8)
 
 
-class _ChatServer(BaseHTTPRequestHandler):
-    """A minimal OpenAI-compatible endpoint that answers with a real (tiny) causal LM."""
+def test_openai_backend_against_distill_serve_model(tiny_model_server):
+    generator = OpenAIGenerator(ChatEndpoint(tiny_model_server, "tiny", 30.0, max_concurrency=4), 6)
+    chunk = {"chunk_id": "a@v1#0", "heading": "", "text": "Exports are free."}
+    conversations = [build_messages(q, [chunk]) for q in ("Are exports free?", "Is exporting free?", "Cost?")]
+    results = generator.generate_many(conversations)
+    assert len(results) == 3 and generator.endpoint.retries == 0
+    for result in results:
+        assert result.prompt_tokens > 20 and 0 < result.completion_tokens <= 6
+        assert result.mean_logprob is not None and len(result.token_logprobs) == result.completion_tokens
+        assert result.elapsed_ms > 0
 
-    generator: TransformersGenerator
+
+class _FlakyServer(BaseHTTPRequestHandler):
+    """Answers HTTP 503 to the first `failures` requests, then a fixed completion."""
+
+    failures = 2
+    seen = 0
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        assert self.path == "/v1/chat/completions"
-        result = self.generator.generate("", [], body["messages"])
-        payload = {"choices": [{"message": {"role": "assistant", "content": result.text or "I don't know"},
-                                "logprobs": {"content": [{"logprob": result.mean_logprob or -1.0}]}}],
-                   "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen += 1
+        status = 503 if self.seen <= self.failures else 200
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Exports are free."}}],
+                           "usage": {"prompt_tokens": 9, "completion_tokens": 4}}).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -98,20 +109,22 @@ class _ChatServer(BaseHTTPRequestHandler):
         pass
 
 
-def test_openai_backend_against_a_local_endpoint(corpus_workspace, tiny_lm_dir):
-    _ChatServer.generator = TransformersGenerator.load(str(tiny_lm_dir), corpus_workspace, 6)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatServer)
+def test_failed_requests_are_retried_with_backoff_then_fail_clearly():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
-        generator = OpenAIGenerator(f"http://127.0.0.1:{server.server_port}/v1", "tiny", 6, 30.0, None)
-        chunk = {"chunk_id": "a@v1#0", "heading": "", "text": "Exports are free."}
-        result = generator.generate("Are exports free?", [chunk], build_messages("Are exports free?", [chunk]))
-        assert result.prompt_tokens > 20 and result.mean_logprob is not None
+        endpoint = ChatEndpoint(url, "m", 5.0, max_retries=3, backoff_s=0.01)
+        assert endpoint.complete([{"role": "user", "content": "q"}], 8, []).text == "Exports are free."
+        assert endpoint.retries == 2 and _FlakyServer.seen == 3
+        _FlakyServer.seen, _FlakyServer.failures = 0, 10
+        with pytest.raises(DistillError, match=r"HTTP 503, 2 tries; .*teacher.openai.base_url"):
+            ChatEndpoint(url, "m", 5.0, max_retries=1, backoff_s=0.01).complete([], 8, [])
     finally:
         server.shutdown()
 
 
 def test_unreachable_openai_endpoint_is_one_clear_error():
-    generator = OpenAIGenerator("http://127.0.0.1:9/v1", "m", 8, 2.0, None)
+    generator = OpenAIGenerator(ChatEndpoint("http://127.0.0.1:9/v1", "m", 2.0, max_retries=1, backoff_s=0.01), 8)
     with pytest.raises(DistillError, match="cannot reach the OpenAI-compatible endpoint at http://127.0.0.1:9/v1"):
         generator.generate("q", [], build_messages("q", []))

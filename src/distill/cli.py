@@ -58,6 +58,8 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
             limit: Optional[int] = typer.Option(None, help="read at most this many queries"),
             strict: bool = typer.Option(False, help="stop at the first bad line instead of skipping it"),
             backend: Optional[str] = typer.Option(None, help="teacher backend: extractive, transformers or openai"),
+            engine: Optional[str] = typer.Option(None, help="'local' or 'ray' (Ray Data actors answer in parallel; "
+                                                            "default collect.engine)"),
             home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Answer a query log with the RAG teacher and store every answer as a trace (resumable)."""
     from rich.progress import Progress
@@ -67,11 +69,16 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
     from distill.teacher import Teacher
 
     workspace = _workspace(home)
-    config = workspace.config({"teacher": {"backend": backend}} if backend else None)
+    overrides = {"teacher": {"backend": backend}} if backend else {}
+    if engine:
+        overrides["collect"] = {"engine": engine}
+    config = workspace.config(overrides)
     console = _console()
     require_query_file(queries)
-    with console.status(f"loading the {config.teacher.backend} teacher"):
-        teacher = Teacher.from_workspace(workspace, config)
+    teacher = None
+    if config.collect.engine == "local":
+        with console.status(f"loading the {config.teacher.backend} teacher"):
+            teacher = Teacher.from_workspace(workspace, config)
     with Progress(console=console) as progress:
         task = progress.add_task("answering", total=None)
 
@@ -415,17 +422,30 @@ def ask(question: str = typer.Argument(..., help="the question"),
 @app.command()
 def serve(host: Optional[str] = typer.Option(None, help="listen address (default serve.host, 127.0.0.1)"),
           port: Optional[int] = typer.Option(None, help="port (default serve.port, 8080)"),
+          model: Optional[str] = typer.Option(None, help="serve this model alone, no router: a student version folder, "
+                                                          "any save_pretrained folder or SmolLM2-135M-Instruct (a CPU "
+                                                          "stand-in for vLLM, for teacher.openai or student.endpoint)"),
           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Serve the router over the OpenAI chat-completions API (/v1/chat/completions, /v1/models,
-    /health, /metrics)."""
+    /health, /metrics), or with --model one model over the same API."""
+    from distill.serve import create_app, create_model_app
     from distill.serve import serve as run_serve
 
     workspace = _workspace(home)
     config = workspace.config()
+    address = f"http://{host or config.serve.host}:{port or config.serve.port}/v1"
+    if model:
+        from distill.student import ChatModel
+
+        with _console().status(f"loading {model}"):
+            chat_model = ChatModel.load(model, workspace.models_dir, config.student.runtime)
+        _console().print(f"serving model '{chat_model.name}' on {address}")
+        run_serve(create_model_app(chat_model, config), config, host, port)
+        return
     router = _router(workspace, config)
     _console().print(f"serving student {router.version or '(none: everything goes to RAG)'} as "
-                     f"'{config.serve.model_name}' on http://{host or config.serve.host}:{port or config.serve.port}/v1")
-    run_serve(router, config, host, port)
+                     f"'{config.serve.model_name}' on {address}")
+    run_serve(create_app(router, config), config, host, port)
 
 
 @app.command()

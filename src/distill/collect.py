@@ -11,23 +11,35 @@ of the same command skips what is already stored and never duplicates:
     80
 
 Queries are answered and committed in batches of `collect.batch_size`: a crash or `kill -9` loses
-at most the batch in flight. A bad line (not JSON, no `query`, an unknown scope, a bad timestamp) is
+at most the batches in flight. A bad line (not JSON, no `query`, an unknown scope, a bad timestamp) is
 reported with its line number and skipped, or stops the run with `strict=True`.
+
+Two engines answer the batches (`collect.engine`): `local`, this process; and `ray`, a Ray Data
+pipeline whose `collect.ray_workers` actors each load a teacher (on a cluster: one per machine or
+GPU) and answer batches in parallel. Either way this process alone writes the trace store, batch
+by batch as answers stream back, so the resume guarantee is the same. With the `openai` teacher
+backend each worker keeps `teacher.openai.max_concurrency` requests in flight to the endpoint.
+
+    >>> collect(workspace, config, Path("queries.jsonl"), engine="ray").answered   # ray.init() here,
+    80                                                                            # or collect.ray_address
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from distill.config import Config, Workspace
 from distill.errors import DistillError
-from distill.store import Trace, TraceStore
+from distill.index import corpus_path
+from distill.store import CorpusStore, Trace, TraceStore
 from distill.teacher import Answer, Teacher
 
 
@@ -118,28 +130,106 @@ def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str
         completion_tokens=answer.completion_tokens, model=answer.model, backend=answer.backend)
 
 
+ENGINES = ("local", "ray")
+
+
 def collect(workspace: Workspace, config: Config, path: Path, limit: int | None = None, strict: bool = False,
-            teacher: Teacher | None = None, on_progress: Callable[[int, int], None] | None = None) -> CollectReport:
+            teacher: Teacher | None = None, on_progress: Callable[[int, int], None] | None = None,
+            engine: str | None = None) -> CollectReport:
     """Answer every not-yet-answered query in `path` with the teacher and append the traces."""
+    engine = engine or config.collect.engine
+    if engine not in ENGINES:
+        raise DistillError(f"unknown collection engine '{engine}'; set collect.engine (or --engine) to local or ray")
     require_query_file(path)
-    teacher = teacher or Teacher.from_workspace(workspace, config)
-    records, bad = read_queries(path, teacher.retriever.scopes or None, strict, limit)
+    if engine == "local":
+        teacher = teacher or Teacher.from_workspace(workspace, config)
+        scopes = teacher.retriever.scopes
+    else:
+        corpus = CorpusStore(corpus_path(workspace), read_only=True)
+        try:
+            scopes = corpus.scopes()
+        finally:
+            corpus.close()
+    records, bad = read_queries(path, scopes or None, strict, limit)
     report = CollectReport(run_id=uuid.uuid4().hex, queries_read=len(records), bad_lines=bad)
     with TraceStore(workspace.traces_db) as store:
         done = store.answered(r.query_id for r in records)
         unique = {r.query_id: r for r in records if r.query_id not in done}
         todo = list(unique.values())
         report.skipped_existing = len(records) - len(todo)
-        store.start_run(report.run_id, str(path), teacher.generator.backend)
-        size = config.collect.batch_size
+        store.start_run(report.run_id, str(path), config.teacher.backend if teacher is None else teacher.generator.backend)
         if on_progress:
             on_progress(0, len(todo))
-        for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
-            answers = teacher.answer_batch([(r.query, r.scope) for r in batch])
-            report.answered += store.append([to_trace(a, r, report.run_id) for a, r in zip(answers, batch)])
-            report.refused += sum(a.refused for a in answers)
+        batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"
+                   else _ray_batches(workspace, config, todo, report.run_id))
+        for traces in batches:
+            report.answered += store.append(traces)
+            report.refused += sum(t.refused for t in traces)
             if on_progress:
-                on_progress(len(batch), len(todo))
+                on_progress(len(traces), len(todo))
         store.finish_run(report.run_id, report.queries_read, report.answered, report.skipped_existing, len(bad))
     return report
+
+
+def _local_batches(teacher: Teacher, todo: list[QueryRecord], size: int, run_id: str) -> Iterator[list[Trace]]:
+    for start in range(0, len(todo), size):
+        batch = todo[start:start + size]
+        answers = teacher.answer_batch([(r.query, r.scope) for r in batch])
+        yield [to_trace(a, r, run_id) for a, r in zip(answers, batch)]
+
+
+class RayTeacher:
+    """One Ray actor: a teacher loaded once, answering batches of query records as traces (JSON)."""
+
+    def __init__(self, home: str, config: Config, run_id: str):
+        self.teacher = Teacher.from_workspace(Workspace(Path(home)), config)
+        self.run_id = run_id
+
+    def __call__(self, batch: dict) -> dict:
+        records = [QueryRecord(q, s, i, datetime.fromisoformat(t), int(n)) for q, s, i, t, n in
+                   zip(batch["query"], batch["scope"], batch["query_id"], batch["asked_at"], batch["line"])]
+        answers = self.teacher.answer_batch([(r.query, r.scope) for r in records])
+        return {"trace": [_trace_json(to_trace(a, r, self.run_id)) for a, r in zip(answers, records)]}
+
+
+def _ray_batches(workspace: Workspace, config: Config, todo: list[QueryRecord], run_id: str) -> Iterator[list[Trace]]:
+    """Fan `todo` out to Ray Data actors; yield each answered batch as it comes back."""
+    if not todo:
+        return
+    import ray
+
+    cfg = config.collect
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise DistillError(f"cannot start or reach Ray at '{cfg.ray_address or 'this machine'}' "
+                               f"({str(err).splitlines()[0]}); check collect.ray_address") from None
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # progress is the caller's (one bar for the whole run)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        items = [{"query": r.query, "scope": r.scope, "query_id": r.query_id, "asked_at": r.asked_at.isoformat(),
+                  "line": r.line} for r in todo]
+        answered = ray.data.from_items(items, override_num_blocks=max(cfg.ray_workers, math.ceil(len(todo) / cfg.batch_size))).map_batches(
+            RayTeacher, fn_constructor_kwargs={"home": str(workspace.home), "config": config, "run_id": run_id},
+            batch_size=cfg.batch_size, concurrency=cfg.ray_workers, num_cpus=cfg.ray_cpus_per_worker,
+            batch_format="numpy")
+        for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
+            yield [_trace_from_json(line) for line in batch["trace"]]
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _trace_json(trace: Trace) -> str:
+    return json.dumps(trace.__dict__, default=lambda value: value.isoformat())
+
+
+def _trace_from_json(line: str) -> Trace:
+    row = json.loads(line)
+    for key in ("asked_at", "created_at"):
+        row[key] = datetime.fromisoformat(row[key])
+    return Trace(**row)

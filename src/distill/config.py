@@ -74,6 +74,9 @@ class OpenAIConfig:
     api_key_env: str = _help("environment variable holding the API key (unset: no Authorization header)")
     timeout_s: float = _help("seconds to wait for one answer")
     max_new_tokens: int = _help("max_tokens sent with each request")
+    max_concurrency: int = _help("requests in flight at once per collecting process (a batching server answers them together)")
+    max_retries: int = _help("a request that cannot connect, times out, or gets HTTP 429/5xx is sent again up to this many times")
+    retry_backoff_s: float = _help("seconds before the first retry; each further retry waits twice as long")
 
 
 @dataclass
@@ -92,6 +95,13 @@ class TeacherConfig:
 @dataclass
 class CollectConfig:
     batch_size: int = _help("queries embedded, answered and committed together")
+    engine: str = _help("'local' (this process answers) or 'ray' (Ray Data actors answer batches in parallel; "
+                        "this process writes the traces)")
+    ray_address: str = _help("with engine 'ray': the cluster to join ('auto', 'ray://head:10001'); empty: start Ray "
+                             "on this machine")
+    ray_workers: int = _help("with engine 'ray': teacher actors answering at once (each loads the retriever and "
+                             "generator)")
+    ray_cpus_per_worker: float = _help("with engine 'ray': CPUs Ray reserves for each teacher actor")
 
 
 @dataclass
@@ -136,6 +146,10 @@ class StudentConfig:
                           "or 'int8' (dynamic quantization, CPU: fastest, but it changed most answers of the PolicyQA student)")
     max_new_tokens: int = _help("longest student answer, in tokens")
     batch_size: int = _help("questions answered together in one generate call when evaluating or batching")
+    endpoint: str = _help("base URL (ending in /v1) of an OpenAI-compatible server that serves the promoted version "
+                          "(vLLM, `distill serve --model`); empty: the router runs the student in its own process")
+    endpoint_model: str = _help("model name sent to student.endpoint (vLLM's --served-model-name)")
+    api_key_env: str = _help("environment variable holding student.endpoint's API key (unset: no Authorization header)")
 
 
 @dataclass

@@ -44,6 +44,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import os
 import queue
 import random
 import threading
@@ -61,7 +62,7 @@ from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.evaluate import token_f1
 from distill.store import Trace, TraceStore
-from distill.teacher import Answer, Teacher
+from distill.teacher import Answer, ChatEndpoint, Teacher
 
 logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
@@ -173,12 +174,13 @@ class StudentBatcher:
         """How long a question asked now would wait for its answer: the batches ahead of it and its own."""
         return 0.0 if self.batch_s is None else math.ceil((self.pending + 1) / self.size) * self.batch_s
 
-    def answer(self, query: str, scope: str | None):
-        """The student's Generation; raises what generating raised."""
+    def answer(self, *item):
+        """The Generation for one item of `student.answer_batch` (a student's (query, scope), a chat
+        model's (messages, max_tokens, stop)); raises what generating raised."""
         done = concurrent.futures.Future()
         with self._count:
             self.pending += 1
-        self._queue.put((query, scope, done))
+        self._queue.put((item, done))
         try:
             return done.result()
         finally:
@@ -194,13 +196,13 @@ class StudentBatcher:
             batch, stopping = _take_batch(self._queue, first, self.size, self.wait_s)
             began = time.perf_counter()
             try:
-                generations = self.student.answer_batch([(q, s) for q, s, _ in batch], max_time=self.max_time)
+                generations = self.student.answer_batch([item for item, _ in batch], max_time=self.max_time)
                 took = time.perf_counter() - began
                 self.batch_s = took if self.batch_s is None else 0.7 * self.batch_s + 0.3 * took
-                for (_, _, done), generation in zip(batch, generations):
+                for (_, done), generation in zip(batch, generations):
                     done.set_result(generation)
             except Exception as err:
-                for _, _, done in batch:
+                for _, done in batch:
                     done.set_exception(err)
             if stopping:
                 break
@@ -283,7 +285,7 @@ class Router:
     @classmethod
     def from_workspace(cls, workspace: Workspace, config: Config | None = None, log: bool | None = None) -> "Router":
         """The teacher over the workspace's index, the promoted student (if any) and a trace writer."""
-        from distill.student import Student
+        from distill.student import RemoteStudent, Student
 
         config = config or workspace.config()
         teacher = Teacher.from_workspace(workspace, config)
@@ -292,8 +294,16 @@ class Router:
         student, problem = None, None
         if version:
             try:
-                student = Student.load(registry.student_dir(workspace.models_dir, name) / version,
-                                       runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+                folder = registry.student_dir(workspace.models_dir, name) / version
+                if config.student.endpoint:  # generated elsewhere (vLLM); the manifest still read here
+                    endpoint = ChatEndpoint(config.student.endpoint, config.student.endpoint_model,
+                                            config.router.student_timeout_s, os.environ.get(config.student.api_key_env),
+                                            max_concurrency=config.student.batch_size, max_retries=0,
+                                            setting="student.endpoint")
+                    student = RemoteStudent.load(folder, endpoint, config.student.max_new_tokens)
+                else:
+                    student = Student.load(folder, runtime=config.student.runtime,
+                                           max_new_tokens=config.student.max_new_tokens)
             except (DistillError, OSError, ValueError) as err:  # a broken version: RAG answers everything
                 problem = f"student {version} cannot be loaded ({err}); every question goes to RAG"
                 logger.error(problem)

@@ -51,7 +51,6 @@ def create_app(router: Router, config: Config):
     overhead = Histogram("distill_router_seconds", "Time in the router's checks (generation excluded)",
                          buckets=LATENCY_BUCKETS, registry=registry)
     cfg = config.serve
-    api_key = os.environ.get(cfg.api_key_env) or None
 
     @asynccontextmanager
     async def lifespan(app):
@@ -68,17 +67,7 @@ def create_app(router: Router, config: Config):
         return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
                             status_code=status)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "missing or wrong bearer token; send Authorization: Bearer <key>",
-                             "authentication_error")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            return error(413, f"request body over {cfg.max_body_bytes} bytes (serve.max_body_bytes)")
-        return await call_next(request)
+    _guard(app, cfg, error)
 
     @app.get("/health")
     async def health():
@@ -139,6 +128,115 @@ def create_app(router: Router, config: Config):
     return app
 
 
+def _guard(app, cfg, error) -> None:
+    """Refuse a request without the bearer token ($serve.api_key_env, when set) or with a body
+    declared over serve.max_body_bytes, before it is read."""
+    from fastapi import Request
+
+    api_key = os.environ.get(cfg.api_key_env) or None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error(401, "missing or wrong bearer token; send Authorization: Bearer <key>",
+                             "authentication_error")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            return error(413, f"request body over {cfg.max_body_bytes} bytes (serve.max_body_bytes)")
+        return await call_next(request)
+
+
+def create_model_app(model, config: Config):
+    """An OpenAI-compatible server for one local causal LM (`distill serve --model`), greedy only.
+
+    It is what the teacher's `openai` backend and the router's `student.endpoint` call where no vLLM
+    runs (this CPU machine, CI): concurrent requests are answered together, up to
+    `student.batch_size` per `generate` call, as vLLM's continuous batching would. Answers carry
+    per-token log-probabilities (`logprobs: true`) and token usage.
+
+        $ distill serve --model models/student/current --port 8001
+        $ distill serve --model SmolLM2-135M-Instruct --port 8002   # a teacher LLM for collection
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from distill.router import StudentBatcher
+
+    cfg = config.serve
+    batcher = StudentBatcher(model, config.student.batch_size, config.router.batch_wait_ms / 1000, None)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.max_concurrent))
+        yield
+        batcher.close()
+
+    app = FastAPI(title=f"distill model server: {model.name}", lifespan=lifespan)
+
+    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                            status_code=status)
+
+    _guard(app, cfg, error)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model.name}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "distill"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            payload = json.loads((await request.body()).decode("utf-8"))
+            messages, max_tokens, stop = _chat_request(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return error(400, "the request body is not UTF-8 JSON")
+        except BadRequest as bad:
+            return error(400, bad.message, param=bad.param)
+        try:
+            generation = await asyncio.get_running_loop().run_in_executor(
+                None, batcher.answer, messages, max_tokens, stop)
+        except Exception:
+            log.exception("generation failed")
+            return error(500, "the server failed to generate; see its log", "server_error")
+        choice = {"index": 0, "message": {"role": "assistant", "content": generation.text},
+                  "finish_reason": "length" if generation.completion_tokens >= max_tokens else "stop"}
+        if payload.get("logprobs"):
+            choice["logprobs"] = {"content": [{"token": "", "logprob": lp} for lp in generation.token_logprobs]}
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model.name, "choices": [choice],
+                "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
+                          "total_tokens": generation.prompt_tokens + generation.completion_tokens}}
+
+    return app
+
+
+def _chat_request(payload) -> tuple[list[dict], int, tuple[str, ...]]:
+    """(messages, max_tokens, stop strings) of a chat-completions request for a model; raises BadRequest."""
+    if not isinstance(payload, dict):
+        raise BadRequest("the request body must be a JSON object")
+    if payload.get("stream"):
+        raise BadRequest("stream=true is not supported; send stream=false", "stream")
+    messages = payload.get("messages")
+    if (not isinstance(messages, list) or not messages or
+            not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in messages)):
+        raise BadRequest("'messages' must be a non-empty list of {role, content} with string content", "messages")
+    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens", 64))
+    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 2048:
+        raise BadRequest("'max_tokens' must be an integer from 1 to 2048", "max_tokens")
+    stop = payload.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("'stop' must be a string or a list of strings", "stop")
+    return [{"role": m["role"], "content": m["content"]} for m in messages], max_tokens, tuple(stop)
+
+
 class BadRequest(Exception):
     """A malformed chat request: answered with a 400 naming the field."""
 
@@ -171,8 +269,8 @@ def _question(payload, header_scope: str | None) -> tuple[str, str | None]:
     return content, scope
 
 
-def serve(router: Router, config: Config, host: str | None = None, port: int | None = None) -> None:
+def serve(app, config: Config, host: str | None = None, port: int | None = None) -> None:
+    """Run an app from `create_app` or `create_model_app` until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(router, config), host=host or config.serve.host, port=port or config.serve.port,
-                log_level="info")
+    uvicorn.run(app, host=host or config.serve.host, port=port or config.serve.port, log_level="info")

@@ -725,6 +725,10 @@ class CorpusStore:
         rows = self._con.execute("SELECT doc_id, max(version) FROM documents GROUP BY doc_id").fetchall()
         return dict(rows)
 
+    def scopes(self) -> set[str]:
+        """The scopes of the ingested chunks."""
+        return {r[0] for r in self._con.execute("SELECT DISTINCT scope FROM chunks WHERE scope IS NOT NULL").fetchall()}
+
     def document_hashes(self) -> dict[tuple[str, int], str]:
         """(doc_id, version) -> content hash of every stored document version."""
         rows = self._con.execute("SELECT doc_id, version, content_hash FROM documents").fetchall()

@@ -32,27 +32,8 @@ class Student:
         """Load a registered version. `runtime` picks the weights used for answering: on this
         2-core CPU a 135M student decodes a token in about 66 ms in fp32, 34 ms in bf16 and 26 ms
         with int8 dynamic quantization of its linear layers (on a GPU, int8 means bf16)."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if runtime not in RUNTIMES:
-            raise DistillError(f"setting 'student.runtime' must be one of {', '.join(RUNTIMES)} (got {runtime!r})")
-        manifest_file = Path(path) / MANIFEST
-        if not manifest_file.exists():
-            raise DistillError(f"{path} is not a student version (no {MANIFEST}); pass a models/<student>/<version> folder")
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except json.JSONDecodeError:
-            raise DistillError(f"the manifest {manifest_file} is corrupted; retrain or promote another version") from None
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path))
-        model.eval()
-        if torch.cuda.is_available():
-            model = model.to("cuda", torch.float32 if runtime == "fp32" else torch.bfloat16)
-        elif runtime == "bf16":
-            model = model.to(torch.bfloat16)
-        elif runtime == "int8":
-            model = _quantize_int8(model)
+        manifest = read_manifest(path)
+        model, tokenizer = load_causal_lm(Path(path), runtime)
         return cls(model, tokenizer, manifest, max_new_tokens)
 
     def prompt(self, query: str, scope: str | None = None) -> list[dict]:
@@ -69,8 +50,111 @@ class Student:
         outputs = greedy_chats(self.model, self.tokenizer, [self.prompt(q, s) for q, s in questions],
                                self.max_new_tokens, ["\n"], max_time)
         for generation, raw in outputs:
-            generation.text = raw.strip().split("\n")[0].strip()
+            generation.text = first_line(raw)
         return [generation for generation, _ in outputs]
+
+
+class RemoteStudent(Student):
+    """A registered student served by an OpenAI-compatible server instead of in this process:
+    vLLM (`vllm serve models/student/v0003 --served-model-name student`) or `distill serve --model`.
+
+    The manifest (intents, prompt template) is read from the same local version folder, so the
+    router's coverage and the prompt are those the student was trained with; only generation moves.
+    A batch of questions is sent as concurrent requests, which the server batches itself.
+
+        >>> student = RemoteStudent.load(version_dir, ChatEndpoint("http://gpu-1:8000/v1", "student", 10))
+        >>> student.answer("How long is the refund window?", scope="billing").text
+        'Refunds are possible within 30 days.'
+    """
+
+    def __init__(self, endpoint, manifest: dict, max_new_tokens: int = 48):
+        super().__init__(None, None, manifest, max_new_tokens)
+        self.endpoint = endpoint
+
+    @classmethod
+    def load(cls, path: Path, endpoint, max_new_tokens: int = 48) -> "RemoteStudent":
+        return cls(endpoint, read_manifest(path), max_new_tokens)
+
+    def answer_batch(self, questions: list[tuple[str, str | None]], max_time: float | None = None) -> list[Generation]:
+        generations = self.endpoint.complete_many([self.prompt(q, s) for q, s in questions], self.max_new_tokens,
+                                                  ["\n"], timeout_s=max_time)
+        for generation in generations:
+            generation.text = first_line(generation.text)
+        return generations
+
+
+class ChatModel:
+    """Any local causal LM with a chat template, answering chat-completions requests: what
+    `distill serve --model` serves, a CPU stand-in for vLLM (greedy decoding only).
+
+    `answer_batch` takes (messages, max_tokens, stop strings) requests and answers those that share
+    max_tokens and stop strings in one `generate` call. As in the OpenAI API, a stop string ends the
+    answer and is not part of it.
+    """
+
+    def __init__(self, model, tokenizer, name: str):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+
+    @classmethod
+    def load(cls, name: str, models_dir: Path, runtime: str = "fp32") -> "ChatModel":
+        """`name`: 'SmolLM2-135M-Instruct' (the offline GGUF), a registered student version or any
+        `save_pretrained` folder."""
+        from distill.teacher import SMOLLM2, smollm2_folder
+
+        path = smollm2_folder(models_dir) if name == SMOLLM2 else Path(name)
+        if not (path / "config.json").is_file():
+            raise DistillError(f"model '{name}' is neither '{SMOLLM2}' nor a save_pretrained folder (no config.json); "
+                               f"pass a models/<student>/<version> folder")
+        model, tokenizer = load_causal_lm(path, runtime)
+        return cls(model, tokenizer, name if name == SMOLLM2 else path.resolve().name)
+
+    def answer_batch(self, requests: list[tuple[list[dict], int, tuple[str, ...]]],
+                     max_time: float | None = None) -> list[Generation]:
+        answers: list[Generation | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, max_tokens, stop) in enumerate(requests):
+            groups.setdefault((max_tokens, tuple(stop)), []).append(i)
+        for (max_tokens, stop), members in groups.items():
+            outputs = greedy_chats(self.model, self.tokenizer, [requests[i][0] for i in members], max_tokens,
+                                   list(stop), max_time)
+            for i, (generation, raw) in zip(members, outputs):
+                cut = min([raw.find(s) for s in stop if s in raw], default=len(raw))
+                generation.text = raw[:cut]
+                answers[i] = generation
+        return answers
+
+
+def first_line(text: str) -> str:
+    return text.strip().split("\n")[0].strip()
+
+
+def read_manifest(path: Path) -> dict:
+    manifest_file = Path(path) / MANIFEST
+    if not manifest_file.exists():
+        raise DistillError(f"{path} is not a student version (no {MANIFEST}); pass a models/<student>/<version> folder")
+    try:
+        return json.loads(manifest_file.read_text())
+    except json.JSONDecodeError:
+        raise DistillError(f"the manifest {manifest_file} is corrupted; retrain or promote another version") from None
+
+
+def load_causal_lm(path: Path, runtime: str = "fp32"):
+    """A `save_pretrained` folder's model (in eval mode, on the GPU when there is one) and tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if runtime not in RUNTIMES:
+        raise DistillError(f"setting 'student.runtime' must be one of {', '.join(RUNTIMES)} (got {runtime!r})")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    model.eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda", torch.float32 if runtime == "fp32" else torch.bfloat16)
+    elif runtime == "bf16":
+        model = model.to(torch.bfloat16)
+    elif runtime == "int8":
+        model = _quantize_int8(model)
+    return model, tokenizer
 
 
 def _quantize_int8(model):

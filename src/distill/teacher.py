@@ -58,6 +58,8 @@ class Generation:
     answer_score: float | None = None  # the generator's own confidence in its answer, 0 to 1
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    token_logprobs: list[float] = field(default_factory=list, repr=False)
+    elapsed_ms: float | None = None  # set when generated apart from the answer's own timing (a concurrent batch)
 
 
 @dataclass
@@ -176,24 +178,37 @@ class Teacher:
             prepare([chunk for evidence in evidences for chunk in evidence])
         shared_ms = (time.perf_counter() - started) * 1000 / len(queries) - \
             sum(r.latency_ms for r in retrievals) / len(queries)
-        return [self._answer(r, e, v, embed_ms, shared_ms) for r, e, v in zip(retrievals, evidences, vectors)]
+        generations: list[Generation | None] = [None] * len(queries)
+        if generate_many := getattr(self.generator, "generate_many", None):  # a remote endpoint: all at once
+            wanted = [i for i, (r, e) in enumerate(zip(retrievals, evidences)) if self._early_refusal(r, e) is None]
+            asked = generate_many([build_messages(retrievals[i].query, evidences[i]) for i in wanted])
+            for i, generation in zip(wanted, asked):
+                generations[i] = generation
+        return [self._answer(r, e, v, embed_ms, shared_ms, g)
+                for r, e, v, g in zip(retrievals, evidences, vectors, generations)]
+
+    def _early_refusal(self, retrieval: Retrieval, evidence: list[dict]) -> str | None:
+        """Why to refuse before generating: no evidence, or evidence too far from the question."""
+        top = max((h.dense_score for h in retrieval.hits), default=None)
+        if not evidence:
+            return "no_evidence"
+        if top is None or top < self.config.min_top_score:
+            return "low_retrieval_score"
+        return None
 
     def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, embed_ms: float,
-                shared_ms: float) -> Answer:
+                shared_ms: float, generation: Generation | None = None) -> Answer:
         started = time.perf_counter()
         query, scope = retrieval.query, retrieval.scope
         dense_scores = sorted((h.dense_score for h in retrieval.hits), reverse=True)
         top = dense_scores[0] if dense_scores else None
         margin = dense_scores[0] - dense_scores[1] if len(dense_scores) > 1 else None
         messages = build_messages(query, evidence)
-        refusal = None
-        if not evidence:
-            refusal = "no_evidence"
-        elif top is None or top < self.config.min_top_score:
-            refusal = "low_retrieval_score"
-        generation = Generation("")
-        if refusal is None:
-            generation = self.generator.generate(query, evidence, messages, query_vector=vector)
+        refusal = self._early_refusal(retrieval, evidence)
+        if refusal is not None:
+            generation = Generation("")
+        else:
+            generation = generation or self.generator.generate(query, evidence, messages, query_vector=vector)
             if not generation.text.strip() or DECLINE.match(generation.text):
                 refusal = "model_declined"
         cited = [] if refusal else cite(generation.text, evidence)
@@ -209,7 +224,8 @@ class Teacher:
             mean_logprob=generation.mean_logprob, answer_score=generation.answer_score,
             groundedness=groundedness(generation.text, cited) if cited else None,
             citation_valid=all(c["chunk_id"] in retrieved_ids for c in cited),
-            latency_ms=(time.perf_counter() - started) * 1000 + retrieval.latency_ms + shared_ms,
+            latency_ms=(time.perf_counter() - started) * 1000 + retrieval.latency_ms + shared_ms
+            + (generation.elapsed_ms or 0.0),
             retrieval_ms=retrieval.latency_ms + embed_ms,
             prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
             model=self.generator.model_name, backend=self.generator.backend, prompt=messages)
@@ -221,8 +237,10 @@ def make_generator(config: TeacherConfig, retriever: Retriever, workspace: Works
     if config.backend == "transformers":
         return TransformersGenerator.load(config.transformers.model, workspace, config.transformers.max_new_tokens)
     if config.backend == "openai":
-        return OpenAIGenerator(config.openai.base_url, config.openai.model, config.openai.max_new_tokens,
-                               config.openai.timeout_s, os.environ.get(config.openai.api_key_env))
+        cfg = config.openai
+        endpoint = ChatEndpoint(cfg.base_url, cfg.model, cfg.timeout_s, os.environ.get(cfg.api_key_env),
+                                cfg.max_concurrency, cfg.max_retries, cfg.retry_backoff_s)
+        return OpenAIGenerator(endpoint, cfg.max_new_tokens)
     raise DistillError(f"unknown teacher backend '{config.backend}'; set teacher.backend to extractive, "
                        f"transformers or openai")
 
@@ -367,7 +385,7 @@ def greedy_chats(model, tokenizer, conversations: list[list[dict]], max_new_toke
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
-                             return_dict_in_generate=True, stop_strings=stop_strings, tokenizer=tokenizer,
+                             return_dict_in_generate=True, stop_strings=stop_strings or None, tokenizer=tokenizer,
                              pad_token_id=pad, max_time=max_time)
     prompt_len = inputs["input_ids"].shape[1]
     new = out.sequences[:, prompt_len:]
@@ -384,7 +402,8 @@ def greedy_chats(model, tokenizer, conversations: list[list[dict]], max_new_toke
         mean = float(np.mean(picked)) if picked else None
         generation = Generation(text="", mean_logprob=mean,
                                 answer_score=float(np.exp(mean)) if mean is not None else None,
-                                prompt_tokens=int(inputs["attention_mask"][row].sum()), completion_tokens=length)
+                                prompt_tokens=int(inputs["attention_mask"][row].sum()), completion_tokens=length,
+                                token_logprobs=picked)
         results.append((generation, tokenizer.decode(tokens[:length], skip_special_tokens=True)))
     return results
 
@@ -418,42 +437,101 @@ def first_answer_line(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 class OpenAIGenerator:
-    """Any OpenAI-compatible `/chat/completions` endpoint; asks for log-probabilities when offered."""
+    """Any OpenAI-compatible `/chat/completions` endpoint; asks for log-probabilities when offered.
+
+    A batch (`generate_many`) is sent as up to `max_concurrency` requests at once, which a batching
+    server (vLLM, `distill serve --model`) answers together; a failed request is retried (see
+    `ChatEndpoint`)."""
 
     backend = "openai"
 
-    def __init__(self, base_url: str, model: str, max_new_tokens: int, timeout_s: float, api_key: str | None):
-        import httpx
-
-        self.base_url, self.model_name, self.max_new_tokens = base_url.rstrip("/"), model, max_new_tokens
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
+    def __init__(self, endpoint: "ChatEndpoint", max_new_tokens: int):
+        self.endpoint, self.model_name, self.max_new_tokens = endpoint, endpoint.model, max_new_tokens
 
     def generate(self, query: str, evidence: list[dict], messages: list[dict],
                  query_vector: np.ndarray | None = None) -> Generation:
+        return self.generate_many([messages])[0]
+
+    def generate_many(self, conversations: list[list[dict]]) -> list[Generation]:
+        generations = self.endpoint.complete_many(conversations, self.max_new_tokens, STOP_STRINGS)
+        for generation in generations:
+            generation.text = first_answer_line(generation.text)
+        return generations
+
+
+class ChatEndpoint:
+    """A client of one OpenAI-compatible chat-completions server, shared by the teacher's `openai`
+    backend and the router's remote student.
+
+    Each request is retried up to `max_retries` times when the server cannot be reached, times out,
+    or answers 429 or 5xx, waiting `backoff_s`, then twice that, and so on (with jitter); any other
+    answer is an error at once. `complete_many` keeps at most `max_concurrency` requests in flight.
+
+        >>> endpoint = ChatEndpoint("http://127.0.0.1:8000/v1", "default", timeout_s=30)
+        >>> endpoint.complete_many([[{"role": "user", "content": "Hi"}]], max_tokens=8, stop=["\n"])
+        [Generation(text='Hello!', mean_logprob=-0.4, ...)]
+    """
+
+    def __init__(self, base_url: str, model: str, timeout_s: float, api_key: str | None = None,
+                 max_concurrency: int = 8, max_retries: int = 4, backoff_s: float = 0.5, setting: str = "teacher.openai"):
         import httpx
 
-        body = {"model": self.model_name, "messages": messages, "max_tokens": self.max_new_tokens,
-                "temperature": 0, "logprobs": True, "stop": STOP_STRINGS}
-        try:
-            response = self._client.post("/chat/completions", json=body)
-        except httpx.HTTPError as err:
-            raise DistillError(f"cannot reach the OpenAI-compatible endpoint at {self.base_url} "
-                               f"({type(err).__name__}); start the server or set teacher.openai.base_url") from None
-        if response.status_code != 200:
-            raise DistillError(f"the endpoint at {self.base_url} answered HTTP {response.status_code} "
-                               f"({response.text[:120]!r}); check teacher.openai.model and the API key")
+        self.base_url, self.model, self.setting = base_url.rstrip("/"), model, setting
+        self.max_concurrency, self.max_retries, self.backoff_s = max(1, max_concurrency), max_retries, backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers, limits=limits)
+        self.retries = 0  # requests sent again, over this client's life
+
+    def complete_many(self, conversations: list[list[dict]], max_tokens: int, stop: list[str],
+                      timeout_s: float | None = None) -> list[Generation]:
+        if len(conversations) <= 1 or self.max_concurrency == 1:
+            return [self.complete(c, max_tokens, stop, timeout_s) for c in conversations]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(self.max_concurrency, len(conversations))) as pool:
+            return list(pool.map(lambda c: self.complete(c, max_tokens, stop, timeout_s), conversations))
+
+    def complete(self, messages: list[dict], max_tokens: int, stop: list[str],
+                 timeout_s: float | None = None) -> Generation:
+        import random
+
+        import httpx
+
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                "logprobs": True, "stop": stop}
+        started = time.perf_counter()
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.retries += 1
+                time.sleep(self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
+            try:
+                response = self._client.post("/chat/completions", json=body,
+                                             **({"timeout": timeout_s} if timeout_s else {}))
+            except httpx.HTTPError as err:
+                problem = f"cannot reach the OpenAI-compatible endpoint at {self.base_url} ({type(err).__name__})"
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                problem = f"the endpoint at {self.base_url} answered HTTP {response.status_code}"
+                continue
+            if response.status_code != 200:
+                raise DistillError(f"the endpoint at {self.base_url} answered HTTP {response.status_code} "
+                                   f"({response.text[:120]!r}); check {self.setting}.model and the API key")
+            return self._generation(response, started)
+        raise DistillError(f"{problem}, {self.max_retries + 1} tries; start the server or set {self.setting}.base_url")
+
+    def _generation(self, response, started: float) -> Generation:
         try:
             data = response.json()
             choice = data["choices"][0]
             text = choice["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             raise DistillError(f"the endpoint at {self.base_url} did not answer in chat-completions format; "
-                               f"check teacher.openai.base_url (it should end in /v1)") from None
+                               f"check {self.setting}.base_url (it should end in /v1)") from None
         logprobs = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or []) if "logprob" in t]
         usage = data.get("usage") or {}
         mean = float(np.mean(logprobs)) if logprobs else None
-        return Generation(text=first_answer_line(text),
-                          mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
+        return Generation(text=text, mean_logprob=mean, answer_score=float(np.exp(mean)) if mean is not None else None,
                           prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                          completion_tokens=int(usage.get("completion_tokens", 0)))
+                          completion_tokens=int(usage.get("completion_tokens", 0)), token_logprobs=logprobs,
+                          elapsed_ms=(time.perf_counter() - started) * 1000)
