@@ -104,7 +104,7 @@ def _wal_size(db: Path) -> int:
 
 def test_ray_engine_with_an_openai_teacher_resumes_like_the_local_one(corpus_workspace, tiny_model_server, tmp_path):
     """Ray Data actors on this machine, each calling `distill serve --model` as the teacher's LLM."""
-    path = write_lines(tmp_path / "q.jsonl", QUERIES + ["not json"])
+    path = write_lines(tmp_path / "q.jsonl", [{**q, "query_id": f"ray-{i}"} for i, q in enumerate(QUERIES)] + ["not json"])
     config = corpus_workspace.config({"collect": {"engine": "ray", "ray_workers": 2, "batch_size": 2},
                                       "teacher": {"backend": "openai",
                                                   "openai": {"base_url": tiny_model_server, "max_new_tokens": 4}}})
