@@ -66,6 +66,31 @@ def test_full_fine_tune(workspace, tmp_path):
     result = train(workspace, workspace.config({"train": {"method": "full", "max_steps": 4}}),
                    write_dataset(tmp_path / "ds"), progress=False)
     assert result.steps == 4 and (result.path / "model.safetensors").exists()
+    # what vLLM loads: a plain model folder with its tokenizer and chat template, nothing of the trainer's
+    names = {p.name for p in result.path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
+    assert "training_args.bin" not in names and not any(n.startswith("adapter") for n in names)
+    assert "vllm serve" in (result.path / "README.md").read_text()
+
+
+def test_data_parallel_training_with_two_processes_registers_one_version(workspace, tmp_path):
+    """torchrun (as `accelerate launch` with configs/accelerate/multi-gpu.yaml does on GPUs): two
+    DDP processes on the CPU (gloo); only the main one writes the registry."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dataset = write_dataset(tmp_path / "ds")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "distill.cli", "train", "--dataset",
+                           str(dataset), "--method", "full", "--max-steps", "3", "--home", str(workspace.home)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in registry.student_dir(workspace.models_dir, "student").iterdir()
+                  if not p.name.startswith(".")) == ["v0001"]
+    metrics = json.loads((registry.student_dir(workspace.models_dir, "student") / "v0001" / "distill.json")
+                         .read_text())["metrics"]
+    assert metrics["processes"] == 2 and metrics["steps"] == 3 and metrics["tokens_per_s"] > 0
 
 
 def test_bad_inputs_are_one_line_errors(workspace, tmp_path):
@@ -139,3 +164,14 @@ def test_a_trained_version_answers_with_its_own_template(workspace, tmp_path):
     assert 0 < generation.answer_score <= 1 and generation.prompt_tokens > 5
     with pytest.raises(DistillError, match="not a student version"):
         Student.load(tmp_path)
+
+
+@pytest.mark.parametrize("name, kind", [("cpu", "NO"), ("multi-gpu", "MULTI_GPU"), ("fsdp", "FSDP"),
+                                        ("multi-node", "MULTI_GPU")])
+def test_the_shipped_accelerate_configs_parse(name, kind):
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parents[1] / "configs" / "accelerate" / f"{name}.yaml"))
+    assert str(config.distributed_type).split(".")[-1] == kind

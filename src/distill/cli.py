@@ -176,7 +176,7 @@ def train(dataset: Optional[Path] = typer.Option(None, help="a dataset folder fr
         overrides["max_steps"] = max_steps
     if base_model is not None:
         overrides["base_model"] = base_model
-    result = run_train(workspace, workspace.config({"train": overrides}))
+    result = run_train(workspace, workspace.config({"train": overrides}), dataset)
     if result is None:  # a secondary process of `accelerate launch`
         return
     losses = result.losses

@@ -139,15 +139,23 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
     started = time.time()
     trainer.train(resume_from_checkpoint=resume or None)
     runtime = time.time() - started
-    if not trainer.is_world_process_zero():
-        return None  # under `accelerate launch` with several processes, only the main one registers
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    trained = trainer.model.merge_and_unload() if cfg.method == "lora" else trainer.model
-
     version = registry.next_version(workspace.models_dir, cfg.student_name)
     tmp = root / f".{version}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(tmp)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Every process calls save_model: under FSDP it gathers the sharded weights; only the main one writes.
+    trainer.save_model(str(tmp))
+    if not trainer.is_world_process_zero():
+        return None  # under `accelerate launch` or torchrun with several processes, only the main one registers
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    if cfg.method == "lora":  # the saved adapter, merged into the base: a plain model folder vLLM loads
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(tmp)).merge_and_unload()
+        shutil.rmtree(tmp)
+        merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     clusters = {}
     for row in dataset:
@@ -163,7 +171,9 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
         "dataset_hash": meta.get("content_hash"), "curation_run_id": meta.get("run_id"),
         "prompt_template": meta.get("prompt_template"), "examples": len(dataset),
         "clusters": list(clusters.values()), "training": asdict(cfg),
-        "metrics": {"train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1)},
+        "metrics": {"train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1),
+                    "processes": trainer.args.world_size, "tokens": int(tokens),
+                    "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None},
         "eval": None,
     }
     (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -196,7 +206,14 @@ router serves this model only for the intents, scopes and document versions list
 | prompt template | `{manifest['prompt_template']}` |
 | training | {manifest['metrics']['steps']} steps, batch {cfg['batch_size']}, lr {cfg['learning_rate']} ({cfg['lr_scheduler']}), max length {cfg['max_length']}, seed {cfg['seed']} |
 | train loss | {first} -> {last} |
-| runtime | {manifest['metrics']['runtime_s']} s |
+| runtime | {manifest['metrics']['runtime_s']} s on {manifest['metrics']['processes']} process(es), {manifest['metrics']['tokens_per_s']} tokens/s |
 
 The nightly gate adds its evaluation (held-out recent window, covered intents) to `distill.json` under `eval`.
+
+## Serving it elsewhere
+
+This folder is a plain `save_pretrained` model (adapters merged), so any server that loads
+Hugging Face folders serves it: `vllm serve <this folder> --served-model-name student`, then set
+`student.endpoint` to that server's `/v1` URL and the router calls it instead of loading the weights.
+The prompt the server must be sent is the template above, rendered by the router from this manifest.
 """
