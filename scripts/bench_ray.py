@@ -10,7 +10,7 @@
 
 Every run answers into a fresh trace store.
 
-    python scripts/bench_ray.py [--queries 2000] [--llm-queries 64]
+    python scripts/bench_ray.py [--queries 2000] [--llm-queries 32]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def model_server(home: Path) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--llm-queries", type=int, default=64)
+    parser.add_argument("--llm-queries", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     traffic = make_traffic(require_policyqa(), ROOT / "bench" / "traffic", n_queries=4000, seed=0)
@@ -82,7 +82,8 @@ def main() -> None:
     if args.llm_queries:
         process, url = model_server(ws.home)
         try:
-            teacher = {"backend": "openai", "openai": {"base_url": url, "max_new_tokens": 48}}
+            # a batch of 8 RAG prompts takes tens of seconds on 2 cores: wait for it rather than retry
+            teacher = {"backend": "openai", "openai": {"base_url": url, "max_new_tokens": 48, "timeout_s": 600.0}}
             rates = {}
             for name, overrides in (
                     ("local, 1 in flight", {"teacher": {**teacher, "openai": {**teacher["openai"], "max_concurrency": 1}}}),

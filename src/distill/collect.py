@@ -215,7 +215,8 @@ def _ray_batches(workspace: Workspace, config: Config, todo: list[QueryRecord], 
                   "line": r.line} for r in todo]
         answered = ray.data.from_items(items, override_num_blocks=max(cfg.ray_workers, math.ceil(len(todo) / cfg.batch_size))).map_batches(
             RayTeacher, fn_constructor_kwargs={"home": str(workspace.home), "config": config, "run_id": run_id},
-            batch_size=cfg.batch_size, concurrency=cfg.ray_workers, num_cpus=cfg.ray_cpus_per_worker,
+            batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.ray_workers),
+            num_cpus=cfg.ray_cpus_per_worker,
             batch_format="numpy")
         for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
             yield [_trace_from_json(line) for line in batch["trace"]]

@@ -306,6 +306,24 @@ def _figures_parsed(rows: list[dict]) -> list[dict]:
     return [{**row, "figures": json.loads(row["figures"])} for row in rows]
 
 
+def _extension_path(name: str) -> str:
+    """The file of a DuckDB extension shipped as the PyPI package `duckdb-extension-<name>` (at
+    duckdb's own version): `INSTALL` would download it, and this machine may have no internet."""
+    import importlib
+
+    package = f"duckdb_extension_{name}"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        module = None
+    path = (Path(module.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+            if module else None)
+    if path is None or not path.exists():
+        raise DistillError(f"the DuckDB {name} extension for duckdb {duckdb.__version__} is not installed; "
+                           f"pip install duckdb-extension-{name.replace('_', '-')}=={duckdb.__version__}")
+    return str(path)
+
+
 @dataclass(frozen=True)
 class LakeLocation:
     """Where a DuckLake trace catalog lives: `catalog` is its metadata database (a local
@@ -316,17 +334,6 @@ class LakeLocation:
     data_path: str
 
 
-def _ducklake_extension_path() -> str:
-    import duckdb_extension_ducklake
-
-    path = (Path(duckdb_extension_ducklake.__file__).parent / "extensions" / f"v{duckdb.__version__}"
-            / "ducklake.duckdb_extension")
-    if not path.exists():
-        raise DistillError(f"DuckDB ducklake extension for duckdb {duckdb.__version__} not found at {path}; "
-                           f"install duckdb-extension-ducklake=={duckdb.__version__}")
-    return str(path)
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -335,10 +342,14 @@ def _attach_lake(cur: duckdb.DuckDBPyConnection, lake: LakeLocation) -> None:
     """Attach the catalog as `lake`. Rows are always written to Parquet (no inlining into the
     metadata database), so every trace lands in a `day=.../scope=.../` file that any Parquet
     reader can open."""
-    cur.execute(f"LOAD '{_ducklake_extension_path()}'")
-    if "://" not in lake.data_path:
+    cur.execute(f"LOAD '{_extension_path('ducklake')}'")
+    if "://" in lake.data_path:  # s3://, gs://, az://...: credentials come from a persistent DuckDB secret
+        cur.execute(f"LOAD '{_extension_path('httpfs')}'")
+    else:
         Path(lake.data_path).mkdir(parents=True, exist_ok=True)
-    if ":" not in lake.catalog:
+    if lake.catalog.startswith("postgres:"):
+        cur.execute(f"LOAD '{_extension_path('postgres_scanner')}'")
+    elif ":" not in lake.catalog:
         Path(lake.catalog).parent.mkdir(parents=True, exist_ok=True)
     try:
         cur.execute(f"ATTACH {_literal('ducklake:' + lake.catalog)} AS lake "
@@ -696,16 +707,6 @@ _CHUNK_COLUMNS = ["chunk_key", "chunk_id", "doc_id", "version", "scope", "source
                   "position", "content_hash", "injection_flag", "is_latest"]
 
 
-def _fts_extension_path() -> str:
-    import duckdb_extension_fts
-
-    path = Path(duckdb_extension_fts.__file__).parent / "extensions" / f"v{duckdb.__version__}" / "fts.duckdb_extension"
-    if not path.exists():
-        raise DistillError(f"DuckDB fts extension for duckdb {duckdb.__version__} not found at {path}; "
-                           f"install duckdb-extension-fts=={duckdb.__version__}")
-    return str(path)
-
-
 class CorpusStore:
     """Documents and chunks with their versions, and the BM25 index over the chunks."""
 
@@ -715,7 +716,7 @@ class CorpusStore:
         self._lock = threading.Lock()
         if not read_only:
             _migrate(self._con, self.path, CORPUS_MIGRATIONS)
-        self._con.execute(f"LOAD '{_fts_extension_path()}'")
+        self._con.execute(f"LOAD '{_extension_path('fts')}'")
 
     def close(self) -> None:
         self._con.close()
