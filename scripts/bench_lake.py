@@ -6,7 +6,8 @@ and scope), then times, in this one process and in alternating order:
 
 - the curation SQL alone (`CURATION_INPUT`) on the file and on the lake;
 - the whole `curate` stage from the file and with `--lake` (reading the lake, storing decisions in
-  the file; the file already holds every trace, as on a collector that pushes and curates).
+  the file; the file already holds every trace, as on a collector that pushes and curates), each
+  in a fresh process, with its peak memory.
 
     python scripts/bench_lake.py [--traces 1000000] [--distinct 10000]
 """
@@ -14,10 +15,14 @@ and scope), then times, in this one process and in alternating order:
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from bench_curate import synthetic_workspace
+from distill.config import Workspace
 from distill.curate import curate
 from distill.store import TraceLake, TraceStore
 from policyqa import ROOT, require_policyqa, save_results
@@ -26,6 +31,14 @@ from policyqa import ROOT, require_policyqa, save_results
 def _size_mb(path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
+
+
+def _curate(home, from_lake: bool):
+    """One curate run, its wall time and this process's peak RSS in MB."""
+    workspace = Workspace(home)
+    started = time.perf_counter()
+    result = curate(workspace, workspace.config(), from_lake=from_lake)
+    return result, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -71,11 +84,13 @@ def main() -> None:
     print(f"curation SQL, {args.traces:,} rows: file {best['file']:.1f} s, lake {best['lake']:.1f} s "
           f"(lake/file {best['lake'] / best['file']:.2f})")
     print(f"curate stage: file {curate_s['file']:.1f} s, lake {curate_s['lake']:.1f} s "
-          f"(lake/file {curate_s['lake'] / curate_s['file']:.2f}); same training set "
+          f"(lake/file {curate_s['lake'] / curate_s['file']:.2f}); peak RSS file {peak_mb['file']:,.0f} MB, "
+          f"lake {peak_mb['lake']:,.0f} MB; same training set "
           f"({results['lake'].examples} examples, {results['lake'].train:,} traces kept)")
     save_results("lake", {"traces": args.traces, "distinct": distinct, "push_s": push_s, "partitions": partitions,
                           "sql_file_s": best["file"], "sql_lake_s": best["lake"],
-                          "curate_file_s": curate_s["file"], "curate_lake_s": curate_s["lake"]})
+                          "curate_file_s": curate_s["file"], "curate_lake_s": curate_s["lake"],
+                          "curate_file_peak_mb": peak_mb["file"], "curate_lake_peak_mb": peak_mb["lake"]})
 
 
 if __name__ == "__main__":

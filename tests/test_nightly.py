@@ -123,3 +123,19 @@ def test_two_runs_never_overlap(workspace):
 def test_a_missing_trace_store_is_one_line(tmp_path):
     with pytest.raises(DistillError, match="distill collect"):
         nightly(Workspace(tmp_path), Workspace(tmp_path).config(), today=DAY)
+
+
+def test_a_central_machine_trains_from_the_lake_alone(workspace, tmp_path_factory):
+    """The collector pushes its traces; the training machine has the corpus, the lake and no trace store."""
+    lake = tmp_path_factory.mktemp("lake")
+    settings = (workspace.home / "distill.toml").read_text() + \
+        f'[lake]\ncatalog = "{lake}/t.ducklake"\ndata_path = "{lake}/data"\n'
+    (workspace.home / "distill.toml").write_text(settings)
+    with TraceStore(workspace.traces_db) as store:
+        store.push_to_lake(workspace.lake(workspace.config()))
+    central = Workspace(tmp_path_factory.mktemp("central"))
+    os.symlink(workspace.index_dir, central.home / "index")
+    (central.home / "distill.toml").write_text(settings)
+    result = nightly(central, central.config(), today=DAY, from_lake=True)
+    assert result.status == "promoted" and result.figures["curate"]["traces_seen"] == 24
+    assert result.figures["evaluate"]["queries"] == 3

@@ -189,6 +189,8 @@ def train(dataset: Optional[Path] = typer.Option(None, help="a dataset folder fr
 def nightly(gold: Optional[Path] = typer.Option(None, help="gold.jsonl (query_id, gold_answers): gate on F1 against gold "
                                                          "instead of agreement with the teacher"),
             force: bool = typer.Option(False, "--force", help="run even if today's run already finished"),
+            lake: bool = typer.Option(False, help="curate the traces of the DuckLake catalog of [lake] (every machine's "
+                                                  "pushed traces)"),
             home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Curate, train, evaluate on the held-out window, and promote only if the gate passes (for cron)."""
     from distill.evaluate import load_gold
@@ -197,7 +199,7 @@ def nightly(gold: Optional[Path] = typer.Option(None, help="gold.jsonl (query_id
     workspace = _workspace(home)
     console = _console()
     result = run_nightly(workspace, workspace.config(), gold=load_gold(gold) if gold else None, force=force,
-                         say=lambda stage, text: console.print(f"[bold]{stage:9s}[/] {text}"))
+                         say=lambda stage, text: console.print(f"[bold]{stage:9s}[/] {text}"), from_lake=lake)
     if result.status == "skipped":
         console.print(f"[yellow]{result.reason}[/]")
     console.print(f"serving: {result.current or 'no student (everything goes to RAG)'}; "

@@ -58,12 +58,14 @@ class NightlyResult:
 
 
 def nightly(workspace: Workspace, config: Config, gold: dict[str, list[str]] | None = None, force: bool = False,
-            today: date | None = None, say: Callable[[str, str], None] = lambda stage, text: None) -> NightlyResult:
-    """Run tonight's job; `say(stage, text)` hears each stage's one-line summary."""
+            today: date | None = None, say: Callable[[str, str], None] = lambda stage, text: None,
+            from_lake: bool = False) -> NightlyResult:
+    """Run tonight's job; `say(stage, text)` hears each stage's one-line summary. With `from_lake`,
+    curation reads the traces every machine pushed to the lake (see `curate`)."""
     day = today or datetime.now(timezone.utc).date()
     student = config.train.student_name
     with _exclusive(workspace.home / "nightly.lock"):
-        if not workspace.traces_db.exists():
+        if not from_lake and not workspace.traces_db.exists():
             raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
         with TraceStore(workspace.traces_db) as store:
             earlier = store.nightly_runs(day)
@@ -80,7 +82,7 @@ def nightly(workspace: Workspace, config: Config, gold: dict[str, list[str]] | N
             store.start_nightly(run_id, day, registry.current(workspace.models_dir, student))
         run = _Run(workspace, run_id, say)
         try:
-            result = _stages(workspace, config, run, gold)
+            result = _stages(workspace, config, run, gold, from_lake)
         except BaseException as err:
             reason = str(err) if isinstance(err, DistillError) else f"{type(err).__name__}: {err}"
             run.finish("failed", reason)
@@ -110,9 +112,9 @@ class _Run:
         return status, reason
 
 
-def _stages(workspace: Workspace, config: Config, run: _Run, gold) -> tuple[str, str]:
+def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bool) -> tuple[str, str]:
     cfg, student = config.nightly, config.train.student_name
-    curation = curate(workspace, config)
+    curation = curate(workspace, config, from_lake=from_lake)
     run.record("curate", {"run_id": curation.run_id, "traces_seen": curation.traces_seen,
                           "clusters": curation.clusters, "train": curation.train, "examples": curation.examples,
                           "leaked_eval_traces": curation.leaked_eval_traces, "dataset_hash": curation.dataset_hash},
