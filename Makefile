@@ -37,6 +37,8 @@ bench: install
 	$(BIN)/python scripts/bench_replay.py
 	$(BIN)/python scripts/bench_serve.py
 	$(BIN)/python scripts/bench_tune.py
+	$(BIN)/python scripts/bench_ray.py
+	$(BIN)/python scripts/bench_lake.py
 	$(BIN)/python scripts/benchmark.py
 
 clean:

@@ -74,11 +74,11 @@ def main() -> None:
                 rows = len(reader.curation_input())
         sql_s[source].append(time.perf_counter() - started)
         assert rows == args.traces
-    curate_s, results = {}, {}
-    for source in ("file", "lake"):
-        started = time.perf_counter()
-        results[source] = curate(workspace, config, from_lake=source == "lake")
-        curate_s[source] = time.perf_counter() - started
+    curate_s, results, peak_mb = {}, {}, {}
+    for source in ("file", "lake"):  # each in a fresh process, so its peak memory is its own
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results[source], curate_s[source], peak_mb[source] = pool.submit(
+                _curate, workspace.home, source == "lake").result()
     assert results["file"].dataset_hash == results["lake"].dataset_hash, "the lake gave a different training set"
     best = {source: min(times) for source, times in sql_s.items()}
     print(f"curation SQL, {args.traces:,} rows: file {best['file']:.1f} s, lake {best['lake']:.1f} s "

@@ -171,15 +171,21 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     return report
 
 
+def _answered(teacher: Teacher, records: list[QueryRecord], run_id: str) -> list[Trace]:
+    answers = teacher.answer_batch([(r.query, r.scope) for r in records])
+    return [to_trace(a, r, run_id) for a, r in zip(answers, records)]
+
+
 def _local_batches(teacher: Teacher, todo: list[QueryRecord], size: int, run_id: str) -> Iterator[list[Trace]]:
     for start in range(0, len(todo), size):
-        batch = todo[start:start + size]
-        answers = teacher.answer_batch([(r.query, r.scope) for r in batch])
-        yield [to_trace(a, r, run_id) for a, r in zip(answers, batch)]
+        yield _answered(teacher, todo[start:start + size], run_id)
 
 
 class RayTeacher:
-    """One Ray actor: a teacher loaded once, answering batches of query records as traces (JSON)."""
+    """One Ray actor: a teacher loaded once, answering batches of query records as traces (JSON).
+
+    It opens the workspace at the collecting machine's path: on a cluster, the workspace folder
+    (its index/) must be mounted at the same path on every node (NFS, EFS, a baked image)."""
 
     def __init__(self, home: str, config: Config, run_id: str):
         self.teacher = Teacher.from_workspace(Workspace(Path(home)), config)
@@ -188,8 +194,7 @@ class RayTeacher:
     def __call__(self, batch: dict) -> dict:
         records = [QueryRecord(q, s, i, datetime.fromisoformat(t), int(n)) for q, s, i, t, n in
                    zip(batch["query"], batch["scope"], batch["query_id"], batch["asked_at"], batch["line"])]
-        answers = self.teacher.answer_batch([(r.query, r.scope) for r in records])
-        return {"trace": [_trace_json(to_trace(a, r, self.run_id)) for a, r in zip(answers, records)]}
+        return {"trace": [_trace_json(trace) for trace in _answered(self.teacher, records, self.run_id)]}
 
 
 def _ray_batches(workspace: Workspace, config: Config, todo: list[QueryRecord], run_id: str) -> Iterator[list[Trace]]:
@@ -213,11 +218,11 @@ def _ray_batches(workspace: Workspace, config: Config, todo: list[QueryRecord], 
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         items = [{"query": r.query, "scope": r.scope, "query_id": r.query_id, "asked_at": r.asked_at.isoformat(),
                   "line": r.line} for r in todo]
-        answered = ray.data.from_items(items, override_num_blocks=max(cfg.ray_workers, math.ceil(len(todo) / cfg.batch_size))).map_batches(
+        blocks = max(cfg.ray_workers, math.ceil(len(todo) / cfg.batch_size))  # enough to keep every actor busy
+        answered = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             RayTeacher, fn_constructor_kwargs={"home": str(workspace.home), "config": config, "run_id": run_id},
             batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.ray_workers),
-            num_cpus=cfg.ray_cpus_per_worker,
-            batch_format="numpy")
+            num_cpus=cfg.ray_cpus_per_worker, batch_format="numpy")
         for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
             yield [_trace_from_json(line) for line in batch["trace"]]
     finally:

@@ -14,6 +14,9 @@ The question is the last user message; its scope comes from `metadata.scope` (or
 "param", "code"}}`. `/health` says what is serving; `/metrics` is Prometheus text (requests by route
 and reason, latency histograms). With `$DISTILL_API_KEY` set (`serve.api_key_env`), every request
 but /health needs `Authorization: Bearer <key>`. Shutting down flushes every trace.
+
+`distill serve --model M` (`create_model_app`) serves one model over the same API instead, with no
+router: a stand-in for vLLM as the teacher's LLM or as the student's endpoint.
 """
 
 

@@ -59,7 +59,7 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     token_logprobs: list[float] = field(default_factory=list, repr=False)
-    elapsed_ms: float | None = None  # set when generated apart from the answer's own timing (a concurrent batch)
+    elapsed_ms: float | None = None  # the request's own wall time, when sent to an endpoint
 
 
 @dataclass
@@ -199,6 +199,7 @@ class Teacher:
     def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, embed_ms: float,
                 shared_ms: float, generation: Generation | None = None) -> Answer:
         started = time.perf_counter()
+        generated_apart_ms = generation.elapsed_ms or 0.0 if generation else 0.0  # a concurrent batch's request
         query, scope = retrieval.query, retrieval.scope
         dense_scores = sorted((h.dense_score for h in retrieval.hits), reverse=True)
         top = dense_scores[0] if dense_scores else None
@@ -224,8 +225,7 @@ class Teacher:
             mean_logprob=generation.mean_logprob, answer_score=generation.answer_score,
             groundedness=groundedness(generation.text, cited) if cited else None,
             citation_valid=all(c["chunk_id"] in retrieved_ids for c in cited),
-            latency_ms=(time.perf_counter() - started) * 1000 + retrieval.latency_ms + shared_ms
-            + (generation.elapsed_ms or 0.0),
+            latency_ms=(time.perf_counter() - started) * 1000 + retrieval.latency_ms + shared_ms + generated_apart_ms,
             retrieval_ms=retrieval.latency_ms + embed_ms,
             prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
             model=self.generator.model_name, backend=self.generator.backend, prompt=messages)
