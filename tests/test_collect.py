@@ -123,3 +123,5 @@ def test_ray_engine_with_an_openai_teacher_resumes_like_the_local_one(corpus_wor
     assert any(r["prompt_tokens"] > 0 for r in rows)  # the endpoint answered (a thin-evidence query sends none)
     with pytest.raises(DistillError, match="collect.engine"):
         collect(corpus_workspace, config, path, engine="spark")
+    with pytest.raises(DistillError, match="collect.ray_workers"):
+        collect(corpus_workspace, corpus_workspace.config({"collect": {"engine": "ray", "ray_workers": 0}}), path)

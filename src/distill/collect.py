@@ -140,6 +140,8 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     engine = engine or config.collect.engine
     if engine not in ENGINES:
         raise DistillError(f"unknown collection engine '{engine}'; set collect.engine (or --engine) to local or ray")
+    if engine == "ray" and config.collect.ray_workers < 1:
+        raise DistillError(f"setting 'collect.ray_workers' must be at least 1 (got {config.collect.ray_workers})")
     require_query_file(path)
     if engine == "local":
         teacher = teacher or Teacher.from_workspace(workspace, config)

@@ -342,6 +342,7 @@ def _attach_lake(cur: duckdb.DuckDBPyConnection, lake: LakeLocation) -> None:
     """Attach the catalog as `lake`. Rows are always written to Parquet (no inlining into the
     metadata database), so every trace lands in a `day=.../scope=.../` file that any Parquet
     reader can open."""
+    cur.execute("SET enable_progress_bar = false")  # a long push or pull must not draw over the CLI's own progress
     cur.execute(f"LOAD '{_extension_path('ducklake')}'")
     if "://" in lake.data_path:  # s3://, gs://, az://...: credentials come from a persistent DuckDB secret
         cur.execute(f"LOAD '{_extension_path('httpfs')}'")
