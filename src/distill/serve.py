@@ -67,8 +67,7 @@ def create_app(router: Router, config: Config):
 
     def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
         errors.labels(str(status)).inc()
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
-                            status_code=status)
+        return openai_error(status, message, kind, param)
 
     _guard(app, cfg, error)
 
@@ -131,6 +130,14 @@ def create_app(router: Router, config: Config):
     return app
 
 
+def openai_error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+    """An error in OpenAI's shape: {"error": {message, type, param, code}}."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                        status_code=status)
+
+
 def _guard(app, cfg, error) -> None:
     """Refuse a request without the bearer token ($serve.api_key_env, when set) or with a body
     declared over serve.max_body_bytes, before it is read."""
@@ -163,7 +170,6 @@ def create_model_app(model, config: Config):
         $ distill serve --model SmolLM2-135M-Instruct --port 8002   # a teacher LLM for collection
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
 
     from distill.router import StudentBatcher
 
@@ -177,11 +183,7 @@ def create_model_app(model, config: Config):
         batcher.close()
 
     app = FastAPI(title=f"distill model server: {model.name}", lifespan=lifespan)
-
-    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
-                            status_code=status)
-
+    error = openai_error
     _guard(app, cfg, error)
 
     @app.get("/health")
