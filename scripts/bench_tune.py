@@ -24,7 +24,8 @@ import numpy as np
 
 from distill.config import Workspace
 from distill.curate import normalize_query
-from distill.evaluate import load_gold_rows, rank_scores
+from distill.evaluate import load_gold_rows
+from distill.metrics import rank_scores
 from distill.index import embed, load_embedder
 from distill.store import TraceStore
 from distill.teacher import Teacher

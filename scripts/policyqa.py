@@ -1,5 +1,5 @@
 """Helpers shared by the benchmarks: the PolicyQA path, its by-website split, exact match (token
-F1 lives in distill.evaluate, re-exported here), and `save_results`, which keeps each benchmark's
+F1 lives in distill.metrics, re-exported here), and `save_results`, which keeps each benchmark's
 latest figures in bench/results/<name>.json for scripts/benchmark.py's summary table.
 
 Websites are shuffled with a fixed seed and halved: settings are chosen on the *tune* half and
@@ -13,7 +13,7 @@ import random
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distill.evaluate import best_f1, normalize, token_f1  # noqa: F401 (re-exported for the benchmarks)
+from distill.metrics import best_f1, normalize, token_f1  # noqa: F401 (re-exported for the benchmarks)
 from distill.traffic import _pairs
 
 ROOT = Path(__file__).resolve().parents[1]

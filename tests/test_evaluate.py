@@ -2,7 +2,8 @@ import pytest
 
 from conftest import SAMPLE
 from distill.errors import DistillError
-from distill.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at, token_f1
+from distill.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at
+from distill.metrics import token_f1
 
 
 def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspace):

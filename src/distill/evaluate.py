@@ -25,8 +25,6 @@ same coverage, risk and freshness checks as the student. Scores are SQuAD token 
 from __future__ import annotations
 
 import json
-import re
-import string
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,30 +35,8 @@ import numpy as np
 from distill.config import Workspace
 from distill.curate import REFUSAL_COMPLETION, normalize_query
 from distill.errors import DistillError
+from distill.metrics import best_f1, normalize, rank_scores, token_f1
 from distill.store import TraceStore
-
-_PUNCTUATION = set(string.punctuation)
-
-
-def normalize(text: str) -> str:
-    """SQuAD normalization: lowercase, drop punctuation and articles, squeeze spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD token F1: 'Refunds take 30 days.' vs 'refunds within 30 days' -> 0.67."""
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or not common:
-        return float(pred == ref)
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def best_f1(prediction: str, references: list[str]) -> float:
-    return max((token_f1(prediction, r) for r in references), default=0.0)
-
 
 def load_gold_rows(path: Path) -> list[dict]:
     """A gold file's rows: JSON lines, each with gold_answers (a list) and a query_id (`distill
@@ -453,15 +429,6 @@ def _retrieval(items: list[EvalItem], records: list[dict], texts: dict[str, str]
         return {}
     k = max((len(r["teacher"].retrieved) for r in records), default=0)
     return {"k": k, **rank_scores(ranks, "recall_at_k")}
-
-
-def rank_scores(ranks: list[int | None], recall_key: str) -> dict:
-    """Recall@1, recall over the ranked list (as `recall_key`) and MRR, from the 1-based rank of
-    the first relevant result of each query (None: none in the list)."""
-    n = max(len(ranks), 1)
-    return {"queries": len(ranks), "recall_at_1": round(sum(r == 1 for r in ranks) / n, 4),
-            recall_key: round(sum(r is not None for r in ranks) / n, 4),
-            "mrr": round(sum(1 / r for r in ranks if r) / n, 4)}
 
 
 def _slices(items: list[EvalItem], outcomes: dict, teacher_answers: list[str], context: dict, top: int = 8) -> dict:

@@ -60,7 +60,7 @@ from distill.config import Config, Workspace
 from distill.corpus import compile_patterns, detect_injection
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
-from distill.evaluate import token_f1
+from distill.metrics import token_f1
 from distill.store import Trace, TraceStore
 from distill.teacher import Answer, ChatEndpoint, Teacher
 

@@ -37,7 +37,7 @@ from distill.config import Config, Workspace
 from distill.corpus import chunk_doc_version
 from distill.curate import normalize_query
 from distill.errors import DistillError
-from distill.evaluate import rank_scores
+from distill.metrics import rank_scores
 from distill.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
                            embedder_path, sync_dense, write_dense_meta)
 from distill.store import CorpusStore, TraceStore
