@@ -23,10 +23,9 @@ import time
 import numpy as np
 
 from distill.config import Workspace
-from distill.curate import normalize_query
 from distill.evaluate import load_gold_rows
-from distill.metrics import rank_scores
 from distill.index import embed, load_embedder
+from distill.metrics import normalize_query, rank_scores
 from distill.store import TraceStore
 from distill.teacher import Teacher
 from distill.tune import tune_retriever

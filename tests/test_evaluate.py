@@ -18,9 +18,14 @@ def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspa
     assert 0.0 <= teacher["f1_vs_gold"] <= 1.0 and teacher["cost_per_success_usd"] > 0
     assert sum(routed["reasons"].values()) == figures["traffic"]
     assert routed["student_share"] == pytest.approx(routed["reasons"].get("served", 0) / figures["traffic"], abs=1e-3)
-    # the curve's ends: a threshold above any cosine serves nothing, so it is the teacher
-    top = max(figures["curve"], key=lambda c: c["threshold"])
-    assert top["student_share"] == 0.0 and top["quality"] == teacher["f1_vs_gold"]
+    # the curve's strict end: an error rate of 0 serves no novel wording, so only trained ones reach the student
+    strict = min(figures["curve"], key=lambda c: c["max_error_rate"])
+    assert strict["max_error_rate"] == 0.0 and strict["student_share"] <= routed["student_share"]
+    # seen and novel wordings are reported apart, and the routed system never serves more than it covers
+    assert set(figures["by_wording"]) <= {"seen", "novel"} and figures["by_wording"]
+    for group in figures["by_wording"].values():
+        assert group["routed"]["student_share"] <= group["replay"]["student_share"] + 1e-9
+    assert figures["decision"]["max_error_rate"] == 0.02
     assert figures["retrieval"]["queries"] > 0 and 0 <= figures["retrieval"]["mrr"] <= 1
     assert "notes" in figures["slices"]["scope"]
     assert figures["router_overhead_ms"]["p50"] > 0
@@ -42,10 +47,10 @@ def test_a_gold_file_is_an_evaluation_set_of_its_own(sample_workspace, tmp_path)
 
 
 def test_the_routed_reason_follows_the_routers_order():
-    record = {"failed": None, "cluster": {"cluster_id": "c0"}, "similarity": 0.9, "judged": None}
-    assert route_at(record, 0.8) == "served" and route_at(record, 0.95) == "coverage"
-    assert route_at({**record, "failed": "stale"}, 0.8) == "stale"
-    assert route_at({**record, "failed": "stale"}, 0.95) == "coverage"  # coverage is checked first
-    assert route_at({**record, "failed": "high_risk"}, 0.0) == "high_risk"
-    assert route_at({**record, "judged": "confidence"}, 0.8) == "confidence"
+    record = {"failed": None, "cluster": {"cluster_id": "c0"}, "judged": None}
+    assert route_at(record, True) == "served" and route_at(record, False) == "coverage"
+    assert route_at({**record, "failed": "stale"}, True) == "stale"
+    assert route_at({**record, "failed": "stale"}, False) == "coverage"  # coverage is checked first
+    assert route_at({**record, "failed": "high_risk"}, False) == "high_risk"
+    assert route_at({**record, "judged": "confidence"}, True) == "confidence"
     assert token_f1("refund within 30 days", "refunds within 30 days") == pytest.approx(0.75)

@@ -19,12 +19,12 @@ def test_the_report_shows_the_systems_the_curve_and_what_changed(sample_workspac
     page = write_report(workspace, out=tmp_path / "r1")
     text = page.read_text()
     for section in ("Systems side by side", "Cost-quality curve", "Why questions went to RAG", "by scope",
-                    "What changed since the last run", "No earlier evaluation run"):
+                    "What changed since the last run", "No earlier evaluation run", "Seen and novel wordings"):
         assert section in text
     assert text.count("<svg") == 3
     summary = json.loads((tmp_path / "r1" / "report.json").read_text())
     assert summary["run_id"] == first and summary["headline"]["metric"] == "f1_vs_gold"
-    stricter = workspace.config({"router": {"coverage_threshold": 1.01}})  # nothing covered: all RAG
+    stricter = workspace.config({"curate": {"high_risk_patterns": ["."]}})  # every question high-risk: all RAG
     second, figures = run_eval(workspace, stricter, SAMPLE / "gold.jsonl", progress=False)
     assert figures["systems"]["routed"]["student_share"] == 0.0
     summary = json.loads((write_report(workspace, out=tmp_path / "r2").parent / "report.json").read_text())

@@ -2,6 +2,7 @@ import asyncio
 import json
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -127,7 +128,7 @@ def test_a_changed_document_takes_its_intents_off_the_student_without_retraining
     assert routed.route == "rag" and routed.reason == "stale" and routed.checks["stale_documents"] == ["billing/refunds"]
     assert routed.citations and all("@v2" in c for c in routed.citations if c.startswith("billing/refunds"))
     with Router.from_workspace(workspace, log=False) as router:  # an intent that only *retrieved* refunds
-        (cluster,) = router.coverage.by_scope["billing"][1]
+        (cluster,) = router.clusters.values()
         cluster["cited_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 1}]
         cluster["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 1}]
         assert router.check(REFUND_Q, "billing")[0] == "stale"
@@ -136,7 +137,7 @@ def test_a_changed_document_takes_its_intents_off_the_student_without_retraining
     # a changed neighbour that no longer reaches RAG's evidence for the question leaves the answer standing
     one_chunk = workspace.config({"teacher": {"context_chunks": 1}})  # RAG reads only the best chunk
     with Router.from_workspace(workspace, one_chunk, log=False) as router:
-        (cluster,) = router.coverage.by_scope["billing"][1]
+        (cluster,) = router.clusters.values()
         cluster["cited_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
         cluster["retrieved_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 0}]
         assert router.check(REFUND_Q, "billing")[0] is None
@@ -188,21 +189,39 @@ def own_router(workspace, store_path, **router_settings):
                   TraceWriter(TraceStore(store_path)))
 
 
-def test_an_intent_the_student_disagrees_on_in_shadow_checks_is_withdrawn(workspace, tmp_path):
+def test_an_intent_whose_trained_wording_rag_disagrees_with_is_withdrawn_at_once(workspace, tmp_path):
+    """The tiny student's answers are noise: the first shadow check on a trained wording withdraws
+    the intent (its own answer is wrong), before the mean-agreement rule's samples are in."""
     store_path = tmp_path / "traces.duckdb"
-    router = own_router(workspace, store_path, shadow_share=1.0, withdraw_min_samples=2, withdraw_below=1.01)
+    router = own_router(workspace, store_path, shadow_share=1.0, withdraw_min_samples=100)
     served = [router.answer(REFUND_Q, "billing") for _ in range(2)]
     router.close()  # finishes the queued shadow checks
-    assert all(r.route == "student" for r in served)
+    assert all(r.route == "student" and r.checks["seen"] for r in served)
     with TraceStore(store_path) as store:
         checks = store.sql("SELECT cluster_id, student_answer, teacher_answer, agreement FROM shadow_checks")
         (withdrawn,) = store.sql("SELECT student_version, cluster_id, samples, evidence FROM withdrawn_clusters")
     assert len(checks) == 2 and all(c["cluster_id"] == "c0" and c["teacher_answer"] for c in checks)
-    assert withdrawn["student_version"] == "v0001" and withdrawn["samples"] == 2
-    assert len(json.loads(withdrawn["evidence"])) == 2
+    assert withdrawn["student_version"] == "v0001" and withdrawn["samples"] == 1
+    assert json.loads(withdrawn["evidence"])[0]["query"] == REFUND_Q
     again = own_router(workspace, store_path)  # a restart keeps it withdrawn until the next version
     assert again.answer(REFUND_Q, "billing").reason == "withdrawn"
     again.close()
+
+
+def test_a_shadow_disagreement_on_a_novel_wording_tightens_its_intent_at_once(workspace, tmp_path):
+    router = own_router(workspace, tmp_path / "traces.duckdb", shadow_share=1.0, withdraw_min_samples=100)
+    router.decision.group_thresholds = dict.fromkeys((True, False, None), 0.0)  # as if calibration covered it
+    novel = "How long do I have to ask for my money back?"
+    first = router.answer(novel, "billing")
+    assert first.route == "student" and not first.checks["seen"] and first.checks["max_error_rate"] == 0.02
+    deadline = time.monotonic() + 120
+    while "c0" not in router.decision.thresholds and time.monotonic() < deadline:  # the shadow check runs behind
+        time.sleep(0.05)
+    assert router.decision.thresholds["c0"] > first.checks["score"]
+    again = router.answer(novel, "billing")
+    assert again.route == "rag" and again.reason == "coverage"
+    assert router.answer(REFUND_Q, "billing").route == "student"  # its trained wording still served
+    router.close()
 
 
 def test_shadow_mode_answers_with_rag_and_logs_the_student_beside_it(workspace, tmp_path):

@@ -106,7 +106,9 @@ class CollectConfig:
 
 @dataclass
 class CurateConfig:
-    cluster_threshold: float = _help("two wordings in one scope are one intent when their embeddings' cosine is at least this")
+    cluster_threshold: float = _help("two wordings in one scope are one intent when the teacher answered them from the same document "
+                                     "with the same answer and their embeddings' cosine is at least this (the same document with any "
+                                     "answer: one need, whose traces the frequency rule counts)")
     window_days: int = _help("frequency is counted over this many days before the train/eval cutoff")
     eval_days: int = _help("the most recent this-many days of traces are held out for evaluation")
     min_count: int = _help("rule 'infrequent': a cluster needs at least this many traces in the window")
@@ -163,7 +165,10 @@ class NightlyConfig:
 @dataclass
 class RouterConfig:
     max_query_chars: int = _help("check 'input': longer questions go to RAG")
-    coverage_threshold: float = _help("check 'coverage': cosine between the question and the nearest trained wording of its scope, at least this")
+    max_error_rate: float = _help("check 'coverage': a wording the student was not trained on is served only where the expected share of "
+                                  "wrong answers among such served answers (calibrated on the traces, see calibrate.py) is at most this")
+    coverage_threshold: float = _help("check 'coverage': a wording the student was not trained on is never served below this cosine to "
+                                      "the nearest trained wording of its scope, whatever the calibration allows")
     min_student_logprob: float = _help("check 'confidence': the student's mean token log-probability on its answer, at least this")
     student_timeout_s: float = _help("a student answer slower than this, waiting for a batch included, is dropped and RAG answers instead")
     batch_wait_ms: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.batch_size)")
@@ -201,7 +206,9 @@ class EvalConfig:
     completion_price_per_million: float = _help("USD per million completion tokens from the teacher LLM")
     local_price_per_hour: float = _help("USD per hour of the machine that runs the router, retriever and student (per second of their latency)")
     success_f1: float = _help("an answer counts as successful (for the cost per successful answer) at this token F1 or more")
-    thresholds: list[float] = _help("coverage thresholds swept for the cost-quality curve")
+    error_rates: list[float] = _help("router.max_error_rate values swept for the cost-quality curve")
+    cache_threshold: float = _help("the semantic-cache baseline replays the nearest trained wording's answer at this cosine or more "
+                                   "(one static threshold, as GPTCache does)")
     suite: str = _help("regression suite (JSON lines: query, scope, expect_route, expect_answer, expect_refusal) that `distill eval --suite` "
                        "runs and `distill nightly` gates on; relative to the workspace; empty: none")
 

@@ -43,8 +43,10 @@ import numpy as np
 
 from distill.config import Config, CurateConfig, Workspace
 from distill.corpus import chunk_doc_version, compile_patterns, detect_injection
+from distill.calibrate import CALIBRATION_FILE, export_calibration
 from distill.errors import DistillError
 from distill.index import corpus_path, embed, load_embedder
+from distill.metrics import normalize_query
 from distill.store import CorpusStore, TraceLake, TraceStore
 from distill.teacher import words
 
@@ -76,11 +78,6 @@ class CurationResult:
         return rejected.most_common(1)[0] if rejected else None
 
 
-def normalize_query(text: str) -> str:
-    """Lowercase, single spaces, no trailing punctuation: 'How do I export?' == 'how do i export'."""
-    return " ".join(text.lower().split()).rstrip(" ?!.")
-
-
 def normalize_answer(text: str) -> str:
     return " ".join(words(text))
 
@@ -90,8 +87,21 @@ def normalize_answer(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def cluster_wordings(wordings: list[tuple[str | None, str]], embedder, threshold: float,
-                     neighbours: int = 10) -> dict[tuple[str | None, str], int]:
-    """Map each (scope, normalized wording) to a cluster number; only wordings of one scope join."""
+                     evidence: list[tuple] | None = None, neighbours: int = 10) -> dict[tuple[str | None, str], int]:
+    """Map each (scope, normalized wording) to a cluster number; only wordings of one scope join.
+
+    With `evidence` (one (document, answer) pair per wording: what the teacher answered it from and
+    with), two wordings join only when the teacher answered them from the same document with the
+    same answer: one threshold on question similarity alone both merges different needs whose
+    answers differ and splits rewordings of one need. On StackFAQ (125 threads, their users'
+    rephrasings) see `scripts/bench_paraphrase.py` for purity and inconsistent rejections."""
+    vectors = embed(embedder, [w for _, w in wordings], batch_size=128) if wordings else np.zeros((0, 1))
+    return cluster_vectors(wordings, vectors, threshold, evidence, neighbours)
+
+
+def cluster_vectors(wordings: list[tuple[str | None, str]], vectors: np.ndarray, threshold: float,
+                    evidence: list[tuple] | None = None, neighbours: int = 10) -> dict[tuple[str | None, str], int]:
+    """`cluster_wordings` over unit vectors already computed (one per wording)."""
     import faiss
 
     parent = list(range(len(wordings)))
@@ -105,7 +115,6 @@ def cluster_wordings(wordings: list[tuple[str | None, str]], embedder, threshold
     by_scope: dict[str | None, list[int]] = defaultdict(list)
     for i, (scope, _) in enumerate(wordings):
         by_scope[scope].append(i)
-    vectors = embed(embedder, [w for _, w in wordings], batch_size=128) if wordings else np.zeros((0, 1))
     for members in by_scope.values():
         if len(members) < 2:
             continue
@@ -114,9 +123,22 @@ def cluster_wordings(wordings: list[tuple[str | None, str]], embedder, threshold
         scores, hits = index.search(vectors[members], min(neighbours, len(members)))
         for row, (score_row, hit_row) in enumerate(zip(scores, hits)):
             for score, hit in zip(score_row, hit_row):
-                if hit >= 0 and hit != row and score >= threshold:
-                    parent[find(members[row])] = find(members[hit])
+                a, b = members[row], members[hit]
+                if hit >= 0 and hit != row and score >= threshold and (evidence is None or evidence[a] == evidence[b]):
+                    parent[find(a)] = find(b)
     return {wording: find(i) for i, wording in enumerate(wordings)}
+
+
+def wording_evidence(traces: list[dict], keys: list[tuple], wordings: list[tuple]) -> list[tuple]:
+    """Per wording, the (cited document, normalized answer) most of its traces gave; (None, REFUSED)
+    when most were refused."""
+    given: dict[tuple, Counter] = defaultdict(Counter)
+    for trace, key in zip(traces, keys):
+        if trace["refused"] or not trace["citations"]:
+            given[key][(None, REFUSED)] += 1
+        else:
+            given[key][(chunk_doc_version(trace["citations"][0])[0], normalize_answer(trace["answer"]))] += 1
+    return [given[w].most_common(1)[0][0] for w in wordings]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +254,7 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
         corpus.close()
     with TraceStore(workspace.traces_db) as store:
         result = _decide(traces, config, latest, flagged, cited_text)
-        dataset_path, dataset_hash, examples = _export(workspace, result, traces, cfg)
+        dataset_path, dataset_hash, examples = _export(workspace, result, traces, cfg, config.eval.success_f1)
         run = result["run"]
         run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
                    examples=examples, created_at=now or datetime.now(timezone.utc),
@@ -264,11 +286,20 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
     window_start = cutoff - timedelta(days=cfg.window_days)
 
     keys = [(t["scope"], normalize_query(t["query"])) for t in traces]
-    cluster_of = cluster_wordings(sorted(set(keys), key=str), load_embedder(config.index.embedding_model),
-                                  cfg.cluster_threshold)
+    distinct = sorted(set(keys), key=str)
+    vectors = embed(load_embedder(config.index.embedding_model), [w for _, w in distinct], batch_size=128) \
+        if distinct else np.zeros((0, 1))
+    evidence = wording_evidence(traces, keys, distinct)
+    # An intent: wordings answered from the same document with the same answer. Its need (the same
+    # document, any answer) is what the frequency rule counts: a need the teacher answers with two
+    # sentences of one document is asked as often as one answered with one.
+    cluster_of = cluster_vectors(distinct, vectors, cfg.cluster_threshold, evidence)
+    need_of = cluster_vectors(distinct, vectors, cfg.cluster_threshold, [doc for doc, _ in evidence])
     members: dict[int, list[int]] = defaultdict(list)
+    need_frequency: Counter = Counter()
     for i, key in enumerate(keys):
         members[cluster_of[key]].append(i)
+        need_frequency[need_of[key]] += window_start <= traces[i]["asked_at"] < cutoff
 
     clusters, cluster_id, facts = [], {}, {}
     for number, indices in members.items():
@@ -284,10 +315,11 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
                        and normalize_answer(traces[i]["answer"]) == majority), None)
         cited = {(c["doc_id"], c["version"]) for i in train_side for c in traces[i]["cited_doc_versions"]}
         retrieved = {chunk_doc_version(chunk_id) for i in train_side for chunk_id in traces[i]["retrieved"]}
+        frequency = need_frequency[need_of[keys[indices[0]]]]
         cluster_id[number] = cid
-        facts[number] = {"majority": majority, "agreement": agreement, "frequency": len(train_side)}
+        facts[number] = {"majority": majority, "agreement": agreement, "frequency": frequency, "answers": count}
         clusters.append({"cluster_id": cid, "scope": scope, "representative": representative,
-                         "wordings": sorted(wordings), "traces": len(indices), "frequency": len(train_side),
+                         "wordings": sorted(wordings), "traces": len(indices), "frequency": frequency,
                          "answer": answer if majority != REFUSED else None, "agreement": agreement,
                          "cited_doc_versions": [{"doc_id": d, "version": v} for d, v in sorted(cited)],
                          "retrieved_doc_versions": [{"doc_id": d, "version": v} for d, v in sorted(retrieved)],
@@ -333,7 +365,9 @@ def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetect
 
 def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dict[str, int]) -> tuple[str, str | None]:
     consistent = cluster["agreement"] >= cfg.min_agreement
-    frequent = cluster["frequency"] >= cfg.min_count
+    # asked often enough (its need), and its answer given more than once (a one-off answer to a
+    # frequent need's neighbour is no evidence that the teacher answers it that way)
+    frequent = cluster["frequency"] >= cfg.min_count and cluster["answers"] >= min(2, cfg.min_count)
     if trace["refused"]:
         if cluster["majority"] == REFUSED and consistent and frequent:
             return "train", "refusal_example"
@@ -349,8 +383,9 @@ def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dic
     return "train", None
 
 
-def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateConfig):
-    """Write the training set (one example per cluster and wording) as a `datasets` folder."""
+def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateConfig, success_f1: float):
+    """Write the training set (one example per cluster and wording) as a `datasets` folder, with the
+    router's calibration evidence beside it."""
     by_id = {t["trace_id"]: t for t in traces}
     clusters = {c["cluster_id"]: c for c in result["clusters"]}
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -382,7 +417,34 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateC
                                                      "content_hash": digest.hexdigest(),
                                                      "prompt_template": cfg.prompt_template,
                                                      "examples": len(rows)}, indent=2))
+    _export_calibration(target / CALIBRATION_FILE, result, traces, rows, success_f1)
     return target, digest.hexdigest(), len(rows)
+
+
+def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list[dict], success_f1: float) -> None:
+    """Every wording asked before the cutoff, with what the teacher answered it from and with, for
+    the router's coverage decision (see calibrate.py); wordings a safety rule rejected stay out."""
+    decisions = {d["trace_id"]: d for d in result["decisions"]}
+    before = [t for t in traces if decisions[t["trace_id"]]["decision"] != "eval"]
+    keys = [(t["scope"] or "", normalize_query(t["query"])) for t in before]
+    unsafe = {k for t, k in zip(before, keys) if decisions[t["trace_id"]]["reason"] in SAFETY_RULES}
+    wordings = sorted(set(keys) - unsafe)
+    evidence = dict(zip(wordings, wording_evidence([t for t, k in zip(before, keys) if k not in unsafe],
+                                                   [k for k in keys if k not in unsafe], wordings)))
+    text = {k: t["query"].strip() for t, k in zip(before, keys)}
+    trained = {(r["scope"], normalize_query(r["query"])): r["cluster_id"] for r in rows}
+    clusters = {c["cluster_id"]: c for c in result["clusters"]}
+    intents = {}
+    for cid in set(trained.values()):
+        answer = clusters[cid]["answer"]
+        docs = Counter(evidence[k][0] for k, c in trained.items() if c == cid and evidence[k][0])
+        intents[cid] = {"doc": docs.most_common(1)[0][0] if docs else None,
+                        "answer": normalize_answer(answer) if answer is not None else "", "refused": answer is None}
+    export_calibration(path, intents, [{"scope": scope, "wording": wording, "text": text[(scope, wording)],
+                                        "cluster_id": trained.get((scope, wording)), "doc": evidence[(scope, wording)][0],
+                                        "answer": "" if evidence[(scope, wording)][1] == REFUSED else evidence[(scope, wording)][1],
+                                        "refused": evidence[(scope, wording)][1] == REFUSED}
+                                       for scope, wording in wordings], success_f1)
 
 
 REFUSAL_COMPLETION = "I don't know."

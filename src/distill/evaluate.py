@@ -14,12 +14,18 @@ after its cutoff, weighted by how often it was asked; gold joined by `query_id` 
 given), or a gold file of {query, scope, gold_answers, gold_doc_ids?, gold_chunk_ids?,
 should_refuse?, type?} rows.
 
-The four systems share one pass: per distinct question the teacher answers, the router runs its
-checks once (coverage unthresholded, so the threshold can be swept afterwards) and the student
+The systems share one pass: per distinct question the teacher answers, the router assesses it once
+(coverage undecided, so that it can be decided at several error rates afterwards) and the student
 answers. The routed system is then the router's own rules (`Router.check`'s order, `Router.judge`
-on the student's answer) applied at a threshold, which is how the cost-quality curve costs one pass.
-The cache replays the answer the covering intent's traces agreed on (what GPTCache does), under the
-same coverage, risk and freshness checks as the student. Scores are SQuAD token F1 and exact match.
+on the student's answer) at `router.max_error_rate`; the cost-quality curve sweeps that rate
+(`eval.error_rates`) from the same pass. The semantic cache is what a team would pick instead of a
+student: the answer of the nearest trained wording at one static cosine (`eval.cache_threshold`,
+as GPTCache does), under the same risk and freshness checks. `replay` is the ablation that says
+whether the student earns its place: the intent's agreed answer replayed under the router's own
+calibrated decision. Every system's scores are also split by wording: `seen` (asked in a wording
+the student was trained on) and `novel`. An answer served without RAG is an error when it comes
+from another document than the teacher's answer to the same question and their token F1 is below
+`eval.success_f1`. Scores are SQuAD token F1 and exact match.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Workspace
-from distill.curate import REFUSAL_COMPLETION, normalize_query
+from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
-from distill.metrics import best_f1, normalize, rank_scores, token_f1
+from distill.metrics import best_f1, normalize, normalize_query, rank_scores, token_f1
 from distill.store import TraceStore
 
 def load_gold_rows(path: Path) -> list[dict]:
@@ -126,7 +132,8 @@ def _mean(values) -> float:
 # distill eval: teacher, cache, student and routed system on one evaluation set
 # ---------------------------------------------------------------------------------------------
 
-SYSTEMS = ("teacher", "cache", "student", "routed")
+SYSTEMS = ("teacher", "cache", "replay", "student", "routed")
+SERVED_ROUTES = ("student", "cache", "replay")  # answered without RAG
 
 
 @dataclass
@@ -141,6 +148,7 @@ class EvalItem:
     should_refuse: bool | None = None
     category: str | None = None
     safety_flag: str | None = None  # what curation's safety rules said of this question (high_risk, injection, pii)
+    seen: bool | None = None  # asked in a wording the student was trained on (set by the evaluation)
 
 
 SAFETY_FLAGS = ("high_risk", "injection", "pii")
@@ -185,8 +193,10 @@ def _item(query: str, scope: str | None, weight: int, gold: dict | None) -> Eval
                     gold.get("type") or gold.get("category"))
 
 
-def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progress: bool = True) -> dict:
-    """Answer every item with each system, score them side by side and sweep the coverage threshold."""
+def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progress: bool = True,
+                     keep_outcomes: bool = False) -> dict:
+    """Answer every item with each system, score them side by side and sweep the error rate. With
+    `keep_outcomes`, every system's answer to every item is kept too (`outcomes`, in item order)."""
     from tqdm.auto import tqdm
 
     from distill.router import Router
@@ -201,27 +211,40 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         counter = _token_counter(router)
         for record in records:
             record["prompt_tokens"] = record["teacher"].prompt_tokens or counter(record["teacher"].prompt)
-        version = router.version
+        version, decision = router.version, router.decision
         trained = {(c.get("scope"), normalize_query(w)) for c in (router.student.manifest.get("clusters", [])
                                                                  if router.student else []) for w in c.get("wordings", [])}
     prices = config.eval
-    context = {"chunk_texts": chunk_texts, "prices": prices}
-    threshold = config.router.coverage_threshold
+    context = {"chunk_texts": chunk_texts, "prices": prices, "success_f1": config.eval.success_f1}
+    rate = config.router.max_error_rate
+
+    def covered(record: dict, at_rate: float) -> bool:
+        return record["found"] is not None and decision.covers(record["found"], at_rate)
+
     outcomes = {"teacher": [_teacher_outcome(r, prices) for r in records],
-                "cache": [_cache_outcome(r, threshold, cache, prices) for r in records],
+                "cache": [_cache_outcome(r, r["similarity"] >= config.eval.cache_threshold, cache, prices, "cache")
+                          for r in records],
+                "replay": [_cache_outcome(r, covered(r, rate), cache, prices, "replay") for r in records],
                 "student": [_student_outcome(r, prices) for r in records],
-                "routed": [_routed_outcome(r, threshold, prices) for r in records]}
-    teacher_answers = [o["answer"] for o in outcomes["teacher"]]
-    systems = {name: score_outcomes(items, outs, teacher_answers, context) for name, outs in outcomes.items()}
+                "routed": [_routed_outcome(r, covered(r, rate), prices) for r in records]}
+    teachers = outcomes["teacher"]
+    systems = {name: score_outcomes(items, outs, teachers, context) for name, outs in outcomes.items()}
     if version is None:
         systems.pop("student")
+    for item in items:
+        item.seen = (item.scope, normalize_query(item.query)) in trained
+    by_wording = {kind: {name: _served_scores(score_outcomes([i for i in items if i.seen == seen],
+                                                             [o for i, o in zip(items, outs) if i.seen == seen],
+                                                             [t for i, t in zip(items, teachers) if i.seen == seen], context))
+                         for name, outs in outcomes.items() if name in systems}
+                  for kind, seen in (("seen", True), ("novel", False)) if any(i.seen == seen for i in items)}
     curve = []
     quality_key = "f1_vs_gold" if any(i.gold_answers for i in items) else "agreement"
-    for t in config.eval.thresholds:
-        routed = [_routed_outcome(r, t, prices) for r in records]
-        scores = score_outcomes(items, routed, teacher_answers, context)
-        curve.append({"threshold": t, "student_share": scores["student_share"], "quality": scores[quality_key],
-                      "cost_per_success_usd": scores["cost_per_success_usd"]})
+    for at_rate in config.eval.error_rates:
+        routed = [_routed_outcome(r, covered(r, at_rate), prices) for r in records]
+        scores = score_outcomes(items, routed, teachers, context)
+        curve.append({"max_error_rate": at_rate, "student_share": scores["student_share"], "quality": scores[quality_key],
+                      "error_rate": scores["error_rate"], "cost_per_success_usd": scores["cost_per_success_usd"]})
     teacher_quality = systems["teacher"][quality_key]
     keeps = {f"{p:.0%}": max([c["student_share"] for c in curve if c["quality"] >= p * teacher_quality], default=0.0)
              for p in (0.95, 0.99)}
@@ -230,23 +253,30 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     return {"queries": len(items), "traffic": sum(i.weight for i in items),
             "router_overhead_ms": {"p50": round(float(np.percentile(router_ms, 50)), 2),
                                    "p95": round(float(np.percentile(router_ms, 95)), 2)} if router_ms else None,
-            "served_wording_seen_in_training": sum(i.weight for i, o in zip(items, outcomes["routed"]) if o["route"] == "student"
-                                                   and (i.scope, normalize_query(i.query)) in trained),
+            "served_wording_seen_in_training": sum(i.weight for i, o in zip(items, outcomes["routed"])
+                                                   if o["route"] == "student" and i.seen),
             "safety": {"flagged_by_curation": sum(i.weight for i, _ in flagged),
                        "served_by_student": sum(i.weight for i, o in flagged if o["route"] == "student")},
             "gold_queries": sum(i.gold_answers is not None for i in items), "student_version": version,
-            "quality_metric": quality_key, "coverage_threshold": threshold, "systems": systems,
+            "quality_metric": quality_key, "max_error_rate": rate, "cache_threshold": config.eval.cache_threshold,
+            "decision": decision.summary(), "systems": systems, "by_wording": by_wording,
             "curve": curve, "student_share_keeping": keeps, "retrieval": _retrieval(items, records, chunk_texts),
-            "slices": _slices(items, outcomes, teacher_answers, context)}
+            "slices": _slices(items, outcomes, teachers, context), **({"outcomes": outcomes} if keep_outcomes else {})}
+
+
+def _served_scores(scores: dict) -> dict:
+    """The figures a seen/novel comparison needs."""
+    keys = ("student_share", "error_rate", "f1_vs_gold", "agreement", "latency_p50_ms")
+    return {"traffic": scores["traffic"], **{k: scores[k] for k in keys}}
 
 
 def _observe(router, item: EvalItem) -> dict:
     """Everything every system needs for one question, each part timed: the teacher's answer, the
-    router's checks (coverage unthresholded) and the student's answer."""
+    router's assessment (coverage undecided) and the student's answer."""
     record: dict = {"teacher": router.teacher.answer(item.query, item.scope)}
     began = time.perf_counter()
-    failed, checks, cluster = router.check(item.query, item.scope, coverage_threshold=-1.0)
-    record.update(router_ms=(time.perf_counter() - began) * 1000, failed=failed,
+    failed, checks, cluster, found = router.assess(item.query, item.scope)
+    record.update(router_ms=(time.perf_counter() - began) * 1000, failed=failed, found=found,
                   similarity=checks.get("coverage", 0.0), cluster=cluster,
                   cluster_citations=list((cluster or {}).get("citations", [])))
     if router.student is not None and failed != "input":
@@ -257,14 +287,15 @@ def _observe(router, item: EvalItem) -> dict:
     return record
 
 
-def route_at(record: dict, threshold: float) -> str:
-    """The router's reason for one observed question at a coverage threshold: 'served' or the first
-    failing check, in the router's order (those before coverage, coverage, those after, the answer)."""
+def route_at(record: dict, covered: bool) -> str:
+    """The router's reason for one observed question, given whether the decision covers it: 'served'
+    or the first failing check, in the router's order (those before coverage, coverage, those after,
+    the answer)."""
     from distill.router import BEFORE_COVERAGE
 
     if record["failed"] in BEFORE_COVERAGE:
         return record["failed"]
-    if record["cluster"] is None or record["similarity"] < threshold:
+    if record["cluster"] is None or not covered:
         return "coverage"
     return record["failed"] or record.get("judged") or "served"
 
@@ -297,15 +328,16 @@ def _fallback(record: dict, prices, reason: str, extra_ms: float) -> dict:
     return outcome
 
 
-def _cache_outcome(record: dict, threshold: float, answers: dict, prices) -> dict:
-    reason = route_at({**record, "judged": None}, threshold)
+def _cache_outcome(record: dict, covered: bool, answers: dict, prices, route: str) -> dict:
+    """The covering intent's agreed answer, replayed (`route`: 'cache' or 'replay')."""
+    reason = route_at({**record, "judged": None}, covered)
     cluster = record["cluster"] or {}
     if reason != "served" or cluster.get("cluster_id") not in answers:
         return _fallback(record, prices, reason if reason != "served" else "not_cached", record["router_ms"])
     answer = answers[cluster["cluster_id"]]
     return {"answer": answer or "", "refused": answer is None, "citations": record["cluster_citations"],
             "latency_ms": record["router_ms"], "prompt_tokens": 0, "completion_tokens": 0,
-            "cost": _local_cost(record["router_ms"], prices), "route": "cache", "reason": "served"}
+            "cost": _local_cost(record["router_ms"], prices), "route": route, "reason": "served"}
 
 
 def _student_outcome(record: dict, prices) -> dict:
@@ -319,8 +351,8 @@ def _student_outcome(record: dict, prices) -> dict:
             "cost": _local_cost(record["student_ms"], prices), "route": "student", "reason": "student"}
 
 
-def _routed_outcome(record: dict, threshold: float, prices) -> dict:
-    reason = route_at(record, threshold)
+def _routed_outcome(record: dict, covered: bool, prices) -> dict:
+    reason = route_at(record, covered)
     if reason == "served":
         outcome = _student_outcome(record, prices)
         spent = record["router_ms"] + record["student_ms"]
@@ -330,10 +362,16 @@ def _routed_outcome(record: dict, threshold: float, prices) -> dict:
     return _fallback(record, prices, reason, spent)
 
 
-def score_outcomes(items: list[EvalItem], outcomes: list[dict], teacher_answers: list[str], context: dict) -> dict:
-    """Every metric of one system over the evaluation set, weighted by how often each question was asked."""
+def score_outcomes(items: list[EvalItem], outcomes: list[dict], teachers: list[dict], context: dict) -> dict:
+    """Every metric of one system over the evaluation set, weighted by how often each question was
+    asked; `teachers` are the teacher's outcomes for the same items."""
+    if not items:
+        return {"traffic": 0}
     weights = np.array([i.weight for i in items], dtype=float)
     texts, prices = context["chunk_texts"], context["prices"]
+    teacher_answers = [t["answer"] for t in teachers]
+    served = [(_served_error(o, t, context["success_f1"]), w) for o, t, w in zip(outcomes, teachers, weights)
+              if o["route"] in SERVED_ROUTES]
 
     def mean(pairs) -> float | None:
         pairs = [(v, w) for v, w in pairs if v is not None]
@@ -363,12 +401,27 @@ def score_outcomes(items: list[EvalItem], outcomes: list[dict], teacher_answers:
         "completion_tokens": mean((o["completion_tokens"], w) for _, o, _, w in rows),
         "success": mean(zip(success, weights)),
         "cost_total_usd": round(cost, 6),
-        "student_share": mean((float(o["route"] in ("student", "cache")), w) for _, o, _, w in rows),
+        "traffic": int(weights.sum()),
+        "student_share": mean((float(o["route"] in SERVED_ROUTES), w) for _, o, _, w in rows),
+        "error_rate": mean(served),
+        "served_errors": int(sum(w for e, w in served if e)),
         "reasons": dict(Counter(o["reason"] for o, w in zip(outcomes, weights) for _ in range(int(w))).most_common()),
     }
     successes = float(np.dot(success, weights))
     scores["cost_per_success_usd"] = round(cost / successes, 8) if successes else None
     return scores
+
+
+def _served_error(outcome: dict, teacher: dict, success_f1: float) -> float:
+    """1.0 when an answer served without RAG is wrong by RAG's own answer: another document and a
+    token F1 below `success_f1` (calibrate.agrees, the label the router's decision is calibrated on)."""
+    from distill.calibrate import agrees
+    from distill.corpus import chunk_doc_version
+
+    def evidence(o: dict) -> dict:
+        return {"doc": chunk_doc_version(o["citations"][0])[0] if o["citations"] else None,
+                "answer": o["answer"], "refused": o["refused"]}
+    return float(not agrees(evidence(outcome), evidence(teacher), success_f1))
 
 
 def _gold_f1(item: EvalItem, outcome: dict) -> float:
@@ -431,7 +484,7 @@ def _retrieval(items: list[EvalItem], records: list[dict], texts: dict[str, str]
     return {"k": k, **rank_scores(ranks, "recall_at_k")}
 
 
-def _slices(items: list[EvalItem], outcomes: dict, teacher_answers: list[str], context: dict, top: int = 8) -> dict:
+def _slices(items: list[EvalItem], outcomes: dict, teachers: list[dict], context: dict, top: int = 8) -> dict:
     """Per scope (the `top` most asked) and per category: each system's quality and the student's share."""
     slices = {}
     for kind, key in (("scope", lambda i: i.scope or "(none)"), ("category", lambda i: i.category)):
@@ -443,7 +496,7 @@ def _slices(items: list[EvalItem], outcomes: dict, teacher_answers: list[str], c
         slices[kind] = {
             name: {"traffic": sum(items[n].weight for n in members),
                    **{system: _quality(score_outcomes([items[n] for n in members], [outs[n] for n in members],
-                                                      [teacher_answers[n] for n in members], context))
+                                                      [teachers[n] for n in members], context))
                       for system, outs in outcomes.items()}}
             for name, members in ranked}
     return slices

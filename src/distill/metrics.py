@@ -24,6 +24,12 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
+def normalize_query(text: str) -> str:
+    """A question's wording as a key: lowercase, single spaces, no trailing punctuation:
+    'How do I export?' == 'how do i export'."""
+    return " ".join(text.lower().split()).rstrip(" ?!.")
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD token F1: 'Refunds take 30 days.' vs 'refunds within 30 days' -> 0.75 (3 of 4 words shared each way)."""
     pred, ref = normalize(prediction).split(), normalize(reference).split()

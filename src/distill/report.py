@@ -28,7 +28,8 @@ ROWS = [  # (metric key, label, format)
     ("agreement", "agreement with the teacher (F1)", "{:.3f}"), ("citation_correct", "citation correct", "{:.3f}"),
     ("groundedness", "groundedness in cited chunks", "{:.3f}"), ("refusal_correct", "refusal correct", "{:.3f}"),
     ("refused", "refused", "{:.3f}"), ("format_valid", "format valid", "{:.3f}"),
-    ("student_share", "share served without RAG", "{:.1%}"), ("latency_p50_ms", "latency p50 (ms)", "{:,.1f}"),
+    ("student_share", "share served without RAG", "{:.1%}"), ("error_rate", "error rate among those served", "{:.1%}"),
+    ("latency_p50_ms", "latency p50 (ms)", "{:,.1f}"),
     ("latency_p95_ms", "latency p95 (ms)", "{:,.1f}"), ("prompt_tokens", "prompt tokens / answer", "{:,.0f}"),
     ("completion_tokens", "completion tokens / answer", "{:,.1f}"), ("success", "successful answers", "{:.3f}"),
     ("cost_per_success_usd", "cost per successful answer (USD)", "{:.7f}"),
@@ -107,18 +108,18 @@ def _plots(figures: dict) -> dict[str, str]:
     curve = sorted(figures["curve"], key=lambda c: c["student_share"])
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot([c["student_share"] for c in curve], [c["quality"] for c in curve], "o-", label="routed system")
-    points: dict[tuple, list[float]] = {}  # thresholds that give the same point share one label
+    points: dict[tuple, list[float]] = {}  # error rates that give the same point share one label
     for c in curve:
-        points.setdefault((c["student_share"], c["quality"]), []).append(c["threshold"])
-    for (share, quality), thresholds in points.items():
-        label = f"{min(thresholds):g}" if len(thresholds) == 1 else f"{min(thresholds):g}-{max(thresholds):g}"
+        points.setdefault((c["student_share"], c["quality"]), []).append(c["max_error_rate"])
+    for (share, quality), rates in points.items():
+        label = f"{min(rates):g}" if len(rates) == 1 else f"{min(rates):g}-{max(rates):g}"
         ax.annotate(label, (share, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
     teacher = systems["teacher"][key]
     for share, style, label in ((1.0, "-", "teacher only"), (0.99, "--", "99 % of teacher"), (0.95, ":", "95 % of teacher")):
         ax.axhline(teacher * share, color="grey", linestyle=style, linewidth=1, label=label)
     ax.set_xlabel("share of traffic served by the student")
     ax.set_ylabel(key.replace("_", " "))
-    ax.set_title("cost-quality curve (labels: coverage threshold)")
+    ax.set_title("cost-quality curve (labels: router.max_error_rate)")
     ax.legend(fontsize=8)
     plots["curve"] = _svg(fig)
 
@@ -127,7 +128,7 @@ def _plots(figures: dict) -> dict[str, str]:
     for ax, (metric, title) in zip(axes, ((key, key.replace("_", " ")), ("cost_per_success_usd", "USD per successful answer"),
                                           ("latency_p50_ms", "latency p50 (ms)"))):
         values = [systems[n].get(metric) or 0 for n in names]
-        ax.bar(names, values, color=["#777", "#c93", "#39c", "#3a6"][: len(names)])
+        ax.bar(names, values, color=["#777", "#c93", "#a6c", "#39c", "#3a6"][: len(names)])
         ax.set_title(title, fontsize=10)
         ax.tick_params(labelsize=8)
     plots["systems"] = _svg(fig)
@@ -156,9 +157,14 @@ def _html(summary: dict) -> str:
     systems, plots = figures["systems"], _plots(figures)
     names = list(systems)
     side = _table(["metric"] + names, [[label] + [_fmt(systems[n].get(k), f) for n in names] for k, label, f in ROWS])
-    curve = _table(["coverage threshold", "student share", figures["quality_metric"], "USD per success"],
-                   [[c["threshold"], f"{c['student_share']:.1%}", _fmt(c["quality"], "{:.3f}"),
-                     _fmt(c["cost_per_success_usd"], "{:.7f}")] for c in figures["curve"]])
+    curve = _table(["max error rate", "student share", "error rate served", figures["quality_metric"], "USD per success"],
+                   [[c["max_error_rate"], f"{c['student_share']:.1%}", _fmt(c["error_rate"], "{:.1%}"),
+                     _fmt(c["quality"], "{:.3f}"), _fmt(c["cost_per_success_usd"], "{:.7f}")] for c in figures["curve"]])
+    wordings = figures.get("by_wording", {})
+    by_wording = _table(["wording", "system", "traffic", "served without RAG", "error rate served", figures["quality_metric"]],
+                        [[kind, name, g["traffic"], _fmt(g["student_share"], "{:.1%}"), _fmt(g["error_rate"], "{:.1%}"),
+                          _fmt(g.get(figures["quality_metric"]), "{:.3f}")]
+                         for kind, group in wordings.items() for name, g in group.items() if name != "teacher"])
     slices = ""
     for kind, groups in figures.get("slices", {}).items():
         if groups:
@@ -181,7 +187,8 @@ td:first-child,th:first-child{{text-align:left}}.big{{font-size:1.3em}}</style><
 <h1>distill report</h1>
 <p>Evaluation run <code>{summary['run_id']}</code> at {summary['created_at']} on {html.escape(figures['source'])}:
 {figures['queries']} distinct questions, {figures['traffic']} asked in all, {figures['gold_queries']} with gold;
-student {figures['student_version'] or 'none'}, coverage threshold {figures['coverage_threshold']}.</p>
+student {figures['student_version'] or 'none'}, router.max_error_rate {figures['max_error_rate']}
+(calibrated on {figures['decision']['examples']} wordings from the traces), semantic cache at cosine {figures['cache_threshold']}.</p>
 <p class="big">The routed system keeps <b>{_fmt(top['quality_kept'], '{:.1%}')}</b> of the teacher's {top['metric'].replace('_', ' ')}
 ({_fmt(top['routed_quality'], '{:.3f}')} vs {_fmt(top['teacher_quality'], '{:.3f}')}) while the student serves
 <b>{top['student_share']:.1%}</b> of the traffic, at <b>{_fmt(top['cost_ratio'], '{:.0%}')}</b> of the teacher's cost per
@@ -189,6 +196,8 @@ successful answer and {_fmt(top['latency_p50_ratio'], '{:.2f}')}x its median lat
 Share the student can take keeping 95 % / 99 % of the teacher's quality: {keeps['95%']:.1%} / {keeps['99%']:.1%}.
 Of the questions the student served, {figures.get('served_wording_seen_in_training', 0)} were asked in a wording it was trained on.</p>
 <h2>Systems side by side</h2>{side}{plots['systems']}
+<h2>Seen and novel wordings</h2><p>Seen: asked in a wording the student was trained on. An answer served without
+RAG is an error when it comes from another document than RAG's answer and their token F1 is below eval.success_f1.</p>{by_wording}
 <h2>Cost-quality curve</h2>{plots['curve']}{curve}
 <h2>Why questions went to RAG</h2>{plots['reasons']}
 <h2>Slices</h2>{slices or '<p>No scopes or categories.</p>'}

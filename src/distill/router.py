@@ -14,7 +14,10 @@ recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
     high_risk    a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)
     injection    the question reads like a prompt injection (`corpus.injection_patterns`)
     no_student   no student version is promoted
-    coverage     no trained wording of the same scope within `router.coverage_threshold` cosine
+    coverage     the question is not one of the student's trained wordings, and the calibrated decision
+                 (calibrate.py) does not cover it: its nearest intent is not close enough, or not clearly
+                 nearer than another need, for the expected error among such answers to stay within
+                 `router.max_error_rate` (never below `router.coverage_threshold` cosine)
     stale        a document the covering intent's answers cited has changed since the student was
                  trained, or a document retrieved beside it has changed and is now among the evidence
                  RAG would read for this question (the changed document may now hold the answer)
@@ -30,9 +33,13 @@ that answer). Every decision becomes a trace (route, reason, each check's score,
 generation time), written by a background thread so requests never wait on the database.
 
 Shadow checks: a share (`router.shadow_share`) of student-served questions is answered by RAG as
-well, off the request path, and the two answers' token F1 is stored (`shadow_checks`). An intent
-whose agreement averages below `router.withdraw_below` over `router.withdraw_min_samples` checks is
-withdrawn (`withdrawn_clusters`, with the evidence) and goes to RAG until the next student version.
+well, off the request path, and the two answers' token F1 is stored (`shadow_checks`). A
+disagreement (another document and token F1 below `eval.success_f1`) tightens that intent at once:
+only questions scoring above the one that disagreed are served for it from then on, and a
+disagreement on a trained wording withdraws it; each agreement loosens it slowly (calibrate.py). An
+intent whose agreement averages below `router.withdraw_below` over `router.withdraw_min_samples`
+checks is withdrawn too (`withdrawn_clusters`, with the evidence) and goes to RAG until the next
+student version.
 `router.mode = "shadow"` is for measuring before switching: RAG answers everything, and the student
 answers every covered question beside it, logged the same way.
 """
@@ -56,11 +63,12 @@ from datetime import datetime, timezone
 import numpy as np
 
 from distill import registry
+from distill.calibrate import Assessment, Decision, agrees
 from distill.config import Config, Workspace
-from distill.corpus import compile_patterns, detect_injection
+from distill.corpus import chunk_doc_version, compile_patterns, detect_injection
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
-from distill.metrics import token_f1
+from distill.metrics import normalize_query, token_f1
 from distill.store import Trace, TraceStore
 from distill.teacher import Answer, ChatEndpoint, Teacher
 
@@ -88,33 +96,6 @@ class RoutedAnswer:
     trace_id: str = ""
     teacher_answer: Answer | None = field(default=None, repr=False)  # the full RAG answer, for the trace
     cluster: dict | None = field(default=None, repr=False)  # the intent the student answered for
-
-
-class Coverage:
-    """The intents a student was trained on, per scope: a FAISS inner-product index over the unit
-    vectors of their training wordings. `nearest` gives the closest intent and its cosine."""
-
-    def __init__(self, clusters: list[dict], embed):
-        import faiss
-
-        self.by_scope: dict[str, tuple] = {}
-        rows: dict[str, list[tuple[str, dict]]] = {}
-        for cluster in clusters:
-            for wording in cluster.get("wordings", []):
-                rows.setdefault(cluster.get("scope") or "", []).append((wording, cluster))
-        for scope, pairs in rows.items():
-            vectors = embed([w for w, _ in pairs]).astype(np.float32)
-            index = faiss.IndexFlatIP(vectors.shape[1])
-            index.add(vectors)
-            self.by_scope[scope] = (index, [c for _, c in pairs])
-
-    def nearest(self, vector: np.ndarray, scope: str | None) -> tuple[dict | None, float]:
-        found = self.by_scope.get(scope or "")
-        if found is None:
-            return None, 0.0
-        index, clusters = found
-        scores, ids = index.search(vector.reshape(1, -1).astype(np.float32), 1)
-        return clusters[int(ids[0][0])], float(scores[0][0])
 
 
 def _take_batch(source: queue.Queue, first, limit: int, wait_s: float) -> tuple[list, bool]:
@@ -237,13 +218,15 @@ class ShadowChecker:
         router, cfg = self.router, self.router.config.router
         if job.get("teacher_answer") is None:
             with router._teacher_lock:
-                job["teacher_answer"] = router.teacher.answer(job["query"], job["scope"]).answer
+                answer = router.teacher.answer(job["query"], job["scope"])
+            job["teacher_answer"], job["teacher_doc"] = answer.answer, _first_document(answer.citations)
         if job.get("student_answer") is None:
             job["student_answer"] = router.batcher.answer(job["query"], job["scope"]).text
         job["agreement"] = round(token_f1(job["student_answer"], job["teacher_answer"]), 4)
         job["student_version"] = router.version
         if self.store:
             self.store.add_shadow_check(job)
+        self._learn(job)
         checks = self.evidence.setdefault(job["cluster_id"], [])
         checks.append({k: job[k] for k in ("trace_id", "query", "student_answer", "teacher_answer", "agreement")})
         mean = sum(c["agreement"] for c in checks) / len(checks)
@@ -255,6 +238,27 @@ class ShadowChecker:
             if self.store:
                 self.store.withdraw_cluster(router.version, job["cluster_id"], len(checks), round(mean, 4), checks)
 
+    def _learn(self, job: dict) -> None:
+        """Tighten the intent's decision at once on a disagreement (withdraw it when the question was
+        a trained wording: its own answer is wrong), loosen it slowly on an agreement."""
+        router, decision = self.router, self.router.decision
+        intent = decision.intents.get(job["cluster_id"], {})
+        student = {"doc": intent.get("doc"), "answer": job["student_answer"], "refused": False}
+        teacher = {"doc": job.get("teacher_doc"), "answer": job["teacher_answer"], "refused": not job["teacher_answer"]}
+        if agrees(student, teacher, decision.success_f1):
+            decision.agreed(job["cluster_id"])
+        elif job.get("seen"):
+            if job["cluster_id"] not in router.withdrawn:
+                router.withdrawn.add(job["cluster_id"])
+                logger.warning("withdrew intent %s from student %s: RAG disagreed on a trained wording (%r)",
+                               job["cluster_id"], router.version, job["query"])
+                if self.store:
+                    self.store.withdraw_cluster(router.version, job["cluster_id"], 1, job["agreement"],
+                                                [{k: job[k] for k in ("trace_id", "query", "student_answer",
+                                                                      "teacher_answer", "agreement")}])
+        else:
+            decision.disagreed(job["cluster_id"], job["score"])
+
 
 class Router:
     """See the module docstring. Thread-safe: the cheap checks run concurrently, concurrent student
@@ -265,6 +269,8 @@ class Router:
         self.teacher, self.config, self.student, self.version, self.writer = teacher, config, student, version, writer
         if config.router.mode not in MODES:
             raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
+        if not 0.0 <= config.router.max_error_rate <= 1.0:
+            raise DistillError(f"setting 'router.max_error_rate' must be between 0 and 1 (got {config.router.max_error_rate})")
         self.risk = compile_patterns(config.curate.high_risk_patterns)
         self.injection = compile_patterns(config.corpus.injection_patterns)
         self.latest = teacher.retriever.store.document_versions()  # doc_id -> the version RAG retrieves now
@@ -272,7 +278,10 @@ class Router:
         if student and clusters and not any(c.get("wordings") for c in clusters):
             raise DistillError(f"student {version} was trained before distill recorded its intents' wordings; "
                                f"retrain it with `distill train` or `distill nightly`")
-        self.coverage = Coverage(clusters, teacher.retriever.embed_queries)
+        self.clusters = {c["cluster_id"]: c for c in clusters}
+        self.decision = Decision.load(getattr(student, "folder", None), student.manifest if student else {},
+                                      teacher.retriever.embed_queries, config.router.max_error_rate,
+                                      config.router.coverage_threshold, self._rag_documents)
         self._teacher_lock = threading.Lock()
         self.batcher = StudentBatcher(student, config.student.batch_size, config.router.batch_wait_ms / 1000,
                                       config.router.student_timeout_s) if student else None
@@ -334,38 +343,54 @@ class Router:
 
     # -- deciding -------------------------------------------------------------------------------
 
-    def check(self, query: str, scope: str | None = None,
-              coverage_threshold: float | None = None) -> tuple[str | None, dict, dict | None]:
-        """The cheap checks (everything before generation): (failed check or None, scores, intent).
-        `coverage_threshold` overrides the configured one (an evaluation sweeps it)."""
+    def _rag_documents(self, text: str, scope: str | None, vector: np.ndarray) -> set[str]:
+        """The document RAG would read first for a question (the coverage decision's evidence check)."""
+        try:
+            hits = self.teacher.retriever.search(text, scope, k=1, query_vector=vector).hits
+        except DistillError:  # a scope the corpus no longer has
+            return set()
+        return {chunk_doc_version(hit.chunk["chunk_id"])[0] for hit in hits}
+
+    def check(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None]:
+        """The cheap checks (everything before generation): (failed check or None, scores, intent)."""
+        failed, checks, cluster, found = self.assess(query, scope)
+        if failed is None and not found.covered:
+            return "coverage", checks, None
+        return failed, checks, cluster
+
+    def assess(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None, Assessment | None]:
+        """`check` without the coverage verdict, and the coverage assessment itself, so that an
+        evaluation can decide coverage at several error rates from one pass."""
         cfg = self.config.router
-        threshold = cfg.coverage_threshold if coverage_threshold is None else coverage_threshold
         checks: dict = {}
         if not isinstance(query, str) or not query.strip() or len(query) > cfg.max_query_chars:
-            return "input", checks, None
+            return "input", checks, None, None
         try:
             query.encode("utf-8")
         except UnicodeEncodeError:
-            return "input", checks, None
+            return "input", checks, None, None
         if (scope in self.config.curate.high_risk_scopes) or detect_injection(query, self.risk):
-            return "high_risk", checks, None
+            return "high_risk", checks, None, None
         if detect_injection(query, self.injection):
-            return "injection", checks, None
+            return "injection", checks, None, None
         if self.student is None:
-            return "no_student", checks, None
+            return "no_student", checks, None, None
         vector = self.teacher.retriever.embed_queries([query.strip()])[0]
-        cluster, similarity = self.coverage.nearest(vector, scope)
-        checks["coverage"] = round(similarity, 4)
-        if cluster is None or similarity < threshold:
-            return "coverage", checks, None
+        found = self.decision.assess(vector, scope, normalize_query(query), query.strip())
+        cluster = self.clusters.get(found.cluster_id)
+        checks.update(coverage=found.similarity, rival=found.rival, score=found.score, seen=found.seen,
+                      same_evidence=found.same_evidence, max_error_rate=cfg.max_error_rate, estimated_error=found.risk,
+                      threshold=None if found.threshold == float("inf") else round(found.threshold, 4))
+        if cluster is None:
+            return "coverage", checks, None, found
         checks["cluster_id"] = cluster["cluster_id"]
         if cluster["cluster_id"] in self.withdrawn:
-            return "withdrawn", checks, cluster
+            return "withdrawn", checks, cluster, found
         stale = self._stale_documents(query, scope, vector, cluster, checks)
         if stale:
             checks["stale_documents"] = stale
-            return "stale", checks, cluster
-        return None, checks, cluster
+            return "stale", checks, cluster, found
+        return None, checks, cluster, found
 
     def _stale_documents(self, query: str, scope: str | None, vector: np.ndarray, cluster: dict,
                          checks: dict) -> list[str]:
@@ -400,7 +425,8 @@ class Router:
             routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started)
             if failed is None:  # the student answers the same question in the background
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
-                                    "cluster_id": cluster["cluster_id"], "teacher_answer": routed.answer})
+                                    "cluster_id": cluster["cluster_id"], "score": checks["score"], "seen": checks["seen"],
+                                    "teacher_answer": routed.answer, "teacher_doc": _first_document(routed.citations)})
             return routed
         if failed is None:
             routed = self._from_student(query, scope, checks, cluster, router_ms)
@@ -408,7 +434,8 @@ class Router:
                 routed = self._finish(routed, started)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
-                                        "cluster_id": cluster["cluster_id"], "student_answer": routed.answer})
+                                        "cluster_id": cluster["cluster_id"], "score": checks["score"],
+                                        "seen": checks["seen"], "student_answer": routed.answer})
                 return routed
             failed, router_ms = routed.reason, routed.router_ms
         return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
@@ -505,3 +532,7 @@ class Router:
                      retrieval_ms=0.0, prompt_tokens=routed.prompt_tokens, completion_tokens=routed.completion_tokens,
                      model=f"{self.config.train.student_name}/{self.version}" if served else "",
                      backend="student" if served else "none", student_version=self.version if served else None)
+
+
+def _first_document(citations: list[str]) -> str | None:
+    return chunk_doc_version(citations[0])[0] if citations else None

@@ -23,9 +23,10 @@ RUNTIMES = ("int8", "bf16", "fp32")
 
 
 class Student:
-    def __init__(self, model, tokenizer, manifest: dict, max_new_tokens: int = 48):
+    def __init__(self, model, tokenizer, manifest: dict, max_new_tokens: int = 48, folder: Path | None = None):
         self.model, self.tokenizer, self.manifest, self.max_new_tokens = model, tokenizer, manifest, max_new_tokens
         self.template = manifest.get("prompt_template") or "{query}"
+        self.folder = folder  # the version folder: the router reads the coverage calibration from it
 
     @classmethod
     def load(cls, path: Path, runtime: str = "fp32", max_new_tokens: int = 48) -> "Student":
@@ -34,7 +35,7 @@ class Student:
         with int8 dynamic quantization of its linear layers (on a GPU, int8 means bf16)."""
         manifest = read_manifest(path)
         model, tokenizer = load_causal_lm(Path(path), runtime)
-        return cls(model, tokenizer, manifest, max_new_tokens)
+        return cls(model, tokenizer, manifest, max_new_tokens, Path(path))
 
     def prompt(self, query: str, scope: str | None = None) -> list[dict]:
         return [{"role": "user", "content": self.template.format(scope=scope or "", query=query.strip())}]
@@ -67,13 +68,13 @@ class RemoteStudent(Student):
         'Refunds are possible within 30 days.'
     """
 
-    def __init__(self, endpoint, manifest: dict, max_new_tokens: int = 48):
-        super().__init__(None, None, manifest, max_new_tokens)
+    def __init__(self, endpoint, manifest: dict, max_new_tokens: int = 48, folder: Path | None = None):
+        super().__init__(None, None, manifest, max_new_tokens, folder)
         self.endpoint = endpoint
 
     @classmethod
     def load(cls, path: Path, endpoint, max_new_tokens: int = 48) -> "RemoteStudent":
-        return cls(endpoint, read_manifest(path), max_new_tokens)
+        return cls(endpoint, read_manifest(path), max_new_tokens, Path(path))
 
     def answer_batch(self, questions: list[tuple[str, str | None]], max_time: float | None = None) -> list[Generation]:
         generations = self.endpoint.complete_many([self.prompt(q, s) for q, s in questions], self.max_new_tokens,

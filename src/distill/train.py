@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill import registry
+from distill.calibrate import CALIBRATION_FILE
 from distill.config import Config, TrainConfig, Workspace
 from distill.errors import DistillError
 from distill.store import TraceStore
@@ -157,6 +158,8 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
         shutil.rmtree(tmp)
         merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if (dataset_path / CALIBRATION_FILE).exists():  # the evidence the router's coverage decision is calibrated on
+        shutil.copy(dataset_path / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
     clusters = {}
     for row in dataset:
         cluster = clusters.setdefault(row.get("cluster_id"), {

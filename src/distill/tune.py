@@ -35,11 +35,10 @@ from pathlib import Path
 from distill import registry
 from distill.config import Config, Workspace
 from distill.corpus import chunk_doc_version
-from distill.curate import normalize_query
 from distill.errors import DistillError
-from distill.metrics import rank_scores
 from distill.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
                            embedder_path, sync_dense, write_dense_meta)
+from distill.metrics import normalize_query, rank_scores
 from distill.store import CorpusStore, TraceStore
 
 NAME = "retriever"  # models/retriever/vNNNN

@@ -1,0 +1,212 @@
+"""Does the student serve people's own wordings, under the error bound? StackFAQ's real rephrasings.
+
+    python scripts/bench_paraphrase.py [--epochs 8] [--skip-train]
+
+The corpus is StackFAQ's 125 threads (one document each); four weeks of traffic ask a few of each
+thread's human rephrasings before the cutoff and the others only in the held-out week (novel
+wordings), beside off-topic questions and other corpora's questions (out of scope). See
+`scripts/stackfaq.py`. The pipeline runs with its defaults: ingest, collect (extractive teacher),
+curate, train a SmolLM2-135M student, then the systems of `distill eval` answer the held-out week:
+
+- cache: the nearest trained wording's answer at one static cosine (`eval.cache_threshold`), GPTCache-style;
+- replay: the intent's agreed answer under the router's calibrated decision (the ablation);
+- student: the student alone, on every question;
+- routed: the router (calibrated coverage, freshness, the student's confidence), RAG for the rest.
+
+For each, on seen, novel and out-of-scope wordings apart and on each half of the threads (settings
+were chosen on the tune half; quote the report half): share served without RAG, error rate among
+served answers (ground truth: the answer's thread is not the question's thread, and its token F1
+against the teacher's answer to the same question is below `eval.success_f1`), token F1 against the
+thread's answers, latency p50. Also: intent purity and inconsistent rejections of curation's
+clustering against StackFAQ's true grouping, with and without the teacher's evidence.
+Figures go to bench/results/paraphrase.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from distill import registry
+from distill.collect import collect
+from distill.config import Workspace
+from distill.curate import cluster_vectors, curate, normalize_answer, wording_evidence
+from distill.evaluate import evaluate_systems, held_out_items, load_gold_rows
+from distill.index import embed, ingest, load_embedder
+from distill.metrics import best_f1, normalize_query, token_f1
+from distill.store import TraceStore
+from distill.train import train
+from policyqa import ROOT, save_results
+from stackfaq import load_threads, make_traffic, split_threads, write_corpus
+
+HOME = ROOT / "bench" / "paraphrase"
+SYSTEMS = ("cache", "replay", "student", "routed")
+
+
+def build(workspace: Workspace, config, threads: list[dict]) -> dict:
+    """Corpus, traffic and traces (each step resumes: ingest and collect skip what is stored)."""
+    traffic = make_traffic(threads, HOME / "traffic")
+    started = time.time()
+    ingest(workspace, write_corpus(threads, HOME / "corpus.jsonl"), config)
+    report = collect(workspace, config, traffic["queries"])
+    print(f"traffic: {traffic['counts']} held out; collected {report.answered} new traces "
+          f"({report.skipped_existing} stored before) in {time.time() - started:.0f} s")
+    return traffic
+
+
+def grouping_quality(workspace: Workspace, config, gold: dict, cutoff) -> dict:
+    """Purity of curation's intents against the threads, intents per thread, and the share of the
+    pre-cutoff traces that an answer-agreement rule would reject as inconsistent, for clustering by
+    question similarity alone (the old rule, at 0.7) and with the teacher's evidence (the default)."""
+    with TraceStore(workspace.traces_db) as store:
+        traces = store.curation_input()
+    before = [t for t in traces if t["asked_at"] < cutoff]
+    keys = [(t["scope"], normalize_query(t["query"])) for t in before]
+    distinct = sorted(set(keys), key=str)
+    vectors = embed(load_embedder(config.index.embedding_model), [w for _, w in distinct], batch_size=128)
+    evidence = wording_evidence(before, keys, distinct)
+    thread_of = {normalize_query(g["query"]): g["thread"] for g in gold.values()}
+    out = {}
+    for name, threshold, ev in (("question similarity only (0.7)", 0.7, None),
+                                (f"same evidence (default {config.curate.cluster_threshold})",
+                                 config.curate.cluster_threshold, evidence)):
+        cluster_of = cluster_vectors(distinct, vectors, threshold, ev)
+        members: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            members[cluster_of[key]].append(i)
+        pure = total = inconsistent = 0
+        per_thread: dict[int, set] = defaultdict(set)
+        for number, indices in members.items():
+            threads = Counter(thread_of[keys[i][1]] for i in indices if thread_of.get(keys[i][1]) is not None)
+            if threads:
+                top, count = threads.most_common(1)[0]
+                pure, total = pure + count, total + sum(threads.values())
+                per_thread[top].add(number)
+            answers = Counter("<refused>" if before[i]["refused"] else normalize_answer(before[i]["answer"])
+                              for i in indices)
+            if answers.most_common(1)[0][1] / len(indices) < config.curate.min_agreement:
+                inconsistent += len(indices)
+        out[name] = {"purity": round(pure / total, 4), "intents": len(members),
+                     "intents_per_thread": round(np.mean([len(s) for s in per_thread.values()]), 2),
+                     "inconsistent_traces": round(inconsistent / len(before), 4)}
+    return out
+
+
+class ThreadOf:
+    """Which thread an answer comes from: the thread holding the sentence it matches best."""
+
+    def __init__(self, threads: list[dict]):
+        self.sentences = [(t["thread"], s) for t in threads for a in [t["question"]] + t["answers"]
+                          for s in re.split(r"(?<=[.!?])\s+", a) if s.strip()]
+
+    def __call__(self, answer: str) -> int | None:
+        if not answer.strip():
+            return None
+        best = max(self.sentences, key=lambda pair: token_f1(answer, pair[1]))
+        return best[0] if token_f1(answer, best[1]) > 0 else None
+
+
+def judged(items, outcomes, gold_by_query, thread_of: ThreadOf, success_f1: float, halves) -> dict:
+    """Per system, per (kind, half): share served without RAG, ground-truth error rate among those
+    served, token F1 against the thread's answers, latency p50."""
+    teacher = outcomes["teacher"]
+    table: dict = {}
+    for name in SYSTEMS:
+        if name not in outcomes:
+            continue
+        groups: dict[str, list] = defaultdict(list)
+        for item, outcome, rag in zip(items, outcomes[name], teacher):
+            g = gold_by_query[normalize_query(item.query)]
+            half = "out_of_scope" if g["thread"] is None else ("tune" if g["thread"] in halves["tune"] else "report")
+            served = outcome["route"] != "rag"
+            wrong = None
+            if served:
+                answered = thread_of(outcome["answer"]) if not outcome["refused"] else None
+                if g["thread"] is None:
+                    wrong = not outcome["refused"]
+                else:
+                    wrong = answered != g["thread"] and token_f1(outcome["answer"], rag["answer"]) < success_f1
+            f1 = 0.0 if outcome["refused"] or g["thread"] is None else best_f1(outcome["answer"], g["gold_answers"])
+            row = (item.weight, served, wrong, f1, outcome["latency_ms"])
+            groups[f"{g['kind']}/{half}"].append(row)
+            if g["thread"] is not None:
+                groups[f"{g['kind']}/all"].append(row)
+        table[name] = {key: _summary(rows) for key, rows in sorted(groups.items())}
+    return table
+
+
+def _summary(rows: list[tuple]) -> dict:
+    weight = sum(w for w, *_ in rows)
+    served = [(w, wrong) for w, s, wrong, _, _ in rows if s]
+    served_weight = sum(w for w, _ in served)
+    return {"traffic": weight, "served": round(served_weight / weight, 4) if weight else None,
+            "served_traffic": served_weight, "errors": sum(w for w, wrong in served if wrong),
+            "error_rate": round(sum(w for w, wrong in served if wrong) / served_weight, 4) if served_weight else None,
+            "f1_vs_thread": round(sum(w * f for w, _, _, f, _ in rows) / weight, 4) if weight else None,
+            "latency_p50_ms": round(float(np.percentile(np.repeat([r[4] for r in rows], [r[0] for r in rows]), 50)), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=float, default=None, help="training epochs (default: train.epochs)")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate the promoted student again")
+    parser.add_argument("--max-error-rate", type=float, default=None, help="router.max_error_rate (default: the config's)")
+    args = parser.parse_args()
+    threads = load_threads()
+    HOME.mkdir(parents=True, exist_ok=True)
+    workspace = Workspace(HOME)
+    overrides = {"router": {"max_error_rate": args.max_error_rate}} if args.max_error_rate is not None else {}
+    config = workspace.config(overrides)
+    traffic = build(workspace, config, threads)
+    gold_rows = load_gold_rows(traffic["gold"])
+    gold_by_id = {g["query_id"]: g for g in gold_rows}
+    gold_by_query = {normalize_query(g["query"]): g for g in gold_rows}
+
+    grouping = grouping_quality(workspace, config, gold_by_id, traffic["cutoff"])
+    print("intents against the true threads (pre-cutoff traces):")
+    for name, figures in grouping.items():
+        print(f"  {name:34} purity {figures['purity']:.3f}, {figures['intents']} intents, "
+              f"{figures['intents_per_thread']} per thread, inconsistent {figures['inconsistent_traces']:.1%}")
+
+    if not args.skip_train:
+        started = time.time()
+        curation = curate(workspace, config)
+        print(f"curate: {curation.train} traces kept, {curation.examples} examples, rejected "
+              f"{dict(curation.decisions.get('reject', {}))} ({time.time() - started:.0f} s)")
+        train_config = workspace.config({**overrides, "train": {"epochs": args.epochs}}) if args.epochs else config
+        result = train(workspace, train_config, curation.dataset_path, progress=True)
+        registry.promote(workspace.models_dir, config.train.student_name, result.version)
+        print(f"train: {result.version}, {result.steps} steps in {result.runtime_s:.0f} s, "
+              f"loss {result.losses[0]:.2f} -> {result.losses[-1]:.2f}")
+
+    items = held_out_items(workspace, gold_rows, limit=100_000)
+    started = time.time()
+    figures = evaluate_systems(workspace, config, items, progress=True, keep_outcomes=True)
+    print(f"evaluated {len(items)} distinct held-out questions ({figures['traffic']} asked) in {time.time() - started:.0f} s")
+    halves = split_threads(threads)
+    table = judged(items, figures.pop("outcomes"), gold_by_query, ThreadOf(threads), config.eval.success_f1, halves)
+    print(f"decision: {figures['decision']}")
+    print(f"{'system':8} {'wordings/threads':22} {'traffic':>7} {'served':>7} {'errors':>7} {'err rate':>8} "
+          f"{'F1 thread':>9} {'p50 ms':>8}")
+    for name, groups in table.items():
+        for key, row in groups.items():
+            print(f"{name:8} {key:22} {row['traffic']:7d} {row['served']:7.1%} {row['errors']:7d} "
+                  f"{(row['error_rate'] if row['error_rate'] is not None else float('nan')):8.1%} "
+                  f"{row['f1_vs_thread']:9.3f} {row['latency_p50_ms']:8.1f}")
+    novel = {name: groups.get("novel/report", {}) for name, groups in table.items()}
+    print("novel wordings, report half: routed serves "
+          f"{novel['routed'].get('served', 0):.1%} (error {novel['routed'].get('error_rate') or 0:.1%}), "
+          f"the static cache {novel['cache'].get('served', 0):.1%} (error {novel['cache'].get('error_rate') or 0:.1%})")
+    print(f"router overhead p50 {figures['router_overhead_ms']['p50']} ms, p95 {figures['router_overhead_ms']['p95']} ms")
+    path = save_results("paraphrase", {"grouping": grouping, "table": table, "eval": figures,
+                                       "max_error_rate": config.router.max_error_rate})
+    print(f"figures: {path}")
+
+
+if __name__ == "__main__":
+    main()

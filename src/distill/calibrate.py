@@ -1,0 +1,307 @@
+"""The router's coverage decision: which wordings the student may answer, under an error rate the user sets.
+
+A student that only answers the exact strings it was trained on is a slow cache; one global cosine
+threshold is wrong both ways (the similarity of right and wrong reuses overlaps, and the right
+threshold differs per intent: vCache, Schroeder et al., ICLR 2026). So the decision is learned from
+evidence the traces already hold, and bounded:
+
+1. Evidence. Curation exports every wording asked before its cutoff (`calibration.json` beside the
+   training set, copied into each student version) with what the teacher answered it from and with:
+   the trained intents' wordings, and the untrained ones (rare questions, other needs) as rivals.
+2. Score. A question's nearest trained intent has similarity `s1` (cosine to its closest wording);
+   its rival has `s2` (the closest wording whose evidence does not agree with that intent's: another
+   need). The score is `s1 + MARGIN_WEIGHT * (s1 - s2)`: near the intent and clearly nearer it than
+   to anything else.
+3. Calibration. Every exported wording is scored leave-one-out (as if it were new) against the
+   others, and labelled an error when its nearest intent's evidence disagrees with the teacher's own
+   answer to it (another document and token F1 below `eval.success_f1`). The threshold is the lowest
+   score at which the examples scoring at least that much have an error rate whose one-sided
+   `CONFIDENCE` Clopper-Pearson upper bound is at most `router.max_error_rate`: selective risk
+   control (Geifman and El-Yaniv, 2017). Too little evidence means no threshold: novel wordings go
+   to RAG until the traces hold enough.
+4. Per intent. An intent whose own calibration wordings erred above the global threshold starts
+   stricter (just above the worst one). At run time a shadow disagreement tightens the intent at
+   once to just above the disagreeing question's score; each agreement loosens it by `LOOSEN` of
+   the way back to the global threshold (vCache's per-entry thresholds, learned online).
+
+A wording the student was trained on is always covered (its answer is the teacher's agreed answer
+for it); the decision is about the others.
+
+    >>> decision = Decision(calibration, embed, max_error_rate=0.02, min_similarity=0.5)
+    >>> decision.assess(embed(["how do i strike out text on github"])[0], "webapps", "how do i strike out text on github")
+    Assessment(cluster_id='3f2a...', similarity=0.83, rival=0.41, score=1.25, threshold=1.02, seen=False, risk=0.017)
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from distill.errors import DistillError
+from distill.metrics import normalize_query, token_f1
+
+CALIBRATION_FILE = "calibration.json"
+MARGIN_WEIGHT = 1.0  # chosen on StackFAQ's tune half of threads (scripts/bench_paraphrase.py)
+LOOSEN = 0.1  # share of the way back to the global threshold that one shadow agreement moves an intent
+RIVALS = 32  # nearest wordings searched for a rival
+TIGHTEN = 1e-6  # how far above a wrong answer's score an intent's threshold moves
+
+
+@dataclass
+class Assessment:
+    cluster_id: str | None
+    similarity: float  # s1: cosine to the nearest trained wording
+    rival: float  # s2: cosine to the nearest wording of another need
+    score: float
+    threshold: float  # the intent's threshold now (inf: none)
+    seen: bool  # the question is one of the intent's trained wordings
+    same_evidence: bool | None  # RAG's best document for the question is the one the intent's answer came from
+    risk: float | None  # the error bound among calibration examples scoring at least this much
+
+    @property
+    def covered(self) -> bool:
+        return self.cluster_id is not None and (self.seen or self.score >= self.threshold)
+
+
+def agrees(a: dict, b: dict, success_f1: float) -> bool:
+    """Two pieces of evidence ({doc, answer, refused}) give the same answer: both refusals, or the
+    same document, or answers at token F1 of at least `success_f1`."""
+    if a["refused"] or b["refused"]:
+        return bool(a["refused"] and b["refused"])
+    return a["doc"] == b["doc"] or token_f1(a["answer"], b["answer"]) >= success_f1
+
+
+def error_bound(errors: int, n: int) -> float:
+    """The expected error rate after `errors` wrong in `n`, under a uniform prior (the posterior
+    mean, Laplace's rule): 0 of 48 -> 0.02, 1 of 98 -> 0.02. Unlike the raw rate it is never 0 on
+    little evidence, so a handful of lucky examples cannot open an intent to novel wordings."""
+    return (errors + 1) / (n + 2)
+
+
+def select_threshold(scores: list[float], errors: list[bool], max_error_rate: float) -> tuple[float, list[tuple[float, float]]]:
+    """The lowest score whose served set (every example scoring at least that) has an error bound
+    within `max_error_rate` (inf when none has), and the bound curve as (score, bound) pairs, best first."""
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    threshold, curve, wrong = float("inf"), [], 0
+    for k, i in enumerate(order, 1):
+        wrong += bool(errors[i])
+        bound = error_bound(wrong, k)
+        curve.append((float(scores[i]), bound))
+        if bound <= max_error_rate:
+            threshold = float(scores[i])
+    return threshold, curve
+
+
+class Decision:
+    """The coverage decision over one student's calibration evidence (see the module docstring).
+    Thread-safe: shadow checks tighten and loosen intents while requests are assessed."""
+
+    def __init__(self, calibration: dict, embed, max_error_rate: float, min_similarity: float, evidence_doc=None):
+        """`embed(texts)` gives unit vectors (the router's query embedder); `evidence_doc(text,
+        scope, vector)` the document RAG would read first for a question (None: not used)."""
+        import faiss
+
+        self.max_error_rate, self.min_similarity, self.evidence_doc = max_error_rate, min_similarity, evidence_doc
+        self.success_f1 = calibration.get("success_f1", 0.5)
+        self.intents: dict[str, dict] = calibration.get("intents", {})
+        self.rows: list[dict] = calibration.get("wordings", [])
+        self.trained: dict[tuple, str] = {(r["scope"] or "", r["wording"]): r["cluster_id"]
+                                          for r in self.rows if r.get("cluster_id")}
+        vectors = embed([r.get("text") or r["wording"] for r in self.rows]).astype(np.float32) if self.rows else np.zeros((0, 1), np.float32)
+        self.by_scope: dict[str, tuple] = {}
+        for scope in {r["scope"] or "" for r in self.rows}:
+            members = [i for i, r in enumerate(self.rows) if (r["scope"] or "") == scope]
+            trained = [i for i in members if self.rows[i].get("cluster_id")
+                       and not self.intents.get(self.rows[i]["cluster_id"], {}).get("refused")]
+            every = faiss.IndexFlatIP(vectors.shape[1])
+            every.add(vectors[members])
+            nearest = faiss.IndexFlatIP(vectors.shape[1])
+            if trained:
+                nearest.add(vectors[trained])
+            self.by_scope[scope] = (nearest, trained, every, members)
+        self._agree = lru_cache(maxsize=200_000)(self._agrees)
+        self._lock = threading.Lock()
+        self.examples = self._examples(vectors)
+        self._at_rate: dict[float, dict] = {}
+        self.group_thresholds = self._group_thresholds(max_error_rate)
+        self.curves = {group: select_threshold([e["score"] for e in self.examples if e["same_evidence"] == group],
+                                               [e["error"] for e in self.examples if e["same_evidence"] == group],
+                                               max_error_rate)[1] for group in self.group_thresholds}
+        self.thresholds: dict[str, float] = {}  # intents stricter than their group, by calibration or shadow checks
+        for example in self.examples:  # an intent whose own evidence erred above its threshold starts stricter
+            if example["error"] and example["score"] >= self.group_thresholds[example["same_evidence"]]:
+                cid = example["cluster_id"]
+                self.thresholds[cid] = max(self.thresholds.get(cid, 0.0), example["score"] + TIGHTEN)
+
+    def _group_thresholds(self, max_error_rate: float) -> dict:
+        """A threshold per group of questions (RAG's best document the intent's own, or not), each
+        bounding its group's error rate, so the error rate over both stays within the bound too."""
+        if max_error_rate not in self._at_rate:
+            self._at_rate[max_error_rate] = {
+                group: select_threshold([e["score"] for e in self.examples if e["same_evidence"] == group],
+                                        [e["error"] for e in self.examples if e["same_evidence"] == group],
+                                        max_error_rate)[0]
+                for group in (True, False, None)}
+        return self._at_rate[max_error_rate]
+
+    @classmethod
+    def load(cls, folder: Path | None, manifest: dict, embed, max_error_rate: float, min_similarity: float,
+             evidence_doc=None) -> "Decision":
+        """A student version's decision; a version trained before calibration existed gets its
+        trained wordings only (novel wordings go to RAG)."""
+        path = Path(folder) / CALIBRATION_FILE if folder else None
+        if path and path.exists():
+            try:
+                calibration = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                raise DistillError(f"{path} is corrupted; retrain the student with `distill nightly`") from None
+        else:
+            calibration = {"intents": {c["cluster_id"]: {"doc": None, "answer": "", "refused": False}
+                                       for c in manifest.get("clusters", [])},
+                           "wordings": [{"scope": c.get("scope") or "", "wording": normalize_query(w), "text": w,
+                                         "cluster_id": c["cluster_id"]}
+                                        for c in manifest.get("clusters", []) for w in c.get("wordings", [])]}
+        return cls(calibration, embed, max_error_rate, min_similarity, evidence_doc)
+
+    # -- scoring -----------------------------------------------------------------------------------
+
+    def _agrees(self, cluster_id: str, row: int) -> bool:
+        found = self.rows[row]
+        if found.get("cluster_id") == cluster_id:
+            return True
+        if "doc" not in found:
+            return False
+        return agrees(self.intents[cluster_id], found, self.success_f1)
+
+    def _nearest(self, vector: np.ndarray, scope: str, skip: int | None = None) -> tuple[str | None, float]:
+        nearest, trained, _, _ = self.by_scope[scope]
+        if not trained:
+            return None, 0.0
+        scores, ids = nearest.search(vector.reshape(1, -1), min(2, len(trained)))
+        for score, i in zip(scores[0], ids[0]):
+            if i >= 0 and trained[i] != skip:
+                return self.rows[trained[i]]["cluster_id"], float(score)
+        return None, 0.0
+
+    def _rival(self, vector: np.ndarray, scope: str, cluster_id: str, skip: int | None = None) -> float:
+        _, _, every, members = self.by_scope[scope]
+        scores, ids = every.search(vector.reshape(1, -1), min(RIVALS, len(members)))
+        last = 0.0
+        for score, i in zip(scores[0], ids[0]):
+            if i < 0:
+                break
+            last = float(score)
+            row = members[i]
+            if row != skip and not self._agree(cluster_id, row):
+                return float(score)
+        return last if len(members) > RIVALS else 0.0
+
+    def _same_evidence(self, text: str, scope: str, vector: np.ndarray, cluster_id: str) -> bool | None:
+        if self.evidence_doc is None or not self.intents[cluster_id].get("doc"):
+            return None
+        return self.intents[cluster_id]["doc"] in self.evidence_doc(text, scope or None, vector)
+
+    def _score(self, similarity: float, rival: float) -> float:
+        return similarity + MARGIN_WEIGHT * (similarity - rival)
+
+    def _examples(self, vectors: np.ndarray) -> list[dict]:
+        """Every exported wording with evidence, scored leave-one-out, with its error label."""
+        examples = []
+        for i, row in enumerate(self.rows):
+            if "doc" not in row:
+                continue
+            scope = row["scope"] or ""
+            cluster_id, similarity = self._nearest(vectors[i], scope, skip=i)
+            if cluster_id is None:
+                continue
+            rival = self._rival(vectors[i], scope, cluster_id, skip=i)
+            examples.append({"row": i, "cluster_id": cluster_id, "similarity": similarity, "rival": rival,
+                             "score": self._score(similarity, rival),
+                             "same_evidence": self._same_evidence(row.get("text") or row["wording"], scope, vectors[i],
+                                                                  cluster_id),
+                             "error": not agrees(self.intents[cluster_id], row, self.success_f1)})
+        return examples
+
+    def assess(self, vector: np.ndarray, scope: str | None, wording: str, text: str | None = None) -> Assessment:
+        """Where a question (its unit vector, scope, normalized wording and text) stands."""
+        scope = scope or ""
+        vector = vector.astype(np.float32)
+        cluster_id, similarity = self._nearest(vector, scope) if scope in self.by_scope else (None, 0.0)
+        if cluster_id is None:
+            return Assessment(None, 0.0, 0.0, 0.0, float("inf"), False, None, None)
+        seen = self.trained.get((scope, wording)) == cluster_id
+        rival = self._rival(vector, scope, cluster_id)
+        score = self._score(similarity, rival)
+        same = None if seen or similarity < self.min_similarity else \
+            self._same_evidence(text or wording, scope, vector, cluster_id)
+        threshold = self.threshold(cluster_id, same) if similarity >= self.min_similarity else float("inf")
+        return Assessment(cluster_id, round(similarity, 4), round(rival, 4), round(score, 4), threshold, seen, same,
+                          self.risk(score, same))
+
+    def covers(self, found: Assessment, max_error_rate: float | None = None) -> bool:
+        """`found.covered`, at another error rate (an evaluation sweeps it)."""
+        if found.cluster_id is None or found.seen:
+            return found.cluster_id is not None
+        return found.similarity >= self.min_similarity and \
+            found.score >= self.threshold(found.cluster_id, found.same_evidence, max_error_rate)
+
+    def threshold(self, cluster_id: str, same_evidence: bool | None, max_error_rate: float | None = None) -> float:
+        """The intent's threshold now for a question of this group; with `max_error_rate`, the group's
+        threshold at that rate instead of the configured one (an evaluation sweeps it)."""
+        group = (self.group_thresholds if max_error_rate is None else self._group_thresholds(max_error_rate))[same_evidence]
+        with self._lock:
+            return max(group, self.thresholds.get(cluster_id, group))
+
+    @property
+    def global_threshold(self) -> float:
+        """The lowest group threshold: below it no novel wording is served."""
+        return min(self.group_thresholds.values())
+
+    def risk(self, score: float, same_evidence: bool | None) -> float | None:
+        """The error bound of the group's calibration examples scoring at least `score` (None: none do)."""
+        curve = self.curves.get(same_evidence, [])
+        k = bisect.bisect_right([-s for s, _ in curve], -score)
+        return round(curve[k - 1][1], 4) if k else None
+
+    # -- learning online ----------------------------------------------------------------------------
+
+    def disagreed(self, cluster_id: str, score: float) -> None:
+        """A shadow check found the intent's answer wrong for a question scoring `score`: from now
+        on, only questions scoring above it are served for this intent."""
+        with self._lock:
+            self.thresholds[cluster_id] = max(self.thresholds.get(cluster_id, 0.0), score + TIGHTEN)
+
+    def agreed(self, cluster_id: str) -> None:
+        """A shadow check agreed: move the intent's own threshold `LOOSEN` of the way back to the
+        lowest group threshold (it never goes below a group's: those bound the error)."""
+        with self._lock:
+            current = self.thresholds.get(cluster_id)
+            if current is not None and current > self.global_threshold:
+                self.thresholds[cluster_id] = current - LOOSEN * (current - self.global_threshold)
+
+    def summary(self) -> dict:
+        """What the decision rests on, for /health, the eval report and `distill ask --explain`."""
+        def finite(value: float) -> float | None:
+            return None if value == float("inf") else round(value, 4)
+
+        covered = [e for e in self.examples if e["score"] >= self.group_thresholds[e["same_evidence"]]]
+        return {"max_error_rate": self.max_error_rate, "examples": len(self.examples),
+                "errors": sum(e["error"] for e in self.examples),
+                "thresholds": {("same_evidence" if g else "other_evidence" if g is False else "no_evidence_check"): finite(t)
+                               for g, t in self.group_thresholds.items()
+                               if any(e["same_evidence"] == g for e in self.examples)},
+                "examples_covered": len(covered), "errors_covered": sum(e["error"] for e in covered),
+                "stricter_intents": len(self.thresholds)}
+
+
+def export_calibration(path: Path, intents: dict[str, dict], wordings: list[dict], success_f1: float) -> None:
+    """Write the evidence a `Decision` is built from (curation calls this beside the training set):
+    `intents` {cluster_id: {doc, answer, refused}}, `wordings` [{scope, wording (normalized), text,
+    cluster_id (trained wordings only), doc, answer, refused}]."""
+    path.write_text(json.dumps({"success_f1": success_f1, "intents": intents, "wordings": wordings}))
