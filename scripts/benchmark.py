@@ -95,7 +95,8 @@ def student_vs_llm_teacher(workspace: Workspace, config, version: str, n: int) -
 def summary(measured: dict, figures: dict, night) -> None:
     top, evaluation = measured["headline"], measured["nightly"]["evaluate"]
     scores = next(iter(evaluation.get("scores", {}).values()), {}) if evaluation else {}
-    router, serve = load_results("router"), load_results("serve")
+    router, serve, paraphrase = load_results("router"), load_results("serve"), load_results("paraphrase")
+    wording = figures.get("by_wording", {})
 
     def earlier(result: dict | None, text) -> str:
         return "not measured yet" if result is None else f"{text(result)} (measured {result['measured_at']})"
@@ -131,6 +132,21 @@ def summary(measured: dict, figures: dict, night) -> None:
          f"{measured['safety']['served_by_student']} of {measured['safety']['flagged_by_curation']}"),
         ("#6 share keeping 95 % / 99 % of teacher quality (curve)", "-",
          f"{_pct(measured['keeping']['95%'])} / {_pct(measured['keeping']['99%'])}"),
+        ("#14 PolicyQA held-out: routed error rate among served, seen / novel wordings",
+         f"<= {figures['max_error_rate']:.0%}",
+         " / ".join(f"{_pct(wording.get(k, {}).get('routed', {}).get('error_rate'))} of "
+                    f"{_pct(wording.get(k, {}).get('routed', {}).get('student_share'))} served" for k in ("seen", "novel"))),
+        ("#14 StackFAQ novel wordings (report half): routed served, error", ">= 50 %, <= 2 %",
+         earlier(paraphrase, lambda r: f"{_pct(r['table']['routed']['novel/report']['served'])}, "
+                                       f"{_pct(r['table']['routed']['novel/report']['error_rate'])}")),
+        ("#14 StackFAQ novel wordings (report half): static cache served, error", "routed >= 2x",
+         earlier(paraphrase, lambda r: f"{_pct(r['table']['cache']['novel/report']['served'])}, "
+                                       f"{_pct(r['table']['cache']['novel/report']['error_rate'])}")),
+        ("#14 StackFAQ seen wordings (report half): routed served", ">= 90 %",
+         earlier(paraphrase, lambda r: _pct(r['table']['routed']['seen/report']['served']))),
+        ("#14 StackFAQ out-of-scope questions served by the student", "0",
+         earlier(paraphrase, lambda r: f"{r['table']['routed']['out_of_scope/out_of_scope']['served_traffic']} of "
+                                       f"{r['table']['routed']['out_of_scope/out_of_scope']['traffic']}")),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"\n{'goal':{width}s}  {'target':>20s}  measured")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from distill.calibrate import Decision, agrees, error_bound, select_threshold
+from distill.calibrate import Decision, agrees, expected_error, risk_curve, threshold_at
 
 DIM = 48
 
@@ -50,10 +50,12 @@ def calibration(intents: int, wordings: int, wrong: set[int] = frozenset()) -> d
 
 
 def test_the_expected_error_and_the_threshold_it_selects():
-    assert error_bound(0, 48) == pytest.approx(0.02) and error_bound(1, 98) == pytest.approx(0.02)
-    threshold, curve = select_threshold([0.9, 0.8, 0.7, 0.6], [False, False, False, True], 0.25)
-    assert threshold == 0.7 and [round(b, 3) for _, b in curve] == [0.333, 0.25, 0.2, 0.333]
-    assert select_threshold([0.9], [True], 0.02)[0] == float("inf")  # no evidence is no threshold
+    assert expected_error(0, 48) == pytest.approx(0.02) and expected_error(1, 98) == pytest.approx(0.02)
+    curve = risk_curve([0.6, 0.9, 0.8, 0.7], [True, False, False, False])
+    assert [score for score, _ in curve] == [0.9, 0.8, 0.7, 0.6]
+    assert [round(e, 3) for _, e in curve] == [0.333, 0.25, 0.2, 0.333]
+    assert threshold_at(curve, 0.25) == 0.7 and threshold_at(curve, 0.2) == 0.7 and threshold_at(curve, 0.1) == float("inf")
+    assert threshold_at(risk_curve([0.9], [True]), 0.02) == float("inf")  # no evidence is no threshold
     assert agrees({"doc": "a", "answer": "x", "refused": False}, {"doc": "a", "answer": "y", "refused": False}, 0.5)
     assert not agrees({"doc": "a", "answer": "x", "refused": False}, {"doc": "b", "answer": "y", "refused": False}, 0.5)
     assert agrees({"doc": "a", "answer": "the refund takes 14 days", "refused": False},
@@ -85,7 +87,7 @@ def test_a_question_near_no_intent_goes_to_rag():
     assert not decision.assess(space.embed(["intent-1 wording-new"])[0], "other scope", "x").covered
 
 
-def test_the_error_bound_holds_on_novel_wordings_when_some_intents_are_wrong():
+def test_the_expected_error_holds_on_novel_wordings_when_some_intents_are_wrong():
     """10 of 60 intents give another document's answer: the calibration sees it in their own wordings
     (leave-one-out), and the served error on fresh wordings stays within the bound."""
     wrong = set(range(0, 60, 6))

@@ -29,7 +29,8 @@ def workspace(tmp_path_factory, tiny_lm_dir):
         f'[corpus]\nallowed_sources = ["help-center"]\n'
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 1\n'
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n'
-        f'[router]\nmin_student_logprob = -1000.0\n')  # a random tiny model is never confident
+        f'[router]\nmin_student_logprob = -1000.0\nmin_intent_agreement = 0.0\n'  # a random tiny model is never
+        f'fast_path = "student"\n')  # confident, never on its intent's answer; these tests are about generating
     workspace = Workspace(home)
     ingest(workspace, home / "docs.jsonl", workspace.config())
     dataset = write_dataset(home / "ds", rows=COVERED)
@@ -290,3 +291,30 @@ def test_the_student_can_answer_from_an_openai_compatible_endpoint(workspace, tm
     with Router.from_workspace(workspace, config, log=False) as router:
         down = router.answer(REFUND_Q, scope="billing")
     assert down.route == "rag" and down.reason == "student_error" and down.answer
+
+
+def test_the_replay_fast_path_answers_with_the_intents_agreed_answer_without_generating(workspace, tmp_path):
+    router = own_router(workspace, tmp_path / "traces.duckdb", fast_path="replay", shadow_share=0.0)
+    routed = router.answer(REFUND_Q, "billing")
+    router.close()
+    assert routed.route == "student" and routed.reason == "served" and routed.checks["fast_path"] == "replay"
+    assert routed.answer == COVERED[0][2] and routed.generation_ms == 0.0
+    assert routed.citations == ["billing/refunds@v1#0"]
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("max_error_rate", -0.1, "setting 'router.max_error_rate' must be between 0 and 1 (got -0.1)"),
+    ("max_error_rate", 1.5, "setting 'router.max_error_rate' must be between 0 and 1 (got 1.5)"),
+    ("fast_path", "cache", "setting 'router.fast_path' must be one of student, replay (got 'cache')"),
+])
+def test_a_router_setting_out_of_range_is_one_clear_error(workspace, setting, value, message):
+    with pytest.raises(DistillError) as caught:
+        Router.from_workspace(workspace, workspace.config({"router": {setting: value}}), log=False)
+    assert str(caught.value) == message and "\n" not in str(caught.value)
+
+
+def test_a_student_answer_off_its_intents_trained_answer_goes_to_rag(workspace, tmp_path):
+    router = own_router(workspace, tmp_path / "traces.duckdb", min_intent_agreement=0.5, shadow_share=0.0)
+    routed = router.answer(REFUND_Q, "billing")  # the tiny student's answer is noise, nothing like its intent's
+    router.close()
+    assert routed.route == "rag" and routed.reason == "off_intent" and routed.checks["intent_agreement"] < 0.5

@@ -12,24 +12,27 @@ evidence the traces already hold, and bounded:
    its rival has `s2` (the closest wording whose evidence does not agree with that intent's: another
    need). The score is `s1 + MARGIN_WEIGHT * (s1 - s2)`: near the intent and clearly nearer it than
    to anything else.
-3. Calibration. Every exported wording is scored leave-one-out (as if it were new) against the
+3. Evidence group. Whether the document RAG would read first for the question is the one the
+   intent's answer came from splits questions in two groups, each with a threshold of its own.
+4. Calibration. Every exported wording is scored leave-one-out (as if it were new) against the
    others, and labelled an error when its nearest intent's evidence disagrees with the teacher's own
-   answer to it (another document and token F1 below `eval.success_f1`). The threshold is the lowest
-   score at which the examples scoring at least that much have an error rate whose one-sided
-   `CONFIDENCE` Clopper-Pearson upper bound is at most `router.max_error_rate`: selective risk
-   control (Geifman and El-Yaniv, 2017). Too little evidence means no threshold: novel wordings go
-   to RAG until the traces hold enough.
-4. Per intent. An intent whose own calibration wordings erred above the global threshold starts
+   answer to it (another document and token F1 below `eval.success_f1`). A group's threshold is the
+   lowest score at which the examples scoring at least that much have an expected error rate (the
+   posterior mean, `expected_error`) of at most `router.max_error_rate`: selective risk control
+   (Geifman and El-Yaniv, 2017). Too little evidence means no threshold: novel wordings go to RAG
+   until the traces hold enough.
+5. Per intent. An intent whose own calibration wordings erred above its group's threshold starts
    stricter (just above the worst one). At run time a shadow disagreement tightens the intent at
    once to just above the disagreeing question's score; each agreement loosens it by `LOOSEN` of
-   the way back to the global threshold (vCache's per-entry thresholds, learned online).
+   the way back (vCache's per-entry thresholds, learned online).
 
 A wording the student was trained on is always covered (its answer is the teacher's agreed answer
 for it); the decision is about the others.
 
-    >>> decision = Decision(calibration, embed, max_error_rate=0.02, min_similarity=0.5)
+    >>> decision = Decision(calibration, embed, max_error_rate=0.02, min_similarity=0.5, evidence_doc=rag_top_document)
     >>> decision.assess(embed(["how do i strike out text on github"])[0], "webapps", "how do i strike out text on github")
-    Assessment(cluster_id='3f2a...', similarity=0.83, rival=0.41, score=1.25, threshold=1.02, seen=False, risk=0.017)
+    Assessment(cluster_id='3f2a...', similarity=0.83, rival=0.41, score=1.25, threshold=0.94, seen=False,
+               same_evidence=True, risk=0.011)
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from distill.metrics import normalize_query, token_f1
 
 CALIBRATION_FILE = "calibration.json"
 MARGIN_WEIGHT = 1.0  # chosen on StackFAQ's tune half of threads (scripts/bench_paraphrase.py)
-LOOSEN = 0.1  # share of the way back to the global threshold that one shadow agreement moves an intent
+LOOSEN = 0.1  # share of the way back to the group thresholds that one shadow agreement moves an intent
 RIVALS = 32  # nearest wordings searched for a rival
 TIGHTEN = 1e-6  # how far above a wrong answer's score an intent's threshold moves
 
@@ -62,7 +65,7 @@ class Assessment:
     threshold: float  # the intent's threshold now (inf: none)
     seen: bool  # the question is one of the intent's trained wordings
     same_evidence: bool | None  # RAG's best document for the question is the one the intent's answer came from
-    risk: float | None  # the error bound among calibration examples scoring at least this much
+    risk: float | None  # the expected error of the group's calibration examples scoring at least this much
 
     @property
     def covered(self) -> bool:
@@ -77,25 +80,26 @@ def agrees(a: dict, b: dict, success_f1: float) -> bool:
     return a["doc"] == b["doc"] or token_f1(a["answer"], b["answer"]) >= success_f1
 
 
-def error_bound(errors: int, n: int) -> float:
+def expected_error(errors: int, n: int) -> float:
     """The expected error rate after `errors` wrong in `n`, under a uniform prior (the posterior
     mean, Laplace's rule): 0 of 48 -> 0.02, 1 of 98 -> 0.02. Unlike the raw rate it is never 0 on
     little evidence, so a handful of lucky examples cannot open an intent to novel wordings."""
     return (errors + 1) / (n + 2)
 
 
-def select_threshold(scores: list[float], errors: list[bool], max_error_rate: float) -> tuple[float, list[tuple[float, float]]]:
-    """The lowest score whose served set (every example scoring at least that) has an error bound
-    within `max_error_rate` (inf when none has), and the bound curve as (score, bound) pairs, best first."""
+def risk_curve(scores: list[float], errors: list[bool]) -> list[tuple[float, float]]:
+    """(score, expected error of every example scoring at least that), best score first."""
     order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
-    threshold, curve, wrong = float("inf"), [], 0
+    curve, wrong = [], 0
     for k, i in enumerate(order, 1):
         wrong += bool(errors[i])
-        bound = error_bound(wrong, k)
-        curve.append((float(scores[i]), bound))
-        if bound <= max_error_rate:
-            threshold = float(scores[i])
-    return threshold, curve
+        curve.append((float(scores[i]), expected_error(wrong, k)))
+    return curve
+
+
+def threshold_at(curve: list[tuple[float, float]], max_error_rate: float) -> float:
+    """The lowest score whose served set has an expected error within `max_error_rate` (inf: none)."""
+    return min((score for score, expected in curve if expected <= max_error_rate), default=float("inf"))
 
 
 class Decision:
@@ -113,7 +117,8 @@ class Decision:
         self.rows: list[dict] = calibration.get("wordings", [])
         self.trained: dict[tuple, str] = {(r["scope"] or "", r["wording"]): r["cluster_id"]
                                           for r in self.rows if r.get("cluster_id")}
-        vectors = embed([r.get("text") or r["wording"] for r in self.rows]).astype(np.float32) if self.rows else np.zeros((0, 1), np.float32)
+        vectors = (embed([r.get("text") or r["wording"] for r in self.rows]).astype(np.float32) if self.rows
+                   else np.zeros((0, 1), np.float32))
         self.by_scope: dict[str, tuple] = {}
         for scope in {r["scope"] or "" for r in self.rows}:
             members = [i for i, r in enumerate(self.rows) if (r["scope"] or "") == scope]
@@ -128,11 +133,11 @@ class Decision:
         self._agree = lru_cache(maxsize=200_000)(self._agrees)
         self._lock = threading.Lock()
         self.examples = self._examples(vectors)
-        self._at_rate: dict[float, dict] = {}
+        self.curves = {group: risk_curve([e["score"] for e in self.examples if e["same_evidence"] == group],
+                                         [e["error"] for e in self.examples if e["same_evidence"] == group])
+                       for group in (True, False, None)}
+        self._at_rate: dict[float, dict] = {}  # the group thresholds at each error rate asked for
         self.group_thresholds = self._group_thresholds(max_error_rate)
-        self.curves = {group: select_threshold([e["score"] for e in self.examples if e["same_evidence"] == group],
-                                               [e["error"] for e in self.examples if e["same_evidence"] == group],
-                                               max_error_rate)[1] for group in self.group_thresholds}
         self.thresholds: dict[str, float] = {}  # intents stricter than their group, by calibration or shadow checks
         for example in self.examples:  # an intent whose own evidence erred above its threshold starts stricter
             if example["error"] and example["score"] >= self.group_thresholds[example["same_evidence"]]:
@@ -141,13 +146,10 @@ class Decision:
 
     def _group_thresholds(self, max_error_rate: float) -> dict:
         """A threshold per group of questions (RAG's best document the intent's own, or not), each
-        bounding its group's error rate, so the error rate over both stays within the bound too."""
+        bounding its group's expected error, so the error rate over both stays within the bound too."""
         if max_error_rate not in self._at_rate:
-            self._at_rate[max_error_rate] = {
-                group: select_threshold([e["score"] for e in self.examples if e["same_evidence"] == group],
-                                        [e["error"] for e in self.examples if e["same_evidence"] == group],
-                                        max_error_rate)[0]
-                for group in (True, False, None)}
+            self._at_rate[max_error_rate] = {group: threshold_at(curve, max_error_rate)
+                                             for group, curve in self.curves.items()}
         return self._at_rate[max_error_rate]
 
     @classmethod
@@ -264,7 +266,7 @@ class Decision:
         return min(self.group_thresholds.values())
 
     def risk(self, score: float, same_evidence: bool | None) -> float | None:
-        """The error bound of the group's calibration examples scoring at least `score` (None: none do)."""
+        """The expected error of the group's calibration examples scoring at least `score` (None: none do)."""
         curve = self.curves.get(same_evidence, [])
         k = bisect.bisect_right([-s for s, _ in curve], -score)
         return round(curve[k - 1][1], 4) if k else None

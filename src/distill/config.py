@@ -167,9 +167,13 @@ class RouterConfig:
     max_query_chars: int = _help("check 'input': longer questions go to RAG")
     max_error_rate: float = _help("check 'coverage': a wording the student was not trained on is served only where the expected share of "
                                   "wrong answers among such served answers (calibrated on the traces, see calibrate.py) is at most this")
+    fast_path: str = _help("what answers a covered question: 'student' (the fine-tuned model generates) or 'replay' (the intent's "
+                           "agreed answer, which the student was trained to give, without generating)")
     coverage_threshold: float = _help("check 'coverage': a wording the student was not trained on is never served below this cosine to "
                                       "the nearest trained wording of its scope, whatever the calibration allows")
     min_student_logprob: float = _help("check 'confidence': the student's mean token log-probability on its answer, at least this")
+    min_intent_agreement: float = _help("check 'off_intent': the student's answer must reach this token F1 with the answer its intent "
+                                        "was trained on (0: not checked)")
     student_timeout_s: float = _help("a student answer slower than this, waiting for a batch included, is dropped and RAG answers instead")
     batch_wait_ms: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.batch_size)")
     log_traces: bool = _help("write every routed answer to the trace store (in the background)")

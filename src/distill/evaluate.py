@@ -221,12 +221,18 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     def covered(record: dict, at_rate: float) -> bool:
         return record["found"] is not None and decision.covers(record["found"], at_rate)
 
+    def routed(record: dict, at_rate: float) -> dict:
+        """What the router answers: the fast path (`router.fast_path`) where covered, else RAG."""
+        if config.router.fast_path == "replay":
+            return _cache_outcome(record, covered(record, at_rate), cache, prices, "replay")
+        return _routed_outcome(record, covered(record, at_rate), prices)
+
     outcomes = {"teacher": [_teacher_outcome(r, prices) for r in records],
                 "cache": [_cache_outcome(r, r["similarity"] >= config.eval.cache_threshold, cache, prices, "cache")
                           for r in records],
                 "replay": [_cache_outcome(r, covered(r, rate), cache, prices, "replay") for r in records],
                 "student": [_student_outcome(r, prices) for r in records],
-                "routed": [_routed_outcome(r, covered(r, rate), prices) for r in records]}
+                "routed": [routed(r, rate) for r in records]}
     teachers = outcomes["teacher"]
     systems = {name: score_outcomes(items, outs, teachers, context) for name, outs in outcomes.items()}
     if version is None:
@@ -241,8 +247,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     curve = []
     quality_key = "f1_vs_gold" if any(i.gold_answers for i in items) else "agreement"
     for at_rate in config.eval.error_rates:
-        routed = [_routed_outcome(r, covered(r, at_rate), prices) for r in records]
-        scores = score_outcomes(items, routed, teachers, context)
+        scores = score_outcomes(items, [routed(r, at_rate) for r in records], teachers, context)
         curve.append({"max_error_rate": at_rate, "student_share": scores["student_share"], "quality": scores[quality_key],
                       "error_rate": scores["error_rate"], "cost_per_success_usd": scores["cost_per_success_usd"]})
     teacher_quality = systems["teacher"][quality_key]
@@ -254,11 +259,12 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
             "router_overhead_ms": {"p50": round(float(np.percentile(router_ms, 50)), 2),
                                    "p95": round(float(np.percentile(router_ms, 95)), 2)} if router_ms else None,
             "served_wording_seen_in_training": sum(i.weight for i, o in zip(items, outcomes["routed"])
-                                                   if o["route"] == "student" and i.seen),
+                                                   if o["route"] in SERVED_ROUTES and i.seen),
             "safety": {"flagged_by_curation": sum(i.weight for i, _ in flagged),
-                       "served_by_student": sum(i.weight for i, o in flagged if o["route"] == "student")},
+                       "served_by_student": sum(i.weight for i, o in flagged if o["route"] in SERVED_ROUTES)},
             "gold_queries": sum(i.gold_answers is not None for i in items), "student_version": version,
             "quality_metric": quality_key, "max_error_rate": rate, "cache_threshold": config.eval.cache_threshold,
+            "fast_path": config.router.fast_path,
             "decision": decision.summary(), "systems": systems, "by_wording": by_wording,
             "curve": curve, "student_share_keeping": keeps, "retrieval": _retrieval(items, records, chunk_texts),
             "slices": _slices(items, outcomes, teachers, context), **({"outcomes": outcomes} if keep_outcomes else {})}
@@ -283,7 +289,7 @@ def _observe(router, item: EvalItem) -> dict:
         began = time.perf_counter()
         generation = router.student.answer(item.query, item.scope)
         record.update(student=generation, student_ms=(time.perf_counter() - began) * 1000)
-        record["judged"] = router.judge(generation, record["student_ms"], {})
+        record["judged"] = router.judge(generation, record["student_ms"], {}, cluster)
     return record
 
 

@@ -11,7 +11,7 @@
 The question is the last user message; its scope comes from `metadata.scope` (or a top-level
 `scope`, or the `X-Distill-Scope` header). Route and reason are also response headers
 (`X-Distill-Route`, `X-Distill-Reason`). Errors have OpenAI's shape: `{"error": {"message", "type",
-"param", "code"}}`. `/health` says what is serving; `/metrics` is Prometheus text (requests by route
+"param", "code"}}`. `/health` says what is serving (and what its coverage decision rests on); `/metrics` is Prometheus text (requests by route
 and reason, latency histograms). With `$DISTILL_API_KEY` set (`serve.api_key_env`), every request
 but /health needs `Authorization: Bearer <key>`. Shutting down flushes every trace.
 
@@ -74,7 +74,7 @@ def create_app(router: Router, config: Config):
     @app.get("/health")
     async def health():
         return {"status": "ok", "student": router.version, "model": cfg.model_name,
-                "student_problem": router.student_problem}
+                "student_problem": router.student_problem, "coverage": router.decision.summary()}
 
     @app.get("/v1/models")
     async def models():

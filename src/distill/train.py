@@ -164,6 +164,7 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
     for row in dataset:
         cluster = clusters.setdefault(row.get("cluster_id"), {
             "cluster_id": row.get("cluster_id"), "scope": row.get("scope"), "wordings": [],
+            "answer": row["completion"][-1]["content"],  # what `router.fast_path = "replay"` answers
             "citations": row.get("citations") or [], "cited_doc_versions": row.get("cited_doc_versions") or [],
             "retrieved_doc_versions": row.get("retrieved_doc_versions") or []})
         if row.get("query"):  # what the router's coverage check compares a new question with
