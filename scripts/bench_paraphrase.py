@@ -168,12 +168,43 @@ def router_overhead(workspace: Workspace, config, queries: list[str]) -> dict:
             "p95_ms": round(float(np.percentile(times, 95)), 2)}
 
 
+def cache_sweep(workspace: Workspace, config, gold_rows: list[dict], threads: list[dict], halves: dict,
+                thresholds=(0.7, 0.75, 0.8, 0.85, 0.9, 0.95)) -> dict:
+    """The static semantic cache at several cosine thresholds on the novel wordings of the report
+    half: share served and ground-truth error (the nearest trained wording's intent's answer, judged
+    as in `judged` against the teacher's held-out answer), to compare with the routed system at the
+    same observed error."""
+    from distill.router import Router
+
+    with TraceStore(workspace.traces_db) as store:
+        teacher = {row["query"]: row["answer"] for row in store.sql("SELECT query, answer FROM traces")}
+    thread_of = ThreadOf(threads)
+    novel = [g for g in gold_rows if g["kind"] == "novel" and g["thread"] in halves["report"]]
+    seen = {}
+    with Router.from_workspace(workspace, config, log=False) as router:
+        answers = {c["cluster_id"]: c.get("answer") or "" for c in router.student.manifest["clusters"]}
+        for g in novel:
+            if g["query"] not in seen:
+                _, checks, cluster, _ = router.assess(g["query"], g["scope"])
+                answer = answers.get((cluster or {}).get("cluster_id"), "")
+                wrong = bool(answer) and thread_of(answer) != g["thread"] and \
+                    token_f1(answer, teacher.get(g["query"], "")) < config.eval.success_f1
+                seen[g["query"]] = (checks.get("coverage", 0.0) if cluster else 0.0, wrong)
+    sweep = {}
+    for t in thresholds:
+        served = [seen[g["query"]][1] for g in novel if seen[g["query"]][0] >= t]
+        sweep[t] = {"served": round(len(served) / len(novel), 4), "errors": sum(served),
+                    "error_rate": round(sum(served) / len(served), 4) if served else None}
+    return sweep
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=float, default=None, help="training epochs (default: train.epochs)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the promoted student again")
     parser.add_argument("--max-error-rate", type=float, default=None, help="router.max_error_rate (default: the config's)")
-    parser.add_argument("--overhead-only", action="store_true", help="only time the router's checks on novel wordings")
+    parser.add_argument("--decision-only", action="store_true",
+                        help="only time the router's checks on novel wordings and sweep the static cache's threshold")
     parser.add_argument("--fast-path", choices=("student", "replay"), default=None,
                         help="router.fast_path for the routed system (default: the config's; `replay` is measured either way)")
     args = parser.parse_args()
@@ -189,8 +220,12 @@ def main() -> None:
     gold_by_query = {normalize_query(g["query"]): g for g in gold_rows}
 
     novel = sorted({g["query"] for g in gold_rows if g["kind"] == "novel"})
-    if args.overhead_only:
+    if args.decision_only:
         print(f"router overhead, novel wordings: {router_overhead(workspace, config, novel)}")
+        sweep = cache_sweep(workspace, config, gold_rows, threads, split_threads(threads))
+        for t, row in sweep.items():
+            print(f"static cache at cosine {t}: novel wordings (report half) served {row['served']:.1%}, "
+                  f"{row['errors']} wrong ({row['error_rate'] if row['error_rate'] is not None else float('nan'):.1%})")
         return
     grouping = grouping_quality(workspace, config, gold_by_id, traffic["cutoff"])
     print("intents against the true threads (pre-cutoff traces):")

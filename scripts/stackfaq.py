@@ -14,8 +14,8 @@ cutoff; the rest are asked only in the held-out last week (novel wordings), besi
 seen ones. Threads are drawn Zipf-weighted (a fixed random order of popularity). Out-of-scope
 questions (off-topic ones, and PolicyQA and COVID FAQ questions asked of this corpus) are asked
 once each: one half before the cutoff (rare traffic the pipeline sees and must not learn), the
-other half only in the held-out week. Threads are halved (alternately in popularity order): settings are chosen on the *tune*
-half and figures quoted from the *report* half.
+other half only in the held-out week. Threads are halved (alternately in popularity order):
+settings are chosen on the *tune* half and figures quoted from the *report* half.
 """
 
 from __future__ import annotations
