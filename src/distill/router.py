@@ -234,38 +234,39 @@ class ShadowChecker:
         job["student_version"] = router.version
         if self.store:
             self.store.add_shadow_check(job)
-        self._learn(job)
         checks = self.evidence.setdefault(job["cluster_id"], [])
         checks.append({k: job[k] for k in ("trace_id", "query", "student_answer", "teacher_answer", "agreement")})
-        mean = sum(c["agreement"] for c in checks) / len(checks)
-        if len(checks) >= cfg.withdraw_min_samples and mean < cfg.withdraw_below \
-                and job["cluster_id"] not in router.withdrawn:
-            router.withdrawn.add(job["cluster_id"])
-            logger.warning("withdrew intent %s from student %s: shadow agreement %.2f over %d checks",
-                        job["cluster_id"], router.version, mean, len(checks))
-            if self.store:
-                self.store.withdraw_cluster(router.version, job["cluster_id"], len(checks), round(mean, 4), checks)
+        if not self._learn(job):
+            mean = sum(c["agreement"] for c in checks) / len(checks)
+            if len(checks) >= cfg.withdraw_min_samples and mean < cfg.withdraw_below:
+                self._withdraw(job["cluster_id"], checks, mean, f"shadow agreement {mean:.2f} over {len(checks)} checks")
 
-    def _learn(self, job: dict) -> None:
-        """Tighten the intent's decision at once on a disagreement (withdraw it when the question was
-        a trained wording: its own answer is wrong), loosen it slowly on an agreement."""
-        router, decision = self.router, self.router.decision
+    def _learn(self, job: dict) -> bool:
+        """Tighten the intent's decision at once on a disagreement, loosen it slowly on an agreement;
+        a disagreement on a trained wording withdraws the intent (its own answer is wrong), and
+        then this says True."""
+        decision = self.router.decision
         intent = decision.intents.get(job["cluster_id"], {})
         student = {"doc": intent.get("doc"), "answer": job["student_answer"], "refused": False}
         teacher = {"doc": job.get("teacher_doc"), "answer": job["teacher_answer"], "refused": not job["teacher_answer"]}
         if agrees(student, teacher, decision.success_f1):
             decision.agreed(job["cluster_id"])
         elif job.get("seen"):
-            if job["cluster_id"] not in router.withdrawn:
-                router.withdrawn.add(job["cluster_id"])
-                logger.warning("withdrew intent %s from student %s: RAG disagreed on a trained wording (%r)",
-                               job["cluster_id"], router.version, job["query"])
-                if self.store:
-                    self.store.withdraw_cluster(router.version, job["cluster_id"], 1, job["agreement"],
-                                                [{k: job[k] for k in ("trace_id", "query", "student_answer",
-                                                                      "teacher_answer", "agreement")}])
+            self._withdraw(job["cluster_id"], self.evidence[job["cluster_id"]][-1:], job["agreement"],
+                           f"RAG disagreed on a trained wording ({job['query']!r})")
+            return True
         else:
             decision.disagreed(job["cluster_id"], job["score"])
+        return False
+
+    def _withdraw(self, cluster_id: str, checks: list[dict], agreement: float, why: str) -> None:
+        router = self.router
+        if cluster_id in router.withdrawn:
+            return
+        router.withdrawn.add(cluster_id)
+        logger.warning("withdrew intent %s from student %s: %s", cluster_id, router.version, why)
+        if self.store:
+            self.store.withdraw_cluster(router.version, cluster_id, len(checks), round(agreement, 4), checks)
 
 
 class Router:
