@@ -33,8 +33,9 @@ recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
 With `router.fast_path = "replay"` (the default) a covered question gets its intent's agreed answer
 (the one the student was trained to give) without generating, and the checks on the student's own
 answer do not apply; `"student"` has the student generate. On StackFAQ's held-out novel wordings
-(report half) replay served 43.6 % with no wrong answer, the student 42.0 % with 27.9 % wrong:
-with one agreed answer per intent, the student cannot know more than replay, only less.
+(report half) replay served 43.6 % with no wrong answer; the student 42.0 % with 27.9 % wrong, or,
+with the `off_intent` check, 29.3 % with none: with one agreed answer per intent, the student cannot
+know more than replay, only less.
 A served answer carries the covering intent's citations (the chunks the teacher cited when it gave
 that answer). Every decision becomes a trace (route, reason, each check's score, router and
 generation time), written by a background thread so requests never wait on the database.
