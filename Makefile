@@ -25,7 +25,8 @@ quickstart: install
 test: install
 	$(BIN)/pytest
 
-# Benchmarks print their figures; the PolicyQA ones need ../shared/datasets/policyqa.
+# Benchmarks print their figures; the PolicyQA ones need ../shared/datasets/policyqa, bench_paraphrase
+# ../shared/datasets/stackfaq.
 bench: install
 	$(BIN)/python scripts/bench_store.py
 	$(BIN)/python scripts/bench_retrieval.py --synthetic 100000
@@ -39,6 +40,7 @@ bench: install
 	$(BIN)/python scripts/bench_tune.py
 	$(BIN)/python scripts/bench_ray.py
 	$(BIN)/python scripts/bench_lake.py
+	$(BIN)/python scripts/bench_paraphrase.py
 	$(BIN)/python scripts/benchmark.py
 
 clean:
