@@ -21,8 +21,9 @@ SAMPLE = Path(__file__).with_name("sample")
 # frequent intents give 7 training examples, fewer than a production nightly would accept.
 SAMPLE_SETTINGS = {"corpus": {"allowed_sources": ["help-center", "policies"]}, "nightly": {"min_examples": 5}}
 QUESTIONS = [  # (question, scope, what it shows)
-    ("how do i reset my password", "notes", "a frequent intent, reworded"),
-    ("How can I export my notes as PDF?", "notes", "a frequent intent, reworded"),
+    ("how do i reset my password", "notes", "a frequent intent in a trained wording"),
+    ("How can I export my notes as PDF?", "notes", "a frequent intent, reworded: RAG until the traces "
+                                                    "hold enough evidence for the coverage bound"),
     ("how can I cancel my subscription?", "billing", "a frequent intent, reworded"),
     ("Can I store patient medical records in Acme Notes?", "notes", "high risk: always RAG"),
     ("Is there an Acme Calendar app?", "notes", "rare, not trained on: RAG"),
