@@ -173,6 +173,11 @@ def chunk_doc_version(chunk_id: str) -> tuple[str, int]:
     return doc_id, int(rest.split("#", 1)[0])
 
 
+def cited_document(citations: list[str]) -> str | None:
+    """The document an answer cites first: ['billing/refunds@v2#0', ...] -> 'billing/refunds' (None: no citation)."""
+    return chunk_doc_version(citations[0])[0] if citations else None
+
+
 def allowed(document: Document, allowed_sources: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(document.source, pattern) for pattern in allowed_sources)
 

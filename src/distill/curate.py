@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Config, CurateConfig, Workspace
-from distill.corpus import chunk_doc_version, compile_patterns, detect_injection
+from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
 from distill.calibrate import CALIBRATION_FILE, export_calibration
 from distill.errors import DistillError
 from distill.index import corpus_path, embed, load_embedder
@@ -137,7 +137,7 @@ def wording_evidence(traces: list[dict], keys: list[tuple], wordings: list[tuple
         if trace["refused"] or not trace["citations"]:
             given[key][(None, REFUSED)] += 1
         else:
-            given[key][(chunk_doc_version(trace["citations"][0])[0], normalize_answer(trace["answer"]))] += 1
+            given[key][(cited_document(trace["citations"]), normalize_answer(trace["answer"]))] += 1
     return [given[w].most_common(1)[0][0] for w in wordings]
 
 

@@ -422,11 +422,10 @@ def _served_error(outcome: dict, teacher: dict, success_f1: float) -> float:
     """1.0 when an answer served without RAG is wrong by RAG's own answer: another document and a
     token F1 below `success_f1` (calibrate.agrees, the label the router's decision is calibrated on)."""
     from distill.calibrate import agrees
-    from distill.corpus import chunk_doc_version
+    from distill.corpus import cited_document
 
     def evidence(o: dict) -> dict:
-        return {"doc": chunk_doc_version(o["citations"][0])[0] if o["citations"] else None,
-                "answer": o["answer"], "refused": o["refused"]}
+        return {"doc": cited_document(o["citations"]), "answer": o["answer"], "refused": o["refused"]}
     return float(not agrees(evidence(outcome), evidence(teacher), success_f1))
 
 

@@ -73,7 +73,7 @@ import numpy as np
 from distill import registry
 from distill.calibrate import Assessment, Decision, agrees
 from distill.config import Config, Workspace
-from distill.corpus import chunk_doc_version, compile_patterns, detect_injection
+from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.metrics import normalize_query, token_f1
@@ -228,7 +228,7 @@ class ShadowChecker:
         if job.get("teacher_answer") is None:
             with router._teacher_lock:
                 answer = router.teacher.answer(job["query"], job["scope"])
-            job["teacher_answer"], job["teacher_doc"] = answer.answer, _first_document(answer.citations)
+            job["teacher_answer"], job["teacher_doc"] = answer.answer, cited_document(answer.citations)
         if job.get("student_answer") is None:
             job["student_answer"] = router.batcher.answer(job["query"], job["scope"]).text
         job["agreement"] = round(token_f1(job["student_answer"], job["teacher_answer"]), 4)
@@ -438,7 +438,7 @@ class Router:
             if failed is None:  # the student answers the same question in the background
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                     "cluster_id": cluster["cluster_id"], "score": checks["score"], "seen": checks["seen"],
-                                    "teacher_answer": routed.answer, "teacher_doc": _first_document(routed.citations)})
+                                    "teacher_answer": routed.answer, "teacher_doc": cited_document(routed.citations)})
             return routed
         if failed is None:
             routed = self._from_student(query, scope, checks, cluster, router_ms)
@@ -556,7 +556,3 @@ class Router:
                      retrieval_ms=0.0, prompt_tokens=routed.prompt_tokens, completion_tokens=routed.completion_tokens,
                      model=f"{self.config.train.student_name}/{self.version}" if served else "",
                      backend=routed.checks.get("fast_path", "student") if served else "none", student_version=self.version if served else None)
-
-
-def _first_document(citations: list[str]) -> str | None:
-    return chunk_doc_version(citations[0])[0] if citations else None
