@@ -29,6 +29,7 @@ import argparse
 import json
 import re
 import time
+from pathlib import Path
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -41,6 +42,7 @@ from distill.evaluate import evaluate_systems, held_out_items, load_gold_rows
 from distill.index import embed, ingest, load_embedder
 from distill.metrics import best_f1, normalize_query, token_f1
 from distill.store import TraceStore
+from distill.teacher import SMOLLM2
 from distill.train import train
 from policyqa import ROOT, save_results
 from stackfaq import load_threads, make_traffic, split_threads, write_corpus
@@ -51,9 +53,9 @@ SYSTEMS = ("cache", "replay", "student", "routed")
 
 def build(workspace: Workspace, config, threads: list[dict]) -> dict:
     """Corpus, traffic and traces (each step resumes: ingest and collect skip what is stored)."""
-    traffic = make_traffic(threads, HOME / "traffic")
+    traffic = make_traffic(threads, workspace.home / "traffic")
     started = time.time()
-    ingest(workspace, write_corpus(threads, HOME / "corpus.jsonl"), config)
+    ingest(workspace, write_corpus(threads, workspace.home / "corpus.jsonl"), config)
     report = collect(workspace, config, traffic["queries"])
     print(f"traffic: {traffic['counts']} held out; collected {report.answered} new traces "
           f"({report.skipped_existing} stored before) in {time.time() - started:.0f} s")
@@ -201,6 +203,13 @@ def cache_sweep(workspace: Workspace, config, gold_rows: list[dict], threads: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=float, default=None, help="training epochs (default: train.epochs)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop training after this many steps (1: a placeholder student, when only the router's "
+                             "decision and the replay fast path are measured)")
+    parser.add_argument("--rewordings", type=int, default=0,
+                        help="curate.rewordings: rewordings SmolLM2-135M writes per trained wording, kept when the "
+                             "extractive teacher answers them the way their intent is answered")
+    parser.add_argument("--home", default=str(HOME), help="the benchmark workspace (a copy keeps variants apart)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the promoted student again")
     parser.add_argument("--max-error-rate", type=float, default=None, help="router.max_error_rate (default: the config's)")
     parser.add_argument("--decision-only", action="store_true",
@@ -209,10 +218,13 @@ def main() -> None:
                         help="router.fast_path for the routed system (default: the config's; `replay` is measured either way)")
     args = parser.parse_args()
     threads = load_threads()
-    HOME.mkdir(parents=True, exist_ok=True)
-    workspace = Workspace(HOME)
+    workspace = Workspace(Path(args.home))
+    workspace.home.mkdir(parents=True, exist_ok=True)
     overrides = {"router": {key: value for key, value in (("max_error_rate", args.max_error_rate),
-                                                            ("fast_path", args.fast_path)) if value is not None}}
+                                                            ("fast_path", args.fast_path)) if value is not None},
+                 "curate": {"rewordings": args.rewordings, "rewording_model": SMOLLM2 if args.rewordings else ""},
+                 "train": {key: value for key, value in (("epochs", args.epochs), ("max_steps", args.max_steps))
+                           if value is not None}}
     config = workspace.config(overrides)
     traffic = build(workspace, config, threads)
     gold_rows = load_gold_rows(traffic["gold"])
@@ -236,10 +248,10 @@ def main() -> None:
     if not args.skip_train:
         started = time.time()
         curation = curate(workspace, config)
-        print(f"curate: {curation.train} traces kept, {curation.examples} examples, rejected "
+        print(f"curate: {curation.train} traces kept, {curation.examples} examples "
+              f"({curation.rewordings_kept} of {curation.rewordings_written} rewordings kept), rejected "
               f"{dict(curation.decisions.get('reject', {}))} ({time.time() - started:.0f} s)")
-        train_config = workspace.config({**overrides, "train": {"epochs": args.epochs}}) if args.epochs else config
-        result = train(workspace, train_config, curation.dataset_path, progress=True)
+        result = train(workspace, config, curation.dataset_path, progress=True)
         registry.promote(workspace.models_dir, config.train.student_name, result.version)
         print(f"train: {result.version}, {result.steps} steps in {result.runtime_s:.0f} s, "
               f"loss {result.losses[0]:.2f} -> {result.losses[-1]:.2f}")
@@ -264,8 +276,10 @@ def main() -> None:
           f"the static cache {report['cache'].get('served', 0):.1%} (error {report['cache'].get('error_rate') or 0:.1%})")
     overhead = router_overhead(workspace, config, novel)
     print(f"router overhead, novel wordings never embedded before: p50 {overhead['p50_ms']} ms, p95 {overhead['p95_ms']} ms")
-    path = save_results("paraphrase", {"grouping": grouping, "table": table, "eval": figures, "overhead": overhead,
-                                       "max_error_rate": config.router.max_error_rate})
+    name = "paraphrase" + (f"-rewordings{args.rewordings}" if args.rewordings else "")
+    path = save_results(name, {"grouping": grouping, "table": table, "eval": figures, "overhead": overhead,
+                               "max_error_rate": config.router.max_error_rate, "rewordings": args.rewordings,
+                               "train_steps": args.max_steps})
     print(f"figures: {path}")
 
 

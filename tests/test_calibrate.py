@@ -121,3 +121,22 @@ def test_shadow_disagreement_tightens_an_intent_at_once_and_agreement_loosens_it
     decision.agreed("c3")
     assert decision.global_threshold < decision.thresholds["c3"] < before
     assert decision.thresholds["c3"] > before - 0.5 * (before - decision.global_threshold)  # slowly
+
+
+def test_rewordings_are_trained_wordings_but_never_calibration_evidence_for_their_own_source():
+    """A verified rewording (here: a copy of a real wording's vector) widens its intent, but the
+    real wording it was written from is still scored leave-one-out without it, and it is never an
+    example itself: people did not ask it."""
+    space = Space(intents=40, noise=0.6)
+    plain = Decision(calibration(40, 3), space.embed, max_error_rate=0.05, min_similarity=0.5)
+    evidence = calibration(40, 3)
+    evidence["wordings"] += [{"scope": "s", "wording": f"rewording of {k}", "text": f"intent-{k} wording-0",
+                              "cluster_id": f"c{k}", "doc": f"doc-{k}", "answer": f"answer {k}", "refused": False,
+                              "written_from": f"intent-{k} wording-0"} for k in range(40)]
+    widened = Decision(evidence, space.embed, max_error_rate=0.05, min_similarity=0.5)
+    assert len(widened.examples) == len(plain.examples) == 120
+    by_row = {(e["row"]): e["similarity"] for e in widened.examples}
+    assert by_row == {e["row"]: e["similarity"] for e in plain.examples}  # no example sees its own rewording
+    assert max(by_row.values()) < 0.99
+    found = widened.assess(space.embed(["intent-3 wording-0"])[0], "s", "rewording of 3")
+    assert found.seen and found.covered

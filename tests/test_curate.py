@@ -1,3 +1,4 @@
+import json
 import os
 from datetime import datetime, timedelta, timezone
 
@@ -111,9 +112,24 @@ def test_rewriting_a_run_replaces_it_atomically(tmp_path):
         assert store.sql("SELECT count(*) AS n FROM curation") == [{"n": 1}]  # ... and the old run survives
 
 
+def test_rewordings_are_written_checked_and_marked_apart_from_asked_wordings(home, tiny_lm_dir):
+    import datasets
+
+    result = curate(home, home.config({"curate": {"rewordings": 2, "rewording_model": str(tiny_lm_dir)}}))
+    dataset = datasets.load_from_disk(str(result.dataset_path))
+    assert dataset["source"].count("trace") == 2 and dataset["source"].count("rewording") == result.rewordings_kept
+    assert 0 < result.rewordings_written <= 4 and result.rewordings_kept <= result.rewordings_written
+    meta = json.loads((result.dataset_path / "distill.json").read_text())
+    assert meta["rewordings"] == {"written": result.rewordings_written, "kept": result.rewordings_kept}
+    with pytest.raises(DistillError, match="curate.rewording_model"):  # the extractive teacher writes none
+        curate(home, home.config({"curate": {"rewordings": 2}}))
+
+
 def test_bad_settings_and_empty_store(home, tmp_path):
     with pytest.raises(DistillError, match="curate.min_agreement"):
         curate(home, home.config({"curate": {"min_agreement": 1.5}}))
+    with pytest.raises(DistillError, match="curate.rewordings"):
+        curate(home, home.config({"curate": {"rewordings": -1}}))
     with pytest.raises(DistillError, match="curate.prompt_template"):
         curate(home, home.config({"curate": {"prompt_template": "{question}"}}))
     empty = Workspace(tmp_path / "empty")

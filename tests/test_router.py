@@ -186,8 +186,7 @@ def own_router(workspace, store_path, **router_settings):
 
     config = workspace.config({"router": router_settings})
     student = Student.load(workspace.models_dir / "student" / "v0001", runtime="fp32", max_new_tokens=6)
-    return Router(Teacher.from_workspace(workspace, config), config, student, "v0001",
-                  TraceWriter(TraceStore(store_path)))
+    return Router(Teacher.from_workspace(workspace, config), config, student, "v0001", TraceWriter(store_path))
 
 
 def test_an_intent_whose_trained_wording_rag_disagrees_with_is_withdrawn_at_once(workspace, tmp_path):
@@ -318,3 +317,79 @@ def test_a_student_answer_off_its_intents_trained_answer_goes_to_rag(workspace, 
     routed = router.answer(REFUND_Q, "billing")  # the tiny student's answer is noise, nothing like its intent's
     router.close()
     assert routed.route == "rag" and routed.reason == "off_intent" and routed.checks["intent_agreement"] < 0.5
+
+
+SERVICE = """
+import sys, time
+from distill.router import Router
+router = Router.from_workspace(sys.argv[1])
+for i in range(5):
+    router.answer(f"Which medication dosage is safe, service case {i}?", "billing")
+print("answered", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_running_service_never_locks_the_store_and_a_kill_loses_no_answered_trace(workspace, tmp_path):
+    """A router in another process (a service) logs to its own segment: the store stays open to
+    every command meanwhile, and after `kill -9` the next command folds in all it had answered."""
+    import signal
+    import subprocess
+    import sys
+
+    service = subprocess.Popen([sys.executable, "-c", SERVICE, str(workspace.home)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout.readline().strip() == "answered"
+        time.sleep(1.0)  # the writer's batch window: every answer is on disk now
+        from typer.testing import CliRunner
+
+        from distill.cli import app
+
+        result = CliRunner().invoke(app, ["sql", "SELECT count(*) AS n FROM traces", "--home", str(workspace.home)])
+        assert result.exit_code == 0, result.output  # not "in use by another process"
+    finally:
+        service.send_signal(signal.SIGKILL)
+        service.wait()
+    logged = {t["query"] for t in traces(workspace)}
+    assert {f"Which medication dosage is safe, service case {i}?" for i in range(5)} <= logged
+
+
+def test_a_running_router_follows_ingest_promotion_and_rollback_without_a_restart(workspace, tmp_path):
+    """`distill ingest` (another process) writes the corpus while the router serves; within
+    router.reload_s the router swaps to the new generation, and from then on the changed
+    document's intent goes to RAG (stale). A promotion and a rollback reach it the same way."""
+    import subprocess
+    import sys
+
+    shutil.copytree(workspace.home, tmp_path / "ws", ignore=shutil.ignore_patterns("traces"))
+    live = Workspace(tmp_path / "ws")
+    router = Router.from_workspace(live, live.config({"router": {"reload_s": 0.1}}))
+    try:
+        before = router.answer(REFUND_Q, "billing")
+        assert before.route == "student" and before.corpus_generation == router.generation
+        (tmp_path / "v2.jsonl").write_text(json.dumps(dict(DOCS[0], text=REFUND_V2, version=None)) + "\n")
+        done = subprocess.run([sys.executable, "-m", "distill.cli", "ingest", str(tmp_path / "v2.jsonl"),
+                               "--home", str(live.home)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr  # not "in use by another process"
+
+        def eventually(condition) -> None:
+            deadline = time.monotonic() + 60
+            while not condition() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert condition()
+
+        eventually(lambda: router.generation > before.corpus_generation)
+        after = router.answer(REFUND_Q, "billing")
+        assert after.route == "rag" and after.reason == "stale" and after.corpus_generation == router.generation
+        assert all("@v2" in c for c in after.citations if c.startswith("billing/refunds"))
+        models = live.models_dir / "student"
+        shutil.copytree(models / "v0001", models / "v0002")
+        registry.promote(live.models_dir, "student", "v0002")
+        eventually(lambda: router.version == "v0002")
+        registry.rollback(live.models_dir, "student")
+        eventually(lambda: router.version == "v0001")
+    finally:
+        router.close()
+    with TraceStore(live.traces_db) as store:
+        generations = store.sql("SELECT corpus_generation, route_reason FROM traces ORDER BY created_at")
+    assert [g["corpus_generation"] for g in generations] == [before.corpus_generation, after.corpus_generation]

@@ -109,3 +109,24 @@ def test_model_server_speaks_chat_completions_and_batches_concurrent_requests(ti
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
     with pytest.raises(DistillError, match="save_pretrained folder"):
         ChatModel.load(str(tmp_path / "nope"), workspace.models_dir)
+
+
+def test_the_documented_service_example_embeds_the_router_from_a_folder_path(workspace, monkeypatch):  # noqa: F811
+    """examples/service.py, as docs/service.md shows it: `Router.from_workspace(path)` with a plain
+    path string, answers over HTTP, and every answer is a trace once the app has shut down."""
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("DISTILL_HOME", str(workspace.home))
+    spec = importlib.util.spec_from_file_location("service_example", Path(__file__).parents[1] / "examples" / "service.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with TraceStore(workspace.traces_db) as store:
+        before = store.count()
+    with TestClient(example.app) as client:
+        answered = client.post("/ask", json={"question": REFUND_Q, "scope": "billing"}).json()
+        risky = client.post("/ask", json={"question": "What medication dosage is safe?", "scope": "billing"}).json()
+    assert answered["answer"] and answered["citations"] and answered["route"] in ("student", "rag")
+    assert risky["route"] == "rag" and risky["reason"] == "high_risk"
+    with TraceStore(workspace.traces_db) as store:
+        assert store.count() == before + 2

@@ -1,3 +1,4 @@
+import json
 import threading
 from datetime import datetime, timezone
 
@@ -124,3 +125,38 @@ def test_lake_pull_fills_a_store_and_errors_are_one_line(tmp_path):
     (tmp_path / "bad.ducklake").write_text("not a database")
     with pytest.raises(DistillError, match="lake.catalog"):
         TraceLake(LakeLocation(str(tmp_path / "bad.ducklake"), str(tmp_path / "data")))
+
+
+def test_segments_a_service_writes_are_folded_once_by_whoever_opens_the_store_next(tmp_path):
+    import os
+    import time
+
+    from distill.store import SegmentLog, segment_folder
+
+    db = tmp_path / "traces" / "traces.duckdb"
+    log = SegmentLog(segment_folder(db), rotate_s=3600, rotate_rows=3)
+    log.write([{"kind": "trace", "row": dict(make_trace(f"q{i}").__dict__)} for i in range(4)])  # 3 rows: finished
+    log.write([{"kind": "shadow_check", "row": {"trace_id": "q0", "student_version": "v1", "cluster_id": "c",
+                                                 "scope": "billing", "query": "q", "student_answer": "a",
+                                                 "teacher_answer": "b", "agreement": 0.0}},
+               {"kind": "withdrawal", "row": {"student_version": "v1", "cluster_id": "c", "samples": 1,
+                                               "agreement": 0.0, "evidence": [{"query": "q"}]}}])
+    assert len(list(segment_folder(db).glob("*.jsonl"))) == 1
+    with TraceStore(db) as store:  # the open segment belongs to this live process: not folded yet
+        assert store.count() == 4 and store.folded == 4
+    log.close()
+    finished = list(segment_folder(db).glob("*.jsonl"))
+    with finished[0].open("a") as torn:
+        torn.write('{"kind": "trace", "row": {"query_')  # a crash mid-line
+    dead = segment_folder(db) / f"{os.uname().nodename}-999999999-{time.time_ns()}.open"
+    dead.write_text(json.dumps({"kind": "trace", "row": dict(make_trace("from-a-dead-process").__dict__)}, default=str))
+    with TraceStore(db) as store:
+        assert store.count() == 5 and store.withdrawn_clusters("v1") == {"c"}
+        assert store.sql("SELECT count(*) AS n FROM shadow_checks") == [{"n": 1}]
+    assert not list(segment_folder(db).iterdir())
+    # folding the same records again (a crash between commit and removal) adds nothing
+    again = SegmentLog(segment_folder(db))
+    again.write([{"kind": "trace", "row": dict(make_trace("q0").__dict__)}])
+    again.close()
+    with TraceStore(db) as store:
+        assert store.count() == 5 and store.folded == 0

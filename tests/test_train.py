@@ -60,6 +60,20 @@ def test_training_logs_a_falling_loss_changes_weights_and_registers_a_loadable_v
     assert manifest["clusters"][0]["wordings"] == ["How long is the refund window?"]
     assert "base_model:" in (result.path / "README.md").read_text()
     assert registry.current(workspace.models_dir, "student") is None  # training never promotes
+    logged = [json.loads(line) for line in (result.path / "training_log.jsonl").read_text().splitlines()]
+    assert [row["loss"] for row in logged if "loss" in row] == pytest.approx(result.losses)  # the raw log, kept
+
+
+def test_training_prints_one_progress_bar_not_the_trainers_dicts(workspace, tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        train(workspace, workspace.config({"train": {"max_steps": 3}}), write_dataset(tmp_path / "ds"), progress=True)
+    assert not [w for w in raised if issubclass(w.category, FutureWarning)]  # no deprecation reaches the user
+    shown = capsys.readouterr()
+    assert "training" in shown.err and "loss=" in shown.err
+    assert "{'loss'" not in shown.out + shown.err and "grad_norm" not in shown.out + shown.err
 
 
 def test_full_fine_tune(workspace, tmp_path):

@@ -7,7 +7,8 @@ evidence the traces already hold, and bounded:
 
 1. Evidence. Curation exports every wording asked before its cutoff (`calibration.json` beside the
    training set, copied into each student version) with what the teacher answered it from and with:
-   the trained intents' wordings, and the untrained ones (rare questions, other needs) as rivals.
+   the trained intents' wordings, and the untrained ones (rare questions, other needs) as rivals;
+   with `curate.rewordings`, the verified rewordings too, as trained wordings (reword.py).
 2. Score. A question's nearest trained intent has similarity `s1` (cosine to its closest wording);
    its rival has `s2` (the closest wording whose evidence does not agree with that intent's: another
    need). The score is `s1 + MARGIN_WEIGHT * (s1 - s2)`: near the intent and clearly nearer it than
@@ -181,17 +182,17 @@ class Decision:
             return False
         return agrees(self.intents[cluster_id], found, self.success_f1)
 
-    def _nearest(self, vector: np.ndarray, scope: str, skip: int | None = None) -> tuple[str | None, float]:
+    def _nearest(self, vector: np.ndarray, scope: str, skip: frozenset = frozenset()) -> tuple[str | None, float]:
         nearest, trained, _, _ = self.by_scope[scope]
         if not trained:
             return None, 0.0
-        scores, ids = nearest.search(vector.reshape(1, -1), min(2, len(trained)))
+        scores, ids = nearest.search(vector.reshape(1, -1), min(len(skip) + 1, len(trained)))
         for score, i in zip(scores[0], ids[0]):
-            if i >= 0 and trained[i] != skip:
+            if i >= 0 and trained[i] not in skip:
                 return self.rows[trained[i]]["cluster_id"], float(score)
         return None, 0.0
 
-    def _rival(self, vector: np.ndarray, scope: str, cluster_id: str, skip: int | None = None) -> float:
+    def _rival(self, vector: np.ndarray, scope: str, cluster_id: str, skip: frozenset = frozenset()) -> float:
         _, _, every, members = self.by_scope[scope]
         scores, ids = every.search(vector.reshape(1, -1), min(RIVALS, len(members)))
         last = 0.0
@@ -200,7 +201,7 @@ class Decision:
                 break
             last = float(score)
             row = members[i]
-            if row != skip and not self._agree(cluster_id, row):
+            if row not in skip and not self._agree(cluster_id, row):
                 return float(score)
         return last if len(members) > RIVALS else 0.0
 
@@ -213,16 +214,22 @@ class Decision:
         return similarity + MARGIN_WEIGHT * (similarity - rival)
 
     def _examples(self, vectors: np.ndarray) -> list[dict]:
-        """Every exported wording with evidence, scored leave-one-out, with its error label."""
+        """Every asked wording with evidence, scored leave-one-out (without itself and the rewordings
+        written from it), with its error label. Rewordings are never examples: people did not ask them."""
+        written: dict[tuple, list[int]] = {}
+        for i, row in enumerate(self.rows):
+            if row.get("written_from"):
+                written.setdefault((row["scope"] or "", row["written_from"]), []).append(i)
         examples = []
         for i, row in enumerate(self.rows):
-            if "doc" not in row:
+            if "doc" not in row or row.get("written_from"):
                 continue
             scope = row["scope"] or ""
-            cluster_id, similarity = self._nearest(vectors[i], scope, skip=i)
+            skip = frozenset([i, *written.get((scope, row["wording"]), [])])
+            cluster_id, similarity = self._nearest(vectors[i], scope, skip=skip)
             if cluster_id is None:
                 continue
-            rival = self._rival(vectors[i], scope, cluster_id, skip=i)
+            rival = self._rival(vectors[i], scope, cluster_id, skip=skip)
             examples.append({"row": i, "cluster_id": cluster_id, "similarity": similarity, "rival": rival,
                              "score": self._score(similarity, rival),
                              "same_evidence": self._same_evidence(row.get("text") or row["wording"], scope, vectors[i],
@@ -305,5 +312,6 @@ class Decision:
 def export_calibration(path: Path, intents: dict[str, dict], wordings: list[dict], success_f1: float) -> None:
     """Write the evidence a `Decision` is built from (curation calls this beside the training set):
     `intents` {cluster_id: {doc, answer, refused}}, `wordings` [{scope, wording (normalized), text,
-    cluster_id (trained wordings only), doc, answer, refused}]."""
+    cluster_id (trained wordings only), doc, answer, refused, written_from (verified rewordings only:
+    the asked wording an LLM rewrote)}]."""
     path.write_text(json.dumps({"success_f1": success_f1, "intents": intents, "wordings": wordings}))

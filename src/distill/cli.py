@@ -154,6 +154,9 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
     console.print(f"{result.traces_seen} traces in {result.clusters} clusters; cutoff {result.cutoff}; "
                   f"{result.leaked_eval_traces} eval traces share a wording with training; "
                   f"{result.examples} training examples -> {result.dataset_path or '(none)'}")
+    if result.rewordings_written:
+        console.print(f"rewordings: {result.rewordings_written} written, {result.rewordings_kept} answered by RAG "
+                      f"the way their intents are (kept as examples)")
     if result.train == 0 and (worst := result.most_rejected()):
         console.print(f"[yellow]no trace passed the rules; '{worst[0]}' rejected most ({worst[1]}): "
                       f"relax its setting in [curate] or collect more traffic[/]")
@@ -388,12 +391,13 @@ def models_rollback(student: Optional[str] = typer.Option(None, help="registry n
     _console().print(f"rolled back: {version} is now current")
 
 
-def _router(workspace, config=None):
-    """The workspace's router, saying so when its promoted student could not be loaded."""
+def _router(workspace, config=None, watch: bool = False):
+    """The workspace's router (following the workspace's changes with `watch`), saying so when its
+    promoted student could not be loaded."""
     from distill.router import Router
 
     with _console().status("loading the router"):
-        router = Router.from_workspace(workspace, config)
+        router = Router.from_workspace(workspace, config, watch=watch)
     if router.student_problem:
         _console().print(f"[yellow]{router.student_problem}[/]")
     return router
@@ -444,7 +448,7 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
         _console().print(f"serving model '{chat_model.name}' on {address}")
         run_serve(create_model_app(chat_model, config), config, host, port)
         return
-    router = _router(workspace, config)
+    router = _router(workspace, config, watch=True)
     _console().print(f"serving student {router.version or '(none: everything goes to RAG)'} as "
                      f"'{config.serve.model_name}' on {address}")
     run_serve(create_app(router, config), config, host, port)

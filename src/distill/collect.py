@@ -156,19 +156,22 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     report = CollectReport(run_id=uuid.uuid4().hex, queries_read=len(records), bad_lines=bad)
     with TraceStore(workspace.traces_db) as store:
         done = store.answered(r.query_id for r in records)
-        unique = {r.query_id: r for r in records if r.query_id not in done}
-        todo = list(unique.values())
-        report.skipped_existing = len(records) - len(todo)
         store.start_run(report.run_id, str(path), config.teacher.backend if teacher is None else teacher.generator.backend)
-        if on_progress:
-            on_progress(0, len(todo))
-        batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"
-                   else _ray_batches(workspace, config, todo, report.run_id))
-        for traces in batches:
+    unique = {r.query_id: r for r in records if r.query_id not in done}
+    todo = list(unique.values())
+    report.skipped_existing = len(records) - len(todo)
+    if on_progress:
+        on_progress(0, len(todo))
+    batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"
+               else _ray_batches(workspace, config, todo, report.run_id))
+    for traces in batches:
+        # Opened per batch, not for the whole run: `sql`, `curate` and starting services get in between.
+        with TraceStore(workspace.traces_db) as store:
             report.answered += store.append(traces)
-            report.refused += sum(t.refused for t in traces)
-            if on_progress:
-                on_progress(len(traces), len(todo))
+        report.refused += sum(t.refused for t in traces)
+        if on_progress:
+            on_progress(len(traces), len(todo))
+    with TraceStore(workspace.traces_db) as store:
         store.finish_run(report.run_id, report.queries_read, report.answered, report.skipped_existing, len(bad))
     return report
 

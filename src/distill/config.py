@@ -122,6 +122,11 @@ class CurateConfig:
     pii_entities: list[str] = _help("rule 'pii': presidio entity types that keep a query or answer out of training")
     pii_min_score: float = _help("rule 'pii': presidio's score at which a detection counts")
     prompt_template: str = _help("the student's prompt, from {scope} and {query}; recorded with the dataset")
+    rewordings: int = _help("per trained wording, this many rewordings written by an LLM and asked of the teacher; one is kept "
+                            "(a training example and a trained wording of its intent) only when RAG answers it from the intent's "
+                            "document with the intent's answer. 0: off (see docs/coverage.md for what it measured)")
+    rewording_model: str = _help("who writes the rewordings: '' = the teacher's own LLM (teacher.backend transformers or openai); "
+                                 "'SmolLM2-135M-Instruct' or a local model folder = that model, whatever the teacher")
 
 
 @dataclass
@@ -177,6 +182,8 @@ class RouterConfig:
     student_timeout_s: float = _help("a student answer slower than this, waiting for a batch included, is dropped and RAG answers instead")
     batch_wait_ms: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.batch_size)")
     log_traces: bool = _help("write every routed answer to the trace store (in the background)")
+    reload_s: float = _help("a running router looks this often for a new corpus generation (ingest, tune-retriever --switch) or "
+                            "a promoted or rolled-back student, and swaps to it between requests; 0: never")
     mode: str = _help("'route' (serve the student where safe) or 'shadow' (always answer with RAG; run the student beside it and log the agreement)")
     shadow_share: float = _help("share of student-served questions also answered by RAG off the request path, to watch agreement")
     withdraw_below: float = _help("an intent whose shadow agreement (token F1 with RAG) averages below this is withdrawn from the student")

@@ -68,6 +68,8 @@ class CurationResult:
     examples: int = 0
     dataset_path: Path | None = None
     dataset_hash: str | None = None
+    rewordings_written: int = 0  # by the LLM (`curate.rewordings`), before the teacher checked them
+    rewordings_kept: int = 0  # answered by RAG the way their intents are: training examples
 
     @property
     def train(self) -> int:
@@ -194,8 +196,9 @@ def _validate(config: CurateConfig) -> None:
     for name in ("window_days", "min_count"):
         if getattr(config, name) < 1:
             raise DistillError(f"setting 'curate.{name}' must be at least 1 (got {getattr(config, name)})")
-    if config.eval_days < 0:
-        raise DistillError(f"setting 'curate.eval_days' must be 0 or more (got {config.eval_days})")
+    for name in ("eval_days", "rewordings"):
+        if getattr(config, name) < 0:
+            raise DistillError(f"setting 'curate.{name}' must be 0 or more (got {getattr(config, name)})")
     try:
         config.prompt_template.format(scope="s", query="q")
     except (KeyError, IndexError, ValueError):
@@ -252,13 +255,12 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
         cited_text = corpus.chunk_texts({c for t in traces for c in t["citations"]})
     finally:
         corpus.close()
-    with TraceStore(workspace.traces_db) as store:
-        result = _decide(traces, config, latest, flagged, cited_text)
-        dataset_path, dataset_hash, examples = _export(workspace, result, traces, cfg, config.eval.success_f1)
-        run = result["run"]
-        run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
-                   examples=examples, created_at=now or datetime.now(timezone.utc),
-                   config=json.dumps(asdict(cfg)))
+    result = _decide(traces, config, latest, flagged, cited_text)
+    dataset_path, dataset_hash, examples, rewordings = _export(workspace, result, traces, config)
+    run = result["run"]
+    run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
+               examples=examples, created_at=now or datetime.now(timezone.utc), config=json.dumps(asdict(cfg)))
+    with TraceStore(workspace.traces_db) as store:  # held only to write: services and `sql` wait less
         store.write_curation(run, result["clusters"], result["decisions"])
     counts: dict[str, Counter] = defaultdict(Counter)
     for d in result["decisions"]:
@@ -266,7 +268,8 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
     curation = CurationResult(run_id=run["run_id"], traces_seen=len(traces), clusters=len(result["clusters"]),
                               cutoff=run["cutoff"], decisions=dict(counts),
                               leaked_eval_traces=run["leaked_eval_traces"], examples=examples,
-                              dataset_path=dataset_path, dataset_hash=dataset_hash)
+                              dataset_path=dataset_path, dataset_hash=dataset_hash,
+                              rewordings_written=rewordings[0], rewordings_kept=rewordings[1])
     if require_min is not None and curation.train < require_min:
         reason, count = curation.most_rejected() or ("none", 0)
         raise DistillError(f"only {curation.train} traces passed the rules, {require_min} required; rule '{reason}' "
@@ -383,9 +386,11 @@ def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dic
     return "train", None
 
 
-def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateConfig, success_f1: float):
-    """Write the training set (one example per cluster and wording) as a `datasets` folder, with the
-    router's calibration evidence beside it."""
+def _export(workspace: Workspace, result: dict, traces: list[dict], config: Config):
+    """Write the training set (one example per cluster and wording, plus the verified rewordings when
+    `curate.rewordings` asks for them) as a `datasets` folder, with the router's calibration evidence
+    beside it. Returns the folder, its content hash, the examples and (rewordings written, kept)."""
+    cfg = config.curate
     by_id = {t["trace_id"]: t for t in traces}
     clusters = {c["cluster_id"]: c for c in result["clusters"]}
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -396,17 +401,12 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateC
     rows = []
     for (cid, _), trace_ids in sorted(grouped.items()):
         first = by_id[trace_ids[0]]
-        cluster = clusters[cid]
-        completion = cluster["answer"] if cluster["answer"] is not None else REFUSAL_COMPLETION
-        prompt = cfg.prompt_template.format(scope=first["scope"] or "", query=first["query"].strip())
-        rows.append({"prompt": [{"role": "user", "content": prompt}],
-                     "completion": [{"role": "assistant", "content": completion}],
-                     "cluster_id": cid, "scope": first["scope"] or "", "query": first["query"].strip(),
-                     "citations": list(first["citations"]), "trace_ids": sorted(trace_ids),
-                     "cited_doc_versions": cluster["cited_doc_versions"],
-                     "retrieved_doc_versions": cluster["retrieved_doc_versions"]})
+        rows.append(_example(cfg, clusters[cid], first["scope"] or "", first["query"].strip(), list(first["citations"]),
+                             sorted(trace_ids)))
     if not rows:
-        return None, None, 0
+        return None, None, 0, (0, 0)
+    rewordings, written = _rewordings(workspace, config, rows, clusters) if cfg.rewordings else ([], 0)
+    rows += [_example(cfg, clusters[r.cluster_id], r.scope, r.text, r.citations, [], r.written_from) for r in rewordings]
     import datasets
 
     datasets.disable_progress_bars()
@@ -416,14 +416,43 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], cfg: CurateC
     (target / "distill.json").write_text(json.dumps({"run_id": result["run"]["run_id"],
                                                      "content_hash": digest.hexdigest(),
                                                      "prompt_template": cfg.prompt_template,
-                                                     "examples": len(rows)}, indent=2))
-    _export_calibration(target / CALIBRATION_FILE, result, traces, rows, success_f1)
-    return target, digest.hexdigest(), len(rows)
+                                                     "examples": len(rows),
+                                                     "rewordings": {"written": written, "kept": len(rewordings)}},
+                                                    indent=2))
+    _export_calibration(target / CALIBRATION_FILE, result, traces, rows, config.eval.success_f1)
+    return target, digest.hexdigest(), len(rows), (written, len(rewordings))
+
+
+def _example(cfg: CurateConfig, cluster: dict, scope: str, query: str, citations: list[str], trace_ids: list[str],
+             written_from: str = "") -> dict:
+    """One training example: a wording of the cluster (asked in `trace_ids`, or a rewording of the
+    wording `written_from`) with the cluster's agreed answer as the completion."""
+    completion = cluster["answer"] if cluster["answer"] is not None else REFUSAL_COMPLETION
+    return {"prompt": [{"role": "user", "content": cfg.prompt_template.format(scope=scope, query=query)}],
+            "completion": [{"role": "assistant", "content": completion}],
+            "cluster_id": cluster["cluster_id"], "scope": scope, "query": query, "citations": citations,
+            "trace_ids": trace_ids, "source": "rewording" if written_from else "trace", "written_from": written_from,
+            "cited_doc_versions": cluster["cited_doc_versions"],
+            "retrieved_doc_versions": cluster["retrieved_doc_versions"]}
+
+
+def _rewordings(workspace: Workspace, config: Config, rows: list[dict], clusters: dict) -> tuple[list, int]:
+    """The verified rewordings of the answered intents' trained wordings (see reword.py)."""
+    from distill.reword import verified_rewordings
+
+    wordings = []
+    for row in rows:
+        answer = clusters[row["cluster_id"]]["answer"]
+        if answer is not None and row["citations"]:
+            wordings.append({"query": row["query"], "scope": row["scope"], "cluster_id": row["cluster_id"],
+                             "doc": cited_document(row["citations"]), "answer": normalize_answer(answer)})
+    return verified_rewordings(workspace, config, wordings)
 
 
 def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list[dict], success_f1: float) -> None:
     """Every wording asked before the cutoff, with what the teacher answered it from and with, for
-    the router's coverage decision (see calibrate.py); wordings a safety rule rejected stay out."""
+    the router's coverage decision (see calibrate.py); wordings a safety rule rejected stay out.
+    Verified rewordings are trained wordings too, marked with the wording they were written from."""
     decisions = {d["trace_id"]: d for d in result["decisions"]}
     before = [t for t in traces if decisions[t["trace_id"]]["decision"] != "eval"]
     keys = [(t["scope"] or "", normalize_query(t["query"])) for t in before]
@@ -432,7 +461,8 @@ def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list
     evidence = dict(zip(wordings, wording_evidence([t for t, k in zip(before, keys) if k not in unsafe],
                                                    [k for k in keys if k not in unsafe], wordings)))
     text = {k: t["query"].strip() for t, k in zip(before, keys)}
-    trained = {(r["scope"], normalize_query(r["query"])): r["cluster_id"] for r in rows}
+    asked = [r for r in rows if r["source"] == "trace"]
+    trained = {(r["scope"], normalize_query(r["query"])): r["cluster_id"] for r in asked}
     clusters = {c["cluster_id"]: c for c in result["clusters"]}
     intents = {}
     for cid in set(trained.values()):
@@ -440,11 +470,16 @@ def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list
         docs = Counter(evidence[k][0] for k, c in trained.items() if c == cid and evidence[k][0])
         intents[cid] = {"doc": docs.most_common(1)[0][0] if docs else None,
                         "answer": normalize_answer(answer) if answer is not None else "", "refused": answer is None}
-    export_calibration(path, intents, [{"scope": scope, "wording": wording, "text": text[(scope, wording)],
-                                        "cluster_id": trained.get((scope, wording)), "doc": evidence[(scope, wording)][0],
-                                        "answer": "" if evidence[(scope, wording)][1] == REFUSED else evidence[(scope, wording)][1],
-                                        "refused": evidence[(scope, wording)][1] == REFUSED}
-                                       for scope, wording in wordings], success_f1)
+    rows_out = [{"scope": scope, "wording": wording, "text": text[(scope, wording)],
+                 "cluster_id": trained.get((scope, wording)), "doc": evidence[(scope, wording)][0],
+                 "answer": "" if evidence[(scope, wording)][1] == REFUSED else evidence[(scope, wording)][1],
+                 "refused": evidence[(scope, wording)][1] == REFUSED}
+                for scope, wording in wordings]
+    rows_out += [{"scope": r["scope"], "wording": normalize_query(r["query"]), "text": r["query"],
+                  "cluster_id": r["cluster_id"], "doc": cited_document(r["citations"]),
+                  "answer": intents[r["cluster_id"]]["answer"], "refused": False, "written_from": r["written_from"]}
+                 for r in rows if r["source"] == "rewording"]
+    export_calibration(path, intents, rows_out, success_f1)
 
 
 REFUSAL_COMPLETION = "I don't know."

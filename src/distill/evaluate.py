@@ -203,7 +203,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
 
     if not items:
         raise DistillError("the evaluation set is empty")
-    with Router.from_workspace(workspace, config, log=False) as router:
+    with Router.from_workspace(workspace, config, log=False, watch=False) as router:
         records = [_observe(router, item) for item in tqdm(items, desc="evaluating", unit="question", disable=not progress)]
         chunk_texts = router.teacher.retriever.store.chunk_texts(
             {c for r in records for c in r["teacher"].citations + r["teacher"].retrieved + r["cluster_citations"]})

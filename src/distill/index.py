@@ -30,7 +30,7 @@ import numpy as np
 from distill.config import Config, IndexConfig, Workspace
 from distill.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
 from distill.errors import DistillError
-from distill.store import CorpusStore
+from distill.store import WAIT_S, CorpusSnapshot, CorpusStore
 
 PACKAGED_MINILM = "all-MiniLM-L6-v2"
 
@@ -259,6 +259,9 @@ def active_embedder(workspace: Workspace, meta: dict):
 
 
 def write_dense_meta(workspace: Workspace, meta: dict) -> None:
+    """Replace `dense.json` atomically, one generation on: a running router reloads when it changes."""
+    previous = dense_meta(workspace) or {}
+    meta = {**meta, "generation": int(previous.get("generation", 0)) + 1}
     tmp = workspace.index_dir / "dense.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, workspace.index_dir / "dense.json")
@@ -379,19 +382,25 @@ class Retriever:
 
         self.config, self.workspace = config, workspace
         db = corpus_path(workspace)
-        meta = dense or dense_meta(workspace)
-        if not db.exists() or meta is None:
-            raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
-        self.store = CorpusStore(db, read_only=True)
-        if meta["embedding_model"] != config.embedding_model:
-            raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
-                               f"'{config.embedding_model}'; set index.embedding_model to match")
+        deadline = time.monotonic() + WAIT_S
+        while True:  # the FAISS file first: `ingest` commits chunks before their vectors, never after
+            meta = dense or dense_meta(workspace)
+            if not db.exists() or meta is None:
+                raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
+            if meta["embedding_model"] != config.embedding_model:
+                raise DistillError(f"the index was built with '{meta['embedding_model']}', the config names "
+                                   f"'{config.embedding_model}'; set index.embedding_model to match")
+            self.index = faiss.read_index(str(workspace.index_dir / meta["faiss"]))
+            self.store = CorpusSnapshot(db)  # in memory: the file stays free for the next `ingest`
+            chunks = self.store.chunks()
+            if self.index.ntotal == len(chunks):
+                break
+            if time.monotonic() > deadline:  # an ingest still embedding would have finished by now
+                raise DistillError(f"the dense index has {self.index.ntotal} vectors for {len(chunks)} chunks; "
+                                   f"rerun `distill ingest` to repair it")
+            time.sleep(0.5)
         self.dense = meta
-        self.index = faiss.read_index(str(workspace.index_dir / meta["faiss"]))
-        chunks = self.store.chunks()
-        if self.index.ntotal != len(chunks):
-            raise DistillError(f"the dense index has {self.index.ntotal} vectors for {len(chunks)} chunks; "
-                               f"rerun `distill ingest` to repair it")
+        self.generation = int(meta.get("generation", 0))  # bumped by every ingest and retriever switch
         self.chunks = chunks  # position == chunk_key
         self.scopes = {c["scope"] for c in chunks if c["scope"] is not None}
         self._chunk_scope = np.array([c["scope"] or "" for c in chunks], dtype=object)

@@ -96,7 +96,7 @@ def run(workspace: Workspace, console) -> Path:
     rows = []
     # Not logged: the sample's traffic is dated October 2026, and traces asked today would move
     # curation's time window on a rerun. In a service every routed answer is a trace.
-    with Router.from_workspace(workspace, config, log=False) as router:
+    with Router.from_workspace(workspace, config, log=False, watch=False) as router:
         for question, scope, shows in QUESTIONS:
             routed = router.answer(question, scope)
             rows.append({"question": question, "shows": shows, "route": routed.route, "reason": routed.reason,

@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -67,6 +69,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -77,13 +80,15 @@ from distill.corpus import chunk_doc_version, cited_document, compile_patterns, 
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.metrics import normalize_query, token_f1
-from distill.store import Trace, TraceStore
+from distill.store import SegmentLog, Trace, TraceStore, segment_folder
 from distill.teacher import Answer, ChatEndpoint, Teacher
 
 logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
 FAST_PATHS = ("student", "replay")
 BEFORE_COVERAGE = ("input", "high_risk", "injection", "no_student")  # the checks `check` runs before coverage
+SHADOW_FIELDS = ("trace_id", "student_version", "cluster_id", "scope", "query", "student_answer", "teacher_answer",
+                 "agreement")  # a shadow check as the store keeps it
 
 
 @dataclass
@@ -100,6 +105,7 @@ class RoutedAnswer:
     generation_ms: float = 0.0
     latency_ms: float = 0.0
     student_version: str | None = None
+    corpus_generation: int | None = None  # the corpus (ingest or retriever switch) the router checked against
     prompt_tokens: int = 0
     completion_tokens: int = 0
     trace_id: str = ""
@@ -123,23 +129,50 @@ def _take_batch(source: queue.Queue, first, limit: int, wait_s: float) -> tuple[
 
 
 class TraceWriter:
-    """Appends traces from a background thread in batches; `close` flushes everything queued."""
+    """What a router logs (traces, shadow checks, withdrawn intents), written from a background
+    thread in batches to this process's own segment of the trace store (`store.SegmentLog`), so a
+    running service never locks `traces.duckdb` against collect, curate, nightly or sql; the next
+    of those to open the store folds the segments in. `close` writes everything queued and finishes
+    the segment.
 
-    def __init__(self, store: TraceStore, batch: int = 256, wait_s: float = 0.2):
-        self.store, self.batch, self.wait_s = store, batch, wait_s
+        >>> writer = TraceWriter(workspace.traces_db)
+        >>> writer.put("trace", trace)          # returns at once; durable within `wait_s`
+        >>> writer.close()
+    """
+
+    def __init__(self, traces_db: Path, batch: int = 256, wait_s: float = 0.2, rotate_s: float = 5.0):
+        self.traces_db, self.batch, self.wait_s = Path(traces_db), batch, wait_s
+        self.log = SegmentLog(segment_folder(self.traces_db), rotate_s=rotate_s)
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="distill-trace-writer", daemon=True)
         self._thread.start()
 
-    def put(self, trace: Trace) -> None:
-        self._queue.put(trace)
+    def put(self, kind: str, row) -> None:
+        """Queue a record: `kind` "trace" (a Trace), "shadow_check" or "withdrawal" (dicts)."""
+        self._queue.put({"kind": kind, "row": dict(row.__dict__) if isinstance(row, Trace) else row})
+
+    def withdrawn_clusters(self, version: str) -> set[str]:
+        """The intents of `version` withdrawn so far, from the store (folding the segments in)."""
+        with TraceStore(self.traces_db) as store:
+            return store.withdrawn_clusters(version)
 
     def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            traces, stopping = _take_batch(self._queue, first, self.batch, self.wait_s)
-            self.store.append(traces)
+        while True:
+            try:
+                first = self._queue.get(timeout=self.log.rotate_s)
+            except queue.Empty:  # idle: finish the open segment so the next command folds it
+                self.log.finish_due()
+                continue
+            if first is None:
+                break
+            records, stopping = _take_batch(self._queue, first, self.batch, self.wait_s)
+            try:
+                self.log.write(records)
+            except OSError:  # a full disk must not take the service down; the records are lost, said once
+                logger.exception("could not write %d trace records to %s", len(records), self.log.folder)
             if stopping:
                 break
+        self.log.close()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -202,9 +235,9 @@ class ShadowChecker:
     """Off the request path: answer a question with whichever of student and RAG did not answer it,
     store the agreement, and withdraw intents whose agreement stays low."""
 
-    def __init__(self, router: "Router", store: TraceStore | None):
-        self.router, self.store = router, store
-        self.evidence: dict[str, list[dict]] = {}  # cluster_id -> its shadow checks so far
+    def __init__(self, router: "Router", writer: TraceWriter | None):
+        self.router, self.writer = router, writer
+        self.evidence: dict[tuple, list[dict]] = {}  # (student version, cluster_id) -> its shadow checks so far
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="distill-shadow", daemon=True)
         self._thread.start()
@@ -224,6 +257,11 @@ class ShadowChecker:
                 logger.exception("shadow check failed")
 
     def _check(self, job: dict) -> None:
+        with self.router._swap.reading():
+            if job["student_version"] == self.router.version:  # else the student it checked was swapped out
+                self._compare(job)
+
+    def _compare(self, job: dict) -> None:
         router, cfg = self.router, self.router.config.router
         if job.get("teacher_answer") is None:
             with router._teacher_lock:
@@ -232,10 +270,9 @@ class ShadowChecker:
         if job.get("student_answer") is None:
             job["student_answer"] = router.batcher.answer(job["query"], job["scope"]).text
         job["agreement"] = round(token_f1(job["student_answer"], job["teacher_answer"]), 4)
-        job["student_version"] = router.version
-        if self.store:
-            self.store.add_shadow_check(job)
-        checks = self.evidence.setdefault(job["cluster_id"], [])
+        if self.writer:
+            self.writer.put("shadow_check", {**{k: job[k] for k in SHADOW_FIELDS}, "checked_at": datetime.now(timezone.utc)})
+        checks = self.evidence.setdefault((job["student_version"], job["cluster_id"]), [])
         checks.append({k: job[k] for k in ("trace_id", "query", "student_answer", "teacher_answer", "agreement")})
         if not self._learn(job):
             mean = sum(c["agreement"] for c in checks) / len(checks)
@@ -253,7 +290,7 @@ class ShadowChecker:
         if agrees(student, teacher, decision.success_f1):
             decision.agreed(job["cluster_id"])
         elif job.get("seen"):
-            self._withdraw(job["cluster_id"], self.evidence[job["cluster_id"]][-1:], job["agreement"],
+            self._withdraw(job["cluster_id"], self.evidence[(job["student_version"], job["cluster_id"])][-1:], job["agreement"],
                            f"RAG disagreed on a trained wording ({job['query']!r})")
             return True
         else:
@@ -266,8 +303,82 @@ class ShadowChecker:
             return
         router.withdrawn.add(cluster_id)
         logger.warning("withdrew intent %s from student %s: %s", cluster_id, router.version, why)
-        if self.store:
-            self.store.withdraw_cluster(router.version, cluster_id, len(checks), round(agreement, 4), checks)
+        if self.writer:
+            self.writer.put("withdrawal", {"student_version": router.version, "cluster_id": cluster_id,
+                                           "samples": len(checks), "agreement": round(agreement, 4), "evidence": checks,
+                                           "withdrawn_at": datetime.now(timezone.utc)})
+
+
+class SwapLock:
+    """Requests read the router's state all at once; a reload swaps it between them. A waiting swap
+    lets no new request start (so a busy service cannot starve it), waits for those in flight,
+    swaps and lets the rest go on: no request sees half of one state and half of the next."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = self._waiting = 0
+        self._writing = False
+
+    @contextlib.contextmanager
+    def reading(self):
+        with self._cond:
+            while self._writing or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self):
+        with self._cond:
+            self._waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+def load_student(workspace: Workspace, config: Config, version: str | None):
+    """(student, version, problem): the registry's `version` loaded, or (None, None, why) when it
+    cannot be (a broken version must not stop the service: RAG answers everything meanwhile)."""
+    from distill.student import RemoteStudent, Student
+
+    if not version:
+        return None, None, None
+    try:
+        folder = registry.student_dir(workspace.models_dir, config.train.student_name) / version
+        if config.student.endpoint:  # generated elsewhere (vLLM); the manifest still read here
+            endpoint = ChatEndpoint(config.student.endpoint, config.student.endpoint_model,
+                                    config.router.student_timeout_s, os.environ.get(config.student.api_key_env),
+                                    max_concurrency=config.student.batch_size, max_retries=0,
+                                    setting="student.endpoint")
+            return RemoteStudent.load(folder, endpoint, config.student.max_new_tokens), version, None
+        return Student.load(folder, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens), \
+            version, None
+    except (DistillError, OSError, ValueError) as err:
+        problem = f"student {version} cannot be loaded ({err}); every question goes to RAG"
+        logger.error(problem)
+        return None, None, problem
+
+
+def rag_documents(teacher: Teacher, text: str, scope: str | None, vector: np.ndarray) -> set[str]:
+    """The document RAG would read first for a question (the coverage decision's evidence check)."""
+    try:
+        hits = teacher.retriever.search(text, scope, k=1, query_vector=vector).hits
+    except DistillError:  # a scope the corpus no longer has
+        return set()
+    return {chunk_doc_version(hit.chunk["chunk_id"])[0] for hit in hits}
 
 
 class Router:
@@ -275,67 +386,122 @@ class Router:
     questions are batched into one generate call (`StudentBatcher`), teacher answers run one at a time."""
 
     def __init__(self, teacher: Teacher, config: Config, student=None, version: str | None = None,
-                 writer: TraceWriter | None = None):
-        self.teacher, self.config, self.student, self.version, self.writer = teacher, config, student, version, writer
+                 writer: TraceWriter | None = None, workspace: Workspace | None = None):
+        """With `workspace`, `watch` follows the workspace's corpus and registry (see `reload`)."""
+        self.config, self.writer, self.workspace = config, writer, workspace
         if config.router.mode not in MODES:
             raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
         if config.router.fast_path not in FAST_PATHS:
             raise DistillError(f"setting 'router.fast_path' must be one of {', '.join(FAST_PATHS)} (got {config.router.fast_path!r})")
         if not 0.0 <= config.router.max_error_rate <= 1.0:
             raise DistillError(f"setting 'router.max_error_rate' must be between 0 and 1 (got {config.router.max_error_rate})")
+        if config.router.reload_s < 0:
+            raise DistillError(f"setting 'router.reload_s' must be 0 (never) or more (got {config.router.reload_s})")
         self.risk = compile_patterns(config.curate.high_risk_patterns)
         self.injection = compile_patterns(config.corpus.injection_patterns)
-        self.latest = teacher.retriever.store.document_versions()  # doc_id -> the version RAG retrieves now
+        self._teacher_lock = threading.Lock()
+        self._swap = SwapLock()
+        self.student_problem: str | None = None  # why a promoted student is not serving, if it is not
+        self.__dict__.update(self._state(teacher, student, version))
+        self.wanted_version = version  # the registry's current version when last looked at
+        self.shadow = ShadowChecker(self, writer)
+        self._sample = random.Random(0)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _state(self, teacher: Teacher, student, version: str | None) -> dict:
+        """Everything a request reads that a reload replaces: the teacher (corpus generation), the
+        student with its intents, coverage decision, batcher and withdrawn intents."""
         clusters = student.manifest.get("clusters", []) if student else []
         if student and clusters and not any(c.get("wordings") for c in clusters):
             raise DistillError(f"student {version} was trained before distill recorded its intents' wordings; "
                                f"retrain it with `distill train` or `distill nightly`")
-        self.clusters = {c["cluster_id"]: c for c in clusters}
-        self.decision = Decision.load(getattr(student, "folder", None), student.manifest if student else {},
-                                      teacher.retriever.embed_queries, config.router.max_error_rate,
-                                      config.router.coverage_threshold, self._rag_documents)
-        self._teacher_lock = threading.Lock()
-        self.batcher = StudentBatcher(student, config.student.batch_size, config.router.batch_wait_ms / 1000,
-                                      config.router.student_timeout_s) if student else None
-        store = writer.store if writer else None
-        self.withdrawn: set[str] = store.withdrawn_clusters(version) if store and version else set()
-        self.shadow = ShadowChecker(self, store) if student else None
-        self._sample = random.Random(0)
-        self.student_problem: str | None = None  # why a promoted student is not serving, if it is not
+        cfg = self.config
+        return {"teacher": teacher, "generation": teacher.retriever.generation,
+                "latest": teacher.retriever.store.document_versions(),  # doc_id -> the version RAG retrieves now
+                "student": student, "version": version, "clusters": {c["cluster_id"]: c for c in clusters},
+                "decision": Decision.load(getattr(student, "folder", None), student.manifest if student else {},
+                                          teacher.retriever.embed_queries, cfg.router.max_error_rate,
+                                          cfg.router.coverage_threshold, functools.partial(rag_documents, teacher)),
+                "batcher": StudentBatcher(student, cfg.student.batch_size, cfg.router.batch_wait_ms / 1000,
+                                          cfg.router.student_timeout_s) if student else None,
+                "withdrawn": self.writer.withdrawn_clusters(version) if self.writer and version else set()}
+
+    # -- following the workspace -----------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Call `reload` every `router.reload_s` seconds from a background thread until `close`."""
+        if self.workspace is None or not self.config.router.reload_s or self._watcher:
+            return
+
+        def run() -> None:
+            while not self._stop.wait(self.config.router.reload_s):
+                try:
+                    self.reload()
+                except Exception:  # a half-written change or a broken version: keep serving, look again
+                    logger.exception("reload failed; still serving corpus generation %s, student %s",
+                                     self.generation, self.version)
+
+        self._watcher = threading.Thread(target=run, name="distill-reload", daemon=True)
+        self._watcher.start()
+
+    def reload(self) -> bool:
+        """Swap to the workspace's corpus generation and promoted student if either changed since
+        this router loaded them; True when it swapped. The new state is built aside, then swapped
+        in between requests (`SwapLock`): from then on freshness is checked against the new
+        document versions, and the new student (or none) answers."""
+        from distill.index import dense_meta
+
+        meta = dense_meta(self.workspace) or {}
+        generation = int(meta.get("generation", 0))
+        version = registry.current(self.workspace.models_dir, self.config.train.student_name)
+        if generation == self.generation and version == self.wanted_version:
+            return False
+        teacher = self.teacher if generation == self.generation else self.teacher.reloaded(self.workspace, self.config)
+        embedder_changed = teacher.retriever.dense["embedder"] != self.teacher.retriever.dense["embedder"]
+        problem = self.student_problem
+        if version != self.wanted_version or embedder_changed:  # the decision's vectors need the new embedder
+            student, loaded, problem = load_student(self.workspace, self.config, version) if version != self.version \
+                else (self.student, self.version, None)
+            state = self._state(teacher, student, loaded)
+        else:
+            state = {"teacher": teacher, "generation": teacher.retriever.generation,
+                     "latest": teacher.retriever.store.document_versions()}
+        retired = self.batcher if state.get("batcher", self.batcher) is not self.batcher else None
+        with self._swap.writing():
+            self.__dict__.update(state)
+            self.decision.evidence_doc = functools.partial(rag_documents, self.teacher)
+            self.student_problem, self.wanted_version = problem, version
+        if retired:
+            retired.close()
+        logger.info("now serving corpus generation %s, student %s", self.generation, self.version)
+        return True
 
     @classmethod
-    def from_workspace(cls, workspace: Workspace, config: Config | None = None, log: bool | None = None) -> "Router":
-        """The teacher over the workspace's index, the promoted student (if any) and a trace writer."""
-        from distill.student import RemoteStudent, Student
-
+    def from_workspace(cls, workspace: Workspace | Path | str, config: Config | None = None,
+                       log: bool | None = None, watch: bool = True) -> "Router":
+        """The teacher over the workspace's index, the promoted student (if any) and a trace writer;
+        with `watch`, it follows the workspace's changes (`router.reload_s`).
+        `workspace` may be a Workspace or its folder: `Router.from_workspace("ws")`."""
+        if not isinstance(workspace, Workspace):
+            workspace = Workspace.resolve(workspace)
         config = config or workspace.config()
         teacher = Teacher.from_workspace(workspace, config)
-        name = config.train.student_name
-        version = registry.current(workspace.models_dir, name)
-        student, problem = None, None
-        if version:
-            try:
-                folder = registry.student_dir(workspace.models_dir, name) / version
-                if config.student.endpoint:  # generated elsewhere (vLLM); the manifest still read here
-                    endpoint = ChatEndpoint(config.student.endpoint, config.student.endpoint_model,
-                                            config.router.student_timeout_s, os.environ.get(config.student.api_key_env),
-                                            max_concurrency=config.student.batch_size, max_retries=0,
-                                            setting="student.endpoint")
-                    student = RemoteStudent.load(folder, endpoint, config.student.max_new_tokens)
-                else:
-                    student = Student.load(folder, runtime=config.student.runtime,
-                                           max_new_tokens=config.student.max_new_tokens)
-            except (DistillError, OSError, ValueError) as err:  # a broken version: RAG answers everything
-                problem = f"student {version} cannot be loaded ({err}); every question goes to RAG"
-                logger.error(problem)
-                version = None
-        writer = TraceWriter(TraceStore(workspace.traces_db)) if (config.router.log_traces if log is None else log) else None
-        router = cls(teacher, config, student, version, writer)
-        router.student_problem = problem
+        wanted = registry.current(workspace.models_dir, config.train.student_name)
+        student, version, problem = load_student(workspace, config, wanted)
+        writer = TraceWriter(workspace.traces_db) if (config.router.log_traces if log is None else log) else None
+        router = cls(teacher, config, student, version, writer, workspace)
+        router.student_problem, router.wanted_version = problem, wanted
+        if watch:
+            router.watch()
         return router
 
     def close(self) -> None:
-        """Finish the queued shadow checks, flush the traces still queued and close the store."""
+        """Stop following the workspace, finish the queued shadow checks and flush the traces still queued."""
+        self._stop.set()
+        if self._watcher:
+            self._watcher.join()
+            self._watcher = None
         if self.shadow:
             self.shadow.close()
             self.shadow = None
@@ -344,7 +510,6 @@ class Router:
             self.batcher = None
         if self.writer:
             self.writer.close()
-            self.writer.store.close()
             self.writer = None
 
     def __enter__(self) -> "Router":
@@ -354,14 +519,6 @@ class Router:
         self.close()
 
     # -- deciding -------------------------------------------------------------------------------
-
-    def _rag_documents(self, text: str, scope: str | None, vector: np.ndarray) -> set[str]:
-        """The document RAG would read first for a question (the coverage decision's evidence check)."""
-        try:
-            hits = self.teacher.retriever.search(text, scope, k=1, query_vector=vector).hits
-        except DistillError:  # a scope the corpus no longer has
-            return set()
-        return {chunk_doc_version(hit.chunk["chunk_id"])[0] for hit in hits}
 
     def check(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None]:
         """The cheap checks (everything before generation): (failed check or None, scores, intent)."""
@@ -430,6 +587,11 @@ class Router:
     # -- answering -------------------------------------------------------------------------------
 
     def answer(self, query: str, scope: str | None = None) -> RoutedAnswer:
+        """Route one question (thread-safe); the answer says which route took it and why."""
+        with self._swap.reading():  # one corpus generation and one student for the whole request
+            return self._answer(query, scope)
+
+    def _answer(self, query: str, scope: str | None) -> RoutedAnswer:
         started = time.perf_counter()
         failed, checks, cluster = self.check(query, scope)
         router_ms = (time.perf_counter() - started) * 1000
@@ -437,7 +599,8 @@ class Router:
             routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started)
             if failed is None:  # the student answers the same question in the background
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
-                                    "cluster_id": cluster["cluster_id"], "score": checks["score"], "seen": checks["seen"],
+                                    "student_version": self.version, "cluster_id": cluster["cluster_id"],
+                                    "score": checks["score"], "seen": checks["seen"],
                                     "teacher_answer": routed.answer, "teacher_doc": cited_document(routed.citations)})
             return routed
         if failed is None:
@@ -446,8 +609,9 @@ class Router:
                 routed = self._finish(routed, started)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
-                                        "cluster_id": cluster["cluster_id"], "score": checks["score"],
-                                        "seen": checks["seen"], "student_answer": routed.answer})
+                                        "student_version": self.version, "cluster_id": cluster["cluster_id"],
+                                        "score": checks["score"], "seen": checks["seen"],
+                                        "student_answer": routed.answer})
                 return routed
             failed, router_ms = routed.reason, routed.router_ms
         return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
@@ -526,9 +690,10 @@ class Router:
 
     def _finish(self, routed: RoutedAnswer, started: float) -> RoutedAnswer:
         routed.latency_ms = (time.perf_counter() - started) * 1000
+        routed.corpus_generation = self.generation
         routed.trace_id = uuid.uuid4().hex
         if self.writer:
-            self.writer.put(self._trace(routed))
+            self.writer.put("trace", self._trace(routed))
         return routed
 
     def _trace(self, routed: RoutedAnswer) -> Trace:
@@ -536,7 +701,8 @@ class Router:
         common = dict(trace_id=routed.trace_id, query_id=routed.trace_id, asked_at=datetime.now(timezone.utc),
                       scope=routed.scope, query=routed.query, route=routed.route, route_reason=routed.reason,
                       latency_ms=routed.latency_ms, router_ms=routed.router_ms, generation_ms=routed.generation_ms,
-                      checks=json.dumps(routed.checks), cluster_id=routed.checks.get("cluster_id"))
+                      checks=json.dumps(routed.checks), cluster_id=routed.checks.get("cluster_id"),
+                      corpus_generation=routed.corpus_generation)
         if answer is not None:
             return Trace(**common, answer=answer.answer, citations=answer.citations,
                          cited_doc_versions=answer.cited_doc_versions, retrieved=answer.retrieved,

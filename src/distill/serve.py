@@ -73,8 +73,9 @@ def create_app(router: Router, config: Config):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "student": router.version, "model": cfg.model_name,
-                "student_problem": router.student_problem, "coverage": router.decision.summary()}
+        return {"status": "ok", "student": router.version, "corpus_generation": router.generation,
+                "model": cfg.model_name, "student_problem": router.student_problem,
+                "coverage": router.decision.summary()}
 
     @app.get("/v1/models")
     async def models():

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,20 +33,29 @@ import duckdb
 from distill.errors import DistillError
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
+WAIT_S = 60.0  # how long a command waits for another to finish writing the trace store (each holds it briefly)
 
 
-def _open(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, read_only: bool = False, wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """A connection; while another process writes the file (DuckDB lets one at a time), try again
+    for up to `wait_s` seconds before saying so."""
     if read_only and not path.exists():
         raise DistillError(f"{path} does not exist; run the step that creates it first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as err:
-        if "lock" in str(err).lower():
-            raise DistillError(f"{path} is in use by another process; wait for it to finish") from None
-        raise DistillError(f"{path} is not a readable DuckDB file ({_first_line(err)}); move it aside and rerun") from None
-    except duckdb.Error as err:
-        raise DistillError(f"{path} is not a readable DuckDB file ({_first_line(err)}); move it aside and rerun") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise DistillError(f"{path} is not a readable DuckDB file ({_first_line(err)}); move it aside and "
+                                   f"rerun") from None
+            if time.monotonic() >= deadline:
+                raise DistillError(f"{path} is in use by another process{f' (waited {wait_s:.0f} s)' if wait_s else ''}; "
+                                   f"wait for it to finish") from None
+            time.sleep(0.2)
+        except duckdb.Error as err:
+            raise DistillError(f"{path} is not a readable DuckDB file ({_first_line(err)}); move it aside and rerun") from None
 
 
 def _first_line(err: Exception) -> str:
@@ -119,6 +131,7 @@ class Trace:
     checks: str | None = None  # JSON: each router check's score
     cluster_id: str | None = None  # the student intent that covered the query
     student_version: str | None = None
+    corpus_generation: int | None = None  # routed answers: the corpus generation the router checked against
 
 
 def _m001_traces(con: duckdb.DuckDBPyConnection) -> None:
@@ -278,9 +291,13 @@ def _m009_eval_runs(con: duckdb.DuckDBPyConnection) -> None:
         )""")
 
 
+def _m010_corpus_generation(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE traces ADD COLUMN corpus_generation INTEGER")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
-                                     _m008_retrieved_doc_versions, _m009_eval_runs]
+                                     _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -288,8 +305,51 @@ _TRACE_COLUMNS = [
     "top_score", "score_margin", "retriever_agreement", "mean_logprob", "groundedness",
     "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
     "backend", "collect_run_id", "answer_score", "router_ms", "generation_ms", "checks", "cluster_id",
-    "student_version",
+    "student_version", "corpus_generation",
 ]
+
+
+def _insert_traces(cur: duckdb.DuckDBPyConnection, traces: Sequence[Trace]) -> int:
+    """Insert traces whose query_id is not stored yet (inside the caller's transaction); returns how many."""
+    if not traces:
+        return 0
+    import pyarrow as pa
+
+    rows: dict[str, dict] = {}
+    for trace in traces:  # shallow copies: dataclasses.asdict deep-copies and costs 25x more
+        row = dict(trace.__dict__)
+        row["trace_id"] = row["trace_id"] or row["query_id"]
+        rows.setdefault(row["query_id"], row)
+    batch = pa.Table.from_pylist(list(rows.values())).select(_TRACE_COLUMNS)  # noqa: F841 (read by DuckDB)
+    # An anti-join rather than ON CONFLICT DO NOTHING: same result, four times faster.
+    return cur.execute(f"INSERT INTO traces ({', '.join(_TRACE_COLUMNS)}) "
+                       f"SELECT * FROM batch ANTI JOIN traces USING (query_id)").fetchone()[0]
+
+
+def _insert_shadow_check(cur: duckdb.DuckDBPyConnection, row: dict) -> None:
+    """One shadow check, unless that trace was already checked against that student version."""
+    cur.execute("INSERT INTO shadow_checks BY NAME SELECT * FROM (SELECT ? AS trace_id, "
+                "coalesce(CAST(? AS TIMESTAMPTZ), now()) AS checked_at, ? AS student_version, ? AS cluster_id, "
+                "? AS scope, ? AS query, ? AS student_answer, ? AS teacher_answer, ? AS agreement) AS new "
+                "WHERE NOT EXISTS (SELECT 1 FROM shadow_checks s WHERE s.trace_id = new.trace_id "
+                "AND s.student_version = new.student_version)",
+                [row["trace_id"], row.get("checked_at"), row["student_version"], row["cluster_id"], row["scope"],
+                 row["query"], row["student_answer"], row["teacher_answer"], row["agreement"]])
+
+
+def _insert_withdrawal(cur: duckdb.DuckDBPyConnection, student_version: str, cluster_id: str, samples: int,
+                       agreement: float, evidence: list[dict], withdrawn_at: str | None = None) -> None:
+    cur.execute("INSERT INTO withdrawn_clusters VALUES (?, ?, coalesce(CAST(? AS TIMESTAMPTZ), now()), ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", [student_version, cluster_id, withdrawn_at, samples, agreement,
+                                           json.dumps(evidence)])
+
+
+def _trace(row: dict) -> Trace:
+    """A trace read back from a segment (its times were written as ISO strings)."""
+    for name in ("asked_at", "created_at"):
+        if isinstance(row.get(name), str):
+            row[name] = datetime.fromisoformat(row[name])
+    return Trace(**row)
 
 
 # The curation run a query names (`run` with its cutoff): the one given as the first parameter, or
@@ -414,12 +474,16 @@ class TraceLake:
 class TraceStore:
     """The DuckDB trace store. Thread-safe appends; one process may write a file at a time."""
 
-    def __init__(self, path: Path, migrations: Sequence[Migration] = TRACE_MIGRATIONS):
+    def __init__(self, path: Path, migrations: Sequence[Migration] = TRACE_MIGRATIONS, wait_s: float | None = None):
+        """Opening folds in the segments services wrote beside the file (see `SegmentLog`). A file
+        another command is writing is waited for, `wait_s` seconds at most (default `WAIT_S`)."""
         self.path = Path(path)
-        self._con = _open(self.path)
+        self._con = _open(self.path, wait_s=WAIT_S if wait_s is None else wait_s)
         self._lock = threading.Lock()
         try:
             _migrate(self._con, self.path, migrations)
+            if migrations is TRACE_MIGRATIONS:
+                self.folded = self.fold_segments(segment_folder(self.path))
         except BaseException:
             self._con.close()
             raise
@@ -439,21 +503,31 @@ class TraceStore:
         Returns the number of new rows."""
         if not traces:
             return 0
-        import pyarrow as pa
-
-        rows: dict[str, dict] = {}
-        for trace in traces:  # shallow copies: dataclasses.asdict deep-copies and costs 25x more
-            row = dict(trace.__dict__)
-            row["trace_id"] = row["trace_id"] or row["query_id"]
-            rows.setdefault(row["query_id"], row)
-        batch = pa.Table.from_pylist(list(rows.values())).select(_TRACE_COLUMNS)  # noqa: F841 (read by DuckDB)
         with self._lock:
             cur = self._con.cursor()
             with _transaction(cur):
-                # An anti-join rather than ON CONFLICT DO NOTHING: same result, four times faster.
-                inserted = cur.execute(f"INSERT INTO traces ({', '.join(_TRACE_COLUMNS)}) "
-                                       f"SELECT * FROM batch ANTI JOIN traces USING (query_id)").fetchone()[0]
-            return inserted
+                return _insert_traces(cur, traces)
+
+    def fold_segments(self, folder: Path) -> int:
+        """Move the records of finished segments (and of those a dead process left open) into the
+        store, one transaction per segment, then remove the file; returns the traces added. A
+        segment folded twice (a crash between commit and removal) adds nothing the second time."""
+        added = 0
+        for path in finished_segments(folder):
+            records = read_segment(path)
+            with self._lock:
+                cur = self._con.cursor()
+                with _transaction(cur):
+                    added += _insert_traces(cur, [_trace(r["row"]) for r in records if r["kind"] == "trace"])
+                    for record in records:
+                        if record["kind"] == "shadow_check":
+                            _insert_shadow_check(cur, record["row"])
+                        elif record["kind"] == "withdrawal":
+                            row = record["row"]
+                            _insert_withdrawal(cur, row["student_version"], row["cluster_id"], row["samples"],
+                                               row["agreement"], row["evidence"], row.get("withdrawn_at"))
+            path.unlink()
+        return added
 
     def answered(self, query_ids: Iterable[str]) -> set[str]:
         """The subset of `query_ids` that already has a trace (for resuming a collection)."""
@@ -616,16 +690,13 @@ class TraceStore:
 
     def add_shadow_check(self, row: dict) -> None:
         """One shadow comparison of a student answer with the teacher's (see router.py)."""
-        self.sql("INSERT INTO shadow_checks BY NAME SELECT * FROM (SELECT ? AS trace_id, now() AS checked_at, "
-                 "? AS student_version, ? AS cluster_id, ? AS scope, ? AS query, ? AS student_answer, "
-                 "? AS teacher_answer, ? AS agreement)",
-                 [row["trace_id"], row["student_version"], row["cluster_id"], row["scope"], row["query"],
-                  row["student_answer"], row["teacher_answer"], row["agreement"]])
+        with self._lock:
+            _insert_shadow_check(self._con.cursor(), row)
 
     def withdraw_cluster(self, student_version: str, cluster_id: str, samples: int, agreement: float,
                          evidence: list[dict]) -> None:
-        self.sql("INSERT INTO withdrawn_clusters VALUES (?, ?, now(), ?, ?, ?) ON CONFLICT DO NOTHING",
-                 [student_version, cluster_id, samples, agreement, json.dumps(evidence)])
+        with self._lock:
+            _insert_withdrawal(self._con.cursor(), student_version, cluster_id, samples, agreement, evidence)
 
     def withdrawn_clusters(self, student_version: str) -> set[str]:
         rows = self.sql("SELECT cluster_id FROM withdrawn_clusters WHERE student_version = ?", [student_version])
@@ -654,6 +725,117 @@ class TraceStore:
                 return []
             names = [d[0] for d in result.description]
             return [dict(zip(names, row)) for row in result.fetchall()]
+
+
+# --------------------------------------------------------------------------------------------
+# Segments: what a running service writes instead of holding the trace store
+# --------------------------------------------------------------------------------------------
+
+SEGMENTS = "segments"
+ABANDONED_AFTER_S = 3600  # an open segment of another machine untouched this long belongs to a dead process
+
+
+def segment_folder(traces_db: Path) -> Path:
+    """Where services write their segments: `traces/segments/` beside `traces/traces.duckdb`."""
+    return Path(traces_db).parent / SEGMENTS
+
+
+class SegmentLog:
+    """The records a long-running process (a service's router) writes, without opening the store.
+
+    DuckDB lets one process write a file at a time, so a service holding `traces.duckdb` would lock
+    `collect`, `curate`, `nightly` and `sql` out. Each process instead appends JSON lines to a file
+    of its own, `traces/segments/<host>-<pid>-<ns>.open`, flushed and fsynced before `write`
+    returns: a crash loses only records not yet handed to `write`. Every `rotate_s` seconds (or
+    `rotate_rows` records) the file is finished (renamed to `.jsonl`) and a new one begun. Whoever
+    opens the trace store next folds the finished segments in (`TraceStore.fold_segments`), and
+    those a process that died left open; traces are deduplicated by query_id, so nothing is counted
+    twice.
+
+        >>> log = SegmentLog(Path("ws/traces/segments"))
+        >>> log.write([{"kind": "trace", "row": {...}}])     # durable when this returns
+        >>> log.close()                                       # finished: the next command folds it
+    """
+
+    def __init__(self, folder: Path, rotate_s: float = 5.0, rotate_rows: int = 10_000):
+        self.folder, self.rotate_s, self.rotate_rows = Path(folder), rotate_s, rotate_rows
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file, self._path, self._rows, self._opened = None, None, 0, 0.0
+        self.records = 0  # written over this log's life
+
+    def write(self, records: Sequence[dict]) -> None:
+        """Append records (`{"kind": "trace" | "shadow_check" | "withdrawal", "row": {...}}`) durably."""
+        if not records:
+            return
+        lines = "".join(json.dumps(r, default=_iso) + "\n" for r in records)
+        with self._lock:
+            if self._file is None:
+                self._path = self.folder / f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.open"
+                self._file, self._rows, self._opened = self._path.open("a", encoding="utf-8"), 0, time.monotonic()
+            self._file.write(lines)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._rows += len(records)
+            self.records += len(records)
+            if self._rows >= self.rotate_rows:
+                self._finish()
+
+    def finish_due(self) -> None:
+        """Finish the open segment if it is older than `rotate_s` (the writer calls this when idle)."""
+        with self._lock:
+            if self._file is not None and time.monotonic() - self._opened >= self.rotate_s:
+                self._finish()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._finish()
+
+    def _finish(self) -> None:
+        self._file.close()
+        os.replace(self._path, self._path.with_suffix(".jsonl"))
+        self._file = self._path = None
+
+
+def _iso(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def finished_segments(folder: Path) -> list[Path]:
+    """The segments ready to fold, oldest first: finished ones, and open ones whose process is gone."""
+    if not folder.is_dir():
+        return []
+    ready = [p for p in folder.glob("*.jsonl")] + [p for p in folder.glob("*.open") if _abandoned(p)]
+    return sorted(ready, key=lambda p: p.stat().st_mtime)
+
+
+def _abandoned(path: Path) -> bool:
+    host, _, rest = path.stem.rpartition("-")[0].rpartition("-")
+    pid = int(rest) if rest.isdigit() else -1
+    if host == socket.gethostname() and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return time.time() - path.stat().st_mtime > ABANDONED_AFTER_S
+
+
+def read_segment(path: Path) -> list[dict]:
+    """A segment's records; a last line cut short by a crash is skipped."""
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,9 +881,9 @@ _CHUNK_COLUMNS = ["chunk_key", "chunk_id", "doc_id", "version", "scope", "source
 class CorpusStore:
     """Documents and chunks with their versions, and the BM25 index over the chunks."""
 
-    def __init__(self, path: Path, read_only: bool = False):
+    def __init__(self, path: Path, read_only: bool = False, wait_s: float | None = None):
         self.path = Path(path)
-        self._con = _open(self.path, read_only=read_only)
+        self._con = _open(self.path, read_only=read_only, wait_s=WAIT_S if wait_s is None else wait_s)
         self._lock = threading.Lock()
         if not read_only:
             _migrate(self._con, self.path, CORPUS_MIGRATIONS)
@@ -784,3 +966,68 @@ class CorpusStore:
 
     def flagged_chunk_ids(self) -> set[str]:
         return {r[0] for r in self._con.execute("SELECT chunk_id FROM chunks WHERE injection_flag IS NOT NULL").fetchall()}
+
+    def tokenizer(self) -> str:
+        """The SQL of the fts index's tokenize macro (to tokenize queries the same way elsewhere)."""
+        row = self._con.execute("SELECT macro_definition FROM duckdb_functions() WHERE schema_name = 'fts_main_chunks' "
+                                "AND function_name = 'tokenize'").fetchone()
+        if row is None:
+            raise DistillError(f"{self.path} has no full-text index; rerun `distill ingest`")
+        return row[0]
+
+
+class CorpusSnapshot:
+    """What retrieval reads from the corpus, copied into memory; the file is closed again at once.
+
+    A service answers from its snapshot while `ingest` writes the next version of the file (DuckDB
+    lets no process write a file another has open), and the router swaps to a new snapshot when
+    one is complete (router.py). Queries are tokenized and stemmed by DuckDB in memory with the
+    file's own tokenize macro, so BM25 matches the index exactly.
+
+        >>> snapshot = CorpusSnapshot(Path("ws/index/corpus.duckdb"))
+        >>> snapshot.query_terms("How do I export?")
+        ['export', 'how', 'do', 'i']
+    """
+
+    def __init__(self, path: Path):
+        store = CorpusStore(path, read_only=True)
+        try:
+            self.versions = store.document_versions()
+            self.all_chunks = store.chunks()
+            self.fts = store.fts_index()
+            self.flagged = store.flagged_chunk_ids()
+            tokenize = store.tokenizer()
+        finally:
+            store.close()
+        self.path = Path(path)
+        self._texts = {c["chunk_id"]: c["text"] for c in self.all_chunks}
+        self._con = duckdb.connect()
+        self._con.execute(f"LOAD '{_extension_path('fts')}'")
+        self._con.execute("CREATE SCHEMA fts_main_chunks")
+        self._con.execute(f"CREATE MACRO fts_main_chunks.tokenize(s) AS {tokenize}")
+
+    def document_versions(self) -> dict[str, int]:
+        return dict(self.versions)
+
+    def scopes(self) -> set[str]:
+        return {c["scope"] for c in self.all_chunks if c["scope"] is not None}
+
+    def chunks(self) -> list[dict]:
+        return self.all_chunks
+
+    def fts_index(self) -> dict:
+        return self.fts
+
+    def flagged_chunk_ids(self) -> set[str]:
+        return set(self.flagged)
+
+    def chunk_texts(self, chunk_ids: Iterable[str]) -> dict[str, str]:
+        return {c: self._texts[c] for c in chunk_ids if c in self._texts}
+
+    def query_terms(self, query: str) -> list[str]:
+        rows = self._con.cursor().execute(
+            "SELECT DISTINCT stem(unnest(fts_main_chunks.tokenize(?)), 'porter')", [query]).fetchall()
+        return [r[0] for r in rows if r[0]]
+
+    def close(self) -> None:
+        self._con.close()

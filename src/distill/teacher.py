@@ -160,6 +160,14 @@ class Teacher:
         retriever = Retriever(workspace, config.index)
         return cls(retriever, config.teacher, make_generator(config.teacher, retriever, workspace))
 
+    def reloaded(self, workspace: Workspace, config: Config) -> "Teacher":
+        """This teacher over the workspace's current corpus generation; an LLM generator is kept
+        (loading it again would cost seconds), the extractive one follows the new embedder."""
+        retriever = Retriever(workspace, config.index)
+        generator = self.generator if self.generator.backend != "extractive" else \
+            make_generator(config.teacher, retriever, workspace)
+        return Teacher(retriever, config.teacher, generator)
+
     def answer(self, query: str, scope: str | None = None) -> Answer:
         return self.answer_batch([(query, scope)])[0]
 

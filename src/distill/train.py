@@ -19,10 +19,12 @@ temporary name, then renamed); training never changes which version is `current`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +85,42 @@ def resolve_base(name: str, workspace: Workspace) -> Path:
     return path
 
 
+TRAINING_LOG = "training_log.jsonl"  # every dict the trainer logged (loss, grad_norm, learning_rate, ...), one per line
+
+
+def training_log_callback(path: Path, progress: bool):
+    """A transformers callback: one progress bar per training with the latest loss (when
+    `progress`), and each logged dict appended to `path` as a JSON line."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class TrainingLog(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and progress:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as out:
+                out.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+            if self.bar is not None and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return TrainingLog()
+
+
 def _check_disk(target: Path, base: Path) -> None:
     needed = 2 * sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
     target.mkdir(parents=True, exist_ok=True)
@@ -97,6 +135,12 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
     """Train a new student version on `dataset_path` (default: the latest curated set).
 
     Returns None in the non-main processes of a multi-process `accelerate launch`."""
+    with warnings.catch_warnings():  # peft and the trainer call a renamed transformers method: theirs to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return _train(workspace, config, dataset_path, progress)
+
+
+def _train(workspace: Workspace, config: Config, dataset_path: Path | None, progress: bool) -> TrainResult | None:
     cfg = config.train
     if cfg.method not in ("lora", "full"):
         raise DistillError(f"setting 'train.method' must be 'lora' or 'full' (got {cfg.method!r})")
@@ -119,6 +163,8 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
     model = AutoModelForCausalLM.from_pretrained(str(base))
     gpu = torch.cuda.is_available()
     work = root / ".work" / (meta.get("content_hash") or dataset_path.name)[:16]
+    # transformers 5 renamed gradient checkpointing to activation checkpointing (the old name warns).
+    renamed = "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}
     args = SFTConfig(
         output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
@@ -127,7 +173,8 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
         report_to=[], disable_tqdm=not progress, use_cpu=not gpu,
         # TRL defaults to bf16 and gradient checkpointing; on a CPU without bf16 units both make a
         # step of the 135M model 30x slower (98 s instead of about 3 s), and it fits in memory anyway.
-        bf16=gpu and torch.cuda.is_bf16_supported(), gradient_checkpointing=gpu)
+        bf16=gpu and torch.cuda.is_bf16_supported(),
+        **{"activation_checkpointing" if renamed else "gradient_checkpointing": gpu})
     peft_config = None
     if cfg.method == "lora":
         from peft import LoraConfig
@@ -136,6 +183,12 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
                                  task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
+    # One bar with the loss instead of a printed dict per step; every logged dict goes to a file.
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(training_log_callback(work / TRAINING_LOG, progress))
     resume = any(p.name.startswith("checkpoint-") for p in work.iterdir()) if work.exists() else False
     started = time.time()
     trainer.train(resume_from_checkpoint=resume or None)
@@ -158,6 +211,8 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
         shutil.rmtree(tmp)
         merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if (work / TRAINING_LOG).exists():
+        shutil.copy(work / TRAINING_LOG, tmp / TRAINING_LOG)
     if (dataset_path / CALIBRATION_FILE).exists():  # the evidence the router's coverage decision is calibrated on
         shutil.copy(dataset_path / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
     clusters = {}
@@ -166,9 +221,9 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
             "cluster_id": row.get("cluster_id"), "scope": row.get("scope"), "wordings": [],
             "answer": row["completion"][-1]["content"],  # what `router.fast_path = "replay"` answers
             "citations": row.get("citations") or [], "cited_doc_versions": row.get("cited_doc_versions") or [],
-            "retrieved_doc_versions": row.get("retrieved_doc_versions") or []})
-        if row.get("query"):  # what the router's coverage check compares a new question with
-            cluster["wordings"].append(row["query"])
+            "retrieved_doc_versions": row.get("retrieved_doc_versions") or [], "rewordings": []})
+        if row.get("query"):  # asked before the cutoff, or written by an LLM and verified (`curate.rewordings`)
+            cluster["rewordings" if row.get("source") == "rewording" else "wordings"].append(row["query"])
     manifest = {
         "student": cfg.student_name, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
         "base_model": cfg.base_model, "base_model_path": str(base), "dataset_path": str(dataset_path),

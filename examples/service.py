@@ -1,0 +1,39 @@
+"""A FastAPI service that embeds the distill router: the student where it is safe, RAG everywhere else.
+
+    DISTILL_HOME=ws uvicorn examples.service:app --port 8000
+    curl -s localhost:8000/ask -H 'content-type: application/json' \
+        -d '{"question": "How do I reset my password?", "scope": "notes"}'
+
+The router is built once, when the app starts, from the workspace folder ($DISTILL_HOME, or the
+current directory); every answer is logged as a trace, and closing the app flushes them. Route,
+reason and citations come back with the answer so the caller can show its sources.
+"""
+
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from distill.router import Router
+
+
+class Question(BaseModel):
+    question: str
+    scope: str | None = None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    app.state.router = Router.from_workspace(os.environ.get("DISTILL_HOME", "."))
+    yield
+    app.state.router.close()  # flushes the traces still queued
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.post("/ask")
+async def ask(body: Question) -> dict:
+    routed = await app.state.router.aanswer(body.question, body.scope)  # runs off the event loop
+    return {"answer": routed.answer, "citations": routed.citations, "route": routed.route, "reason": routed.reason}
