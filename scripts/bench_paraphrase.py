@@ -210,6 +210,8 @@ def main() -> None:
                         help="curate.rewordings: rewordings SmolLM2-135M writes per trained wording, kept when the "
                              "extractive teacher answers them the way their intent is answered")
     parser.add_argument("--home", default=str(HOME), help="the benchmark workspace (a copy keeps variants apart)")
+    parser.add_argument("--no-student", action="store_true",
+                        help="never ask the student (the replay fast path, the cache and the decision only)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the promoted student again")
     parser.add_argument("--max-error-rate", type=float, default=None, help="router.max_error_rate (default: the config's)")
     parser.add_argument("--decision-only", action="store_true",
@@ -258,7 +260,7 @@ def main() -> None:
 
     items = held_out_items(workspace, gold_rows, limit=100_000)
     started = time.time()
-    figures = evaluate_systems(workspace, config, items, progress=True, keep_outcomes=True)
+    figures = evaluate_systems(workspace, config, items, progress=True, keep_outcomes=True, generate=not args.no_student)
     print(f"evaluated {len(items)} distinct held-out questions ({figures['traffic']} asked) in {time.time() - started:.0f} s")
     halves = split_threads(threads)
     table = judged(items, figures.pop("outcomes"), gold_by_query, ThreadOf(threads), config.eval.success_f1, halves)

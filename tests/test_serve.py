@@ -130,3 +130,46 @@ def test_the_documented_service_example_embeds_the_router_from_a_folder_path(wor
     assert risky["route"] == "rag" and risky["reason"] == "high_risk"
     with TraceStore(workspace.traces_db) as store:
         assert store.count() == before + 2
+
+
+def test_several_worker_processes_serve_one_port_and_every_request_is_a_trace(workspace, tmp_path):  # noqa: F811
+    """`distill serve --workers 2`: each process has its own router and trace segment; after a
+    graceful shutdown every answered request is in the store."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    shutil.copytree(workspace.home, tmp_path / "ws", ignore=shutil.ignore_patterns("traces"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "distill.cli", "serve", "--workers", "2", "--port", str(port),
+                               "--home", str(tmp_path / "ws")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        workers = set()
+        while len(workers) < 2 and time.monotonic() < deadline:
+            try:
+                workers.add(httpx.get(f"{base}/health", timeout=5).json()["worker"])
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert len(workers) == 2, "two worker processes answer /health"
+
+        def ask(i: int) -> int:
+            return httpx.post(f"{base}/v1/chat/completions", timeout=60,
+                              json=chat(f"{REFUND_Q} ({i})", metadata={"scope": "billing"})).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(ask, range(24))) == [200] * 24
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=120)
+    with TraceStore(tmp_path / "ws" / "traces" / "traces.duckdb") as store:
+        assert store.sql("SELECT count(*) AS n FROM traces WHERE query LIKE ?", [f"{REFUND_Q} (%"]) == [{"n": 24}]

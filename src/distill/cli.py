@@ -431,10 +431,12 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
           model: Optional[str] = typer.Option(None, help="serve this model alone, no router: a student version folder, "
                                                           "any save_pretrained folder or SmolLM2-135M-Instruct (a CPU "
                                                           "stand-in for vLLM, for teacher.openai or student.endpoint)"),
+          workers: int = typer.Option(1, min=1, help="processes behind the port, each with its own router; all log "
+                                                      "traces and follow the workspace's changes"),
           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Serve the router over the OpenAI chat-completions API (/v1/chat/completions, /v1/models,
     /health, /metrics), or with --model one model over the same API."""
-    from distill.serve import create_app, create_model_app
+    from distill.serve import create_app, create_model_app, serve_workers
     from distill.serve import serve as run_serve
 
     workspace = _workspace(home)
@@ -447,6 +449,10 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
             chat_model = ChatModel.load(model, workspace.models_dir, config.student.runtime)
         _console().print(f"serving model '{chat_model.name}' on {address}")
         run_serve(create_model_app(chat_model, config), config, host, port)
+        return
+    if workers > 1:
+        _console().print(f"serving {workers} router processes as '{config.serve.model_name}' on {address}")
+        serve_workers(workspace.home, config, workers, host, port)
         return
     router = _router(workspace, config, watch=True)
     _console().print(f"serving student {router.version or '(none: everything goes to RAG)'} as "

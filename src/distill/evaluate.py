@@ -194,17 +194,21 @@ def _item(query: str, scope: str | None, weight: int, gold: dict | None) -> Eval
 
 
 def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progress: bool = True,
-                     keep_outcomes: bool = False) -> dict:
+                     keep_outcomes: bool = False, generate: bool = True) -> dict:
     """Answer every item with each system, score them side by side and sweep the error rate. With
-    `keep_outcomes`, every system's answer to every item is kept too (`outcomes`, in item order)."""
+    `keep_outcomes`, every system's answer to every item is kept too (`outcomes`, in item order).
+    Without `generate`, the student is never asked: the student system is left out, and the routed
+    one must use the replay fast path (a benchmark of the decision alone, minutes faster on a CPU)."""
     from tqdm.auto import tqdm
 
     from distill.router import Router
 
     if not items:
         raise DistillError("the evaluation set is empty")
+    if not generate and config.router.fast_path != "replay":
+        raise DistillError("evaluating without the student's answers needs router.fast_path = 'replay'")
     with Router.from_workspace(workspace, config, log=False, watch=False) as router:
-        records = [_observe(router, item) for item in tqdm(items, desc="evaluating", unit="question", disable=not progress)]
+        records = [_observe(router, item, generate) for item in tqdm(items, desc="evaluating", unit="question", disable=not progress)]
         chunk_texts = router.teacher.retriever.store.chunk_texts(
             {c for r in records for c in r["teacher"].citations + r["teacher"].retrieved + r["cluster_citations"]})
         cache = _cluster_answers(workspace, router.student.manifest) if router.student else {}
@@ -231,11 +235,13 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
                 "cache": [_cache_outcome(r, r["similarity"] >= config.eval.cache_threshold, cache, prices, "cache")
                           for r in records],
                 "replay": [_cache_outcome(r, covered(r, rate), cache, prices, "replay") for r in records],
-                "student": [_student_outcome(r, prices) for r in records],
+                "student": [_student_outcome(r, prices) for r in records] if generate else None,
                 "routed": [routed(r, rate) for r in records]}
+    if not generate:
+        outcomes.pop("student")
     teachers = outcomes["teacher"]
     systems = {name: score_outcomes(items, outs, teachers, context) for name, outs in outcomes.items()}
-    if version is None:
+    if version is None and "student" in systems:
         systems.pop("student")
     for item in items:
         item.seen = (item.scope, normalize_query(item.query)) in trained
@@ -276,7 +282,7 @@ def _served_scores(scores: dict) -> dict:
     return {"traffic": scores["traffic"], **{k: scores[k] for k in keys}}
 
 
-def _observe(router, item: EvalItem) -> dict:
+def _observe(router, item: EvalItem, generate: bool = True) -> dict:
     """Everything every system needs for one question, each part timed: the teacher's answer, the
     router's assessment (coverage undecided) and the student's answer."""
     record: dict = {"teacher": router.teacher.answer(item.query, item.scope)}
@@ -285,7 +291,7 @@ def _observe(router, item: EvalItem) -> dict:
     record.update(router_ms=(time.perf_counter() - began) * 1000, failed=failed, found=found,
                   similarity=checks.get("coverage", 0.0), cluster=cluster,
                   cluster_citations=list((cluster or {}).get("citations", [])))
-    if router.student is not None and failed != "input":
+    if router.student is not None and failed != "input" and generate:
         began = time.perf_counter()
         generation = router.student.answer(item.query, item.scope)
         record.update(student=generation, student_ms=(time.perf_counter() - began) * 1000)

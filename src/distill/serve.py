@@ -30,7 +30,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from distill.config import Config
+from distill.config import HOME_ENV, Config
 from distill.errors import DistillError
 from distill.router import Router
 
@@ -73,7 +73,7 @@ def create_app(router: Router, config: Config):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "student": router.version, "corpus_generation": router.generation,
+        return {"status": "ok", "worker": os.getpid(), "student": router.version, "corpus_generation": router.generation,
                 "model": cfg.model_name, "student_problem": router.student_problem,
                 "coverage": router.decision.summary()}
 
@@ -123,6 +123,7 @@ def create_app(router: Router, config: Config):
                       "total_tokens": routed.prompt_tokens + routed.completion_tokens},
             "distill": {"route": routed.route, "reason": routed.reason, "citations": routed.citations,
                         "refused": routed.refused, "student_version": routed.student_version,
+                        "corpus_generation": routed.corpus_generation,
                         "checks": routed.checks, "trace_id": routed.trace_id,
                         "latency_ms": round(routed.latency_ms, 1), "router_ms": round(routed.router_ms, 2)},
         }
@@ -280,3 +281,23 @@ def serve(app, config: Config, host: str | None = None, port: int | None = None)
     import uvicorn
 
     uvicorn.run(app, host=host or config.serve.host, port=port or config.serve.port, log_level="info")
+
+
+def serve_workers(home, config: Config, workers: int, host: str | None = None, port: int | None = None) -> None:
+    """Run `workers` processes behind one port, each with its own router over the workspace at
+    `home` (`worker_app`): each logs to its own trace segment and follows the workspace's changes."""
+    import uvicorn
+
+    os.environ[HOME_ENV] = str(home)
+    uvicorn.run("distill.serve:worker_app", factory=True, workers=workers, host=host or config.serve.host,
+                port=port or config.serve.port, log_level="info")
+
+
+def worker_app():
+    """The app one `distill serve --workers N` process serves: the router of the workspace named
+    by $DISTILL_HOME, watching it."""
+    from distill.config import Workspace
+
+    workspace = Workspace.resolve()
+    config = workspace.config()
+    return create_app(Router.from_workspace(workspace, config, watch=True), config)
