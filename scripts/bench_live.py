@@ -14,6 +14,9 @@ without pause for `--seconds` (and until the commands are done), while in the sa
 nightly --force` curates, trains and gates a new student, and `distill sql` counts traces every
 3 s. Then the service is stopped (SIGINT) and the store read.
 
+With `--kill` the service is ended by kill -9 of its process group while the clients ask, and the
+answered requests whose traces did not survive are counted.
+
 Printed (and saved to bench/results/live.json): requests and failed requests; each command's exit
 status and duration; requests answered vs traces in the store after shutdown; how long after the
 ingest finished the service answered from the new corpus generation; student answers that cite a
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -105,6 +109,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=40, help="FAQ questions in the traffic (half change in v2)")
     parser.add_argument("--epochs", type=float, default=2.0, help="student training epochs (setup and nightly)")
     parser.add_argument("--reuse", action="store_true", help="reuse bench/live as the last run left it")
+    parser.add_argument("--kill", action="store_true",
+                        help="end with kill -9 of the service's processes instead of a graceful stop, and count the "
+                             "answered requests whose traces were lost")
     args = parser.parse_args()
     if not FAQ.exists():
         raise SystemExit(f"{FAQ} not found: this benchmark needs ../shared/datasets/covid_faq_versions")
@@ -122,7 +129,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "distill.cli", "serve", "--workers", str(args.workers),
                                "--port", str(port), "--home", str(HOME)], stdout=subprocess.DEVNULL,
-                              stderr=open(HOME / "serve.log", "w"))
+                              stderr=open(HOME / "serve.log", "w"), start_new_session=True)
     workers: set[int] = set()
     deadline = time.time() + 300
     while len(workers) < args.workers and time.time() < deadline:
@@ -178,11 +185,14 @@ def main() -> None:
         thread.start()
     time.sleep(args.seconds)
     job_thread.join()  # the soak lasts until the commands are done
+    if args.kill:  # mid-load: the clients are still asking
+        os.killpg(server.pid, signal.SIGKILL)
     stop.set()
     for thread in threads + [sql_thread]:
         thread.join()
     soak_seconds = time.time() - soak_started
-    server.send_signal(signal.SIGINT)
+    if not args.kill:
+        server.send_signal(signal.SIGINT)
     server.wait(timeout=300)
 
     answered = [r for r in results if r["status"] == 200]
@@ -198,7 +208,7 @@ def main() -> None:
     superseded = [r for r in new_answers if r["route"] == "student" and any(
         versions.get(m.group(1)) != int(m.group(2))
         for c in r["citations"] or [] if (m := re.match(r"(.+)@v(\d+)#", c)))]
-    figures = {"clients": args.clients, "workers": len(workers), "seconds": round(soak_seconds, 1),
+    figures = {"clients": args.clients, "workers": len(workers), "seconds": round(soak_seconds, 1), "killed": args.kill,
                "requests": len(results), "answered": len(answered), "failed": len(failed),
                "failed_examples": failed[:5], "requests_per_s": round(len(results) / soak_seconds, 1),
                "commands": commands, "failed_commands": sum(c["rc"] != 0 for c in commands),
@@ -214,14 +224,15 @@ def main() -> None:
                               if (v := [r["seconds"] for r in answered if r["route"] == route])}}
     print(f"requests {figures['requests']} ({figures['requests_per_s']}/s), failed {figures['failed']}; "
           f"commands {len(commands)}, failed {figures['failed_commands']}")
-    print(f"traces in the store after shutdown: {logged} of {len(answered)} answered requests")
+    print(f"traces in the store after {'kill -9' if args.kill else 'shutdown'}: {logged} of {len(answered)} "
+          f"answered requests ({len(answered) - logged} lost)")
     print(f"new corpus generation answering {figures['new_generation_after_ingest_s']} s after the ingest command "
           f"returned (negative: before its process had exited); "
           f"student answers from it {figures['student_answers_after_swap']}, citing a superseded version "
           f"{figures['superseded_citations_after_swap']} (goal 0)")
     print(f"nightly: {nightly_outcome.get('status')} ({nightly_outcome.get('reason')}); student versions that answered: "
           f"{figures['student_versions']}; latency {figures['latency_ms']}")
-    print(f"figures: {save_results('live', figures)}")
+    print(f"figures: {save_results('live-kill' if args.kill else 'live', figures)}")
 
 
 if __name__ == "__main__":

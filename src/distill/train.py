@@ -31,10 +31,10 @@ from pathlib import Path
 
 from distill import registry
 from distill.calibrate import CALIBRATION_FILE
-from distill.config import Config, TrainConfig, Workspace
+from distill.config import Config, Workspace
 from distill.errors import DistillError
 from distill.store import TraceStore
-from distill.teacher import SMOLLM2, smollm2_folder
+from distill.teacher import local_model
 
 
 @dataclass
@@ -78,11 +78,7 @@ def load_training_set(path: Path):
 
 
 def resolve_base(name: str, workspace: Workspace) -> Path:
-    path = smollm2_folder(workspace.models_dir) if name == SMOLLM2 else Path(name)
-    if not (path / "config.json").exists():
-        raise DistillError(f"base model '{name}' is neither '{SMOLLM2}' nor a model folder with config.json; "
-                           f"set train.base_model")
-    return path
+    return local_model(name, workspace, "train.base_model")
 
 
 TRAINING_LOG = "training_log.jsonl"  # every dict the trainer logged (loss, grad_norm, learning_rate, ...), one per line
