@@ -49,7 +49,7 @@ from distill.collect import collect
 from distill.config import Workspace
 from distill.curate import curate
 from distill.index import corpus_path, ingest
-from distill.store import CorpusSnapshot, TraceStore
+from distill.store import CorpusSnapshot, TraceStore, finished_segments, segment_folder
 from distill.train import train
 from policyqa import ROOT, save_results
 
@@ -194,6 +194,12 @@ def main() -> None:
     if not args.kill:
         server.send_signal(signal.SIGINT)
     server.wait(timeout=300)
+    if args.kill:  # the killed workers' segments are folded once their processes are gone
+        folder = segment_folder(workspace.traces_db)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(finished_segments(folder)) < len(list(folder.glob("*.open"))) + \
+                len(list(folder.glob("*.jsonl"))):
+            time.sleep(0.5)
 
     answered = [r for r in results if r["status"] == 200]
     failed = [r for r in results if r["status"] != 200]
