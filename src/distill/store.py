@@ -778,7 +778,7 @@ class SegmentLog:
             os.fsync(self._file.fileno())
             self._rows += len(records)
             self.records += len(records)
-            if self._rows >= self.rotate_rows:
+            if self._rows >= self.rotate_rows or time.monotonic() - self._opened >= self.rotate_s:
                 self._finish()
 
     def finish_due(self) -> None:
