@@ -688,16 +688,6 @@ class TraceStore:
         """The nightly runs started on `day`, oldest first, figures parsed."""
         return _figures_parsed(self.sql("SELECT * FROM nightly_runs WHERE day = ? ORDER BY started_at", [day]))
 
-    def add_shadow_check(self, row: dict) -> None:
-        """One shadow comparison of a student answer with the teacher's (see router.py)."""
-        with self._lock:
-            _insert_shadow_check(self._con.cursor(), row)
-
-    def withdraw_cluster(self, student_version: str, cluster_id: str, samples: int, agreement: float,
-                         evidence: list[dict]) -> None:
-        with self._lock:
-            _insert_withdrawal(self._con.cursor(), student_version, cluster_id, samples, agreement, evidence)
-
     def withdrawn_clusters(self, student_version: str) -> set[str]:
         rows = self.sql("SELECT cluster_id FROM withdrawn_clusters WHERE student_version = ?", [student_version])
         return {row["cluster_id"] for row in rows}
@@ -762,7 +752,6 @@ class SegmentLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._file, self._path, self._rows, self._opened = None, None, 0, 0.0
-        self.records = 0  # written over this log's life
 
     def write(self, records: Sequence[dict]) -> None:
         """Append records (`{"kind": "trace" | "shadow_check" | "withdrawal", "row": {...}}`) durably."""
@@ -777,7 +766,6 @@ class SegmentLog:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._rows += len(records)
-            self.records += len(records)
             if self._rows >= self.rotate_rows or time.monotonic() - self._opened >= self.rotate_s:
                 self._finish()
 
@@ -953,12 +941,6 @@ class CorpusStore:
         num_docs, avgdl = con.execute("SELECT num_docs, avgdl FROM fts_main_chunks.stats").fetchone()
         return {"postings": postings, "lengths": lengths, "terms": terms, "num_docs": num_docs, "avgdl": avgdl}
 
-    def query_terms(self, query: str) -> list[str]:
-        """`query` tokenized and stemmed exactly as the fts index tokenized the chunks."""
-        rows = self._con.cursor().execute(
-            "SELECT DISTINCT stem(unnest(fts_main_chunks.tokenize(?)), 'porter')", [query]).fetchall()
-        return [r[0] for r in rows if r[0]]
-
     def chunk_texts(self, chunk_ids: Iterable[str]) -> dict[str, str]:
         rows = self._con.cursor().execute("SELECT chunk_id, text FROM chunks WHERE chunk_id IN (SELECT unnest(?))",
                                           [list(chunk_ids)]).fetchall()
@@ -995,7 +977,6 @@ class CorpusSnapshot:
             self.versions = store.document_versions()
             self.all_chunks = store.chunks()
             self.fts = store.fts_index()
-            self.flagged = store.flagged_chunk_ids()
             tokenize = store.tokenizer()
         finally:
             store.close()
@@ -1009,25 +990,17 @@ class CorpusSnapshot:
     def document_versions(self) -> dict[str, int]:
         return dict(self.versions)
 
-    def scopes(self) -> set[str]:
-        return {c["scope"] for c in self.all_chunks if c["scope"] is not None}
-
     def chunks(self) -> list[dict]:
         return self.all_chunks
 
     def fts_index(self) -> dict:
         return self.fts
 
-    def flagged_chunk_ids(self) -> set[str]:
-        return set(self.flagged)
-
     def chunk_texts(self, chunk_ids: Iterable[str]) -> dict[str, str]:
         return {c: self._texts[c] for c in chunk_ids if c in self._texts}
 
     def query_terms(self, query: str) -> list[str]:
+        """`query` tokenized and stemmed exactly as the fts index tokenized the chunks."""
         rows = self._con.cursor().execute(
             "SELECT DISTINCT stem(unnest(fts_main_chunks.tokenize(?)), 'porter')", [query]).fetchall()
         return [r[0] for r in rows if r[0]]
-
-    def close(self) -> None:
-        self._con.close()
