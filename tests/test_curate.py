@@ -63,7 +63,8 @@ def test_unsafe_stale_and_refused_traces_never_reach_the_training_set(home):
         assert decided["Which medication dosage is safe with the app?"] == {("reject", "high_risk")}
         assert decided["What is the search shortcut?"] == {("reject", "injection")}
         assert decided["What was the old refund window?"] == {("reject", "stale_citation")}
-        assert decided[REFUND_Q] == {("train", None), ("reject", "refused"), ("eval", None)}
+        # its one refusal is no evidence that the question is out of scope: the teacher answers it
+        assert decided[REFUND_Q] == {("train", None), ("reject", "answered_elsewhere"), ("eval", None)}
         assert store.sql("SELECT count(*) AS n FROM curation WHERE run_id = ?", [result.run_id]) == [{"n": 24}]
         trained = store.sql("SELECT t.trace_id FROM curation c JOIN traces t USING (trace_id) "
                             "WHERE c.run_id = ? AND decision = 'train'", [result.run_id])
@@ -74,6 +75,20 @@ def test_unsafe_stale_and_refused_traces_never_reach_the_training_set(home):
     assert all(row["completion"] == [{"role": "assistant", "content": REFUND_A}] for row in dataset)
     assert sorted(t for row in dataset for t in row["trace_ids"]) == sorted(r["trace_id"] for r in trained)
     assert len(result.dataset_hash) == 64 and result.leaked_eval_traces == 2
+
+
+def test_a_refusal_is_a_training_example_only_for_a_need_no_wording_of_which_is_answered(home):
+    refused = dict(refused=True, refusal_reason="not_answerable", answer="", citations=[], cited_doc_versions=[])
+    off_topic = "Is there an Acme Calendar app?"
+    reworded = "How many days do I have to ask for a refund?"  # the trained intent's need, in other words
+    with TraceStore(home.traces_db) as store:
+        store.append([refund(n, n, query=off_topic, **refused) for n in range(4)] +
+                     [refund(n, n, query=reworded, **refused) for n in range(4)])
+    result = curate(home, home.config())
+    with TraceStore(home.traces_db) as store:
+        decided = reasons(store, result.run_id)
+    assert decided[off_topic] == {("train", "refusal_example")}  # frequent, always refused, like nothing answered
+    assert decided[reworded] == {("reject", "answered_elsewhere")}  # frequent and always refused, but answered
 
 
 def test_infrequent_and_inconsistent_clusters_are_rejected(home):

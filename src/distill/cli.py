@@ -94,6 +94,9 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
     console.print(f"{report.queries_read} queries read: [bold]{report.answered}[/] answered ({report.refused} refused), "
                   f"{report.skipped_existing} already stored, {len(report.bad_lines)} bad lines; "
                   f"traces in {workspace.traces_db}")
+    if report.calibration:
+        console.print(f"answerability threshold {report.calibration.threshold:.3f} fitted to {report.calibration.scores} "
+                      f"of these questions ({report.calibration.method.replace('_', ' ')})")
 
 
 @app.command()

@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from distill import answerability
 from distill.config import Config, Workspace
 from distill.errors import DistillError
 from distill.index import corpus_path
@@ -60,6 +61,7 @@ class CollectReport:
     refused: int = 0
     skipped_existing: int = 0
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    calibration: answerability.Calibration | None = None  # fitted by this run (a new workspace's first)
 
 
 def _parse_time(value) -> datetime:
@@ -117,17 +119,8 @@ def read_queries(path: Path, known_scopes: set[str] | None = None, strict: bool 
 
 def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str = "rag",
              route_reason: str = "collect") -> Trace:
-    return Trace(
-        trace_id=uuid.uuid4().hex, query_id=record.query_id, collect_run_id=run_id, asked_at=record.asked_at,
-        scope=answer.scope, query=answer.query, answer=answer.answer, citations=answer.citations,
-        cited_doc_versions=answer.cited_doc_versions, retrieved=answer.retrieved, refused=answer.refused,
-        refusal_reason=answer.refusal_reason, route=route, route_reason=route_reason,
-        top_score=answer.top_score, score_margin=answer.score_margin,
-        retriever_agreement=answer.retriever_agreement, mean_logprob=answer.mean_logprob,
-        answer_score=answer.answer_score,
-        groundedness=answer.groundedness, citation_valid=answer.citation_valid, latency_ms=answer.latency_ms,
-        retrieval_ms=answer.retrieval_ms, prompt_tokens=answer.prompt_tokens,
-        completion_tokens=answer.completion_tokens, model=answer.model, backend=answer.backend)
+    return Trace(**answer.trace_fields(), trace_id=uuid.uuid4().hex, query_id=record.query_id, collect_run_id=run_id,
+                 asked_at=record.asked_at, route=route, route_reason=route_reason, latency_ms=answer.latency_ms)
 
 
 ENGINES = ("local", "ray")
@@ -160,6 +153,14 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     unique = {r.query_id: r for r in records if r.query_id not in done}
     todo = list(unique.values())
     report.skipped_existing = len(records) - len(todo)
+    if config.teacher.calibrate_answerability and not answerability.calibration_path(workspace).exists() \
+            and len(todo) >= answerability.MIN_TRACES:
+        # A new workspace: its answerability threshold is fitted to the questions about to be asked,
+        # before any is answered (curation refits it from every trace later).
+        teacher = teacher or Teacher.from_workspace(workspace, config)
+        step = max(1, len(todo) // answerability.SAMPLE_QUERIES)
+        report.calibration = teacher.calibrate([(r.query, r.scope) for r in todo[::step]])
+        answerability.save_calibration(workspace, report.calibration)
     if on_progress:
         on_progress(0, len(todo))
     batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"

@@ -85,6 +85,12 @@ class TeacherConfig:
     context_chunks: int = _help("at most this many retrieved chunks are shown to the generator")
     context_token_budget: int = _help("and at most this many words of evidence in total")
     min_top_score: float = _help("refuse when the best chunk's dense similarity is below this (thin evidence)")
+    min_answerability: float = _help(
+        "refuse ('not_answerable') when the answerability score (0 to 1, see docs/answerability.md) is below "
+        "this; the default until the workspace is calibrated")
+    calibrate_answerability: bool = _help(
+        "fit the answerability threshold to this workspace's traffic (collect, when none is fitted yet; "
+        "curate, from every trace) instead of using teacher.min_answerability as it is")
     drop_flagged_chunks: bool = _help(
         "never show chunks flagged as prompt injection to a generator (they are fenced as data either way)")
     extractive: ExtractiveConfig = _help("settings of the extractive backend")

@@ -16,7 +16,10 @@
                                                        same way, and this trace gave that answer
 
    A refused trace is kept as a refusal example (reason `refusal_example`) when its whole cluster
-   is consistently refused and frequent. Eval traces only go through the safety rules.
+   is consistently refused and frequent, and no wording like it (cosine at least
+   `curate.cluster_threshold`) is answered: a need the teacher answers in other words is not out of
+   scope, and its refusals are rejected as `answered_elsewhere`. Eval traces only go through the
+   safety rules.
 4. Output. One `curation` row per trace (`train`, `eval` or `reject` with the reason), a `clusters`
    row per intent, a `curation_runs` row with the config, all written in one transaction; and the
    training set as a Hugging Face dataset (prompt/completion in chat form, one example per cluster
@@ -41,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill import answerability
 from distill.config import Config, CurateConfig, Workspace
 from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
 from distill.calibrate import CALIBRATION_FILE, export_calibration
@@ -51,7 +55,7 @@ from distill.store import CorpusStore, TraceLake, TraceStore
 from distill.teacher import words
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
-TRACE_RULES = ("refused", "citation_invalid", "stale_citation", "ungrounded", "low_confidence")
+TRACE_RULES = ("refused", "answered_elsewhere", "citation_invalid", "stale_citation", "ungrounded", "low_confidence")
 CLUSTER_RULES = ("infrequent", "inconsistent", "minority_answer")
 RULES = SAFETY_RULES + TRACE_RULES + CLUSTER_RULES
 REFUSED = "<refused>"
@@ -255,6 +259,11 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
         cited_text = corpus.chunk_texts({c for t in traces for c in t["citations"]})
     finally:
         corpus.close()
+    if config.teacher.calibrate_answerability:  # the teacher's threshold, refitted to all the traffic so far
+        calibration = answerability.fit_threshold([t["answerability"] for t in traces[-answerability.RECENT_TRACES:]],
+                                                  config.teacher.min_answerability)
+        if calibration.method != "default":
+            answerability.save_calibration(workspace, calibration)
     result = _decide(traces, config, latest, flagged, cited_text)
     dataset_path, dataset_hash, examples, rewordings = _export(workspace, result, traces, config)
     run = result["run"]
@@ -298,6 +307,9 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
     # sentences of one document is asked as often as one answered with one.
     cluster_of = cluster_vectors(distinct, vectors, cfg.cluster_threshold, evidence)
     need_of = cluster_vectors(distinct, vectors, cfg.cluster_threshold, [doc for doc, _ in evidence])
+    # Wordings alike by their words alone: a refused one whose like is answered is not out of scope.
+    alike = cluster_vectors(distinct, vectors, cfg.cluster_threshold)
+    answered_alike = {alike[w] for w, (_, answer) in zip(distinct, evidence) if answer != REFUSED}
     members: dict[int, list[int]] = defaultdict(list)
     need_frequency: Counter = Counter()
     for i, key in enumerate(keys):
@@ -341,7 +353,8 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
         elif trace["asked_at"] < window_start:
             decision, reason = "reject", "infrequent"  # outside the frequency window: too old to count
         else:
-            decision, reason = _quality_decision(trace, facts[number], cfg, latest)
+            decision, reason = _quality_decision(trace, facts[number], cfg, latest,
+                                                 answered_alike=alike[keys[i]] in answered_alike)
         decisions.append({"trace_id": trace["trace_id"], "cluster_id": cluster_id[number], "decision": decision,
                           "reason": reason})
     trained = {d["cluster_id"] for d in decisions if d["decision"] == "train"}
@@ -366,12 +379,15 @@ def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetect
     return None
 
 
-def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dict[str, int]) -> tuple[str, str | None]:
+def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dict[str, int],
+                      answered_alike: bool = False) -> tuple[str, str | None]:
     consistent = cluster["agreement"] >= cfg.min_agreement
     # asked often enough (its need), and its answer given more than once (a one-off answer to a
     # frequent need's neighbour is no evidence that the teacher answers it that way)
     frequent = cluster["frequency"] >= cfg.min_count and cluster["answers"] >= min(2, cfg.min_count)
     if trace["refused"]:
+        if answered_alike:
+            return "reject", "answered_elsewhere"
         if cluster["majority"] == REFUSED and consistent and frequent:
             return "train", "refusal_example"
         return "reject", "refused"

@@ -81,7 +81,7 @@ from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.metrics import normalize_query, token_f1
 from distill.store import SegmentLog, Trace, TraceStore, segment_folder
-from distill.teacher import Answer, ChatEndpoint, Teacher
+from distill.teacher import Answer, ChatEndpoint, Teacher, workspace_threshold
 
 logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
@@ -455,6 +455,7 @@ class Router:
         meta = dense_meta(self.workspace) or {}
         generation = int(meta.get("generation", 0))
         version = registry.current(self.workspace.models_dir, self.config.train.student_name)
+        self.teacher.threshold = workspace_threshold(self.workspace, self.config.teacher)  # curation refits it
         if generation == self.generation and version == self.wanted_version:
             return False
         teacher = self.teacher if generation == self.generation else self.teacher.reloaded(self.workspace, self.config)
@@ -601,7 +602,8 @@ class Router:
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                     "student_version": self.version, "cluster_id": cluster["cluster_id"],
                                     "score": checks["score"], "seen": checks["seen"],
-                                    "teacher_answer": routed.answer, "teacher_doc": cited_document(routed.citations)})
+                                    "teacher_answer": "" if routed.refused else routed.answer,
+                                    "teacher_doc": cited_document(routed.citations)})
             return routed
         if failed is None:
             routed = self._from_student(query, scope, checks, cluster, router_ms)
@@ -683,7 +685,7 @@ class Router:
         began = time.perf_counter()
         with self._teacher_lock:
             answer = self.teacher.answer(query, scope)
-        return RoutedAnswer(query, scope, answer.answer, answer.citations, "rag", reason, checks,
+        return RoutedAnswer(query, scope, answer.message, answer.citations, "rag", reason, checks,
                             refused=answer.refused, router_ms=router_ms,
                             generation_ms=(time.perf_counter() - began) * 1000, prompt_tokens=answer.prompt_tokens,
                             completion_tokens=answer.completion_tokens, teacher_answer=answer)
@@ -704,14 +706,7 @@ class Router:
                       checks=json.dumps(routed.checks), cluster_id=routed.checks.get("cluster_id"),
                       corpus_generation=routed.corpus_generation)
         if answer is not None:
-            return Trace(**common, answer=answer.answer, citations=answer.citations,
-                         cited_doc_versions=answer.cited_doc_versions, retrieved=answer.retrieved,
-                         refused=answer.refused, refusal_reason=answer.refusal_reason, top_score=answer.top_score,
-                         score_margin=answer.score_margin, retriever_agreement=answer.retriever_agreement,
-                         mean_logprob=answer.mean_logprob, answer_score=answer.answer_score,
-                         groundedness=answer.groundedness, citation_valid=answer.citation_valid,
-                         retrieval_ms=answer.retrieval_ms, prompt_tokens=answer.prompt_tokens,
-                         completion_tokens=answer.completion_tokens, model=answer.model, backend=answer.backend)
+            return Trace(**{**answer.trace_fields(), **common})
         served = routed.route == "student"
         cluster = routed.cluster or {}
         return Trace(**common, answer=routed.answer, citations=routed.citations,

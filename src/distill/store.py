@@ -132,6 +132,9 @@ class Trace:
     cluster_id: str | None = None  # the student intent that covered the query
     student_version: str | None = None
     corpus_generation: int | None = None  # routed answers: the corpus generation the router checked against
+    answerability: float | None = None  # the teacher's answerability score, 0 to 1
+    answerability_threshold: float | None = None  # the threshold it was held to (refused below)
+    nearest_topics: list[str] = field(default_factory=list)  # refusals: the topics named to the asker
 
 
 def _m001_traces(con: duckdb.DuckDBPyConnection) -> None:
@@ -295,9 +298,16 @@ def _m010_corpus_generation(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE traces ADD COLUMN corpus_generation INTEGER")
 
 
+def _m011_answerability(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE traces ADD COLUMN answerability DOUBLE")
+    con.execute("ALTER TABLE traces ADD COLUMN answerability_threshold DOUBLE")
+    con.execute("ALTER TABLE traces ADD COLUMN nearest_topics VARCHAR[]")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
-                                     _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation]
+                                     _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation,
+                                     _m011_answerability]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -305,7 +315,7 @@ _TRACE_COLUMNS = [
     "top_score", "score_margin", "retriever_agreement", "mean_logprob", "groundedness",
     "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
     "backend", "collect_run_id", "answer_score", "router_ms", "generation_ms", "checks", "cluster_id",
-    "student_version", "corpus_generation",
+    "student_version", "corpus_generation", "answerability", "answerability_threshold", "nearest_topics",
 ]
 
 
@@ -363,7 +373,8 @@ _CURATION_RUN = """
 # catalog (where `traces` is the lake's table, see TraceLake).
 CURATION_INPUT = """
     SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, retrieved, refused,
-           refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid
+           refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid,
+           answerability
     FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id"""
 
 # A lake row is a trace plus its partition key `day` (the UTC date it was asked).

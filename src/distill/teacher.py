@@ -33,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
+from distill import answerability
 from distill.config import Config, TeacherConfig, Workspace
 from distill.errors import DistillError
 from distill.index import Retrieval, Retriever
@@ -86,6 +87,26 @@ class Answer:
     model: str
     backend: str
     prompt: list[dict] = field(default_factory=list, repr=False)
+    answerability: float | None = None  # 0 to 1: does the evidence answer the question?
+    answerability_threshold: float | None = None  # below it the teacher refuses
+    nearest_topics: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        """What a person reads: the answer, or why there is none and which topics are near."""
+        return answerability.refusal_message(self.nearest_topics) if self.refused else self.answer
+
+    def trace_fields(self) -> dict:
+        """The fields of a `store.Trace` this answer fills (the caller adds ids, times and route)."""
+        return dict(scope=self.scope, query=self.query, answer=self.answer, citations=self.citations,
+                    cited_doc_versions=self.cited_doc_versions, retrieved=self.retrieved, refused=self.refused,
+                    refusal_reason=self.refusal_reason, top_score=self.top_score, score_margin=self.score_margin,
+                    retriever_agreement=self.retriever_agreement, mean_logprob=self.mean_logprob,
+                    answer_score=self.answer_score, groundedness=self.groundedness,
+                    citation_valid=self.citation_valid, retrieval_ms=self.retrieval_ms,
+                    prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, model=self.model,
+                    backend=self.backend, answerability=self.answerability,
+                    answerability_threshold=self.answerability_threshold, nearest_topics=self.nearest_topics)
 
 
 class Generator(Protocol):
@@ -150,23 +171,31 @@ def cite(answer: str, evidence: list[dict]) -> list[dict]:
 
 
 class Teacher:
-    """Retrieval + a generator + the bookkeeping that makes every answer auditable."""
+    """Retrieval + a generator + the bookkeeping that makes every answer auditable.
 
-    def __init__(self, retriever: Retriever, config: TeacherConfig, generator: Generator):
+    `threshold` is the answerability score below which it refuses (see answerability.py); by
+    default `teacher.min_answerability`, or the workspace's calibrated one via `from_workspace`."""
+
+    def __init__(self, retriever: Retriever, config: TeacherConfig, generator: Generator,
+                 threshold: float | None = None):
         self.retriever, self.config, self.generator = retriever, config, generator
+        self.threshold = config.min_answerability if threshold is None else threshold
+        self.sentences = getattr(generator, "sentences", None) or EvidenceSentences(retriever.encode)
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, config: Config) -> "Teacher":
         retriever = Retriever(workspace, config.index)
-        return cls(retriever, config.teacher, make_generator(config.teacher, retriever, workspace))
+        return cls(retriever, config.teacher, make_generator(config.teacher, retriever, workspace),
+                   workspace_threshold(workspace, config.teacher))
 
     def reloaded(self, workspace: Workspace, config: Config) -> "Teacher":
-        """This teacher over the workspace's current corpus generation; an LLM generator is kept
-        (loading it again would cost seconds), the extractive one follows the new embedder."""
+        """This teacher over the workspace's current corpus generation and answerability threshold;
+        an LLM generator is kept (loading it again would cost seconds), the extractive one follows
+        the new embedder."""
         retriever = Retriever(workspace, config.index)
         generator = self.generator if self.generator.backend != "extractive" else \
             make_generator(config.teacher, retriever, workspace)
-        return Teacher(retriever, config.teacher, generator)
+        return Teacher(retriever, config.teacher, generator, workspace_threshold(workspace, config.teacher))
 
     def answer(self, query: str, scope: str | None = None) -> Answer:
         return self.answer_batch([(query, scope)])[0]
@@ -181,31 +210,60 @@ class Teacher:
         embed_ms = (time.perf_counter() - started) * 1000 / len(queries)
         retrievals = [self.retriever.search(q, s, query_vector=v) for (q, s), v in zip(queries, vectors)]
         evidences = [select_evidence(r, self.config) for r in retrievals]
-        prepare = getattr(self.generator, "prepare", None)
-        if prepare:
-            prepare([chunk for evidence in evidences for chunk in evidence])
+        self.sentences.prepare([chunk for evidence in evidences for chunk in evidence])
+        scores = [self.answerability(r, e, v) for r, e, v in zip(retrievals, evidences, vectors)]
         shared_ms = (time.perf_counter() - started) * 1000 / len(queries) - \
             sum(r.latency_ms for r in retrievals) / len(queries)
         generations: list[Generation | None] = [None] * len(queries)
         if generate_many := getattr(self.generator, "generate_many", None):  # a remote endpoint: all at once
-            wanted = [i for i, (r, e) in enumerate(zip(retrievals, evidences)) if self._early_refusal(r, e) is None]
+            wanted = [i for i, (r, e, a) in enumerate(zip(retrievals, evidences, scores))
+                      if self._early_refusal(r, e, a) is None]
             asked = generate_many([build_messages(retrievals[i].query, evidences[i]) for i in wanted])
             for i, generation in zip(wanted, asked):
                 generations[i] = generation
-        return [self._answer(r, e, v, embed_ms, shared_ms, g)
-                for r, e, v, g in zip(retrievals, evidences, vectors, generations)]
+        return [self._answer(r, e, v, a, embed_ms, shared_ms, g)
+                for r, e, v, a, g in zip(retrievals, evidences, vectors, scores, generations)]
 
-    def _early_refusal(self, retrieval: Retrieval, evidence: list[dict]) -> str | None:
-        """Why to refuse before generating: no evidence, or evidence too far from the question."""
+    def calibrate(self, queries: list[tuple[str, str | None]], batch: int = 64) -> "answerability.Calibration":
+        """Fit the answerability threshold to these questions' scores (`answerability.fit_threshold`;
+        retrieval only, nothing is generated) and answer with it from now on."""
+        scores = []
+        for start in range(0, len(queries), batch):
+            part = queries[start:start + batch]
+            vectors = self.retriever.embed_queries([q for q, _ in part])
+            retrievals = [self.retriever.search(q, s, query_vector=v) for (q, s), v in zip(part, vectors)]
+            evidences = [select_evidence(r, self.config) for r in retrievals]
+            self.sentences.prepare([chunk for evidence in evidences for chunk in evidence])
+            scores += [self.answerability(r, e, v) for r, e, v in zip(retrievals, evidences, vectors)]
+        calibration = answerability.fit_threshold(scores, self.config.min_answerability)
+        self.threshold = calibration.threshold
+        return calibration
+
+    def answerability(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray) -> float | None:
+        """The answerability score of this evidence for this question (None without evidence)."""
+        if not evidence:
+            return None
+        top = max(h.dense_score for h in retrieval.hits)
+        sentence = max((score for score, _ in self.sentences.scored(evidence, vector)), default=0.0)
+        asked = answerability.content_words(words(retrieval.query))
+        best = set(words(f"{evidence[0].get('heading') or ''} {evidence[0]['text']}"))
+        coverage = len(asked & best) / len(asked) if asked else 0.0
+        return answerability.score(top, sentence, coverage)
+
+    def _early_refusal(self, retrieval: Retrieval, evidence: list[dict], score: float | None) -> str | None:
+        """Why to refuse before generating: no evidence, evidence too far from the question, or
+        evidence that does not answer it."""
         top = max((h.dense_score for h in retrieval.hits), default=None)
         if not evidence:
             return "no_evidence"
         if top is None or top < self.config.min_top_score:
             return "low_retrieval_score"
+        if score is not None and score < self.threshold:
+            return "not_answerable"
         return None
 
-    def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, embed_ms: float,
-                shared_ms: float, generation: Generation | None = None) -> Answer:
+    def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, score: float | None,
+                embed_ms: float, shared_ms: float, generation: Generation | None = None) -> Answer:
         started = time.perf_counter()
         generated_apart_ms = generation.elapsed_ms or 0.0 if generation else 0.0  # a concurrent batch's request
         query, scope = retrieval.query, retrieval.scope
@@ -213,7 +271,7 @@ class Teacher:
         top = dense_scores[0] if dense_scores else None
         margin = dense_scores[0] - dense_scores[1] if len(dense_scores) > 1 else None
         messages = build_messages(query, evidence)
-        refusal = self._early_refusal(retrieval, evidence)
+        refusal = self._early_refusal(retrieval, evidence, score)
         if refusal is not None:
             generation = Generation("")
         else:
@@ -236,12 +294,21 @@ class Teacher:
             latency_ms=(time.perf_counter() - started) * 1000 + retrieval.latency_ms + shared_ms + generated_apart_ms,
             retrieval_ms=retrieval.latency_ms + embed_ms,
             prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
-            model=self.generator.model_name, backend=self.generator.backend, prompt=messages)
+            model=self.generator.model_name, backend=self.generator.backend, prompt=messages,
+            answerability=score, answerability_threshold=self.threshold,
+            nearest_topics=answerability.nearest_topics([h.chunk for h in retrieval.hits]) if refusal else [])
+
+
+def workspace_threshold(workspace: Workspace, config: TeacherConfig) -> float:
+    """`teacher.min_answerability`, or the workspace's calibrated threshold when calibration is on."""
+    if not config.calibrate_answerability:
+        return config.min_answerability
+    return answerability.load_threshold(workspace, config.min_answerability)
 
 
 def make_generator(config: TeacherConfig, retriever: Retriever, workspace: Workspace) -> Generator:
     if config.backend == "extractive":
-        return ExtractiveGenerator(retriever.encode, config.extractive.max_answer_words)
+        return ExtractiveGenerator(EvidenceSentences(retriever.encode), config.extractive.max_answer_words)
     if config.backend == "transformers":
         return TransformersGenerator.load(config.transformers.model, workspace, config.transformers.max_new_tokens)
     if config.backend == "openai":
@@ -254,44 +321,59 @@ def make_generator(config: TeacherConfig, retriever: Retriever, workspace: Works
 # extractive
 # ---------------------------------------------------------------------------------------------
 
+class EvidenceSentences:
+    """The sentences of evidence chunks with their embeddings, cached: the extractive backend picks
+    its answer among them, and every backend's answerability check scores them."""
+
+    def __init__(self, encode):
+        self.encode = encode  # texts -> unit vectors
+        self._cache: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def split(chunk: dict) -> list[str]:
+        return [s.strip() for s in _SENTENCE.split(chunk["text"]) if len(words(s)) >= 3]
+
+    def prepare(self, evidence: list[dict]) -> None:
+        """Embed, in one batch, every sentence of `evidence` not seen before."""
+        sentences = [s for chunk in evidence for s in self.split(chunk)]
+        missing = [s for s in dict.fromkeys(sentences) if s not in self._cache]
+        if missing:
+            for sentence, vector in zip(missing, self.encode(missing)):
+                self._cache[sentence] = vector
+
+    def scored(self, evidence: list[dict], query_vector: np.ndarray) -> list[tuple[float, tuple[int, str]]]:
+        """(cosine to the question, (rank of its chunk, sentence)) for every sentence of `evidence`."""
+        candidates = [(rank, s) for rank, chunk in enumerate(evidence) for s in self.split(chunk)]
+        if not candidates:
+            return []
+        self.prepare(evidence)
+        similarity = np.stack([self._cache[s] for _, s in candidates]) @ query_vector
+        return [(float(sim), candidate) for sim, candidate in zip(similarity, candidates)]
+
+
 class ExtractiveGenerator:
     """No LLM: the evidence sentence most similar to the question (embedding cosine, plus a small
     bonus for shared words and for the better-ranked chunk), trimmed to `max_answer_words`."""
 
     backend = "extractive"
 
-    def __init__(self, encode, max_answer_words: int):
-        self.encode, self.max_answer_words = encode, max_answer_words  # texts -> unit vectors
+    def __init__(self, sentences: EvidenceSentences, max_answer_words: int):
+        self.sentences, self.max_answer_words = sentences, max_answer_words
         self.model_name = "extractive-minilm"
-        self._cache: dict[str, np.ndarray] = {}
-
-    def prepare(self, evidence: list[dict]) -> None:
-        """Embed, in one batch, every sentence of `evidence` not seen before."""
-        sentences = [s for chunk in evidence for s in self._sentences(chunk)]
-        missing = [s for s in dict.fromkeys(sentences) if s not in self._cache]
-        if missing:
-            for sentence, vector in zip(missing, self.encode(missing)):
-                self._cache[sentence] = vector
-
-    @staticmethod
-    def _sentences(chunk: dict) -> list[str]:
-        return [s.strip() for s in _SENTENCE.split(chunk["text"]) if len(words(s)) >= 3]
 
     def generate(self, query: str, evidence: list[dict], messages: list[dict],
                  query_vector: np.ndarray | None = None) -> Generation:
-        candidates = [(rank, s) for rank, chunk in enumerate(evidence) for s in self._sentences(chunk)]
-        if not candidates:
-            return Generation("")
         if query_vector is None:
-            query_vector = self.encode([query])[0]
-        self.prepare(evidence)
-        similarity = np.stack([self._cache[s] for _, s in candidates]) @ query_vector
+            query_vector = self.sentences.encode([query])[0]
+        scored = self.sentences.scored(evidence, query_vector)
+        if not scored:
+            return Generation("")
         query_words = set(words(query))
         scores = [sim + 0.1 * len(query_words & set(words(s))) / max(len(query_words), 1) - 0.02 * rank
-                  for sim, (rank, s) in zip(similarity, candidates)]
+                  for sim, (rank, s) in scored]
         best = int(np.argmax(scores))
-        return Generation(" ".join(candidates[best][1].split()[: self.max_answer_words]),
-                          answer_score=float(similarity[best]))
+        similarity, (_, sentence) = scored[best]
+        return Generation(" ".join(sentence.split()[: self.max_answer_words]), answer_score=similarity)
 
 
 # ---------------------------------------------------------------------------------------------
