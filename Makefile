@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python scripts/bench_ray.py
 	$(BIN)/python scripts/bench_lake.py
 	$(BIN)/python scripts/bench_paraphrase.py
+	$(BIN)/python scripts/bench_answerability.py --llm 30
 	$(BIN)/python scripts/benchmark.py
 
 clean:
