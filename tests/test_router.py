@@ -181,7 +181,7 @@ def test_a_student_without_recorded_wordings_is_refused_with_a_clear_message(wor
 def own_router(workspace, store_path, **router_settings):
     """A router over the shared workspace that logs to its own trace store."""
     from distill.student import Student
-    from distill.router import TraceWriter
+    from distill.store import TraceWriter
     from distill.teacher import Teacher
 
     config = workspace.config({"router": router_settings})

@@ -99,6 +99,30 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
                       f"of these questions ({report.calibration.method.replace('_', ' ')})")
 
 
+@app.command("import")
+def import_(path: Path = typer.Argument(..., help="traces of your own RAG system: JSON lines of {id, query, answer, "
+                                                  "contexts, ...} (docs/byo-rag.md), or OTLP JSON GenAI spans"),
+            fmt: str = typer.Option("auto", "--format", help="jsonl, otlp, or auto (by the first line)"),
+            strict: bool = typer.Option(False, help="stop at the first bad record instead of skipping it"),
+            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Import traces written by another RAG system (idempotent by their ids; bad records reported by line)."""
+    from rich.progress import Progress
+
+    from distill.external import import_file
+
+    workspace = _workspace(home)
+    console = _console()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("importing", total=None)
+        report = import_file(workspace, path, fmt, strict, on_progress=lambda n: progress.update(task, advance=n))
+    for line, problem in report.bad[:20]:
+        console.print(f"[yellow]{path}:{line}: {problem} (skipped)[/]")
+    if len(report.bad) > 20:
+        console.print(f"[yellow]... and {len(report.bad) - 20} more bad records[/]")
+    console.print(f"{report.records} records read: [bold]{report.imported}[/] imported, {report.already_stored} already "
+                  f"stored, {len(report.bad)} bad; traces in {workspace.traces_db}")
+
+
 @app.command()
 def traffic(squad: Path = typer.Argument(..., help="a SQuAD-format JSON file, e.g. ../shared/datasets/policyqa/dev.json"),
             out: Path = typer.Option(Path("traffic"), help="folder for queries.jsonl and gold.jsonl"),

@@ -217,8 +217,9 @@ def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> st
         return "stale_citation"
     if (trace["groundedness"] or 0.0) < config.min_groundedness:
         return "ungrounded"
-    if ((trace["top_score"] or 0.0) < config.min_top_score or (trace["score_margin"] or 0.0) < config.min_margin
-            or (trace["mean_logprob"] is not None and trace["mean_logprob"] < config.min_logprob)):
+    retrieval_weak = trace["top_score"] is not None and (  # an imported trace has no scores of ours
+        trace["top_score"] < config.min_top_score or (trace["score_margin"] or 0.0) < config.min_margin)
+    if retrieval_weak or (trace["mean_logprob"] is not None and trace["mean_logprob"] < config.min_logprob):
         return "low_confidence"
     return None
 
@@ -240,25 +241,28 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
     _validate(cfg)
     if not from_lake and not workspace.traces_db.exists():
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
-    corpus = CorpusStore(corpus_path(workspace), read_only=True)
-    try:
-        latest, flagged = corpus.document_versions(), corpus.flagged_chunk_ids()
-        if from_lake:
-            lake = workspace.lake(config)
-            with TraceLake(lake) as reader:
-                traces = reader.curation_input()
-            with TraceStore(workspace.traces_db) as store:
-                store.pull_from_lake(lake)
-            source = lake.catalog
-        else:
-            with TraceStore(workspace.traces_db) as store:
-                traces = store.curation_input()
-            source = workspace.traces_db
-        if not traces:
-            raise DistillError(f"the trace store {source} has no teacher traces; run `distill collect` first")
-        cited_text = corpus.chunk_texts({c for t in traces for c in t["citations"]})
-    finally:
-        corpus.close()
+    if from_lake:
+        lake = workspace.lake(config)
+        with TraceLake(lake) as reader:
+            traces = reader.curation_input()
+        with TraceStore(workspace.traces_db) as store:
+            store.pull_from_lake(lake)
+        source = lake.catalog
+    else:
+        with TraceStore(workspace.traces_db) as store:
+            traces = store.curation_input()
+        source = workspace.traces_db
+    if not traces:
+        raise DistillError(f"the trace store {source} has no teacher traces; run `distill collect` or `distill import`")
+    latest, flagged, cited_text = {}, set(), {}
+    if corpus_path(workspace).exists():  # absent when the traces come from a RAG system of the team's own
+        corpus = CorpusStore(corpus_path(workspace), read_only=True)
+        try:
+            latest, flagged = corpus.document_versions(), corpus.flagged_chunk_ids()
+            cited_text = corpus.chunk_texts({c for t in traces for c in t["citations"]})
+        finally:
+            corpus.close()
+    latest = {**latest_cited_versions(traces), **latest}  # documents not ingested here: as last seen
     if config.teacher.calibrate_answerability:  # the teacher's threshold, refitted to all the traffic so far
         calibration = answerability.fit_threshold([t["answerability"] for t in traces[-answerability.RECENT_TRACES:]],
                                                   config.teacher.min_answerability)
@@ -284,6 +288,17 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
         raise DistillError(f"only {curation.train} traces passed the rules, {require_min} required; rule '{reason}' "
                            f"rejected most ({count}): relax its setting in [curate] or collect more traffic")
     return curation
+
+
+def latest_cited_versions(traces: list[dict]) -> dict[str, int]:
+    """Each cited document's version in the latest trace that cites it. For a RAG system whose
+    documents are not ingested here (external.py) this is the newest version known: a context whose
+    text changed has a new content-hash version, and the traces citing the old one are stale."""
+    latest: dict[str, int] = {}
+    for trace in traces:  # oldest first
+        for cited in trace["cited_doc_versions"]:
+            latest[cited["doc_id"]] = cited["version"]
+    return latest
 
 
 def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged: set[str],

@@ -28,6 +28,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -149,12 +150,20 @@ def build_messages(query: str, evidence: list[dict]) -> list[dict]:
             {"role": "user", "content": f"{fenced}\n\nQuestion: {question}\nAnswer with a short quote:"}]
 
 
+@lru_cache(maxsize=65_536)
+def text_words(text: str) -> tuple[str, frozenset[str]]:
+    """A chunk's words joined by single spaces, and their set: evidence repeats across answers, so
+    each distinct text is tokenized once."""
+    found = words(text)
+    return " ".join(found), frozenset(found)
+
+
 def groundedness(answer: str, chunks: list[dict]) -> float:
     """Share of the answer's words that occur in the cited chunks (1.0 for a verbatim quote)."""
     answer_words = words(answer)
     if not answer_words:
         return 0.0
-    source = set(words(" ".join(c["text"] for c in chunks)))
+    source = frozenset().union(*(text_words(c["text"])[1] for c in chunks))
     return sum(w in source for w in answer_words) / len(answer_words)
 
 
@@ -163,7 +172,7 @@ def cite(answer: str, evidence: list[dict]) -> list[dict]:
     needle = " ".join(words(answer))
     if not needle or not evidence:
         return []
-    verbatim = [c for c in evidence if needle in " ".join(words(c["text"]))]
+    verbatim = [c for c in evidence if needle in text_words(c["text"])[0]]
     if verbatim:
         return verbatim[:1]
     best = max(evidence, key=lambda c: groundedness(answer, [c]))

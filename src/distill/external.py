@@ -1,0 +1,346 @@
+"""Traces from a RAG system distill does not run: import them, or log them from the service itself.
+
+Teams already run RAG (LangChain, LlamaIndex, Haystack, their own code). distill learns from that
+system's answers the way it learns from its own teacher's, once each answer is a trace. Three ways
+in, one record form:
+
+    {"id": "r-1", "query": "How long is the refund window?", "scope": "billing",
+     "timestamp": "2026-11-20T09:14:03Z", "answer": "Refunds are available within 30 days.",
+     "contexts": [{"id": "kb/refunds#2", "text": "Refunds are available within 30 days of purchase.",
+                   "version": 3, "source": "help-center", "doc_id": "kb/refunds"}],
+     "citations": ["kb/refunds#2"], "model": "gpt-4o-mini", "prompt_tokens": 412,
+     "completion_tokens": 9, "latency_ms": 840, "refused": false}
+
+- `distill import FILE`: JSON lines of such records (`import_file`), or OpenTelemetry GenAI spans
+  exported as OTLP JSON (`otlp_records`). It is idempotent by `id`, and a bad record is reported
+  by its line and skipped.
+- `TraceLogger`: two lines in a service's RAG handler. It writes from a background thread to the
+  workspace's segments, as a running router does.
+- `teacher.backend = "http"`: the router falls back to the team's RAG endpoint, and those answers
+  are traces too (teacher.py).
+
+What the source lacks is computed on the way in (`to_trace`):
+- citations, by word overlap with the contexts, when none are given;
+- the groundedness of the answer in the cited contexts;
+- a version from the content hash, for a context without one.
+
+Curation treats a context as a versioned document (its `doc_id`, else its own id); in the trace a
+context is the chunk `<doc_id>@v<version>#<position among the contexts>`. A context whose
+text changes between traces gets a new hash version, and the intents that cited the old text go
+stale, as after a new document version is ingested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from distill.config import Workspace
+from distill.errors import DistillError
+from distill.store import Trace, TraceStore, TraceWriter
+from distill.teacher import cite, groundedness
+
+BATCH = 10_000  # records parsed and committed together: memory stays flat in the file's size
+
+
+@lru_cache(maxsize=65_536)
+def content_version(text: str) -> int:
+    """A context's version when its source gives none: 28 bits of the hash of its words (the
+    trace store keeps versions as integers), so the same text always has the same version.
+
+        >>> content_version("Refunds are available within 30 days.") == content_version("Refunds are  available within 30 days.")
+        True
+    """
+    return int(hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:7], 16)
+
+
+def _time(value) -> datetime:
+    if value is None:
+        return datetime.now(timezone.utc)
+    if isinstance(value, (int, float)):  # seconds since the epoch
+        return datetime.fromtimestamp(value, timezone.utc)
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def to_trace(record: dict, route_reason: str = "import") -> Trace:
+    """One record of the documented form as a trace; ValueError says what is wrong with it."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    query, answer = record.get("query"), record.get("answer", "")
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("no 'query' (a non-empty string)")
+    if not isinstance(answer, str):
+        raise ValueError("'answer' is not a string")
+    if record.get("id") is None:
+        raise ValueError("no 'id' (the record's own id makes an import idempotent)")
+    if record.get("scope") is not None and not isinstance(record["scope"], str):
+        raise ValueError("'scope' is not a string")
+    contexts = record.get("contexts") or []
+    if not isinstance(contexts, list) or not all(isinstance(c, dict) and c.get("id") is not None
+                                                 and isinstance(c.get("text"), str) for c in contexts):
+        raise ValueError("'contexts' must be a list of {id, text, version?, source?, doc_id?}")
+    chunks = []
+    for position, context in enumerate(contexts):  # ids in the store's form, doc@vVERSION#N
+        doc_id = str(context.get("doc_id") or context["id"])
+        version = context["version"] if isinstance(context.get("version"), int) else content_version(context["text"])
+        chunks.append({"chunk_id": f"{doc_id}@v{version}#{position}", "text": context["text"], "doc_id": doc_id,
+                       "version": version, "given_id": str(context["id"])})
+    by_id = {c["given_id"]: c for c in chunks}
+    refused = bool(record.get("refused", False)) or not answer.strip()
+    if record.get("citations") is not None:
+        missing = [str(c) for c in record["citations"] if str(c) not in by_id]
+        if missing:
+            raise ValueError(f"citation {missing[0]!r} is not among the contexts' ids")
+        cited = [by_id[str(c)] for c in record["citations"]]
+    else:
+        cited = [] if refused else cite(answer, chunks)
+    try:
+        asked_at = _time(record.get("timestamp"))
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"timestamp {record.get('timestamp')!r} is not ISO 8601 or epoch seconds") from None
+    latency = record.get("latency_ms")
+    return Trace(
+        query_id=str(record["id"]), scope=record.get("scope"), query=query.strip(), answer="" if refused else answer.strip(),
+        citations=[c["chunk_id"] for c in cited],
+        cited_doc_versions=[{"doc_id": c["doc_id"], "version": c["version"]} for c in cited],
+        retrieved=[c["chunk_id"] for c in chunks], refused=refused,
+        refusal_reason=("declined" if record.get("refused") else "empty_answer") if refused else None,
+        route="rag", route_reason=route_reason, top_score=None, score_margin=None, retriever_agreement=None,
+        mean_logprob=None, groundedness=groundedness(answer, cited) if cited else None, citation_valid=bool(cited),
+        latency_ms=float(latency) if isinstance(latency, (int, float)) else 0.0, retrieval_ms=0.0,
+        prompt_tokens=int(record.get("prompt_tokens") or 0), completion_tokens=int(record.get("completion_tokens") or 0),
+        model=str(record.get("model") or ""), backend=str(record.get("backend") or "external"), asked_at=asked_at)
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenTelemetry GenAI spans (OTLP JSON, as an OpenTelemetry collector's file exporter writes it)
+# ---------------------------------------------------------------------------------------------
+
+def _value(value: dict):
+    """An OTLP JSON AnyValue as a Python value."""
+    if "stringValue" in value:
+        return value["stringValue"]
+    if "intValue" in value:
+        return int(value["intValue"])  # int64 is a JSON string in the proto3 mapping
+    if "doubleValue" in value:
+        return float(value["doubleValue"])
+    if "boolValue" in value:
+        return bool(value["boolValue"])
+    if "arrayValue" in value:
+        return [_value(v) for v in value["arrayValue"].get("values", [])]
+    if "kvlistValue" in value:
+        return {kv["key"]: _value(kv.get("value", {})) for kv in value["kvlistValue"].get("values", [])}
+    return None
+
+
+def _json(value):
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _retrieval(attrs: dict) -> tuple[str | None, list[dict]] | None:
+    """(query, contexts) of a retrieval span, in the GenAI conventions or OpenInference's; None if
+    the span is no retrieval."""
+    if attrs.get("gen_ai.operation.name") == "retrieval":
+        documents = _json(attrs.get("gen_ai.retrieval.documents")) or []
+        contexts = [{"id": d.get("id"), "text": d.get("content") or d.get("text") or "",
+                     **({"version": d["version"]} if isinstance(d.get("version"), int) else {})}
+                    for d in documents if isinstance(d, dict)]
+        return attrs.get("gen_ai.retrieval.query.text"), contexts
+    if attrs.get("openinference.span.kind") == "RETRIEVER":
+        contexts, i = [], 0
+        while f"retrieval.documents.{i}.document.content" in attrs or f"retrieval.documents.{i}.document.id" in attrs:
+            prefix = f"retrieval.documents.{i}.document."
+            contexts.append({"id": attrs.get(prefix + "id", f"doc-{i}"), "text": attrs.get(prefix + "content", "")})
+            i += 1
+        return attrs.get("input.value"), contexts
+    return None
+
+
+def _completion(attrs: dict) -> dict | None:
+    """{answer, model, prompt_tokens, completion_tokens} of an LLM span; None if it is no LLM call."""
+    llm = attrs.get("gen_ai.operation.name") in ("chat", "text_completion", "generate_content") \
+        or attrs.get("openinference.span.kind") == "LLM"
+    if not llm:
+        return None
+    answer = None
+    for message in _json(attrs.get("gen_ai.output.messages")) or []:  # the current conventions
+        if isinstance(message, dict):
+            answer = "".join(p.get("content", "") for p in message.get("parts", []) if p.get("type") == "text")
+    answer = answer if answer is not None else attrs.get("gen_ai.completion.0.content",  # older, OpenLLMetry
+                                                         attrs.get("llm.output_messages.0.message.content",  # OpenInference
+                                                                   attrs.get("output.value")))
+    return {"answer": answer or "",
+            "model": attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or attrs.get("llm.model_name"),
+            "prompt_tokens": attrs.get("gen_ai.usage.input_tokens", attrs.get("llm.token_count.prompt")),
+            "completion_tokens": attrs.get("gen_ai.usage.output_tokens", attrs.get("llm.token_count.completion"))}
+
+
+def otlp_records(requests: Iterator[tuple[int, dict]]) -> Iterator[tuple[int, dict | str]]:
+    """Records of the documented form from OTLP JSON export requests ((line, request) pairs): the
+    spans of each trace id are joined, its retrieval span giving the query and contexts and its last
+    LLM span the answer; the id is the trace id, the time its first span's start. A trace without
+    both is reported as a problem (a string) at the line of its first span."""
+    traces: dict[str, dict] = {}
+    for line, request in requests:
+        for resource in request.get("resourceSpans", []):
+            for scope_spans in resource.get("scopeSpans", []):
+                for span in scope_spans.get("spans", []):
+                    attrs = {a["key"]: _value(a.get("value", {})) for a in span.get("attributes", [])}
+                    entry = traces.setdefault(span.get("traceId", ""), {"line": line, "start": None, "end": None})
+                    start, end = int(span.get("startTimeUnixNano", 0)), int(span.get("endTimeUnixNano", 0))
+                    entry["start"] = start if entry["start"] is None else min(entry["start"], start)
+                    entry["end"] = end if entry["end"] is None else max(entry["end"], end)
+                    if "distill.scope" in attrs:
+                        entry["scope"] = attrs["distill.scope"]
+                    if (found := _retrieval(attrs)) is not None:
+                        entry["query"], entry["contexts"] = found
+                    if (completion := _completion(attrs)) is not None and end >= entry.get("llm_end", -1):
+                        entry.update(completion, llm_end=end)
+    for trace_id, entry in traces.items():
+        if not entry.get("query") or "answer" not in entry:
+            yield entry["line"], f"trace {trace_id!r} has no {'retrieval' if not entry.get('query') else 'LLM'} span " \
+                                 f"with its content (gen_ai.retrieval.query.text / gen_ai.output.messages)"
+            continue
+        yield entry["line"], {"id": trace_id, "query": entry["query"], "scope": entry.get("scope"),
+                              "timestamp": entry["start"] / 1e9, "answer": entry["answer"],
+                              "contexts": entry.get("contexts", []), "model": entry.get("model"),
+                              "prompt_tokens": entry.get("prompt_tokens"), "completion_tokens": entry.get("completion_tokens"),
+                              "latency_ms": (entry["end"] - entry["start"]) / 1e6}
+
+
+# ---------------------------------------------------------------------------------------------
+# distill import
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ImportReport:
+    records: int = 0
+    imported: int = 0
+    already_stored: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict | str]]:
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except ValueError as err:
+                yield number, f"not JSON ({err.msg})"
+
+
+def detect_format(path: Path) -> str:
+    """'otlp' when the first record holds resourceSpans, else 'jsonl'."""
+    for _, first in _lines(path):
+        return "otlp" if isinstance(first, dict) and "resourceSpans" in first else "jsonl"
+    return "jsonl"
+
+
+def import_file(workspace: Workspace, path: Path, fmt: str = "auto", strict: bool = False,
+                on_progress=None) -> ImportReport:
+    """Import the traces in `path` (JSON lines of records, or OTLP JSON) into the trace store.
+
+    Records are committed in batches of BATCH; a record whose id is stored is skipped, so a rerun
+    (or a run killed halfway and run again) adds only what is missing. A bad record is reported with
+    its line number and skipped, or, with `strict`, stops the import before anything of its batch
+    is written."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"{path} does not exist; pass a JSON lines file of traces (docs/byo-rag.md)")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in ("jsonl", "otlp"):
+        raise DistillError(f"unknown import format '{fmt}'; use jsonl, otlp or auto")
+    report, batch = ImportReport(), []
+    source = _lines(path) if fmt == "jsonl" else otlp_records(_requests(path, strict, report))
+    for number, record in source:
+        report.records += 1
+        try:
+            if isinstance(record, str):
+                raise ValueError(record)
+            batch.append(to_trace(record))
+        except (ValueError, TypeError) as err:
+            if strict:
+                raise DistillError(f"{path}:{number}: {err}; fix the record or drop --strict to skip it") from None
+            report.bad.append((number, str(err)))
+        if len(batch) >= BATCH:
+            _commit(workspace, batch, report, on_progress)
+            batch = []
+    _commit(workspace, batch, report, on_progress)
+    return report
+
+
+def _requests(path: Path, strict: bool, report: ImportReport) -> Iterator[tuple[int, dict]]:
+    """The OTLP export requests of `path`; a line that is not JSON is reported (or, strict, stops)."""
+    for number, request in _lines(path):
+        if isinstance(request, str):
+            if strict:
+                raise DistillError(f"{path}:{number}: {request}; fix the line or drop --strict to skip it")
+            report.bad.append((number, request))
+            continue
+        yield number, request
+
+
+def _commit(workspace: Workspace, batch: list[Trace], report: ImportReport, on_progress) -> None:
+    if not batch:
+        return
+    with TraceStore(workspace.traces_db) as store:
+        added = store.append(batch)
+    report.imported += added
+    report.already_stored += len(batch) - added
+    if on_progress:
+        on_progress(len(batch))
+
+
+# ---------------------------------------------------------------------------------------------
+# TraceLogger: the two lines a service adds
+# ---------------------------------------------------------------------------------------------
+
+class TraceLogger:
+    """Log a RAG service's answers as distill traces, from any thread, without waiting on a disk.
+
+        >>> from distill import TraceLogger
+        >>> logger = TraceLogger("ws")                  # the distill workspace (or $DISTILL_HOME)
+        >>> logger.log(query=question, answer=answer, contexts=[{"id": d.id, "text": d.text} for d in docs])
+        >>> logger.close()                              # at shutdown: everything logged is on disk
+
+    A record is checked at once (a bad one raises ValueError in the caller), then written from a
+    background thread, in batches, to this process's own segment beside the trace store. The next
+    distill command that opens the store folds it in (`store.SegmentLog`), so a running service never
+    holds the store's lock. The keyword arguments are the record form's fields (module docstring);
+    `id` defaults to a fresh one.
+    """
+
+    def __init__(self, home: Path | str | None = None):
+        self.workspace = Workspace.resolve(home)
+        self._writer = TraceWriter(self.workspace.traces_db)
+
+    def log(self, *, query: str, answer: str, contexts: list[dict], **fields) -> str:
+        """Queue one answer; returns its id."""
+        record = {"id": fields.pop("id", None) or uuid.uuid4().hex, "query": query, "answer": answer,
+                  "contexts": contexts, **fields}
+        trace = to_trace(record, route_reason="logged")
+        self._writer.put("trace", trace)
+        return trace.query_id
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> "TraceLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

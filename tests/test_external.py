@@ -1,0 +1,149 @@
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from distill.config import Workspace
+from distill.curate import curate
+from distill.errors import DistillError
+from distill.external import TraceLogger, content_version, import_file
+from distill.store import TraceStore
+
+REFUND = {"id": "kb/refunds#0", "doc_id": "kb/refunds", "text": "Refunds are available within 30 days of purchase. "
+          "Open Billing and choose the invoice."}
+PAYPAL = {"id": "kb/payments#0", "doc_id": "kb/payments", "text": "We accept Visa and Mastercard. PayPal is not supported."}
+START = datetime(2026, 10, 1, tzinfo=timezone.utc)
+
+
+def record(n: int, day: int, query="How long is the refund window?", answer="Refunds are available within 30 days of purchase.",
+           contexts=(REFUND, PAYPAL), **extra) -> dict:
+    return {"id": f"r-{n}", "query": query, "scope": "billing", "timestamp": (START + timedelta(days=day, hours=n)).isoformat(),
+            "answer": answer, "contexts": list(contexts), "model": "their-llm", "latency_ms": 800, **extra}
+
+
+def write(path, rows) -> None:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+
+
+def test_json_lines_round_trip_into_traces_that_curation_trains_on(tmp_path):
+    workspace = Workspace(tmp_path)
+    path = tmp_path / "their-traces.jsonl"
+    write(path, [record(n, n) for n in range(5)] + [record(9, 21)])
+    report = import_file(workspace, path)
+    assert (report.records, report.imported, report.bad) == (6, 6, [])
+    with TraceStore(workspace.traces_db) as store:
+        (row,) = store.sql("SELECT * FROM traces WHERE query_id = 'r-0'")
+    version = content_version(REFUND["text"])
+    assert row["citations"] == [f"kb/refunds@v{version}#0"]  # found by overlap: none were given
+    assert row["cited_doc_versions"] == [{"doc_id": "kb/refunds", "version": version}]
+    assert row["retrieved"] == [f"kb/refunds@v{version}#0", f"kb/payments@v{content_version(PAYPAL['text'])}#1"]
+    assert row["groundedness"] == 1.0
+    assert row["route_reason"] == "import" and row["model"] == "their-llm" and row["latency_ms"] == 800
+    result = curate(workspace, workspace.config())  # no corpus here: the contexts are the documents
+    assert result.train == 5 and result.examples == 1
+
+
+def test_a_malformed_record_names_its_line_and_strict_stops(tmp_path):
+    workspace = Workspace(tmp_path)
+    path = tmp_path / "t.jsonl"
+    write(path, [record(0, 0), "{not json", {"id": "x", "answer": "no query"}, record(1, 0, citations=["nope"]),
+                 record(2, 0, contexts=[{"text": "no id"}])])
+    report = import_file(workspace, path)
+    assert report.imported == 1 and [line for line, _ in report.bad] == [2, 3, 4, 5]
+    assert "not JSON" in report.bad[0][1] and "'query'" in report.bad[1][1] and "'nope'" in report.bad[2][1]
+    with pytest.raises(DistillError, match=r"t.jsonl:2: not JSON"):
+        import_file(Workspace(tmp_path / "other"), path, strict=True)
+    cli = subprocess.run([sys.executable, "-m", "distill.cli", "import", str(path), "--strict", "--home", str(tmp_path / "c")],
+                         capture_output=True, text=True)
+    assert cli.returncode != 0 and "t.jsonl:2: not JSON" in cli.stderr + cli.stdout and "Traceback" not in cli.stderr
+
+
+def test_an_import_rerun_adds_nothing(tmp_path):
+    workspace = Workspace(tmp_path)
+    path = tmp_path / "t.jsonl"
+    write(path, [record(n, 0) for n in range(3)])
+    assert import_file(workspace, path).imported == 3
+    again = import_file(workspace, path)
+    assert (again.imported, again.already_stored) == (0, 3)
+    with TraceStore(workspace.traces_db) as store:
+        assert store.count() == 3
+
+
+def otlp_span(trace_id: str, span_id: str, start_s: float, attributes: dict) -> dict:
+    def value(v):
+        if isinstance(v, bool):
+            return {"boolValue": v}
+        if isinstance(v, int):
+            return {"intValue": str(v)}
+        return {"stringValue": v if isinstance(v, str) else json.dumps(v)}
+
+    return {"traceId": trace_id, "spanId": span_id, "name": attributes.get("gen_ai.operation.name", "span"),
+            "startTimeUnixNano": str(int(start_s * 1e9)), "endTimeUnixNano": str(int((start_s + 0.4) * 1e9)),
+            "attributes": [{"key": k, "value": value(v)} for k, v in attributes.items()]}
+
+
+def test_otlp_genai_spans_are_joined_by_trace_id(tmp_path):
+    """A retrieval span and a chat span per trace, as the GenAI conventions write them, in the JSON an
+    OpenTelemetry collector's file exporter writes (one export request a line), and one in
+    OpenInference's attributes (Phoenix)."""
+    start = START.timestamp()
+    genai = [otlp_span("t1", "a", start, {"gen_ai.operation.name": "retrieval", "distill.scope": "billing",
+                                          "gen_ai.retrieval.query.text": "How long is the refund window?",
+                                          "gen_ai.retrieval.documents": [{"id": REFUND["id"], "score": 0.9,
+                                                                          "content": REFUND["text"]}]}),
+             otlp_span("t1", "b", start + 0.5, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-x",
+                                                "gen_ai.usage.input_tokens": 410, "gen_ai.usage.output_tokens": 9,
+                                                "gen_ai.output.messages": [{"role": "assistant", "parts": [
+                                                    {"type": "text", "content": "Refunds are available within 30 days of purchase."}]}]})]
+    openinference = [otlp_span("t2", "c", start + 60, {"openinference.span.kind": "RETRIEVER", "input.value": "Do you take PayPal?",
+                                                       "retrieval.documents.0.document.id": PAYPAL["id"],
+                                                       "retrieval.documents.0.document.content": PAYPAL["text"]}),
+                     otlp_span("t2", "d", start + 61, {"openinference.span.kind": "LLM", "llm.model_name": "gpt-x",
+                                                       "output.value": "PayPal is not supported."})]
+    orphan = [otlp_span("t3", "e", start + 90, {"gen_ai.operation.name": "chat", "gen_ai.output.messages": []})]
+    path = tmp_path / "otel.json"
+    write(path, [{"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]} for spans in (genai, openinference, orphan)])
+    report = import_file(Workspace(tmp_path), path)
+    assert report.imported == 2 and len(report.bad) == 1 and report.bad[0][0] == 3 and "'t3'" in report.bad[0][1]
+    with TraceStore(Workspace(tmp_path).traces_db) as store:
+        rows = {r["query_id"]: r for r in store.sql("SELECT * FROM traces")}
+    assert rows["t1"]["query"] == "How long is the refund window?" and rows["t1"]["scope"] == "billing"
+    assert rows["t1"]["cited_doc_versions"][0]["doc_id"] == REFUND["id"] and rows["t1"]["prompt_tokens"] == 410
+    assert rows["t1"]["model"] == "gpt-x" and rows["t1"]["asked_at"] == START and rows["t1"]["latency_ms"] == pytest.approx(900)
+    assert rows["t2"]["answer"] == "PayPal is not supported." and rows["t2"]["cited_doc_versions"][0]["doc_id"] == PAYPAL["id"]
+
+
+def test_a_changed_context_makes_the_traces_that_cited_the_old_text_stale(tmp_path):
+    workspace = Workspace(tmp_path)
+    changed = dict(REFUND, text=REFUND["text"].replace("30 days", "14 days"))
+    path = tmp_path / "t.jsonl"
+    write(path, [record(n, n) for n in range(4)] +
+          [record(10 + n, 10 + n, answer="Refunds are available within 14 days of purchase.", contexts=[changed, PAYPAL])
+           for n in range(3)])
+    import_file(workspace, path)
+    result = curate(workspace, workspace.config())
+    with TraceStore(workspace.traces_db) as store:
+        reasons = {r["query_id"]: r["reason"] for r in store.sql(
+            "SELECT t.query_id, c.reason FROM curation c JOIN traces t USING (trace_id) WHERE c.run_id = ?", [result.run_id])}
+    assert {reasons[f"r-{n}"] for n in range(4)} == {"stale_citation"}  # the 30-day answer is out of date
+    assert {reasons[f"r-{10 + n}"] for n in range(3)} == {None}  # the 14-day one is trained on
+
+
+def test_the_trace_logger_writes_from_any_thread_and_close_flushes(tmp_path):
+    import threading
+
+    with TraceLogger(tmp_path) as logger:
+        threads = [threading.Thread(target=lambda i=i: logger.log(query=f"refund window {i}?", answer=REFUND["text"],
+                                                                   contexts=[REFUND], scope="billing", id=f"log-{i}"))
+                   for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with pytest.raises(ValueError, match="query"):
+            logger.log(query="", answer="x", contexts=[])
+    with TraceStore(Workspace(tmp_path).traces_db) as store:  # opening folds the logger's segment in
+        assert store.count() == 20
+        assert {r["route_reason"] for r in store.sql("SELECT route_reason FROM traces")} == {"logged"}
