@@ -1,14 +1,18 @@
 import json
 import subprocess
 import sys
+import threading
+import time
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from distill.config import Workspace
 from distill.curate import curate
 from distill.errors import DistillError
-from distill.external import TraceLogger, content_version, import_file
+from distill.external import TraceLogger, import_file
+from distill.teacher import content_version
 from distill.store import TraceStore
 
 REFUND = {"id": "kb/refunds#0", "doc_id": "kb/refunds", "text": "Refunds are available within 30 days of purchase. "
@@ -132,8 +136,6 @@ def test_a_changed_context_makes_the_traces_that_cited_the_old_text_stale(tmp_pa
 
 
 def test_the_trace_logger_writes_from_any_thread_and_close_flushes(tmp_path):
-    import threading
-
     with TraceLogger(tmp_path) as logger:
         threads = [threading.Thread(target=lambda i=i: logger.log(query=f"refund window {i}?", answer=REFUND["text"],
                                                                    contexts=[REFUND], scope="billing", id=f"log-{i}"))
@@ -147,3 +149,86 @@ def test_the_trace_logger_writes_from_any_thread_and_close_flushes(tmp_path):
     with TraceStore(Workspace(tmp_path).traces_db) as store:  # opening folds the logger's segment in
         assert store.count() == 20
         assert {r["route_reason"] for r in store.sql("SELECT route_reason FROM traces")} == {"logged"}
+
+
+class _TheirRag(BaseHTTPRequestHandler):
+    """A team's own RAG service: answers every question from its one refunds context; `delay_s` and
+    `status` make it slow or failing."""
+
+    context, delay_s, status, seen = dict(REFUND), 0.0, 200, 0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen += 1
+        time.sleep(self.delay_s)
+        answer = "Refunds are available within 14 days of purchase." if "14 days" in self.context["text"] else \
+            "Refunds are available within 30 days of purchase."
+        data = json.dumps({"answer": answer if "refund" in body["query"].lower() else "",
+                           "contexts": [self.context, PAYPAL], "model": "their-llm"}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def their_rag():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TheirRag)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _TheirRag.context, _TheirRag.delay_s, _TheirRag.status, _TheirRag.seen = dict(REFUND), 0.0, 200, 0
+    yield f"http://127.0.0.1:{server.server_port}/answer"
+    server.shutdown()
+
+
+def test_the_http_teacher_answers_with_citations_and_fails_clearly_on_timeouts_and_5xx(tmp_path, their_rag):
+    from distill.teacher import HttpTeacher
+
+    config = Workspace(tmp_path).config({"teacher": {"backend": "http", "http": {"url": their_rag, "timeout_s": 0.5,
+                                                                                 "max_retries": 1, "retry_backoff_s": 0.01}}})
+    teacher = HttpTeacher(config)
+    answer = teacher.answer("How long is the refund window?", "billing")
+    assert not answer.refused and answer.cited_doc_versions == [{"doc_id": "kb/refunds",
+                                                                 "version": content_version(REFUND["text"])}]
+    assert answer.groundedness == 1.0 and answer.backend == "http" and answer.model == "their-llm"
+    assert teacher.answer("Do you sell gift cards?", "billing").refusal_reason == "empty_answer"
+    _TheirRag.delay_s = 2.0
+    began = time.monotonic()
+    with pytest.raises(DistillError, match=r"cannot reach the RAG endpoint .*ReadTimeout.*2 tries; .*teacher.http.url"):
+        teacher.answer("How long is the refund window?", "billing")
+    assert time.monotonic() - began < 4  # two tries of 0.5 s, never a hang
+    _TheirRag.delay_s, _TheirRag.status, _TheirRag.seen = 0.0, 503, 0
+    with pytest.raises(DistillError, match="answered HTTP 503, 2 tries"):
+        teacher.answer("How long is the refund window?", "billing")
+    assert _TheirRag.seen == 2
+
+
+def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent_off_the_student(
+        tmp_path, their_rag, tiny_lm_dir):
+    from distill import registry
+    from distill.router import Router
+    from distill.train import train
+
+    (tmp_path / "distill.toml").write_text(
+        f'[teacher]\nbackend = "http"\n[teacher.http]\nurl = "{their_rag}"\n'
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 1\n[student]\nruntime = "fp32"\n')
+    workspace = Workspace(tmp_path)
+    path = tmp_path / "t.jsonl"
+    write(path, [record(n, n) for n in range(5)] + [record(9, 21)])
+    import_file(workspace, path)
+    curation = curate(workspace, workspace.config())
+    registry.promote(workspace.models_dir, "student", train(workspace, workspace.config(), curation.dataset_path,
+                                                              progress=False).version)
+    with Router.from_workspace(workspace, log=False, watch=False) as router:
+        served = router.answer("How long is the refund window?", "billing")
+        assert served.route == "student" and served.reason == "served", served.checks
+        other = router.answer("Do you take PayPal?", "billing")  # not learned: their RAG answers
+        assert other.route == "rag" and other.reason == "coverage" and other.refused
+        _TheirRag.context = dict(REFUND, text=REFUND["text"].replace("30 days", "14 days"))  # their document changed
+        assert router.answer("Can I get a refund after two weeks?", "billing").route == "rag"  # RAG shows the change
+        stale = router.answer("How long is the refund window?", "billing")
+    assert stale.route == "rag" and stale.reason == "stale" and stale.checks["stale_documents"] == ["kb/refunds"]
+    assert "14 days" in stale.answer

@@ -153,8 +153,8 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     unique = {r.query_id: r for r in records if r.query_id not in done}
     todo = list(unique.values())
     report.skipped_existing = len(records) - len(todo)
-    if config.teacher.calibrate_answerability and not answerability.calibration_path(workspace).exists() \
-            and len(todo) >= answerability.MIN_TRACES:
+    if config.teacher.calibrate_answerability and config.teacher.backend != "http" \
+            and not answerability.calibration_path(workspace).exists() and len(todo) >= answerability.MIN_TRACES:
         # A new workspace: its answerability threshold is fitted to the questions about to be asked,
         # before any is answered (curation refits it from every trace later).
         teacher = teacher or Teacher.from_workspace(workspace, config)

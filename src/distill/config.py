@@ -80,8 +80,24 @@ class OpenAIConfig:
 
 
 @dataclass
+class HttpConfig:
+    url: str = _help("the team's own RAG endpoint: POST {query, scope} returning {answer, citations, contexts}")
+    api_key_env: str = _help("environment variable holding a bearer token for it (unset: no Authorization header)")
+    timeout_s: float = _help("seconds to wait for one answer")
+    max_concurrency: int = _help("requests in flight at once (a batch from `collect`, shadow checks)")
+    max_retries: int = _help("a request that cannot connect, times out, or gets HTTP 429/5xx is sent again up to this many times")
+    retry_backoff_s: float = _help("seconds before the first retry; each further retry waits twice as long")
+    query_field: str = _help("request field holding the question")
+    scope_field: str = _help("request field holding the scope (tenant, product)")
+    answer_field: str = _help("response field holding the answer text (empty or missing: a refusal)")
+    citations_field: str = _help("response field holding the cited context ids (missing: found by word overlap)")
+    contexts_field: str = _help("response field holding the contexts, [{id, text, version?, doc_id?}]")
+
+
+@dataclass
 class TeacherConfig:
-    backend: str = _help("'extractive' (no LLM, the default), 'transformers' or 'openai'")
+    backend: str = _help("'extractive' (no LLM, the default), 'transformers', 'openai', or 'http' (a RAG "
+                         "service of your own, teacher.http)")
     context_chunks: int = _help("at most this many retrieved chunks are shown to the generator")
     context_token_budget: int = _help("and at most this many words of evidence in total")
     min_top_score: float = _help("refuse when the best chunk's dense similarity is below this (thin evidence)")
@@ -96,6 +112,7 @@ class TeacherConfig:
     extractive: ExtractiveConfig = _help("settings of the extractive backend")
     transformers: TransformersConfig = _help("settings of the transformers backend")
     openai: OpenAIConfig = _help("settings of the openai backend")
+    http: HttpConfig = _help("settings of the http backend: your own RAG service")
 
 
 @dataclass

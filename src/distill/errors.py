@@ -7,3 +7,8 @@ CLI prints that line (no traceback) and exits non-zero. Anything else is a bug a
 
 class DistillError(Exception):
     """A problem with the user's input, files or settings, explained in one line."""
+
+
+class UpstreamError(DistillError):
+    """A server distill depends on (an OpenAI-compatible endpoint, a team's RAG service) could not
+    answer after its retries: a service built on distill reports it as 502, not as the caller's fault."""

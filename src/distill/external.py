@@ -32,32 +32,19 @@ stale, as after a new document version is ingested.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.store import Trace, TraceStore, TraceWriter
-from distill.teacher import cite, groundedness
+from distill.teacher import cited_contexts, context_chunks, groundedness
 
 BATCH = 10_000  # records parsed and committed together: memory stays flat in the file's size
-
-
-@lru_cache(maxsize=65_536)
-def content_version(text: str) -> int:
-    """A context's version when its source gives none: 28 bits of the hash of its words (the
-    trace store keeps versions as integers), so the same text always has the same version.
-
-        >>> content_version("Refunds are available within 30 days.") == content_version("Refunds are  available within 30 days.")
-        True
-    """
-    return int(hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:7], 16)
 
 
 def _time(value) -> datetime:
@@ -82,25 +69,9 @@ def to_trace(record: dict, route_reason: str = "import") -> Trace:
         raise ValueError("no 'id' (the record's own id makes an import idempotent)")
     if record.get("scope") is not None and not isinstance(record["scope"], str):
         raise ValueError("'scope' is not a string")
-    contexts = record.get("contexts") or []
-    if not isinstance(contexts, list) or not all(isinstance(c, dict) and c.get("id") is not None
-                                                 and isinstance(c.get("text"), str) for c in contexts):
-        raise ValueError("'contexts' must be a list of {id, text, version?, source?, doc_id?}")
-    chunks = []
-    for position, context in enumerate(contexts):  # ids in the store's form, doc@vVERSION#N
-        doc_id = str(context.get("doc_id") or context["id"])
-        version = context["version"] if isinstance(context.get("version"), int) else content_version(context["text"])
-        chunks.append({"chunk_id": f"{doc_id}@v{version}#{position}", "text": context["text"], "doc_id": doc_id,
-                       "version": version, "given_id": str(context["id"])})
-    by_id = {c["given_id"]: c for c in chunks}
+    chunks = context_chunks(record.get("contexts") or [])
     refused = bool(record.get("refused", False)) or not answer.strip()
-    if record.get("citations") is not None:
-        missing = [str(c) for c in record["citations"] if str(c) not in by_id]
-        if missing:
-            raise ValueError(f"citation {missing[0]!r} is not among the contexts' ids")
-        cited = [by_id[str(c)] for c in record["citations"]]
-    else:
-        cited = [] if refused else cite(answer, chunks)
+    cited = [] if refused else cited_contexts(answer, chunks, record.get("citations"))
     try:
         asked_at = _time(record.get("timestamp"))
     except (ValueError, TypeError, OverflowError):

@@ -296,7 +296,7 @@ def load_student(workspace: Workspace, config: Config, version: str | None):
             endpoint = ChatEndpoint(config.student.endpoint, config.student.endpoint_model,
                                     config.router.student_timeout_s, os.environ.get(config.student.api_key_env),
                                     max_concurrency=config.student.batch_size, max_retries=0,
-                                    setting="student.endpoint")
+                                    url_setting="student.endpoint", model_setting="student.endpoint_model")
             return RemoteStudent.load(folder, endpoint, config.student.max_new_tokens), version, None
         return Student.load(folder, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens), \
             version, None
@@ -505,8 +505,9 @@ class Router:
         evidence leaves the answer standing. On the versioned COVID FAQ this keeps 134 of 159
         eligible unchanged wordings on the student (81 if any changed neighbour counted, 147 if
         only one ranked above the cited documents, which let 9 of 264 changed wordings through)."""
-        def changed(key: str) -> set[str]:
-            return {d["doc_id"] for d in cluster.get(key, []) if self.latest.get(d["doc_id"]) != d["version"]}
+        def changed(key: str) -> set[str]:  # a document RAG has not shown yet (an external one) counts as unchanged
+            return {d["doc_id"] for d in cluster.get(key, [])
+                    if d["doc_id"] in self.latest and self.latest[d["doc_id"]] != d["version"]}
 
         cited = {d["doc_id"] for d in cluster.get("cited_doc_versions", [])}
         if changed_cited := changed("cited_doc_versions"):

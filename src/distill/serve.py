@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from distill.config import HOME_ENV, Config
-from distill.errors import DistillError
+from distill.errors import DistillError, UpstreamError
 from distill.router import Router
 
 log = logging.getLogger("distill.serve")
@@ -103,6 +103,8 @@ def create_app(router: Router, config: Config):
             return error(400, bad.message, param=bad.param)
         try:
             routed = await router.aanswer(query, scope)
+        except UpstreamError as err:  # the RAG endpoint (teacher.http, teacher.openai) is down
+            return error(502, str(err), "upstream_error")
         except DistillError as err:  # e.g. an unknown scope
             return error(400, str(err), param="metadata.scope" if "scope" in str(err) else None)
         except Exception:

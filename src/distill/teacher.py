@@ -35,8 +35,8 @@ from typing import Protocol
 import numpy as np
 
 from distill import answerability
-from distill.config import Config, TeacherConfig, Workspace
-from distill.errors import DistillError
+from distill.config import Config, IndexConfig, TeacherConfig, Workspace
+from distill.errors import DistillError, UpstreamError
 from distill.index import Retrieval, Retriever
 
 SYSTEM_PROMPT = (
@@ -192,7 +192,10 @@ class Teacher:
         self.sentences = getattr(generator, "sentences", None) or EvidenceSentences(retriever.encode)
 
     @classmethod
-    def from_workspace(cls, workspace: Workspace, config: Config) -> "Teacher":
+    def from_workspace(cls, workspace: Workspace, config: Config) -> "Teacher | HttpTeacher":
+        """The workspace's teacher; with `teacher.backend = "http"`, the team's own RAG service."""
+        if config.teacher.backend == "http":
+            return HttpTeacher(config)
         retriever = Retriever(workspace, config.index)
         return cls(retriever, config.teacher, make_generator(config.teacher, retriever, workspace),
                    workspace_threshold(workspace, config.teacher))
@@ -323,7 +326,7 @@ def make_generator(config: TeacherConfig, retriever: Retriever, workspace: Works
     if config.backend == "openai":
         return OpenAIGenerator(openai_endpoint(config.openai), config.openai.max_new_tokens)
     raise DistillError(f"unknown teacher backend '{config.backend}'; set teacher.backend to extractive, "
-                       f"transformers or openai")
+                       f"transformers, openai or http")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,66 +570,87 @@ class OpenAIGenerator:
         return generations
 
 
-class ChatEndpoint:
-    """A client of one OpenAI-compatible chat-completions server, shared by the teacher's `openai`
-    backend and the router's remote student.
+class RetryingClient:
+    """An HTTP client that retries: each request is sent again up to `max_retries` times when the
+    server cannot be reached, times out, or answers 429 or 5xx, waiting `backoff_s`, then twice
+    that, and so on (with jitter); any other non-200 answer is an error at once. `map` keeps at most
+    `max_concurrency` requests in flight. `setting` names the settings a user fixes in errors."""
 
-    Each request is retried up to `max_retries` times when the server cannot be reached, times out,
-    or answers 429 or 5xx, waiting `backoff_s`, then twice that, and so on (with jitter); any other
-    answer is an error at once. `complete_many` keeps at most `max_concurrency` requests in flight.
+    what = "the endpoint"
 
-        >>> endpoint = ChatEndpoint("http://127.0.0.1:8000/v1", "default", timeout_s=30)
-        >>> endpoint.complete_many([[{"role": "user", "content": "Hi"}]], max_tokens=8, stop=["\n"])
-        [Generation(text='Hello!', mean_logprob=-0.4, ...)]
-    """
-
-    def __init__(self, base_url: str, model: str, timeout_s: float, api_key: str | None = None,
-                 max_concurrency: int = 8, max_retries: int = 4, backoff_s: float = 0.5, setting: str = "teacher.openai"):
+    def __init__(self, base_url: str, timeout_s: float, api_key: str | None = None, max_concurrency: int = 8,
+                 max_retries: int = 4, backoff_s: float = 0.5, setting: str = "teacher.openai"):
         import httpx
 
-        self.base_url, self.model, self.setting = base_url.rstrip("/"), model, setting
+        self.base_url, self.setting = base_url.rstrip("/"), setting
         self.max_concurrency, self.max_retries, self.backoff_s = max(1, max_concurrency), max_retries, backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers, limits=limits)
         self.retries = 0  # requests sent again, over this client's life
 
-    def complete_many(self, conversations: list[list[dict]], max_tokens: int, stop: list[str],
-                      timeout_s: float | None = None) -> list[Generation]:
-        if len(conversations) <= 1 or self.max_concurrency == 1:
-            return [self.complete(c, max_tokens, stop, timeout_s) for c in conversations]
+    def map(self, send, items: list) -> list:
+        """`send(item)` for every item, at most `max_concurrency` at once, results in order."""
+        if len(items) <= 1 or self.max_concurrency == 1:
+            return [send(item) for item in items]
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(self.max_concurrency, len(conversations))) as pool:
-            return list(pool.map(lambda c: self.complete(c, max_tokens, stop, timeout_s), conversations))
+        with ThreadPoolExecutor(min(self.max_concurrency, len(items))) as pool:
+            return list(pool.map(send, items))
 
-    def complete(self, messages: list[dict], max_tokens: int, stop: list[str],
-                 timeout_s: float | None = None) -> Generation:
+    def post(self, path: str, body: dict, timeout_s: float | None = None, hint: str = "the API key"):
+        """The 200 response to POST `body` at `path`, after retries; DistillError otherwise."""
         import random
 
         import httpx
 
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                "logprobs": True, "stop": stop}
-        started = time.perf_counter()
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.retries += 1
                 time.sleep(self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
             try:
-                response = self._client.post("/chat/completions", json=body,
-                                             **({"timeout": timeout_s} if timeout_s else {}))
+                response = self._client.post(path, json=body, **({"timeout": timeout_s} if timeout_s else {}))
             except httpx.HTTPError as err:
-                problem = f"cannot reach the OpenAI-compatible endpoint at {self.base_url} ({type(err).__name__})"
+                problem = f"cannot reach {self.what} at {self.base_url} ({type(err).__name__})"
                 continue
             if response.status_code == 429 or response.status_code >= 500:
-                problem = f"the endpoint at {self.base_url} answered HTTP {response.status_code}"
+                problem = f"{self.what} at {self.base_url} answered HTTP {response.status_code}"
                 continue
             if response.status_code != 200:
-                raise DistillError(f"the endpoint at {self.base_url} answered HTTP {response.status_code} "
-                                   f"({response.text[:120]!r}); check {self.setting}.model and the API key")
-            return self._generation(response, started)
-        raise DistillError(f"{problem}, {self.max_retries + 1} tries; start the server or set {self.setting}.base_url")
+                raise DistillError(f"{self.what} at {self.base_url} answered HTTP {response.status_code} "
+                                   f"({response.text[:120]!r}); check {hint}")
+            return response
+        raise UpstreamError(f"{problem}, {self.max_retries + 1} tries; start the server or set {self.setting}")
+
+
+class ChatEndpoint(RetryingClient):
+    """A client of one OpenAI-compatible chat-completions server, shared by the teacher's `openai`
+    backend and the router's remote student; retries as `RetryingClient` does.
+
+        >>> endpoint = ChatEndpoint("http://127.0.0.1:8000/v1", "default", timeout_s=30)
+        >>> endpoint.complete_many([[{"role": "user", "content": "Hi"}]], max_tokens=8, stop=["\n"])
+        [Generation(text='Hello!', mean_logprob=-0.4, ...)]
+    """
+
+    what = "the OpenAI-compatible endpoint"
+
+    def __init__(self, base_url: str, model: str, timeout_s: float, api_key: str | None = None,
+                 max_concurrency: int = 8, max_retries: int = 4, backoff_s: float = 0.5,
+                 url_setting: str = "teacher.openai.base_url", model_setting: str = "teacher.openai.model"):
+        super().__init__(base_url, timeout_s, api_key, max_concurrency, max_retries, backoff_s, url_setting)
+        self.model, self.model_setting = model, model_setting
+
+    def complete_many(self, conversations: list[list[dict]], max_tokens: int, stop: list[str],
+                      timeout_s: float | None = None) -> list[Generation]:
+        return self.map(lambda c: self.complete(c, max_tokens, stop, timeout_s), conversations)
+
+    def complete(self, messages: list[dict], max_tokens: int, stop: list[str],
+                 timeout_s: float | None = None) -> Generation:
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                "logprobs": True, "stop": stop}
+        started = time.perf_counter()
+        response = self.post("/chat/completions", body, timeout_s, hint=f"{self.model_setting} and the API key")
+        return self._generation(response, started)
 
     def _generation(self, response, started: float) -> Generation:
         try:
@@ -635,7 +659,7 @@ class ChatEndpoint:
             text = choice["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             raise DistillError(f"the endpoint at {self.base_url} did not answer in chat-completions format; "
-                               f"check {self.setting}.base_url (it should end in /v1)") from None
+                               f"check {self.setting} (it should end in /v1)") from None
         logprobs = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or []) if "logprob" in t]
         usage = data.get("usage") or {}
         mean = float(np.mean(logprobs)) if logprobs else None
@@ -643,3 +667,148 @@ class ChatEndpoint:
                           prompt_tokens=int(usage.get("prompt_tokens", 0)),
                           completion_tokens=int(usage.get("completion_tokens", 0)), token_logprobs=logprobs,
                           elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# http: a RAG service of the team's own
+# ---------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=65_536)
+def content_version(text: str) -> int:
+    """A context's version when its source gives none: 28 bits of the hash of its words (the
+    trace store keeps versions as integers), so the same text always has the same version.
+
+        >>> content_version("Refunds within 30 days.") == content_version("Refunds  within 30 days.")
+        True
+    """
+    import hashlib
+
+    return int(hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:7], 16)
+
+
+def context_chunks(contexts) -> list[dict]:
+    """A RAG system's contexts ([{id, text, version?, doc_id?}]) as chunks with ids in the store's
+    form, `<doc_id>@v<version>#<position>`: a context is a version of its document (`doc_id`, else
+    its own id), versioned by its content hash when it has no version. ValueError if malformed."""
+    if not isinstance(contexts, list) or not all(isinstance(c, dict) and c.get("id") is not None
+                                                 and isinstance(c.get("text"), str) for c in contexts):
+        raise ValueError("'contexts' must be a list of {id, text, version?, source?, doc_id?}")
+    chunks = []
+    for position, context in enumerate(contexts):
+        doc_id = str(context.get("doc_id") or context["id"])
+        version = context["version"] if isinstance(context.get("version"), int) else content_version(context["text"])
+        chunks.append({"chunk_id": f"{doc_id}@v{version}#{position}", "text": context["text"], "doc_id": doc_id,
+                       "version": version, "given_id": str(context["id"]), "heading": None})
+    return chunks
+
+
+def cited_contexts(answer: str, chunks: list[dict], citations) -> list[dict]:
+    """The chunks an answer cites: those its `citations` (context ids) name, or, when it names none,
+    the context holding the answer (`cite`). ValueError for a citation that is no context."""
+    if citations is None:
+        return cite(answer, chunks) if answer.strip() else []
+    by_id = {c["given_id"]: c for c in chunks}
+    missing = [str(c) for c in citations if str(c) not in by_id]
+    if missing:
+        raise ValueError(f"citation {missing[0]!r} is not among the contexts' ids")
+    return [by_id[str(c)] for c in citations]
+
+
+class ExternalDocuments:
+    """What the router reads from a retriever, for a RAG system whose corpus is not ingested here:
+    query embeddings (`index.embedding_model`, for the coverage decision), and the version of each
+    document as the RAG service's answers last showed it. No search: the coverage decision's
+    evidence check cannot ask where RAG would look without asking it every question, so every
+    wording (and every calibration example) is judged without that check, by similarity alone."""
+
+    generation = 0
+
+    def __init__(self, config: IndexConfig):
+        from distill.index import load_embedder
+
+        self.model = load_embedder(config.embedding_model)
+        self.dense = {"embedder": config.embedding_model}
+        self.store, self.scopes = self, set()
+        self.versions: dict[str, int] = {}  # doc_id -> version last seen; a changed one makes intents stale
+        self._query_vectors: dict[str, np.ndarray] = {}
+
+    def embed_queries(self, queries: list[str]) -> np.ndarray:
+        from distill.index import embed
+
+        missing = [q for q in dict.fromkeys(queries) if q not in self._query_vectors]
+        if missing:
+            self._query_vectors.update(zip(missing, embed(self.model, missing)))
+        return np.stack([self._query_vectors[q] for q in queries])
+
+    def document_versions(self) -> dict[str, int]:
+        return self.versions  # the live dict: the router sees every update
+
+    def chunk_texts(self, chunk_ids) -> dict[str, str]:
+        return {}
+
+    def search(self, query: str, scope: str | None = None, k: int | None = None, latest_only: bool = True,
+               query_vector: np.ndarray | None = None) -> Retrieval:
+        return Retrieval(query, scope, [], [], [], 0.0)
+
+
+class HttpTeacher:
+    """`teacher.backend = "http"`: the team's own RAG service is the teacher, and the router's
+    fallback. Each question is POSTed as `{query, scope}` (field names in `teacher.http`) and its
+    answer read from `{answer, citations, contexts}`; requests are retried on connection errors,
+    timeouts, 429 and 5xx (`RetryingClient`), `max_concurrency` at once. Its answers are traces
+    like any other: citations are found by word overlap when the service gives none, and every
+    context's version (its content hash when it has none) is remembered, so an intent whose
+    context changed is stale from the first answer that shows the change.
+
+        >>> teacher = HttpTeacher(config)   # config.teacher.http.url = "http://rag.internal/answer"
+        >>> teacher.answer("How long is the refund window?", "billing").citations
+        ['kb/refunds@v1#0']
+    """
+
+    def __init__(self, config: Config):
+        cfg = config.teacher.http
+        self.config, self.http, self.threshold = config.teacher, cfg, None
+        self.retriever = ExternalDocuments(config.index)
+        self.client = RetryingClient(cfg.url, cfg.timeout_s, os.environ.get(cfg.api_key_env), cfg.max_concurrency,
+                                     cfg.max_retries, cfg.retry_backoff_s, "teacher.http.url")
+        self.client.what = "the RAG endpoint"
+        self.generator = self  # what collect and the router read of a generator: its backend and model
+        self.backend, self.model_name = "http", cfg.url
+
+    def reloaded(self, workspace: Workspace, config: Config) -> "HttpTeacher":
+        return self
+
+    def answer(self, query: str, scope: str | None = None) -> Answer:
+        return self._ask((query, scope))
+
+    def answer_batch(self, queries: list[tuple[str, str | None]]) -> list[Answer]:
+        return self.client.map(self._ask, queries)
+
+    def _ask(self, question: tuple[str, str | None]) -> Answer:
+        query, scope = question
+        cfg = self.http
+        started = time.perf_counter()
+        response = self.client.post("", {cfg.query_field: query, cfg.scope_field: scope},
+                                    hint="teacher.http.url and teacher.http.api_key_env")
+        try:
+            data = response.json()
+            text = data.get(cfg.answer_field) or ""
+            chunks = context_chunks(data.get(cfg.contexts_field) or [])
+            cited = cited_contexts(text, chunks, data.get(cfg.citations_field))
+        except (ValueError, AttributeError, TypeError) as err:
+            raise DistillError(f"the RAG endpoint at {cfg.url} answered {response.text[:120]!r}, not "
+                               f"{{{cfg.answer_field}, {cfg.citations_field}, {cfg.contexts_field}}} ({err}); "
+                               f"set the teacher.http field names") from None
+        for chunk in chunks:
+            self.retriever.versions[chunk["doc_id"]] = chunk["version"]
+        refusal = None if text.strip() and cited else ("empty_answer" if not text.strip() else "ungrounded_answer")
+        return Answer(
+            query=query, scope=scope, answer="" if refusal else text.strip(), citations=[c["chunk_id"] for c in cited],
+            cited_doc_versions=[{"doc_id": c["doc_id"], "version": c["version"]} for c in cited],
+            retrieved=[c["chunk_id"] for c in chunks], refused=refusal is not None, refusal_reason=refusal,
+            top_score=None, score_margin=None, retriever_agreement=None, mean_logprob=None, answer_score=None,
+            groundedness=groundedness(text, cited) if cited else None, citation_valid=bool(cited),
+            latency_ms=(time.perf_counter() - started) * 1000, retrieval_ms=0.0,
+            prompt_tokens=int(data.get("prompt_tokens") or 0), completion_tokens=int(data.get("completion_tokens") or 0),
+            model=str(data.get("model") or cfg.url), backend="http",
+            nearest_topics=[c["doc_id"] for c in chunks[:3]] if refusal else [])
