@@ -100,6 +100,10 @@ def routed(workspace: Workspace, gold: list[dict]) -> dict:
             response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                                   json={"model": "distill", "messages": [{"role": "user", "content": item["query"]}],
                                         "metadata": {"scope": item.get("scope")}}).json()
+            if "distill" not in response:  # an error answer: counted, with its message
+                rows.append({"query": item["query"], "route": "error", "reason": response["error"]["message"][:160],
+                             "refused": True, "should_refuse": bool(item.get("should_refuse")), "f1": 0.0, "answer": ""})
+                continue
             info = response["distill"]
             answer = "" if info["refused"] else response["choices"][0]["message"]["content"]
             rows.append({"query": item["query"], "route": info["route"], "reason": info["reason"],

@@ -5,7 +5,7 @@
 Writes two JSON lines files of records in the documented form (each with three contexts of about
 60 words, an answer quoted from the first, no citations given so they are found by overlap), of
 n/4 and n records, then imports each into a fresh workspace in a child process and prints the
-traces a second and the child's peak RSS. Flat memory: the larger file's peak is about the smaller
+traces a second and the child's peak RSS (and its largest parsing worker's). Flat memory: the larger file's peak is about the smaller
 one's. A rerun of the larger import (every id already stored) is timed too. Figures go to
 bench/results/import.json.
 """
@@ -35,7 +35,8 @@ report = import_file(Workspace.resolve(sys.argv[1]), sys.argv[2])
 seconds = time.perf_counter() - began
 print(json.dumps({"records": report.records, "imported": report.imported, "already_stored": report.already_stored,
                   "bad": len(report.bad), "seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
@@ -78,7 +79,7 @@ def main() -> None:
         result["file_mb"] = round(path.stat().st_size / 2**20, 1)
         figures[name] = result
         print(f"{name}: {n:,} records ({result['file_mb']} MB): {result['traces_per_s']:,} traces/s, "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB")
+              f"peak RSS {result['peak_rss_mb']:.0f} MB (largest parsing worker {result['worker_peak_rss_mb']:.0f} MB)")
         if name == "large":
             rerun = run_import(workspace, path)
             figures["large_rerun"] = rerun

@@ -31,6 +31,16 @@ def write(path, rows) -> None:
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
 
 
+def test_a_context_with_a_version_is_that_version_of_its_document(tmp_path):
+    workspace = Workspace(tmp_path)
+    path = tmp_path / "t.jsonl"
+    write(path, [record(0, 0, contexts=[dict(REFUND, version=3)])])
+    import_file(workspace, path)
+    with TraceStore(workspace.traces_db) as store:
+        (row,) = store.sql("SELECT citations, cited_doc_versions FROM traces")
+    assert row["citations"] == ["kb/refunds@v3#0"] and row["cited_doc_versions"] == [{"doc_id": "kb/refunds", "version": 3}]
+
+
 def test_json_lines_round_trip_into_traces_that_curation_trains_on(tmp_path):
     workspace = Workspace(tmp_path)
     path = tmp_path / "their-traces.jsonl"
@@ -40,9 +50,10 @@ def test_json_lines_round_trip_into_traces_that_curation_trains_on(tmp_path):
     with TraceStore(workspace.traces_db) as store:
         (row,) = store.sql("SELECT * FROM traces WHERE query_id = 'r-0'")
     version = content_version(REFUND["text"])
-    assert row["citations"] == [f"kb/refunds@v{version}#0"]  # found by overlap: none were given
-    assert row["cited_doc_versions"] == [{"doc_id": "kb/refunds", "version": version}]
-    assert row["retrieved"] == [f"kb/refunds@v{version}#0", f"kb/payments@v{content_version(PAYPAL['text'])}#1"]
+    # no version given: each context is its own document, versioned by its content hash
+    assert row["citations"] == [f"kb/refunds#0@v{version}#0"]  # found by overlap: none were given
+    assert row["cited_doc_versions"] == [{"doc_id": "kb/refunds#0", "version": version}]
+    assert row["retrieved"] == [f"kb/refunds#0@v{version}#0", f"kb/payments#0@v{content_version(PAYPAL['text'])}#1"]
     assert row["groundedness"] == 1.0
     assert row["route_reason"] == "import" and row["model"] == "their-llm" and row["latency_ms"] == 800
     result = curate(workspace, workspace.config())  # no corpus here: the contexts are the documents
@@ -155,11 +166,12 @@ class _TheirRag(BaseHTTPRequestHandler):
     """A team's own RAG service: answers every question from its one refunds context; `delay_s` and
     `status` make it slow or failing."""
 
-    context, delay_s, status, seen = dict(REFUND), 0.0, 200, 0
+    context, delay_s, status, seen, paths = dict(REFUND), 0.0, 200, 0, set()
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen += 1
+        type(self).paths.add(self.path)
         time.sleep(self.delay_s)
         answer = "Refunds are available within 14 days of purchase." if "14 days" in self.context["text"] else \
             "Refunds are available within 30 days of purchase."
@@ -191,10 +203,11 @@ def test_the_http_teacher_answers_with_citations_and_fails_clearly_on_timeouts_a
                                                                                  "max_retries": 1, "retry_backoff_s": 0.01}}})
     teacher = HttpTeacher(config)
     answer = teacher.answer("How long is the refund window?", "billing")
-    assert not answer.refused and answer.cited_doc_versions == [{"doc_id": "kb/refunds",
+    assert not answer.refused and answer.cited_doc_versions == [{"doc_id": "kb/refunds#0",
                                                                  "version": content_version(REFUND["text"])}]
     assert answer.groundedness == 1.0 and answer.backend == "http" and answer.model == "their-llm"
     assert teacher.answer("Do you sell gift cards?", "billing").refusal_reason == "empty_answer"
+    assert _TheirRag.paths == {"/answer"}  # the URL as configured, no slash added
     _TheirRag.delay_s = 2.0
     began = time.monotonic()
     with pytest.raises(DistillError, match=r"cannot reach the RAG endpoint .*ReadTimeout.*2 tries; .*teacher.http.url"):
@@ -230,5 +243,5 @@ def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent
         _TheirRag.context = dict(REFUND, text=REFUND["text"].replace("30 days", "14 days"))  # their document changed
         assert router.answer("Can I get a refund after two weeks?", "billing").route == "rag"  # RAG shows the change
         stale = router.answer("How long is the refund window?", "billing")
-    assert stale.route == "rag" and stale.reason == "stale" and stale.checks["stale_documents"] == ["kb/refunds"]
+    assert stale.route == "rag" and stale.reason == "stale" and stale.checks["stale_documents"] == ["kb/refunds#0"]
     assert "14 days" in stale.answer

@@ -148,9 +148,9 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
     workspace = _workspace(home)
     console = _console()
     if explain is not None:
-        from distill.store import TraceStore
+        from distill.store import TraceStore, has_traces
 
-        if not workspace.traces_db.exists():
+        if not has_traces(workspace.traces_db):
             raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
         with TraceStore(workspace.traces_db) as store:
             rows = store.explain(explain)
@@ -321,10 +321,10 @@ app.add_typer(lake_app, name="lake")
 @lake_app.command("push")
 def lake_push(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Append this workspace's traces that the lake lacks (idempotent: a rerun sends only the rest)."""
-    from distill.store import TraceLake, TraceStore
+    from distill.store import TraceLake, TraceStore, has_traces
 
     workspace = _workspace(home)
-    if not workspace.traces_db.exists():
+    if not has_traces(workspace.traces_db):
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
     lake = workspace.lake(workspace.config())
     console = _console()
@@ -491,10 +491,10 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
 def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run SQL on the trace store and print the result."""
-    from distill.store import TraceStore
+    from distill.store import TraceStore, has_traces
 
     workspace = _workspace(home)
-    if not workspace.traces_db.exists():
+    if not has_traces(workspace.traces_db):
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
     with TraceStore(workspace.traces_db) as store:
         rows = store.sql(query)

@@ -51,7 +51,7 @@ from distill.calibrate import CALIBRATION_FILE, export_calibration
 from distill.errors import DistillError
 from distill.index import corpus_path, embed, load_embedder
 from distill.metrics import normalize_query
-from distill.store import CorpusStore, TraceLake, TraceStore
+from distill.store import CorpusStore, TraceLake, TraceStore, has_traces
 from distill.teacher import words
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
@@ -239,7 +239,7 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
     can be joined to its trace."""
     cfg = config.curate
     _validate(cfg)
-    if not from_lake and not workspace.traces_db.exists():
+    if not from_lake and not has_traces(workspace.traces_db):
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
     if from_lake:
         lake = workspace.lake(config)

@@ -24,15 +24,17 @@ What the source lacks is computed on the way in (`to_trace`):
 - the groundedness of the answer in the cited contexts;
 - a version from the content hash, for a context without one.
 
-Curation treats a context as a versioned document (its `doc_id`, else its own id); in the trace a
-context is the chunk `<doc_id>@v<version>#<position among the contexts>`. A context whose
-text changes between traces gets a new hash version, and the intents that cited the old text go
-stale, as after a new document version is ingested.
+Curation treats a context as a versioned document (`teacher.context_chunks`): its `doc_id` at
+its `version`, or, without a version, itself at its content hash. In the trace a context is the
+chunk `<doc_id>@v<version>#<position among the contexts>`. A context whose text changes between
+traces gets a new hash version, and the intents that cited the old text go stale, as after a new
+document version is ingested.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,7 +43,7 @@ from typing import Iterator
 
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.store import Trace, TraceStore, TraceWriter
+from distill.store import Trace, TraceStore, TraceWriter, trace_table
 from distill.teacher import cited_contexts, context_chunks, groundedness
 
 BATCH = 10_000  # records parsed and committed together: memory stays flat in the file's size
@@ -228,30 +230,88 @@ def import_file(workspace: Workspace, path: Path, fmt: str = "auto", strict: boo
     Records are committed in batches of BATCH; a record whose id is stored is skipped, so a rerun
     (or a run killed halfway and run again) adds only what is missing. A bad record is reported with
     its line number and skipped, or, with `strict`, stops the import before anything of its batch
-    is written."""
+    is written. JSON lines are parsed by worker processes, one per CPU, while this one writes; at
+    most two batches per worker are in memory at once."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"{path} does not exist; pass a JSON lines file of traces (docs/byo-rag.md)")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in ("jsonl", "otlp"):
         raise DistillError(f"unknown import format '{fmt}'; use jsonl, otlp or auto")
-    report, batch = ImportReport(), []
-    source = _lines(path) if fmt == "jsonl" else otlp_records(_requests(path, strict, report))
-    for number, record in source:
-        report.records += 1
+    report = ImportReport()
+    batches = _parsed_batches(path) if fmt == "jsonl" else _otlp_batches(path, strict, report)
+    for table, records, bad in batches:
+        report.records += records
+        if bad and strict:
+            number, problem = bad[0]
+            raise DistillError(f"{path}:{number}: {problem}; fix the record or drop --strict to skip it")
+        report.bad += bad
+        if table.num_rows:
+            with TraceStore(workspace.traces_db) as store:
+                added = store.append_table(table)
+            report.imported += added
+            report.already_stored += table.num_rows - added
+        if on_progress:
+            on_progress(records)
+    return report
+
+
+def _parse(lines: list[tuple[int, str]]):
+    """(trace table, records, [(line, problem)]) for a batch of JSON lines: a worker's job."""
+    traces, bad = [], []
+    for number, line in lines:
+        try:
+            traces.append(to_trace(json.loads(line)))
+        except json.JSONDecodeError as err:
+            bad.append((number, f"not JSON ({err.msg})"))
+        except (ValueError, TypeError) as err:
+            bad.append((number, str(err)))
+    return trace_table(traces), len(lines), bad
+
+
+def _parsed_batches(path: Path):
+    """`_parse` of each batch of the file's lines, in order, by a pool of worker processes."""
+    import multiprocessing
+    from collections import deque
+
+    def chunks():
+        batch = []
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    batch.append((number, line))
+                if len(batch) == BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for batch in chunks():
+            pending.append(pool.apply_async(_parse, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _otlp_batches(path: Path, strict: bool, report: ImportReport):
+    """OTLP JSON as `_parse` gives JSON lines: the spans of the whole file are joined first."""
+    traces, bad, records = [], [], 0
+    for number, record in otlp_records(_requests(path, strict, report)):
+        records += 1
         try:
             if isinstance(record, str):
                 raise ValueError(record)
-            batch.append(to_trace(record))
+            traces.append(to_trace(record))
         except (ValueError, TypeError) as err:
-            if strict:
-                raise DistillError(f"{path}:{number}: {err}; fix the record or drop --strict to skip it") from None
-            report.bad.append((number, str(err)))
-        if len(batch) >= BATCH:
-            _commit(workspace, batch, report, on_progress)
-            batch = []
-    _commit(workspace, batch, report, on_progress)
-    return report
+            bad.append((number, str(err)))
+        if len(traces) >= BATCH:
+            yield trace_table(traces), records, bad
+            traces, bad, records = [], [], 0
+    yield trace_table(traces), records, bad
 
 
 def _requests(path: Path, strict: bool, report: ImportReport) -> Iterator[tuple[int, dict]]:
@@ -263,17 +323,6 @@ def _requests(path: Path, strict: bool, report: ImportReport) -> Iterator[tuple[
             report.bad.append((number, request))
             continue
         yield number, request
-
-
-def _commit(workspace: Workspace, batch: list[Trace], report: ImportReport, on_progress) -> None:
-    if not batch:
-        return
-    with TraceStore(workspace.traces_db) as store:
-        added = store.append(batch)
-    report.imported += added
-    report.already_stored += len(batch) - added
-    if on_progress:
-        on_progress(len(batch))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from distill.config import Config, Workspace
 from distill.curate import curate
 from distill.errors import DistillError
 from distill.evaluate import covered_eval_queries, evaluate_student, load_suite, run_suite
-from distill.store import TraceStore
+from distill.store import TraceStore, has_traces
 from distill.train import train
 
 FINISHED = ("promoted", "kept")
@@ -65,7 +65,7 @@ def nightly(workspace: Workspace, config: Config, gold: dict[str, list[str]] | N
     day = today or datetime.now(timezone.utc).date()
     student = config.train.student_name
     with _exclusive(workspace.home / "nightly.lock"):
-        if not from_lake and not workspace.traces_db.exists():
+        if not from_lake and not has_traces(workspace.traces_db):
             raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
         with TraceStore(workspace.traces_db) as store:
             earlier = store.nightly_runs(day)

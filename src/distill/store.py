@@ -323,21 +323,27 @@ _TRACE_COLUMNS = [
 ]
 
 
-def _insert_traces(cur: duckdb.DuckDBPyConnection, traces: Sequence[Trace]) -> int:
-    """Insert traces whose query_id is not stored yet (inside the caller's transaction); returns how many."""
-    if not traces:
-        return 0
+def trace_table(traces: Sequence[Trace]):
+    """Traces as an Arrow table in the store's column order, the first of each query_id kept. Built
+    column by column: four times faster than from a row of dicts each (`pa.Table.from_pylist`)."""
     import pyarrow as pa
 
-    rows: dict[str, dict] = {}
-    for trace in traces:  # shallow copies: dataclasses.asdict deep-copies and costs 25x more
-        row = dict(trace.__dict__)
-        row["trace_id"] = row["trace_id"] or row["query_id"]
-        rows.setdefault(row["query_id"], row)
-    batch = pa.Table.from_pylist(list(rows.values())).select(_TRACE_COLUMNS)  # noqa: F841 (read by DuckDB)
-    # An anti-join rather than ON CONFLICT DO NOTHING: same result, four times faster.
+    unique = list({t.query_id: t for t in reversed(traces)}.values())[::-1]
+    columns = {name: [getattr(t, name) for t in unique] for name in _TRACE_COLUMNS}
+    columns["trace_id"] = [t.trace_id or t.query_id for t in unique]
+    return pa.Table.from_pydict(columns)
+
+
+def _insert_table(cur: duckdb.DuckDBPyConnection, batch) -> int:
+    """Insert the rows of a `trace_table` whose query_id is not stored yet (inside the caller's
+    transaction); returns how many. An anti-join rather than ON CONFLICT DO NOTHING: the same
+    result, four times faster."""
     return cur.execute(f"INSERT INTO traces ({', '.join(_TRACE_COLUMNS)}) "
                        f"SELECT * FROM batch ANTI JOIN traces USING (query_id)").fetchone()[0]
+
+
+def _insert_traces(cur: duckdb.DuckDBPyConnection, traces: Sequence[Trace]) -> int:
+    return _insert_table(cur, trace_table(traces)) if traces else 0
 
 
 def _insert_shadow_check(cur: duckdb.DuckDBPyConnection, row: dict) -> None:
@@ -522,6 +528,15 @@ class TraceStore:
             cur = self._con.cursor()
             with _transaction(cur):
                 return _insert_traces(cur, traces)
+
+    def append_table(self, table) -> int:
+        """`append` for traces already in a `trace_table` (built, say, in another process)."""
+        if table.num_rows == 0:
+            return 0
+        with self._lock:
+            cur = self._con.cursor()
+            with _transaction(cur):
+                return _insert_table(cur, table)
 
     def fold_segments(self, folder: Path) -> int:
         """Move the records of finished segments (and of those a dead process left open) into the
@@ -743,6 +758,13 @@ ABANDONED_AFTER_S = 3600  # an open segment of another machine untouched this lo
 def segment_folder(traces_db: Path) -> Path:
     """Where services write their segments: `traces/segments/` beside `traces/traces.duckdb`."""
     return Path(traces_db).parent / SEGMENTS
+
+
+def has_traces(traces_db: Path) -> bool:
+    """Whether there is a trace store to open: the file, or segments a service or a `TraceLogger`
+    wrote that the first open will fold into a new one."""
+    folder = segment_folder(traces_db)
+    return Path(traces_db).exists() or (folder.is_dir() and any(folder.iterdir()))
 
 
 class SegmentLog:

@@ -609,7 +609,8 @@ class RetryingClient:
                 self.retries += 1
                 time.sleep(self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
             try:
-                response = self._client.post(path, json=body, **({"timeout": timeout_s} if timeout_s else {}))
+                response = self._client.post(path or self.base_url,  # "": the base URL itself, no slash added
+                                             json=body, **({"timeout": timeout_s} if timeout_s else {}))
             except httpx.HTTPError as err:
                 problem = f"cannot reach {self.what} at {self.base_url} ({type(err).__name__})"
                 continue
@@ -688,15 +689,20 @@ def content_version(text: str) -> int:
 
 def context_chunks(contexts) -> list[dict]:
     """A RAG system's contexts ([{id, text, version?, doc_id?}]) as chunks with ids in the store's
-    form, `<doc_id>@v<version>#<position>`: a context is a version of its document (`doc_id`, else
-    its own id), versioned by its content hash when it has no version. ValueError if malformed."""
+    form, `<doc_id>@v<version>#<position>`. A context with a `version` is that version of its
+    document (`doc_id`, else its own id). One without is its own document (its id), versioned by its
+    content hash: the other passages of the same document have other hashes, and one document
+    version per passage is the only way a changed passage can be told from a different passage.
+    ValueError if malformed."""
     if not isinstance(contexts, list) or not all(isinstance(c, dict) and c.get("id") is not None
                                                  and isinstance(c.get("text"), str) for c in contexts):
         raise ValueError("'contexts' must be a list of {id, text, version?, source?, doc_id?}")
     chunks = []
     for position, context in enumerate(contexts):
-        doc_id = str(context.get("doc_id") or context["id"])
-        version = context["version"] if isinstance(context.get("version"), int) else content_version(context["text"])
+        if isinstance(context.get("version"), int):
+            doc_id, version = str(context.get("doc_id") or context["id"]), context["version"]
+        else:
+            doc_id, version = str(context["id"]), content_version(context["text"])
         chunks.append({"chunk_id": f"{doc_id}@v{version}#{position}", "text": context["text"], "doc_id": doc_id,
                        "version": version, "given_id": str(context["id"]), "heading": None})
     return chunks

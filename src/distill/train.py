@@ -33,7 +33,7 @@ from distill import registry
 from distill.calibrate import CALIBRATION_FILE
 from distill.config import Config, Workspace
 from distill.errors import DistillError
-from distill.store import TraceStore
+from distill.store import TraceStore, has_traces
 from distill.teacher import local_model
 
 
@@ -49,7 +49,7 @@ class TrainResult:
 
 def latest_dataset(workspace: Workspace) -> Path:
     """The dataset of the most recent curation run that produced one."""
-    if not workspace.traces_db.exists():
+    if not has_traces(workspace.traces_db):
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` and `distill curate` first")
     with TraceStore(workspace.traces_db) as store:
         rows = store.sql("SELECT dataset_path FROM curation_runs WHERE dataset_path IS NOT NULL "
