@@ -42,6 +42,8 @@ bench: install
 	$(BIN)/python scripts/bench_lake.py
 	$(BIN)/python scripts/bench_paraphrase.py
 	$(BIN)/python scripts/bench_answerability.py --llm 30
+	$(BIN)/python scripts/bench_import.py
+	$(BIN)/python scripts/bench_byo_rag.py
 	$(BIN)/python scripts/benchmark.py
 
 clean:

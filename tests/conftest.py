@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,18 @@ def tiny_model_server(tiny_lm_dir, tmp_path_factory):
     model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)
     with served(create_model_app(model, workspace.config())) as url:
         yield url
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A stub HTTP server's handler: `reply` sends a JSON body; requests are not logged."""
+
+    def reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass

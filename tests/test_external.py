@@ -4,10 +4,11 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from conftest import JsonHandler
 from distill.config import Workspace
 from distill.curate import curate
 from distill.errors import DistillError
@@ -75,6 +76,12 @@ def test_a_malformed_record_names_its_line_and_strict_stops(tmp_path):
     assert cli.returncode != 0 and "t.jsonl:2: not JSON" in cli.stderr + cli.stdout and "Traceback" not in cli.stderr
 
 
+def _rejections(workspace: Workspace) -> set[str]:
+    """The reasons curation rejected this workspace's traces for."""
+    result = curate(workspace, workspace.config())
+    return set(result.decisions.get("reject", {}))
+
+
 def test_an_import_rerun_adds_nothing(tmp_path):
     workspace = Workspace(tmp_path)
     path = tmp_path / "t.jsonl"
@@ -128,6 +135,7 @@ def test_otlp_genai_spans_are_joined_by_trace_id(tmp_path):
     assert rows["t1"]["cited_doc_versions"][0]["doc_id"] == REFUND["id"] and rows["t1"]["prompt_tokens"] == 410
     assert rows["t1"]["model"] == "gpt-x" and rows["t1"]["asked_at"] == START and rows["t1"]["latency_ms"] == pytest.approx(900)
     assert rows["t2"]["answer"] == "PayPal is not supported." and rows["t2"]["cited_doc_versions"][0]["doc_id"] == PAYPAL["id"]
+    assert _rejections(Workspace(tmp_path)) <= {"infrequent"}  # accepted by every rule but frequency (two traces)
 
 
 def test_a_changed_context_makes_the_traces_that_cited_the_old_text_stale(tmp_path):
@@ -160,9 +168,10 @@ def test_the_trace_logger_writes_from_any_thread_and_close_flushes(tmp_path):
     with TraceStore(Workspace(tmp_path).traces_db) as store:  # opening folds the logger's segment in
         assert store.count() == 20
         assert {r["route_reason"] for r in store.sql("SELECT route_reason FROM traces")} == {"logged"}
+    assert _rejections(Workspace(tmp_path)) <= {"infrequent"}
 
 
-class _TheirRag(BaseHTTPRequestHandler):
+class _TheirRag(JsonHandler):
     """A team's own RAG service: answers every question from its one refunds context; `delay_s` and
     `status` make it slow or failing."""
 
@@ -175,16 +184,8 @@ class _TheirRag(BaseHTTPRequestHandler):
         time.sleep(self.delay_s)
         answer = "Refunds are available within 14 days of purchase." if "14 days" in self.context["text"] else \
             "Refunds are available within 30 days of purchase."
-        data = json.dumps({"answer": answer if "refund" in body["query"].lower() else "",
-                           "contexts": [self.context, PAYPAL], "model": "their-llm"}).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply(self.status, {"answer": answer if "refund" in body["query"].lower() else "",
+                                 "contexts": [self.context, PAYPAL], "model": "their-llm"})
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from conftest import JsonHandler
 from distill.errors import DistillError
 from distill.teacher import ChatEndpoint, OpenAIGenerator, Teacher, TransformersGenerator, build_messages, fence
 
@@ -87,7 +88,7 @@ def test_openai_backend_against_distill_serve_model(tiny_model_server):
         assert result.elapsed_ms > 0
 
 
-class _FlakyServer(BaseHTTPRequestHandler):
+class _FlakyServer(JsonHandler):
     """Answers HTTP 503 to the first `failures` requests, then a fixed completion."""
 
     failures = 2
@@ -97,16 +98,8 @@ class _FlakyServer(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).seen += 1
         status = 503 if self.seen <= self.failures else 200
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Exports are free."}}],
-                           "usage": {"prompt_tokens": 9, "completion_tokens": 4}}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply(status, {"choices": [{"message": {"role": "assistant", "content": "Exports are free."}}],
+                            "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
 
 
 def test_failed_requests_are_retried_with_backoff_then_fail_clearly():
