@@ -371,10 +371,22 @@ class Retrieval:
         return len(set(self.dense_top[:5]) & set(self.bm25_top[:5])) / 5
 
 
+QUERY_CACHE = 20_000  # query vectors a retriever keeps (about 30 MB)
+
+
+def embed_cached(cache: dict[str, np.ndarray], encode, queries: list[str]) -> np.ndarray:
+    """Unit vectors for `queries`, through `cache`. Traffic repeats its wordings, so the last
+    QUERY_CACHE distinct wordings keep their vectors (oldest dropped first) and are not embedded again."""
+    missing = [q for q in dict.fromkeys(queries) if q not in cache]
+    if missing:
+        cache.update(zip(missing, encode(missing)))
+    while len(cache) > QUERY_CACHE:
+        cache.pop(next(iter(cache)))
+    return np.stack([cache[q] for q in queries])
+
+
 class Retriever:
     """Hybrid scoped retrieval over an ingested workspace. Construct once; thread-safe to share."""
-
-    QUERY_CACHE = 20_000  # query vectors kept (about 30 MB)
 
     def __init__(self, workspace: Workspace, config: IndexConfig, dense: dict | None = None):
         """`dense` overrides the active dense index (`dense_meta`), to evaluate a candidate."""
@@ -412,15 +424,8 @@ class Retriever:
         self._query_vectors: dict[str, np.ndarray] = {}
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
-        """Unit vectors for `queries`. Traffic repeats its wordings, so the last QUERY_CACHE distinct
-        wordings keep their vectors (oldest dropped first) and are not embedded again."""
-        missing = [q for q in dict.fromkeys(queries) if q not in self._query_vectors]
-        if missing:
-            for query, vector in zip(missing, self.encode(missing)):
-                self._query_vectors[query] = vector
-        while len(self._query_vectors) > self.QUERY_CACHE:
-            self._query_vectors.pop(next(iter(self._query_vectors)))
-        return np.stack([self._query_vectors[q] for q in queries])
+        """Unit vectors for `queries` (`embed_cached`)."""
+        return embed_cached(self._query_vectors, self.encode, queries)
 
     def _filter(self, scope: str | None, latest_only: bool) -> tuple:
         """(FAISS selector or None, boolean mask over chunk keys) for a scope and version filter."""

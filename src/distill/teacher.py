@@ -218,12 +218,7 @@ class Teacher:
         if not queries:
             return []
         started = time.perf_counter()
-        vectors = self.retriever.embed_queries([q for q, _ in queries])
-        embed_ms = (time.perf_counter() - started) * 1000 / len(queries)
-        retrievals = [self.retriever.search(q, s, query_vector=v) for (q, s), v in zip(queries, vectors)]
-        evidences = [select_evidence(r, self.config) for r in retrievals]
-        self.sentences.prepare([chunk for evidence in evidences for chunk in evidence])
-        scores = [self.answerability(r, e, v) for r, e, v in zip(retrievals, evidences, vectors)]
+        vectors, retrievals, evidences, scores, embed_ms = self._retrieve(queries)
         shared_ms = (time.perf_counter() - started) * 1000 / len(queries) - \
             sum(r.latency_ms for r in retrievals) / len(queries)
         generations: list[Generation | None] = [None] * len(queries)
@@ -239,17 +234,24 @@ class Teacher:
     def calibrate(self, queries: list[tuple[str, str | None]], batch: int = 64) -> "answerability.Calibration":
         """Fit the answerability threshold to these questions' scores (`answerability.fit_threshold`;
         retrieval only, nothing is generated) and answer with it from now on."""
-        scores = []
-        for start in range(0, len(queries), batch):
-            part = queries[start:start + batch]
-            vectors = self.retriever.embed_queries([q for q, _ in part])
-            retrievals = [self.retriever.search(q, s, query_vector=v) for (q, s), v in zip(part, vectors)]
-            evidences = [select_evidence(r, self.config) for r in retrievals]
-            self.sentences.prepare([chunk for evidence in evidences for chunk in evidence])
-            scores += [self.answerability(r, e, v) for r, e, v in zip(retrievals, evidences, vectors)]
+        scores = [score for start in range(0, len(queries), batch)
+                  for score in self._retrieve(queries[start:start + batch])[3]]
         calibration = answerability.fit_threshold(scores, self.config.min_answerability)
         self.threshold = calibration.threshold
         return calibration
+
+    def _retrieve(self, queries: list[tuple[str, str | None]]):
+        """(query vectors, retrievals, evidence, answerability scores, embedding ms per query): all
+        that comes before generating, with the queries and the evidence sentences embedded in one
+        batch each."""
+        started = time.perf_counter()
+        vectors = self.retriever.embed_queries([q for q, _ in queries])
+        embed_ms = (time.perf_counter() - started) * 1000 / len(queries)
+        retrievals = [self.retriever.search(q, s, query_vector=v) for (q, s), v in zip(queries, vectors)]
+        evidences = [select_evidence(r, self.config) for r in retrievals]
+        self.sentences.prepare([chunk for evidence in evidences for chunk in evidence])
+        scores = [self.answerability(r, e, v) for r, e, v in zip(retrievals, evidences, vectors)]
+        return vectors, retrievals, evidences, scores, embed_ms
 
     def answerability(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray) -> float | None:
         """The answerability score of this evidence for this question (None without evidence)."""
@@ -739,12 +741,9 @@ class ExternalDocuments:
         self._query_vectors: dict[str, np.ndarray] = {}
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
-        from distill.index import embed
+        from distill.index import embed, embed_cached
 
-        missing = [q for q in dict.fromkeys(queries) if q not in self._query_vectors]
-        if missing:
-            self._query_vectors.update(zip(missing, embed(self.model, missing)))
-        return np.stack([self._query_vectors[q] for q in queries])
+        return embed_cached(self._query_vectors, lambda texts: embed(self.model, texts), queries)
 
     def document_versions(self) -> dict[str, int]:
         return self.versions  # the live dict: the router sees every update
