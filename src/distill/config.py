@@ -104,6 +104,9 @@ class TeacherConfig:
     min_answerability: float = _help(
         "refuse ('not_answerable') when the answerability score (0 to 1, see docs/answerability.md) is below "
         "this; the default until the workspace is calibrated")
+    refuse_unknown_names: bool = _help(
+        "refuse ('unknown_name') a question naming something the corpus never mentions (a capitalized word, "
+        "not the first, that no chunk has)")
     calibrate_answerability: bool = _help(
         "fit the answerability threshold to this workspace's traffic (collect, when none is fitted yet; "
         "curate, from every trace) instead of using teacher.min_answerability as it is")

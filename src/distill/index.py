@@ -328,6 +328,11 @@ class Bm25:
         self.matrix = csr_matrix((weight, (termid, key)), shape=(n_terms, n_chunks))
         self._terms = lru_cache(maxsize=65536)(self.store.query_terms)  # traffic repeats its questions
 
+    def knows(self, word: str) -> bool:
+        """Whether the corpus has `word` (as DuckDB stems it); a stop word counts as known."""
+        terms = self._terms(word)
+        return not terms or any(t in self.term_ids for t in terms)
+
     def scores(self, query: str) -> np.ndarray:
         rows = [self.term_ids[t] for t in self._terms(query) if t in self.term_ids]
         if not rows:

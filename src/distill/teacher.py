@@ -36,6 +36,7 @@ import numpy as np
 
 from distill import answerability
 from distill.config import Config, IndexConfig, TeacherConfig, Workspace
+from distill.corpus import compile_patterns, detect_injection
 from distill.errors import DistillError, UpstreamError
 from distill.index import Retrieval, Retriever
 
@@ -91,11 +92,12 @@ class Answer:
     answerability: float | None = None  # 0 to 1: does the evidence answer the question?
     answerability_threshold: float | None = None  # below it the teacher refuses
     nearest_topics: list[str] = field(default_factory=list)
+    unknown_names: list[str] = field(default_factory=list)  # refused as unknown_name: the names the corpus lacks
 
     @property
     def message(self) -> str:
         """What a person reads: the answer, or why there is none and which topics are near."""
-        return answerability.refusal_message(self.nearest_topics) if self.refused else self.answer
+        return answerability.refusal_message(self.nearest_topics, self.unknown_names) if self.refused else self.answer
 
     def trace_fields(self) -> dict:
         """The fields of a `store.Trace` this answer fills (the caller adds ids, times and route)."""
@@ -186,9 +188,10 @@ class Teacher:
     default `teacher.min_answerability`, or the workspace's calibrated one via `from_workspace`."""
 
     def __init__(self, retriever: Retriever, config: TeacherConfig, generator: Generator,
-                 threshold: float | None = None):
+                 threshold: float | None = None, injection_patterns: list[str] = ()):
         self.retriever, self.config, self.generator = retriever, config, generator
         self.threshold = config.min_answerability if threshold is None else threshold
+        self.injection = compile_patterns(list(injection_patterns))
         self.sentences = getattr(generator, "sentences", None) or EvidenceSentences(retriever.encode)
 
     @classmethod
@@ -198,7 +201,7 @@ class Teacher:
             return HttpTeacher(config)
         retriever = Retriever(workspace, config.index)
         return cls(retriever, config.teacher, make_generator(config.teacher, retriever, workspace),
-                   workspace_threshold(workspace, config.teacher))
+                   workspace_threshold(workspace, config.teacher), config.corpus.injection_patterns)
 
     def reloaded(self, workspace: Workspace, config: Config) -> "Teacher":
         """This teacher over the workspace's current corpus generation and answerability threshold;
@@ -207,7 +210,8 @@ class Teacher:
         retriever = Retriever(workspace, config.index)
         generator = self.generator if self.generator.backend != "extractive" else \
             make_generator(config.teacher, retriever, workspace)
-        return Teacher(retriever, config.teacher, generator, workspace_threshold(workspace, config.teacher))
+        return Teacher(retriever, config.teacher, generator, workspace_threshold(workspace, config.teacher),
+                       config.corpus.injection_patterns)
 
     def answer(self, query: str, scope: str | None = None) -> Answer:
         return self.answer_batch([(query, scope)])[0]
@@ -270,11 +274,18 @@ class Teacher:
         top = max((h.dense_score for h in retrieval.hits), default=None)
         if not evidence:
             return "no_evidence"
+        if detect_injection(retrieval.query, self.injection):
+            return "injection"
         if top is None or top < self.config.min_top_score:
             return "low_retrieval_score"
+        if self.config.refuse_unknown_names and self._unknown_names(retrieval.query):
+            return "unknown_name"
         if score is not None and score < self.threshold:
             return "not_answerable"
         return None
+
+    def _unknown_names(self, query: str) -> list[str]:
+        return answerability.unknown_names(query, self.retriever.bm25.knows)
 
     def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, score: float | None,
                 embed_ms: float, shared_ms: float, generation: Generation | None = None) -> Answer:
@@ -310,7 +321,9 @@ class Teacher:
             prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
             model=self.generator.model_name, backend=self.generator.backend, prompt=messages,
             answerability=score, answerability_threshold=self.threshold,
-            nearest_topics=answerability.nearest_topics([h.chunk for h in retrieval.hits]) if refusal else [])
+            nearest_topics=answerability.nearest_topics([h.chunk for h in retrieval.hits if not (
+                self.config.drop_flagged_chunks and h.chunk["injection_flag"])]) if refusal else [],
+            unknown_names=self._unknown_names(query) if refusal == "unknown_name" else [])
 
 
 def workspace_threshold(workspace: Workspace, config: TeacherConfig) -> float:
