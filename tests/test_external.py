@@ -71,6 +71,10 @@ def test_a_malformed_record_names_its_line_and_strict_stops(tmp_path):
     assert "not JSON" in report.bad[0][1] and "'query'" in report.bad[1][1] and "'nope'" in report.bad[2][1]
     with pytest.raises(DistillError, match=r"t.jsonl:2: not JSON"):
         import_file(Workspace(tmp_path / "other"), path, strict=True)
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(json.dumps(record(7, 0)).encode() + b"\n" + "caf\u00e9".encode("latin-1") + b"\n")
+    with pytest.raises(DistillError, match="latin1.jsonl is not UTF-8 text"):
+        import_file(Workspace(tmp_path / "other"), latin)
     cli = subprocess.run([sys.executable, "-m", "distill.cli", "import", str(path), "--strict", "--home", str(tmp_path / "c")],
                          capture_output=True, text=True)
     assert cli.returncode != 0 and "t.jsonl:2: not JSON" in cli.stderr + cli.stdout and "Traceback" not in cli.stderr

@@ -234,7 +234,15 @@ def import_file(workspace: Workspace, path: Path, fmt: str = "auto", strict: boo
     most two batches per worker are in memory at once."""
     path = Path(path)
     if not path.is_file():
-        raise DistillError(f"{path} does not exist; pass a JSON lines file of traces (docs/byo-rag.md)")
+        raise DistillError(f"{path} is not a file; pass a JSON lines file of traces (docs/byo-rag.md)")
+    try:
+        return _import(workspace, path, fmt, strict, on_progress)
+    except UnicodeDecodeError as err:
+        raise DistillError(f"{path} is not UTF-8 text (byte {err.start} of a line); export the traces as UTF-8 "
+                           f"JSON lines") from None
+
+
+def _import(workspace: Workspace, path: Path, fmt: str, strict: bool, on_progress) -> ImportReport:
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in ("jsonl", "otlp"):
         raise DistillError(f"unknown import format '{fmt}'; use jsonl, otlp or auto")
