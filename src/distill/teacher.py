@@ -223,17 +223,17 @@ class Teacher:
             return []
         started = time.perf_counter()
         vectors, retrievals, evidences, scores, embed_ms = self._retrieve(queries)
+        refusals = [self._early_refusal(r, e, a) for r, e, a in zip(retrievals, evidences, scores)]
         shared_ms = (time.perf_counter() - started) * 1000 / len(queries) - \
             sum(r.latency_ms for r in retrievals) / len(queries)
         generations: list[Generation | None] = [None] * len(queries)
         if generate_many := getattr(self.generator, "generate_many", None):  # a remote endpoint: all at once
-            wanted = [i for i, (r, e, a) in enumerate(zip(retrievals, evidences, scores))
-                      if self._early_refusal(r, e, a) is None]
+            wanted = [i for i, refusal in enumerate(refusals) if refusal is None]
             asked = generate_many([build_messages(retrievals[i].query, evidences[i]) for i in wanted])
             for i, generation in zip(wanted, asked):
                 generations[i] = generation
-        return [self._answer(r, e, v, a, embed_ms, shared_ms, g)
-                for r, e, v, a, g in zip(retrievals, evidences, vectors, scores, generations)]
+        return [self._answer(r, e, v, a, refusal, embed_ms, shared_ms, g)
+                for r, e, v, a, refusal, g in zip(retrievals, evidences, vectors, scores, refusals, generations)]
 
     def calibrate(self, queries: list[tuple[str, str | None]], batch: int = 64) -> "answerability.Calibration":
         """Fit the answerability threshold to these questions' scores (`answerability.fit_threshold`;
@@ -264,7 +264,7 @@ class Teacher:
         top = max(h.dense_score for h in retrieval.hits)
         sentence = max((score for score, _ in self.sentences.scored(evidence, vector)), default=0.0)
         asked = answerability.content_words(words(retrieval.query))
-        best = set(words(f"{evidence[0].get('heading') or ''} {evidence[0]['text']}"))
+        best = text_words(evidence[0]["text"])[1] | set(words(evidence[0].get("heading") or ""))
         coverage = len(asked & best) / len(asked) if asked else 0.0
         return answerability.score(top, sentence, coverage)
 
@@ -288,7 +288,9 @@ class Teacher:
         return answerability.unknown_names(query, self.retriever.bm25.knows)
 
     def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, score: float | None,
-                embed_ms: float, shared_ms: float, generation: Generation | None = None) -> Answer:
+                refusal: str | None, embed_ms: float, shared_ms: float,
+                generation: Generation | None = None) -> Answer:
+        """`refusal`: `_early_refusal`'s verdict, decided once per question in `answer_batch`."""
         started = time.perf_counter()
         generated_apart_ms = generation.elapsed_ms or 0.0 if generation else 0.0  # a concurrent batch's request
         query, scope = retrieval.query, retrieval.scope
@@ -296,7 +298,6 @@ class Teacher:
         top = dense_scores[0] if dense_scores else None
         margin = dense_scores[0] - dense_scores[1] if len(dense_scores) > 1 else None
         messages = build_messages(query, evidence)
-        refusal = self._early_refusal(retrieval, evidence, score)
         if refusal is not None:
             generation = Generation("")
         else:
