@@ -11,25 +11,28 @@ from distill.store import TraceStore
 from distill.teacher import Teacher
 
 
-def scores(answerable: int, out_of_scope: int, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    return list(rng.beta(40, 10, answerable)) + list(rng.beta(2, 18, out_of_scope))
+def test_the_threshold_refuses_few_known_answerable_questions_and_most_probes():
+    rng = np.random.default_rng(0)
+    known, probes = list(rng.beta(8, 2, 200)), list(rng.beta(1, 60, 150))
+    calibration = answerability.fit(known, probes, quantile=0.02, default=0.5)
+    assert calibration.method == "documents_questions"
+    assert calibration.refused_share["known_answerable"] <= 0.02
+    assert calibration.refused_share["known_unanswerable"] >= answerability.PROBES_REFUSED
+    # documents' questions that score like probes cannot pull the threshold under the probes' floor
+    low = answerability.fit([0.0001] * 20, probes, quantile=0.02, default=0.5)
+    assert low.refused_share["known_unanswerable"] >= answerability.PROBES_REFUSED
+    assert answerability.fit(known[:3], probes, 0.02, 0.5).method == "probes"
+    assert answerability.fit([], [], 0.02, 0.5).threshold == 0.5
 
 
-def test_the_threshold_sits_between_two_modes_and_is_reproducible():
-    calibration = answerability.fit_threshold(scores(400, 100), default=0.3)
-    again = answerability.fit_threshold(scores(400, 100), default=0.3)
-    assert calibration.method == "two_modes" and calibration.threshold == again.threshold
-    x = np.array(scores(400, 100))
-    answered, refused = np.mean(x[:400] >= calibration.threshold), np.mean(x[400:] < calibration.threshold)
-    assert answered >= 0.95 and refused >= 0.95
-
-
-def test_one_mode_is_taken_as_answerable_and_few_scores_keep_the_default():
-    one = answerability.fit_threshold(scores(400, 0), default=0.9)
-    assert one.method == "one_mode" and np.mean(np.array(scores(400, 0)) >= one.threshold) == pytest.approx(0.95, abs=0.01)
-    assert answerability.fit_threshold(scores(50, 10), default=0.3) == \
-        answerability.Calibration(0.3, "default", 60, answerability.fit_threshold([], 0.3).fitted_at)
+def test_documents_questions_are_distinctive_headings():
+    chunk = dict(is_latest=True, injection_flag=None, text="...", scope="site")
+    chunks = [{**chunk, "doc_id": "a", "heading": "site"}, {**chunk, "doc_id": "b", "heading": "site"},
+              {**chunk, "doc_id": "a", "heading": "How do I export notes?"},
+              {**chunk, "doc_id": "b", "heading": "Guide > Changing your plan"},
+              {**chunk, "doc_id": "c", "heading": "Guide > Usage"},
+              {**chunk, "doc_id": "d", "heading": "Shared heading here"}, {**chunk, "doc_id": "e", "heading": "Shared heading here"}]
+    assert sorted(q.text for q in answerability.documents_questions(chunks)) == ["Changing your plan", "How do I export notes?"]
 
 
 @pytest.fixture(scope="module")
@@ -54,34 +57,71 @@ def test_an_in_scope_question_is_answered_and_scored(teacher):
     assert answer.nearest_topics == []
 
 
-def test_collect_fits_the_threshold_to_a_new_workspace_and_every_trace_records_it(corpus_workspace, tmp_path):
-    import os
+TRAFFIC_SHAPES = {
+    # 600 asks of one wording: the point mass that collapsed a mixture fitted to traffic
+    "repeats": [("How many days do I have to request a refund?", "billing")] * 600,
+    "all_answerable": [(q, s) for q, s in (("How many days do I have to request a refund?", "billing"),
+                                           ("Which payment methods do you accept?", "billing"),
+                                           ("Can I export a notebook as PDF?", "notes"),
+                                           ("How many notes stay available offline?", "notes"))] * 40,
+    "mostly_not": [(q, "notes") for q in ("What is the capital of Australia?", "How long should I boil an egg?",
+                                          "Why is the sky blue?", "Who wrote Pride and Prejudice?")] * 40 +
+                  [("Can I export a notebook as PDF?", "notes")] * 10,
+    "cold_start": [("Which payment methods do you accept?", "billing"), ("Can I export a notebook as PDF?", "notes")],
+}
 
-    os.symlink(corpus_workspace.index_dir, tmp_path / "index")
-    (tmp_path / "distill.toml").write_text('[corpus]\nallowed_sources = ["help-center"]\n')
-    workspace = Workspace(tmp_path)
-    asked = ["How many days do I have to request a refund?", "Which payment methods do you accept?",
-             "Can I export a notebook as PDF?", "How many notes stay available offline?", "How do I search my notes?"]
-    off_topic = ["What is the capital of Australia?", "How long should I boil an egg?", "Why is the sky blue?",
-                 "Who wrote Pride and Prejudice?", "How do I fold a fitted sheet?"]
-    lines = [{"query": q, "scope": "billing" if "refund" in q or "payment" in q else "notes", "query_id": f"q{n}"}
-             for n, q in enumerate(asked * 20 + off_topic * 6)]
+
+def _fresh_workspace(corpus_workspace, root):
+    import shutil
+
+    root.mkdir()
+    shutil.copytree(corpus_workspace.index_dir, root / "index")
+    (root / "distill.toml").write_text('[corpus]\nallowed_sources = ["help-center"]\n')
+    return Workspace(root)
+
+
+@pytest.mark.parametrize("shape", sorted(TRAFFIC_SHAPES))
+def test_the_threshold_is_the_corpus_own_whatever_the_traffic(corpus_workspace, tmp_path, shape):
+    """A new workspace's first collect fits the threshold on the corpus's evidence, not on the
+    questions it is about to answer: every traffic shape gets the same one, and answers what the
+    documents answer; every trace records the threshold and its method."""
+    workspace = _fresh_workspace(corpus_workspace, tmp_path / "ws")
     path = tmp_path / "queries.jsonl"
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    path.write_text("\n".join(json.dumps({"query": q, "scope": s, "query_id": f"q{n}"})
+                              for n, (q, s) in enumerate(TRAFFIC_SHAPES[shape])) + "\n")
     report = collect(workspace, workspace.config(), path)
     fitted = json.loads(answerability.calibration_path(workspace).read_text())
     assert report.calibration is not None and fitted["threshold"] == report.calibration.threshold
-    assert fitted["scores"] == len(lines)
+    reference = Teacher.from_workspace(corpus_workspace, corpus_workspace.config()).calibrate()
+    assert fitted["threshold"] == pytest.approx(reference.threshold) and fitted["method"] == reference.method
+    assert fitted["evidence"]["known_unanswerable"]["count"] > 0
     with TraceStore(workspace.traces_db) as store:
-        rows = store.sql("SELECT refused, answerability, answerability_threshold, nearest_topics FROM traces")
-    assert len(rows) == len(lines) and {r["answerability_threshold"] for r in rows} == {fitted["threshold"]}
-    assert all(r["answerability"] is not None for r in rows)
-    assert all(r["nearest_topics"] for r in rows if r["refused"]) and any(r["refused"] for r in rows)
-    assert Teacher.from_workspace(workspace, workspace.config()).threshold == fitted["threshold"]
-    # curation refits it from the stored traces: the same scores give the same threshold
-    answerability.calibration_path(workspace).unlink()
+        rows = store.sql("SELECT query, refused, refusal_reason, answerability_threshold, answerability_method, origin "
+                         "FROM traces")
+    assert {(r["answerability_threshold"], r["answerability_method"], r["origin"]) for r in rows} == \
+        {(fitted["threshold"], fitted["method"], "collect")}
+    answerable = {q for q, _ in TRAFFIC_SHAPES["all_answerable"]}
+    assert all(not r["refused"] for r in rows if r["query"] in answerable)
+    assert all(r["refused"] for r in rows if r["query"] not in answerable)
+    # curation does not fit it again while the corpus is unchanged; a changed corpus is fitted anew
     curate(workspace, workspace.config())
-    assert json.loads(answerability.calibration_path(workspace).read_text())["threshold"] == pytest.approx(fitted["threshold"])
+    assert json.loads(answerability.calibration_path(workspace).read_text())["fitted_at"] == fitted["fitted_at"]
+
+
+def test_a_word_the_corpus_has_in_any_case_or_inflection_is_never_an_unknown_name(tmp_path):
+    from distill.index import ingest
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"id": "limits", "source": "help", "title": "Storage limits by plan", "text":
+                                "# Storage limits by plan\n\nThe Plus plan allows attachments up to 50 MB each. "
+                                "Mastercard payments are accepted."}) + "\n")
+    workspace = Workspace(tmp_path / "ws")
+    ingest(workspace, path, workspace.config())
+    teacher = Teacher.from_workspace(workspace, workspace.config())
+    for question in ("What is the maximum attachment size on the Plus plan?", "Do you take MASTERCARD?",
+                     "Can I pay with Mastercards?"):
+        assert teacher.answer(question).refusal_reason != "unknown_name", question
+    assert teacher.answer("Can I pay with PayPal?").unknown_names == ["PayPal"]
 
 
 def test_a_question_naming_what_the_documents_never_mention_or_an_injection_is_refused(teacher, corpus_workspace):

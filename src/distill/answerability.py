@@ -1,4 +1,4 @@
-"""Does the corpus answer the question? A score, a per-workspace threshold, and refusals that help.
+"""Does the corpus answer the question? A score, a threshold fitted on the documents, and refusals that help.
 
 RAG is the fallback for everything the student does not take, so what it says when the documents do
 not hold the answer decides how far anyone trusts the system; and every answer is a trace curation
@@ -17,18 +17,30 @@ They are combined by a logistic model whose weights were fitted on StackFAQ's tu
     >>> round(score(top=0.21, sentence=0.18, coverage=0.0), 2)
     0.0
 
-Cosines differ from corpus to corpus (PolicyQA's answerable questions have a median top score of
-0.48, StackFAQ's 0.70), so the threshold is calibrated per workspace from the scores of the questions
-it is actually asked (`fit_threshold`): traffic that answerable and unanswerable questions share has
-two modes, and the threshold sits where the answerable mode ends; traffic with one mode is taken to
-be answerable, and the threshold answers all but its lowest `UNIMODAL_QUANTILE`. The result is kept
-in `<home>/answerability.json` and recorded, with the score, on every trace.
+Cosines differ from corpus to corpus (PolicyQA's answerable questions have a median score of 0.32,
+StackFAQ's 0.97), so each workspace gets its own threshold. Unlabelled traffic cannot place it (a
+mixture fitted to a Zipf log locked onto its repeated head wordings and refused 83 % of answerable
+questions), so it is fitted on evidence whose answer is known, which every corpus carries:
+
+- **known answerable**: the questions the documents themselves ask (`documents_questions`: FAQ
+  questions, titles, section headings), each asked of its own section's text without the heading
+  that holds its words, beside the rest of the corpus. Asked that way, StackFAQ's titles score like
+  its users' own rephrasings (5th percentile 0.42 against 0.50);
+- **known unanswerable**: off-topic probes (`data/probes.txt`), asked in the corpus's scopes.
+
+The threshold refuses at least `PROBES_REFUSED` (95 %) of the probes, and goes higher as far as
+refusing at most `teacher.answerability_quantile` (2 %) of the documents' own questions allows
+(`fit`); a corpus without distinctive titles or headings (PolicyQA's segments) has only the probes. Traffic does not move it, whatever its shape, so
+it cannot collapse; it is fitted again when the corpus changes (`ingest`, and `collect` or `curate`
+on a workspace whose corpus is newer than its fit). The result, with its evidence and what share of
+each kind it refuses, is kept in `<home>/answerability.json`; the score, threshold and method are
+recorded on every trace; `distill teacher` shows them.
 
 Two cheaper checks come first. A question that names something the documents never mention (a
-capitalized word, not the first, that the corpus does not have: "Is there an Acme Calendar app?"
-asked of a notes app's help center) is refused as `unknown_name`; on the StackFAQ and PolicyQA
-report halves this refuses 0.2 % and 1.0 % of in-scope questions. A question that reads like a prompt
-injection (`corpus.injection_patterns`) is refused as `injection`: no document answers it.
+capitalized word, not the first, that the corpus does not have in any case or inflection: "Is there
+an Acme Calendar app?" asked of a notes app's help center) is refused as `unknown_name`. A question
+that reads like a prompt injection (`corpus.injection_patterns`) is refused as `injection`: no
+document answers it.
 
 A refused answer names the nearest topics (`nearest_topics`, `refusal_message`), so a person can
 rephrase.
@@ -36,12 +48,14 @@ rephrase.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +67,11 @@ from distill.config import Workspace
 WEIGHTS = {"top": 17.35, "sentence": 0.65, "coverage": 0.62}
 BIAS = -9.21
 CALIBRATION_FILE = "answerability.json"
-MIN_TRACES = 100  # fewer scores than this: the configured default threshold stays
-RECENT_TRACES = 20_000  # curation refits from this many of the latest traces
-SAMPLE_QUERIES = 1_000  # collect fits a new workspace's threshold from this many of its questions
-SEPARATION = 2.0  # Ashman's D between the two modes above which they count as two
-UNIMODAL_QUANTILE = 0.05
-TAIL_SD = 2.0  # the answerable mode ends this many of its standard deviations below its mean
+MIN_KNOWN_ANSWERABLE = 10  # fewer of the documents' own questions than this: the probes decide
+MAX_KNOWN_ANSWERABLE = 300  # the documents' questions asked to fit the threshold (a fixed sample)
+PROBES_REFUSED = 0.95  # the threshold refuses at least this share of the off-topic probes
+PROBE_SCOPES = 3  # each probe is asked in this many of the corpus's scopes
+METHODS = ("documents_questions", "probes", "default")
 
 STOP_WORDS = frozenset(
     "a an the is are was were be been being do does did i you he she it we they my your our their to of in on at "
@@ -90,84 +103,157 @@ def score(top: float | None, sentence: float | None, coverage: float | None) -> 
     return 1 / (1 + math.exp(-z))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-9, 1 - 1e-9)
-    return np.log(p / (1 - p))
+# ---------------------------------------------------------------------------------------------
+# The evidence: questions whose answer is known
+# ---------------------------------------------------------------------------------------------
 
+@dataclass
+class DocumentQuestion:
+    """A question a document asks itself (its title or a section heading) and the chunks of the
+    section that answers it."""
+
+    text: str
+    scope: str | None
+    doc_id: str
+    chunks: list[dict]
+
+
+_ALPHA = re.compile(r"[a-z]{2,}")
+
+
+def documents_questions(chunks: list[dict], limit: int = MAX_KNOWN_ANSWERABLE) -> list[DocumentQuestion]:
+    """The titles and section headings that make distinctive questions: at least two content
+    words, not the scope's name, and found in one document of their scope only (a website's name
+    heading every segment of its policy says nothing about any one of them). Latest versions,
+    unflagged chunks; a fixed sample of `limit`, so the same corpus always gives the same fit.
+
+        >>> chunks = [{"heading": "Refunds > How to request a refund", "doc_id": "billing/refunds", "scope": "billing",
+        ...            "is_latest": True, "injection_flag": None, "text": "1. Open Billing."}]
+        >>> [q.text for q in documents_questions(chunks)]
+        ['How to request a refund']
+    """
+    sections: dict[tuple, list[dict]] = {}
+    for chunk in chunks:
+        if not chunk.get("is_latest", True) or chunk.get("injection_flag") or not chunk.get("heading"):
+            continue
+        heading = chunk["heading"].split(" > ")[-1].lstrip("#").strip()
+        sections.setdefault((chunk["scope"], heading), []).append(chunk)
+    questions = []
+    for (scope, heading), members in sections.items():
+        documents = {c["doc_id"] for c in members}
+        alpha = [w for w in _ALPHA.findall(heading.lower()) if w not in STOP_WORDS]
+        if len(documents) == 1 and len(alpha) >= 2 and heading.lower() != str(scope).lower():
+            questions.append(DocumentQuestion(heading, scope, members[0]["doc_id"], members))
+    questions.sort(key=lambda q: hashlib.sha256(f"{q.scope}\x1f{q.text}".encode()).hexdigest())
+    return questions[:limit]
+
+
+@lru_cache(maxsize=1)
+def probes() -> tuple[str, ...]:
+    """The off-topic probes shipped with distill (`data/probes.txt`)."""
+    path = Path(__file__).with_name("data") / "probes.txt"
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+
+
+def probe_questions(scopes: list[str | None]) -> list[tuple[str, str | None]]:
+    """Every probe, asked in up to PROBE_SCOPES of `scopes` (in turn, so all scopes are probed)."""
+    scopes = sorted(scopes, key=str) or [None]
+    per = min(PROBE_SCOPES, len(scopes))
+    return [(probe, scopes[(i * per + j) % len(scopes)]) for i, probe in enumerate(probes()) for j in range(per)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The threshold
+# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class Calibration:
-    """A workspace's answerability threshold and how it was found (`method`: 'two_modes', 'one_mode'
-    or 'default')."""
+    """A workspace's answerability threshold, how it was found, and on what.
+
+    `method`: 'documents_questions' (the documents' own questions decide), 'probes' (only the
+    off-topic probes do) or 'default' (`teacher.min_answerability`, nothing to fit on).
+    `refused_share`: the share of each kind of evidence the threshold refuses."""
 
     threshold: float
     method: str
-    scores: int
     fitted_at: str
-    modes: dict | None = None  # two_modes: weight, mean and sd of each mode, on the logit scale
+    corpus_generation: int | None = None
+    quantile: float | None = None
+    evidence: dict = field(default_factory=dict)  # known_answerable / known_unanswerable: count and examples
+    refused_share: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line on what decides refusals, for the CLI.
+
+            >>> Calibration(0.153, "documents_questions", "", evidence={"known_answerable": {"count": 124},
+            ...     "known_unanswerable": {"count": 195}}, refused_share={"known_answerable": 0.02,
+            ...     "known_unanswerable": 0.97}).summary()
+            "answerability threshold 0.153, from the documents' own questions (124 titles and headings: 2.0 % refused; 195 off-topic probes: 97.0 % refused)"
+        """
+        known = self.evidence.get("known_answerable", {}).get("count", 0)
+        probed = self.evidence.get("known_unanswerable", {}).get("count", 0)
+        shares = self.refused_share
+        parts = []
+        if known:
+            parts.append(f"{known} titles and headings: {shares.get('known_answerable', 0):.1%} refused")
+        if probed:
+            parts.append(f"{probed} off-topic probes: {shares.get('known_unanswerable', 0):.1%} refused")
+        source = {"documents_questions": "from the documents' own questions",
+                  "probes": "from off-topic probes (the documents have too few distinctive titles or headings)",
+                  "default": "teacher.min_answerability (nothing fitted)"}[self.method]
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        return f"answerability threshold {self.threshold:.3f}, {source}{detail}".replace("%", " %")
 
 
-def _two_gaussians(x: np.ndarray, iterations: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weights, means, sds) of a two-component Gaussian mixture fitted by EM from fixed quantile
-    starts, so the same scores always give the same fit; component 1 has the higher mean."""
-    mean = np.quantile(x, [0.05, 0.95])
-    sd = np.full(2, x.std() / 2 + 1e-6)
-    weight = np.array([0.5, 0.5])
-    for _ in range(iterations):
-        density = weight * np.exp(-0.5 * ((x[:, None] - mean) / sd) ** 2) / sd
-        resp = density / np.maximum(density.sum(1, keepdims=True), 1e-300)
-        n = resp.sum(0) + 1e-12
-        weight, mean = n / len(x), (resp * x[:, None]).sum(0) / n
-        sd = np.sqrt((resp * (x[:, None] - mean) ** 2).sum(0) / n) + 1e-6
-    order = np.argsort(mean)
-    return weight[order], mean[order], sd[order]
+def fit(answerable: list[float], unanswerable: list[float], quantile: float, default: float,
+        corpus_generation: int | None = None, examples: dict | None = None) -> Calibration:
+    """The threshold for scores of known-answerable and known-unanswerable questions.
 
-
-def fit_threshold(scores: list[float], default: float) -> Calibration:
-    """The threshold for this workspace's scores (worked in logits, where the modes are Gaussian-like).
-
-    Two modes, clearly apart (Ashman's D >= SEPARATION, the lower one at least 3 % of traffic): the
-    point between them where the answerable mode becomes the likelier, but never more than TAIL_SD
-    of its standard deviations below its mean. One mode: the traffic is taken as answerable and the
-    threshold answers all but its lowest UNIMODAL_QUANTILE (those are the likeliest to be out of
-    scope, if any is). Fewer than MIN_TRACES scores: `default`.
+    The probes set the floor: the threshold refuses at least PROBES_REFUSED of them. With at least
+    MIN_KNOWN_ANSWERABLE known-answerable scores it goes as far above that floor as refusing at
+    most `quantile` of those allows (the answerable side is what must not be refused: on StackFAQ
+    this refuses 99 % of other datasets' questions); with neither kind of evidence, `default`.
 
         >>> rng = np.random.default_rng(0)
-        >>> answerable, off_topic = rng.beta(40, 10, 400), rng.beta(2, 18, 100)  # scores near 0.8, near 0.1
-        >>> fit_threshold(list(answerable) + list(off_topic), default=0.3).method
-        'two_modes'
-        >>> fit_threshold(list(answerable), default=0.3).method
-        'one_mode'
+        >>> known, off_topic = list(rng.beta(8, 2, 200)), list(rng.beta(1, 60, 150))
+        >>> calibration = fit(known, off_topic, quantile=0.02, default=0.02)
+        >>> calibration.method, calibration.refused_share["known_answerable"] <= 0.02
+        ('documents_questions', True)
+        >>> fit(known[:5], off_topic, quantile=0.02, default=0.02).method
+        'probes'
     """
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    x = np.asarray([s for s in scores if s is not None and np.isfinite(s)], dtype=float)
-    if len(x) < MIN_TRACES:
-        return Calibration(default, "default", len(x), now)
-    z = _logit(x)
-    weight, mean, sd = _two_gaussians(z)
-    separation = math.sqrt(2) * (mean[1] - mean[0]) / math.sqrt(sd[0] ** 2 + sd[1] ** 2)
-    if separation >= SEPARATION and weight[0] >= 0.03:
-        grid = np.linspace(mean[0], mean[1], 2001)
-        lower = weight[0] * np.exp(-0.5 * ((grid - mean[0]) / sd[0]) ** 2) / sd[0]
-        upper = weight[1] * np.exp(-0.5 * ((grid - mean[1]) / sd[1]) ** 2) / sd[1]
-        boundary = grid[int(np.argmax(upper >= lower))]
-        cut = min(boundary, mean[1] - TAIL_SD * sd[1])
-        modes = {"weight": weight.round(4).tolist(), "mean": mean.round(4).tolist(), "sd": sd.round(4).tolist(),
-                 "separation": round(float(separation), 3)}
-        return Calibration(float(1 / (1 + math.exp(-cut))), "two_modes", len(x), now, modes)
-    return Calibration(float(np.quantile(x, UNIMODAL_QUANTILE)), "one_mode", len(x), now)
+    known = np.asarray([s for s in answerable if s is not None], dtype=float)
+    probed = np.asarray([s for s in unanswerable if s is not None], dtype=float)
+    # just above the probes' PROBES_REFUSED quantile: a score below the threshold is refused
+    floor = float(np.nextafter(np.quantile(probed, PROBES_REFUSED, method="higher"), 1.0)) if len(probed) else None
+    if len(known) >= MIN_KNOWN_ANSWERABLE:
+        method, threshold = "documents_questions", max(float(np.quantile(known, quantile, method="lower")), floor or 0.0)
+    elif floor is not None:
+        method, threshold = "probes", floor
+    else:
+        method, threshold = "default", default
+    evidence = {"known_answerable": {"count": int(len(known))}, "known_unanswerable": {"count": int(len(probed))}}
+    for kind, shown in (examples or {}).items():
+        evidence[kind]["examples"] = shown[:5]
+    refused = {"known_answerable": round(float(np.mean(known < threshold)), 4) if len(known) else None,
+               "known_unanswerable": round(float(np.mean(probed < threshold)), 4) if len(probed) else None}
+    return Calibration(threshold, method, now, corpus_generation, quantile, evidence, refused)
 
 
 def calibration_path(workspace: Workspace) -> Path:
     return workspace.home / CALIBRATION_FILE
 
 
-def load_threshold(workspace: Workspace, default: float) -> float:
-    """The workspace's calibrated threshold, or `default` when none has been fitted."""
+def load_calibration(workspace: Workspace) -> Calibration | None:
+    """The workspace's fitted calibration, or None when none has been fitted (or the file is of
+    an older kind, fitted to traffic: it is fitted again)."""
     try:
-        return float(json.loads(calibration_path(workspace).read_text())["threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return default
+        data = json.loads(calibration_path(workspace).read_text())
+        calibration = Calibration(**{k: v for k, v in data.items() if k in Calibration.__dataclass_fields__})
+    except (OSError, ValueError, TypeError):
+        return None
+    return calibration if calibration.method in METHODS else None
 
 
 def save_calibration(workspace: Workspace, calibration: Calibration) -> Path:

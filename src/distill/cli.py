@@ -37,13 +37,17 @@ def ingest(path: Path = typer.Argument(..., help="a folder of .md/.txt files, a 
            format: str = typer.Option("auto", "--format", "-f", help="auto, folder, jsonl, squad or faq-versions"),
            version: Optional[int] = typer.Option(None, help="with --format faq-versions: which version to ingest"),
            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
-    """Chunk documents and add them to the hybrid (FAISS + BM25) index."""
+    """Chunk documents and add them to the hybrid (FAISS + BM25) index; fit the teacher's refusal threshold on them."""
     from distill.index import ingest as run_ingest
+    from distill.teacher import ensure_calibrated
 
     workspace = _workspace(home)
     console = _console()
+    config = workspace.config()
     with console.status(f"ingesting {path}"):
-        report = run_ingest(workspace, path, workspace.config(), fmt=format, version=version, progress=False)
+        report = run_ingest(workspace, path, config, fmt=format, version=version, progress=False)
+    with console.status("fitting the answerability threshold on the documents"):
+        calibration = ensure_calibrated(workspace, config)
     console.print(f"[bold]{report.documents_read}[/] documents read: {report.added} new, {report.new_versions} new "
                   f"versions, {report.unchanged} unchanged; {report.chunks_added} chunks added, "
                   f"{report.embedded} embedded")
@@ -51,6 +55,8 @@ def ingest(path: Path = typer.Argument(..., help="a folder of .md/.txt files, a 
         console.print(f"[yellow]skipped {count} document(s) from source '{source}'[/] (not in corpus.allowed_sources)")
     for chunk_id in report.flagged_chunks:
         console.print(f"[yellow]flagged as prompt injection:[/] {chunk_id} (fenced as data, never shown as instructions)")
+    if calibration:
+        console.print(calibration.summary())
 
 
 @app.command()
@@ -95,8 +101,7 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
                   f"{report.skipped_existing} already stored, {len(report.bad_lines)} bad lines; "
                   f"traces in {workspace.traces_db}")
     if report.calibration:
-        console.print(f"answerability threshold {report.calibration.threshold:.3f} fitted to {report.calibration.scores} "
-                      f"of these questions ({report.calibration.method.replace('_', ' ')})")
+        console.print(report.calibration.summary())
 
 
 @app.command("import")
@@ -143,6 +148,8 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
            require_min: Optional[int] = typer.Option(None, help="fail (exit 2) when fewer traces than this pass the rules"),
            lake: bool = typer.Option(False, help="read the traces from the DuckLake catalog of [lake] (all machines' "
                                                   "pushed traces) instead of this workspace's DuckDB file"),
+           cutoff: Optional[str] = typer.Option(None, help="the evaluation cutoff, an ISO date or time (default: "
+                                                           "curate.eval_days before the log's newest question)"),
            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Pick the frequent, confident, grounded traces to train on; record why for every other."""
     workspace = _workspace(home)
@@ -159,34 +166,65 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
         for row in rows:
             verdict = row["decision"] + (f" ({row['reason']})" if row["reason"] else "")
             console.print(f"[bold]{verdict}[/]  trace {row['trace_id']}, asked {row['asked_at']:%Y-%m-%d %H:%M} "
-                          f"in scope {row['scope']}: {row['query']!r}\n"
-                          f"  answer: {row['answer']!r}\n"
+                          f"in scope {row['scope']} ({row['origin'] or 'collect'}): {row['query']!r}\n"
+                          f"  answer: {row['answer']!r}" + (f" (refused: {row['refusal_reason']})"
+                                                             if row["refusal_reason"] else "") + "\n"
+                          f"  {_answerability_line(row)}\n"
                           f"  intent {row['cluster_id']} ({row['representative']!r}): {row['frequency']} traces in "
                           f"the window, agreement {row['agreement']:.2f}, its answer {row['cluster_answer']!r}")
         return
+    from collections import Counter
+
     from rich.table import Table
 
     from distill.curate import curate as run_curate
 
     with console.status("curating"):
-        result = run_curate(workspace, workspace.config(), require_min=require_min, from_lake=lake)
+        result = run_curate(workspace, workspace.config(), require_min=require_min, from_lake=lake,
+                            cutoff=_moment(cutoff, "--cutoff") if cutoff else None)
     table = Table(title=f"curation run {result.run_id}")
     table.add_column("decision")
     table.add_column("reason")
     table.add_column("traces", justify="right")
     for decision in ("train", "eval", "reject"):
-        for reason, count in result.decisions.get(decision, {}).most_common():
+        for reason, count in result.decisions.get(decision, Counter()).most_common():
             table.add_row(decision, reason or "-", str(count))
     console.print(table)
-    console.print(f"{result.traces_seen} traces in {result.clusters} clusters; cutoff {result.cutoff}; "
-                  f"{result.leaked_eval_traces} eval traces share a wording with training; "
+    basis = result.cutoff_basis
+    counted = "given with --cutoff" if basis.get("given") else \
+        f"{workspace.config().curate.eval_days} days before the newest question, {basis['newest']:%Y-%m-%d %H:%M}" + (
+            f"; {basis['ask_questions_ignored']} asked with `distill ask` not counted" if basis.get("ask_questions_ignored")
+            else "")
+    console.print(f"{result.traces_seen} traces in {result.clusters} clusters; cutoff {result.cutoff:%Y-%m-%d %H:%M} "
+                  f"({counted}); {result.leaked_eval_traces} eval traces share a wording with training; "
                   f"{result.examples} training examples -> {result.dataset_path or '(none)'}")
+    if result.calibration:
+        console.print(f"the corpus changed: {result.calibration.summary()}")
     if result.rewordings_written:
         console.print(f"rewordings: {result.rewordings_written} written, {result.rewordings_kept} answered by RAG "
                       f"the way their intents are (kept as examples)")
     if result.train == 0 and (worst := result.most_rejected()):
         console.print(f"[yellow]no trace passed the rules; '{worst[0]}' rejected most ({worst[1]}): "
                       f"relax its setting in [curate] or collect more traffic[/]")
+
+
+def _answerability_line(row: dict) -> str:
+    """What the teacher's refusal decision read: the score, the threshold and how it was set."""
+    if row.get("answerability") is None:
+        return "answerability: not scored (no evidence, or an imported trace)"
+    held = row["answerability"] >= (row["answerability_threshold"] or 0.0)
+    return (f"answerability {row['answerability']:.3f} {'>=' if held else '<'} threshold "
+            f"{row['answerability_threshold']:.3f} ({row.get('answerability_method') or 'method not recorded'})")
+
+
+def _moment(value: str, option: str):
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise DistillError(f"{option} {value!r} is not an ISO date or time (for example 2026-10-24)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @app.command()
@@ -439,6 +477,7 @@ def ask(question: str = typer.Argument(..., help="the question"),
     import json
 
     router = _router(_workspace(home))
+    router.origin = "ask"
     with router:
         routed = router.answer(question, scope)
     print(routed.answer or "(no answer)")
@@ -450,6 +489,10 @@ def ask(question: str = typer.Argument(..., help="the question"),
         console.print("citations: " + ", ".join(routed.citations))
     if explain:
         console.print("checks: " + json.dumps(routed.checks))
+        if routed.teacher_answer is not None:
+            answer = routed.teacher_answer
+            console.print("teacher: " + _answerability_line(vars(answer)) +
+                          (f"; refused: {answer.refusal_reason}" if answer.refused else ""))
 
 
 @app.command()

@@ -41,7 +41,7 @@ from distill.config import Config, Workspace
 from distill.errors import DistillError
 from distill.index import corpus_path
 from distill.store import CorpusStore, Trace, TraceStore
-from distill.teacher import Answer, Teacher
+from distill.teacher import Answer, Teacher, ensure_calibrated
 
 
 @dataclass
@@ -61,7 +61,7 @@ class CollectReport:
     refused: int = 0
     skipped_existing: int = 0
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
-    calibration: answerability.Calibration | None = None  # fitted by this run (a new workspace's first)
+    calibration: answerability.Calibration | None = None  # fitted by this run (a new or changed corpus)
 
 
 def _parse_time(value) -> datetime:
@@ -120,7 +120,8 @@ def read_queries(path: Path, known_scopes: set[str] | None = None, strict: bool 
 def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str = "rag",
              route_reason: str = "collect") -> Trace:
     return Trace(**answer.trace_fields(), trace_id=uuid.uuid4().hex, query_id=record.query_id, collect_run_id=run_id,
-                 asked_at=record.asked_at, route=route, route_reason=route_reason, latency_ms=answer.latency_ms)
+                 asked_at=record.asked_at, route=route, route_reason=route_reason, latency_ms=answer.latency_ms,
+                 origin="collect")
 
 
 ENGINES = ("local", "ray")
@@ -153,14 +154,10 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     unique = {r.query_id: r for r in records if r.query_id not in done}
     todo = list(unique.values())
     report.skipped_existing = len(records) - len(todo)
-    if config.teacher.calibrate_answerability and config.teacher.backend != "http" \
-            and not answerability.calibration_path(workspace).exists() and len(todo) >= answerability.MIN_TRACES:
-        # A new workspace: its answerability threshold is fitted to the questions about to be asked,
-        # before any is answered (curation refits it from every trace later).
-        teacher = teacher or Teacher.from_workspace(workspace, config)
-        step = max(1, len(todo) // answerability.SAMPLE_QUERIES)
-        report.calibration = teacher.calibrate([(r.query, r.scope) for r in todo[::step]])
-        answerability.save_calibration(workspace, report.calibration)
+    # A new workspace, or a corpus changed since the threshold was fitted: fit it before answering.
+    report.calibration = ensure_calibrated(workspace, config, teacher)
+    if report.calibration and teacher is not None:
+        teacher.threshold, teacher.method = report.calibration.threshold, report.calibration.method
     if on_progress:
         on_progress(0, len(todo))
     batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"

@@ -42,6 +42,9 @@ class CorpusConfig:
         "target chunk size in words; headings stay with their text and a list or numbered procedure is never split")
     injection_patterns: list[str] = _help(
         "case-insensitive regexes that flag a chunk as a prompt-injection attempt at ingest")
+    code_injection_patterns: list[str] = _help(
+        "the regexes a fenced code example is held to instead (instructions in words: role markers and "
+        "chat-template tokens are what code about LLMs is made of)")
 
 
 @dataclass
@@ -52,12 +55,21 @@ class IndexConfig:
     rrf_k: int = _help("reciprocal rank fusion constant: score = sum(weight / (rrf_k + rank))")
     dense_weight: float = _help("weight of the dense (FAISS) ranking in the fusion")
     bm25_weight: float = _help("weight of the BM25 (DuckDB fts) ranking in the fusion")
+    heading_field: bool = _help(
+        "multi-field dense retrieval: a chunk scores the better of its heading-and-text cosine and its own "
+        "heading's (an FAQ entry's question), where the heading names one document of its scope")
     top_k: int = _help("chunks returned by a retrieval")
 
 
 @dataclass
 class ExtractiveConfig:
     max_answer_words: int = _help("longest span the extractive teacher returns")
+    rank_margin: float = _help(
+        "answer from the best-ranked chunk unless a lower-ranked chunk's best sentence scores more than this "
+        "above its best (cosine plus word-overlap bonus)")
+    max_block_words: int = _help(
+        "an answer sentence that introduces a code block, list or table (it ends in ':') brings it along when it "
+        "has at most this many words")
 
 
 @dataclass
@@ -103,13 +115,16 @@ class TeacherConfig:
     min_top_score: float = _help("refuse when the best chunk's dense similarity is below this (thin evidence)")
     min_answerability: float = _help(
         "refuse ('not_answerable') when the answerability score (0 to 1, see docs/answerability.md) is below "
-        "this; the default until the workspace is calibrated")
+        "this, when the workspace's threshold is not fitted (teacher.calibrate_answerability = false, or no corpus)")
+    answerability_quantile: float = _help(
+        "the fitted threshold refuses at most this share of the documents' own questions (their titles and "
+        "headings, asked of their text without them): the known-answerable evidence, docs/answerability.md")
     refuse_unknown_names: bool = _help(
         "refuse ('unknown_name') a question naming something the corpus never mentions (a capitalized word, "
         "not the first, that no chunk has)")
     calibrate_answerability: bool = _help(
-        "fit the answerability threshold to this workspace's traffic (collect, when none is fitted yet; "
-        "curate, from every trace) instead of using teacher.min_answerability as it is")
+        "fit the answerability threshold on the corpus's own evidence (its documents' questions and off-topic "
+        "probes; at ingest, and again whenever the corpus changes) instead of using teacher.min_answerability")
     drop_flagged_chunks: bool = _help(
         "never show chunks flagged as prompt injection to a generator (they are fenced as data either way)")
     extractive: ExtractiveConfig = _help("settings of the extractive backend")

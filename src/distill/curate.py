@@ -52,7 +52,7 @@ from distill.errors import DistillError
 from distill.index import corpus_path, embed, load_embedder
 from distill.metrics import normalize_query
 from distill.store import CorpusStore, TraceLake, TraceStore, has_traces
-from distill.teacher import words
+from distill.teacher import ensure_calibrated, words
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
 TRACE_RULES = ("refused", "answered_elsewhere", "citation_invalid", "stale_citation", "ungrounded", "low_confidence")
@@ -74,6 +74,8 @@ class CurationResult:
     dataset_hash: str | None = None
     rewordings_written: int = 0  # by the LLM (`curate.rewordings`), before the teacher checked them
     rewordings_kept: int = 0  # answered by RAG the way their intents are: training examples
+    cutoff_basis: dict = field(default_factory=dict)  # given, or counted from which newest question (evaluation_cutoff)
+    calibration: answerability.Calibration | None = None  # the teacher's threshold, when this run fitted it again
 
     @property
     def train(self) -> int:
@@ -229,8 +231,12 @@ def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> st
 # ---------------------------------------------------------------------------------------------
 
 def curate(workspace: Workspace, config: Config, require_min: int | None = None,
-           now: datetime | None = None, from_lake: bool = False) -> CurationResult:
+           now: datetime | None = None, from_lake: bool = False, cutoff: datetime | None = None) -> CurationResult:
     """Cluster, split, apply the rules, store the decisions and export the training set.
+
+    The evaluation cutoff is `curate.eval_days` before the newest question of the log (collected,
+    imported or served; questions asked with `distill ask` are tried answers, not traffic, and do not
+    count), unless `cutoff` is given.
 
     With `require_min`, fewer than that many training traces is an error (the run is still stored,
     so `--explain` can show why). With `from_lake`, the traces are read from the DuckLake catalog
@@ -263,12 +269,9 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
         finally:
             corpus.close()
     latest = {**latest_cited_versions(traces), **latest}  # documents not ingested here: as last seen
-    if config.teacher.calibrate_answerability:  # the teacher's threshold, refitted to all the traffic so far
-        calibration = answerability.fit_threshold([t["answerability"] for t in traces[-answerability.RECENT_TRACES:]],
-                                                  config.teacher.min_answerability)
-        if calibration.method != "default":
-            answerability.save_calibration(workspace, calibration)
-    result = _decide(traces, config, latest, flagged, cited_text)
+    # The teacher's threshold, fitted again if the corpus changed since (never from the traffic).
+    calibration = ensure_calibrated(workspace, config) if corpus_path(workspace).exists() else None
+    result = _decide(traces, config, latest, flagged, cited_text, cutoff)
     dataset_path, dataset_hash, examples, rewordings = _export(workspace, result, traces, config)
     run = result["run"]
     run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
@@ -282,7 +285,8 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
                               cutoff=run["cutoff"], decisions=dict(counts),
                               leaked_eval_traces=run["leaked_eval_traces"], examples=examples,
                               dataset_path=dataset_path, dataset_hash=dataset_hash,
-                              rewordings_written=rewordings[0], rewordings_kept=rewordings[1])
+                              rewordings_written=rewordings[0], rewordings_kept=rewordings[1],
+                              cutoff_basis=result["cutoff_basis"], calibration=calibration)
     if require_min is not None and curation.train < require_min:
         reason, count = curation.most_rejected() or ("none", 0)
         raise DistillError(f"only {curation.train} traces passed the rules, {require_min} required; rule '{reason}' "
@@ -301,15 +305,28 @@ def latest_cited_versions(traces: list[dict]) -> dict[str, int]:
     return latest
 
 
+def evaluation_cutoff(traces: list[dict], eval_days: int) -> tuple[datetime, datetime, int]:
+    """(cutoff, the newest question it was counted from, questions asked with `distill ask` that
+    were not counted): `distill ask` tries the system out, and its questions, dated today, would
+    otherwise move a collected log's cutoff to today and leave every question of the log outside
+    the frequency window."""
+    interactive = [t for t in traces if t.get("origin") == "ask"]
+    counted = [t for t in traces if t.get("origin") != "ask"] or traces
+    newest = max(t["asked_at"] for t in counted)
+    cutoff = newest - timedelta(days=eval_days) if eval_days else newest + timedelta(seconds=1)
+    return cutoff, newest, len(interactive) if counted is not traces else 0
+
+
 def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged: set[str],
-            cited_text: dict[str, str]) -> dict:
+            cited_text: dict[str, str], cutoff: datetime | None = None) -> dict:
     cfg = config.curate
-    risk = compile_patterns(cfg.high_risk_patterns)
+    risk = compile_patterns(cfg.high_risk_patterns, "curate.high_risk_patterns")
     injection = compile_patterns(config.corpus.injection_patterns)
     pii = PiiDetector(cfg.pii_entities, cfg.pii_min_score)
 
-    newest = max(t["asked_at"] for t in traces)
-    cutoff = newest - timedelta(days=cfg.eval_days) if cfg.eval_days else newest + timedelta(seconds=1)
+    basis = {"given": cutoff is not None}
+    if cutoff is None:
+        cutoff, basis["newest"], basis["ask_questions_ignored"] = evaluation_cutoff(traces, cfg.eval_days)
     window_start = cutoff - timedelta(days=cfg.window_days)
 
     keys = [(t["scope"], normalize_query(t["query"])) for t in traces]
@@ -379,7 +396,7 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
            "train": sum(d["decision"] == "train" for d in decisions),
            "eval": sum(d["decision"] == "eval" for d in decisions),
            "rejected": sum(d["decision"] == "reject" for d in decisions), "leaked_eval_traces": leaked}
-    return {"run": run, "clusters": clusters, "decisions": decisions}
+    return {"run": run, "clusters": clusters, "decisions": decisions, "cutoff_basis": basis}
 
 
 def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetector, flagged: set[str],

@@ -89,7 +89,8 @@ def to_trace(record: dict, route_reason: str = "import") -> Trace:
         mean_logprob=None, groundedness=groundedness(answer, cited) if cited else None, citation_valid=bool(cited),
         latency_ms=float(latency) if isinstance(latency, (int, float)) else 0.0, retrieval_ms=0.0,
         prompt_tokens=int(record.get("prompt_tokens") or 0), completion_tokens=int(record.get("completion_tokens") or 0),
-        model=str(record.get("model") or ""), backend=str(record.get("backend") or "external"), asked_at=asked_at)
+        model=str(record.get("model") or ""), backend=str(record.get("backend") or "external"), asked_at=asked_at,
+        origin="logger" if route_reason == "logged" else "import")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -331,11 +331,12 @@ class Router:
             raise DistillError(f"setting 'router.max_error_rate' must be between 0 and 1 (got {config.router.max_error_rate})")
         if config.router.reload_s < 0:
             raise DistillError(f"setting 'router.reload_s' must be 0 (never) or more (got {config.router.reload_s})")
-        self.risk = compile_patterns(config.curate.high_risk_patterns)
+        self.risk = compile_patterns(config.curate.high_risk_patterns, "curate.high_risk_patterns")
         self.injection = compile_patterns(config.corpus.injection_patterns)
         self._teacher_lock = threading.Lock()
         self._swap = SwapLock()
         self.student_problem: str | None = None  # why a promoted student is not serving, if it is not
+        self.origin = "service"  # written on every trace; `distill ask` sets 'ask' (curate's cutoff ignores those)
         self.__dict__.update(self._state(teacher, student, version))
         self.wanted_version = version  # the registry's current version when last looked at
         self.shadow = ShadowChecker(self, writer)
@@ -389,7 +390,8 @@ class Router:
         meta = dense_meta(self.workspace) or {}
         generation = int(meta.get("generation", 0))
         version = registry.current(self.workspace.models_dir, self.config.train.student_name)
-        self.teacher.threshold = workspace_threshold(self.workspace, self.config.teacher)  # curation refits it
+        if isinstance(self.teacher, Teacher):  # fitted again when the corpus changes (ingest, collect, curate)
+            self.teacher.threshold, self.teacher.method = workspace_threshold(self.workspace, self.config.teacher)
         if generation == self.generation and version == self.wanted_version:
             return False
         teacher = self.teacher if generation == self.generation else self.teacher.reloaded(self.workspace, self.config)
@@ -639,7 +641,7 @@ class Router:
                       scope=routed.scope, query=routed.query, route=routed.route, route_reason=routed.reason,
                       latency_ms=routed.latency_ms, router_ms=routed.router_ms, generation_ms=routed.generation_ms,
                       checks=json.dumps(routed.checks), cluster_id=routed.checks.get("cluster_id"),
-                      corpus_generation=routed.corpus_generation)
+                      corpus_generation=routed.corpus_generation, origin=self.origin)
         if answer is not None:
             return Trace(**{**answer.trace_fields(), **common})
         served = routed.route == "student"

@@ -139,6 +139,8 @@ class Trace:
     answerability: float | None = None  # the teacher's answerability score, 0 to 1
     answerability_threshold: float | None = None  # the threshold it was held to (refused below)
     nearest_topics: list[str] = field(default_factory=list)  # refusals: the topics named to the asker
+    answerability_method: str | None = None  # how the threshold was set (answerability.METHODS, or 'setting')
+    origin: str | None = None  # who asked: 'collect', 'import', 'service', 'ask' (interactive), 'logger'
 
 
 def _m001_traces(con: duckdb.DuckDBPyConnection) -> None:
@@ -308,10 +310,15 @@ def _m011_answerability(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE traces ADD COLUMN nearest_topics VARCHAR[]")
 
 
+def _m012_answerability_method_and_origin(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE traces ADD COLUMN answerability_method VARCHAR")
+    con.execute("ALTER TABLE traces ADD COLUMN origin VARCHAR")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
                                      _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation,
-                                     _m011_answerability]
+                                     _m011_answerability, _m012_answerability_method_and_origin]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -320,6 +327,7 @@ _TRACE_COLUMNS = [
     "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
     "backend", "collect_run_id", "answer_score", "router_ms", "generation_ms", "checks", "cluster_id",
     "student_version", "corpus_generation", "answerability", "answerability_threshold", "nearest_topics",
+    "answerability_method", "origin",
 ]
 
 
@@ -384,7 +392,7 @@ _CURATION_RUN = """
 CURATION_INPUT = """
     SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, retrieved, refused,
            refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid,
-           answerability
+           answerability, origin
     FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id"""
 
 # A lake row is a trace plus its partition key `day` (the UTC date it was asked).
@@ -726,7 +734,8 @@ class TraceStore:
         """The latest curation decision for a trace id, query id or query text, with its cluster."""
         return self.sql("""
             WITH latest AS (SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)
-            SELECT t.trace_id, t.asked_at, t.scope, t.query, t.answer, c.decision, c.reason, c.cluster_id,
+            SELECT t.trace_id, t.asked_at, t.scope, t.query, t.answer, t.refusal_reason, t.answerability,
+                   t.answerability_threshold, t.answerability_method, t.origin, c.decision, c.reason, c.cluster_id,
                    k.representative, k.frequency, k.agreement, k.answer AS cluster_answer, c.run_id
             FROM curation c JOIN latest USING (run_id) JOIN traces t USING (trace_id)
             LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
@@ -1023,9 +1032,27 @@ class CorpusSnapshot:
         self._con.execute(f"LOAD '{_extension_path('fts')}'")
         self._con.execute("CREATE SCHEMA fts_main_chunks")
         self._con.execute(f"CREATE MACRO fts_main_chunks.tokenize(s) AS {tokenize}")
+        self._vocabulary: frozenset[str] | None = None
+        self._vocabulary_lock = threading.Lock()
 
     def document_versions(self) -> dict[str, int]:
         return dict(self.versions)
+
+    def vocabulary(self) -> frozenset[str]:
+        """Every word of the corpus's headings and text, stemmed as queries are, stop words
+        included (the BM25 index leaves them out: 'plus' among them, as in 'the Plus plan'); built
+        once, on first use."""
+        with self._vocabulary_lock:
+            if self._vocabulary is None:
+                import pyarrow as pa
+
+                texts = pa.table({"text": [f"{c.get('heading') or ''} {c['text']}" for c in self.all_chunks]})
+                cur = self._con.cursor()
+                cur.register("corpus_texts", texts)
+                rows = cur.execute("SELECT DISTINCT stem(unnest(fts_main_chunks.tokenize(text)), 'porter') "
+                                   "FROM corpus_texts").fetchall()
+                self._vocabulary = frozenset(r[0] for r in rows if r[0])
+            return self._vocabulary
 
     def chunks(self) -> list[dict]:
         return self.all_chunks
