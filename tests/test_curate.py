@@ -200,3 +200,23 @@ def test_curating_from_the_lake_decides_as_the_file_does(home, tmp_path_factory)
         (on_file.traces_seen, on_file.decisions, on_file.dataset_hash)
     with TraceStore(central.traces_db) as store:  # every decision joins to its trace
         assert store.explain(REFUND_Q)[0]["decision"] == "train"
+
+
+def test_questions_tried_with_distill_ask_never_move_the_cutoff_of_the_collected_log(home):
+    from distill.cli import app
+    from typer.testing import CliRunner
+
+    before = curate(home, home.config())
+    with TraceStore(home.traces_db) as store:  # three questions tried today through `distill ask`
+        store.append([refund(n, 99, asked_at=datetime.now(timezone.utc), origin="ask")
+                      for n in range(3)])
+    after = curate(home, home.config())
+    assert after.cutoff == before.cutoff and after.train == before.train
+    assert after.cutoff_basis["ask_questions_ignored"] == 3
+    given = curate(home, home.config(), cutoff=START)  # everything held out: no trace is trained on
+    assert given.cutoff == START and given.train == 0 and given.cutoff_basis == {"given": True}
+    result = CliRunner().invoke(app, ["curate", "--cutoff", "2026-10-01", "--home", str(home.home)])
+    assert result.exit_code == 0, result.output
+    assert "cutoff 2026-10-01 00:00 (given with --cutoff)" in result.output and "no trace passed the rules" in result.output
+    explained = CliRunner().invoke(app, ["curate", "--explain", REFUND_Q, "--home", str(home.home)])
+    assert explained.exit_code == 0 and "(ask)" in explained.output

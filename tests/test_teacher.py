@@ -121,3 +121,39 @@ def test_unreachable_openai_endpoint_is_one_clear_error():
     generator = OpenAIGenerator(ChatEndpoint("http://127.0.0.1:9/v1", "m", 2.0, max_retries=1, backoff_s=0.01), 8)
     with pytest.raises(DistillError, match="cannot reach the OpenAI-compatible endpoint at http://127.0.0.1:9/v1"):
         generator.generate("q", [], build_messages("q", []))
+
+
+def test_the_answer_keeps_retrieval_s_ranking_unless_another_chunk_clearly_answers_better(teacher):
+    from distill.teacher import EvidenceSentences, ExtractiveGenerator
+
+    sentences = EvidenceSentences(teacher.retriever.encode)
+    first = {"text": "Refunds go back to the original payment method."}
+    second = {"text": "Refunds are paid back to the card or account you paid with."}
+    query = "Where does my refund money go?"
+    vector = teacher.retriever.embed_queries([query])[0]
+    gap = max(s for s, _ in sentences.scored([second], vector)) - max(s for s, _ in sentences.scored([first], vector))
+    assert -0.05 < gap < 0.1  # the lower-ranked sentence is at most a little better
+    keeps = ExtractiveGenerator(sentences, 30, rank_margin=0.1)
+    assert keeps.generate(query, [first, second], [], vector).text == first["text"]
+    assert keeps.generate(query, [second, first], [], vector).text == second["text"]
+    free = ExtractiveGenerator(sentences, 30, rank_margin=-1.0)  # any lower-ranked sentence may win
+    assert free.generate(query, [first, second], [], vector).text == second["text"]
+
+
+def test_an_answer_that_introduces_a_code_block_carries_it_and_is_never_a_heading(tmp_path):
+    from distill.config import Workspace
+    from distill.index import ingest
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "setup.md").write_text(
+        "# Setup\n\n## API key management\n\nMany models need an API key.\n\nTo save the default OpenAI key, run this:\n\n"
+        "```bash\nllm keys set openai\n```\n\n## Logging to SQLite\n\n## Logging options\n\nEvery prompt is logged to a "
+        "SQLite database unless you turn logging off.\n")
+    workspace = Workspace(tmp_path / "ws")
+    ingest(workspace, tmp_path / "docs", workspace.config())
+    teacher = Teacher.from_workspace(workspace, workspace.config())
+    answer = teacher.answer("how do I save my OpenAI key?")
+    assert answer.answer == "To save the default OpenAI key, run this:\n\n```bash\nllm keys set openai\n```"
+    assert answer.citations == ["setup@v1#0"] or answer.citations[0].startswith("setup@v1#")
+    logged = teacher.answer("is every prompt logged to sqlite?")
+    assert logged.answer.startswith("Every prompt is logged")  # a sentence of the text, never the bare heading
