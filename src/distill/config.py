@@ -250,6 +250,22 @@ class TuneConfig:
 
 
 @dataclass
+class RerankConfig:
+    enabled: bool = _help("rerank the teacher's retrievals with the cross-encoder `distill tune-reranker` switched on "
+                          "(index/reranker.json); false: retrieval order, whatever is switched on")
+    base_model: str = _help("what `distill tune-reranker` trains from: '' = index.embedding_model, 'all-MiniLM-L6-v2', or a "
+                            "local model folder (a cross-encoder, or a BERT-style encoder that gets a new one-logit head)")
+    candidates: int = _help("the reranker reorders this many of a retrieval's best hits (at most index.top_k are "
+                            "retrieved); the rest keep their retrieval order")
+    max_length: int = _help("question + chunk tokens the cross-encoder reads; longer pairs are truncated")
+    min_pairs: int = _help("fewer (question, chunk) training pairs than this, from the kept traces and the documents' "
+                           "own questions: `distill tune-reranker` refuses to train")
+    epochs: float = _help("passes over the training pairs")
+    batch_size: int = _help("(question, chunk) pairs per optimizer step")
+    learning_rate: float = _help("AdamW learning rate for the cross-encoder")
+
+
+@dataclass
 class EvalConfig:
     max_queries: int = _help("distinct held-out queries evaluated (the most recent first); each is weighted by how often it was asked")
     teacher_pricing: str = _help("'api': the teacher's RAG prompt and answer are billed per token at the prices below, as an OpenAI-compatible "
@@ -287,6 +303,7 @@ class Config:
     serve: ServeConfig
     eval: EvalConfig
     tune: TuneConfig
+    rerank: RerankConfig
     lake: LakeConfig
 
 

@@ -360,6 +360,7 @@ class Hit:
     bm25_score: float | None
     bm25_rank: int | None
     heading_score: float | None = None  # cosine to the chunk's own heading, when it is distinctive
+    rerank_score: float | None = None  # the reranker's sigmoid score, when it reordered this hit
 
 
 class HeadingField:
