@@ -103,9 +103,28 @@ def test_the_threshold_is_the_corpus_own_whatever_the_traffic(corpus_workspace, 
     answerable = {q for q, _ in TRAFFIC_SHAPES["all_answerable"]}
     assert all(not r["refused"] for r in rows if r["query"] in answerable)
     assert all(r["refused"] for r in rows if r["query"] not in answerable)
-    # curation does not fit it again while the corpus is unchanged; a changed corpus is fitted anew
+    # curation does not fit it again while the corpus is unchanged
     curate(workspace, workspace.config())
     assert json.loads(answerability.calibration_path(workspace).read_text())["fitted_at"] == fitted["fitted_at"]
+    if shape == "repeats":  # a changed corpus is fitted anew by the next curate
+        from distill.index import ingest
+
+        extra = tmp_path / "extra.jsonl"
+        extra.write_text(json.dumps({"id": "notes/sharing", "source": "help-center", "scope": "notes", "text":
+                                     "# Sharing notebooks\n\nInvite people by email from the Share menu."}) + "\n")
+        ingest(workspace, extra, workspace.config())
+        assert curate(workspace, workspace.config()).calibration is not None
+        refitted = json.loads(answerability.calibration_path(workspace).read_text())
+        assert refitted["corpus_generation"] == fitted["corpus_generation"] + 1
+    if shape == "mostly_not":  # one command says what decided, on what evidence, and what it refused
+        from typer.testing import CliRunner
+
+        from distill.cli import app
+
+        shown = CliRunner().invoke(app, ["teacher", "--home", str(workspace.home)])
+        assert shown.exit_code == 0, shown.output
+        assert f"answerability threshold {fitted['threshold']:.3f}" in shown.output
+        assert "traffic never moves it" in shown.output and "refused; low_retrieval_score" in shown.output
 
 
 def test_a_word_the_corpus_has_in_any_case_or_inflection_is_never_an_unknown_name(tmp_path):

@@ -129,6 +129,55 @@ def import_(path: Path = typer.Argument(..., help="traces of your own RAG system
 
 
 @app.command()
+def teacher(refit: bool = typer.Option(False, "--refit", help="fit the refusal threshold on the documents again now"),
+            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """What decides the teacher's answers and refusals: retrieval, the refusal threshold and its evidence, what it refused."""
+    from distill import answerability
+    from distill.index import dense_meta
+    from distill.rerank import active_reranker
+    from distill.store import TraceStore, has_traces
+    from distill.teacher import ensure_calibrated
+
+    workspace = _workspace(home)
+    config = workspace.config()
+    console = _console()
+    meta = dense_meta(workspace)
+    if meta is None:
+        raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
+    if refit:
+        with console.status("fitting the answerability threshold on the documents"):
+            ensure_calibrated(workspace, config, force=True)
+    index, reranker = config.index, active_reranker(workspace)
+    console.print(f"teacher: {config.teacher.backend}; retrieval: {meta['embedder']} (corpus generation "
+                  f"{meta.get('generation', 0)}), {'multi-field (heading) ' if index.heading_field else ''}dense fused "
+                  f"with BM25 at {index.bm25_weight:g}; reranker: "
+                  f"{reranker['version'] + ' on the top ' + str(reranker['candidates']) if reranker and reranker.get('version') else 'off'}")
+    calibration = answerability.load_calibration(workspace)
+    if not config.teacher.calibrate_answerability:
+        console.print(f"answerability threshold {config.teacher.min_answerability} (teacher.min_answerability; "
+                      f"teacher.calibrate_answerability is off)")
+    elif calibration is None:
+        console.print("answerability threshold not fitted yet: `distill collect` or `distill teacher --refit` fits it")
+    else:
+        stale = calibration.corpus_generation != int(meta.get("generation", 0))
+        console.print(calibration.summary() + f"; fitted {calibration.fitted_at} on corpus generation "
+                      f"{calibration.corpus_generation}" + (" [yellow](the corpus changed since: refitted by the next "
+                                                              "collect or curate)[/]" if stale else ""))
+        for kind, shown in calibration.evidence.items():
+            if shown.get("examples"):
+                console.print(f"  {kind.replace('_', ' ')}, e.g.: " + "; ".join(shown["examples"][:3]))
+        console.print("  traffic never moves it (docs/answerability.md)")
+    if has_traces(workspace.traces_db):
+        with TraceStore(workspace.traces_db) as store:
+            rows = store.refusals()
+        total = sum(r["n"] for r in rows)
+        refused = [r for r in rows if r["reason"]]
+        if total:
+            console.print(f"the latest {total} teacher answers: {sum(r['n'] for r in refused) / total:.1%} refused" +
+                          "".join(f"; {r['reason']} {r['n']} ({r['method'] or 'threshold not recorded'})" for r in refused))
+
+
+@app.command()
 def traffic(squad: Path = typer.Argument(..., help="a SQuAD-format JSON file, e.g. ../shared/datasets/policyqa/dev.json"),
             out: Path = typer.Option(Path("traffic"), help="folder for queries.jsonl and gold.jsonl"),
             n: int = typer.Option(4000, help="number of queries"),

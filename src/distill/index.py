@@ -389,15 +389,21 @@ class HeadingField:
         for key, row in enumerate(self.row):
             if row >= 0:
                 self.chunks_of[row].append(key)
+        self._keys = np.flatnonzero(self.row >= 0)  # chunks with a distinctive heading, and their rows
+        self._rows = self.row[self._keys]
         self.vectors = self._vectors(workspace, distinctive, embedder_name, encode)
 
-    def search(self, vector: np.ndarray, allowed: np.ndarray, depth: int) -> dict[int, float]:
-        """{chunk key: heading cosine} for the chunks under the `depth` best headings, where `allowed`."""
+    def search(self, vector: np.ndarray, allowed: np.ndarray, depth: int = 10) -> dict[int, float]:
+        """{chunk key: heading cosine} for the chunks under the `depth` best headings that have a
+        chunk where `allowed` (the scope and version filter)."""
         if not len(self.chunks_of):
             return {}
-        similarity = self.vectors @ vector
-        best = np.argpartition(-similarity, depth)[:depth] if len(similarity) > depth else range(len(similarity))
-        return {key: float(similarity[row]) for row in best for key in self.chunks_of[row] if allowed[key]}
+        permitted = np.zeros(len(self.chunks_of), dtype=bool)
+        permitted[self._rows[allowed[self._keys]]] = True
+        similarity = np.where(permitted, self.vectors @ vector, -np.inf)
+        best = np.argpartition(-similarity, depth)[:depth] if len(similarity) > depth else np.arange(len(similarity))
+        return {key: float(similarity[row]) for row in best if permitted[row]
+                for key in self.chunks_of[row] if allowed[key]}
 
     @classmethod
     def _vectors(cls, workspace: Workspace, headings: list[str], embedder_name: str, encode) -> np.ndarray:
@@ -541,9 +547,10 @@ class Retriever:
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
         scores, keys = self.index.search(vector, depth, params=params)
         dense = {int(key): float(s) for key, s in zip(keys[0], scores[0]) if key >= 0}
-        heading = self.headings.search(vector[0], mask, depth) if self.headings else {}
-        for key in heading.keys() - dense.keys():  # found by its heading alone: its text-and-heading cosine too
-            dense[key] = float(self.index.reconstruct(key) @ vector[0])
+        heading = self.headings.search(vector[0], mask) if self.headings else {}
+        if found_by_heading := sorted(heading.keys() - dense.keys()):  # their text-and-heading cosine too
+            vectors = self.index.reconstruct_batch(np.array(found_by_heading, dtype=np.int64))
+            dense.update(zip(found_by_heading, (vectors @ vector[0]).tolist()))
         if self.headings:
             heading.update((key, s) for key, s in zip(dense, self.headings.scores(list(dense), vector[0])) if s is not None)
         # The dense ranking is multi-field: a chunk scores the better of its text-and-heading cosine

@@ -681,6 +681,15 @@ class TraceStore:
             LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
             WHERE t.asked_at >= run.cutoff ORDER BY t.asked_at DESC, t.trace_id""", [run_id])
 
+    def refusals(self, recent: int = 10_000) -> list[dict]:
+        """What the teacher did with the latest `recent` questions it answered (collected, served
+        by RAG, imported): one row per (method of its threshold, refusal reason, or NULL when
+        answered) with the count."""
+        return self.sql("""
+            SELECT answerability_method AS method, refusal_reason AS reason, count(*) AS n
+            FROM (SELECT * FROM traces WHERE route = 'rag' ORDER BY asked_at DESC LIMIT ?)
+            GROUP BY ALL ORDER BY n DESC""", [recent])
+
     def retrieval_examples(self, run_id: str | None = None) -> list[dict]:
         """The traces of a curation run (default: the latest) with what the retriever tuner reads:
         the question, the chunks the teacher cited and retrieved, the curation decision, and whether

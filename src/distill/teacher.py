@@ -256,7 +256,7 @@ class Teacher:
         calibration = answerability.fit(known, probed, self.config.answerability_quantile, self.config.min_answerability,
                                         self.retriever.generation,
                                         {"known_answerable": [q.text for q in questions],
-                                         "known_unanswerable": [q for q, _ in probes]})
+                                         "known_unanswerable": list(dict.fromkeys(q for q, _ in probes))})
         self.threshold, self.method = calibration.threshold, calibration.method
         return calibration
 
