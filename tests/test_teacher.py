@@ -157,3 +157,11 @@ def test_an_answer_that_introduces_a_code_block_carries_it_and_is_never_a_headin
     assert answer.citations == ["setup@v1#0"] or answer.citations[0].startswith("setup@v1#")
     logged = teacher.answer("is every prompt logged to sqlite?")
     assert logged.answer.startswith("Every prompt is logged")  # a sentence of the text, never the bare heading
+
+
+def test_a_chunk_of_code_or_short_lines_still_has_answers():
+    from distill.teacher import EvidenceSentences
+
+    assert EvidenceSentences.units({"text": "```bash\nllm keys set openai\n```"}) == [("```bash\nllm keys set openai\n```", "")]
+    assert EvidenceSentences.units({"text": "Yes.\n\nSee Settings."}) == [("Yes.", ""), ("See Settings.", "")]
+    assert EvidenceSentences.units({"text": "## Keys\n\nRun it now, please:\n\n| a | b |"}) == [("Run it now, please:", "| a | b |")]

@@ -19,8 +19,9 @@ It learns from two kinds of (question, chunk, label) pairs:
   and the first chunk the teacher cited are a match (1); the question and up to 3 retrieved chunks
   of other documents, which the teacher passed over, are not (0);
 - the corpus itself: each question a document asks itself (`answerability.documents_questions`:
-  titles and distinctive headings) matches its section's first chunk (1), and not the chunks of
-  other documents the retriever finds for it when that document is withheld (0).
+  titles and distinctive headings) matches its section's first chunk without the heading that holds
+  its words (1: matched on meaning, as a user's rephrasing is), and not the chunks of other
+  documents the retriever finds for it when that document is withheld (0).
 
 Training starts from `rerank.base_model` (default `index.embedding_model`, the offline MiniLM,
 which sentence-transformers turns into a sequence classifier with a new one-logit head), with

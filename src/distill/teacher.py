@@ -446,6 +446,8 @@ class EvidenceSentences:
                     continue
             found.extend([LIST_ITEM.sub("", sentence).strip(), ""] for sentence in _SENTENCE.split(block)
                          if len(words(sentence)) >= 3)
+        if not found:  # only code, a table or lines too short to be sentences: its blocks are its answers
+            found = [[block.strip(), ""] for level, block in markdown_blocks(text) if not level and words(block)]
         return tuple((sentence, introduced) for sentence, introduced in found)
 
     @classmethod
