@@ -106,26 +106,32 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
 
 @app.command("import")
 def import_(path: Path = typer.Argument(..., help="traces of your own RAG system: JSON lines of {id, query, answer, "
-                                                  "contexts, ...} (docs/byo-rag.md), or OTLP JSON GenAI spans"),
-            fmt: str = typer.Option("auto", "--format", help="jsonl, otlp, or auto (by the first line)"),
+                                                  "contexts, ...} (docs/byo-rag.md), or OTLP JSON GenAI spans; or "
+                                                  "ratings of answers: {trace_id, score, ...} or Langfuse scores"),
+            fmt: str = typer.Option("auto", "--format", help="jsonl, otlp, scores, or auto (by the first line)"),
             strict: bool = typer.Option(False, help="stop at the first bad record instead of skipping it"),
             home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
-    """Import traces written by another RAG system (idempotent by their ids; bad records reported by line)."""
+    """Import traces written by another RAG system, or users' ratings of answers (idempotent by their ids; bad records reported by line)."""
     from rich.progress import Progress
 
     from distill.external import import_file
+    from distill.feedback import detect_scores, import_scores
 
     workspace = _workspace(home)
     console = _console()
+    if not path.is_file():
+        raise DistillError(f"{path} is not a file; pass a JSON lines file of traces or ratings (docs/byo-rag.md)")
+    scores = fmt == "scores" or (fmt == "auto" and detect_scores(path))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("importing", total=None)
-        report = import_file(workspace, path, fmt, strict, on_progress=lambda n: progress.update(task, advance=n))
+        advance = lambda n: progress.update(task, advance=n)  # noqa: E731
+        report = import_scores(workspace, path, strict, advance) if scores else import_file(workspace, path, fmt, strict, advance)
     for line, problem in report.bad[:20]:
         console.print(f"[yellow]{path}:{line}: {problem} (skipped)[/]")
     if len(report.bad) > 20:
         console.print(f"[yellow]... and {len(report.bad) - 20} more bad records[/]")
     console.print(f"{report.records} records read: [bold]{report.imported}[/] imported, {report.already_stored} already "
-                  f"stored, {len(report.bad)} bad; traces in {workspace.traces_db}")
+                  f"stored, {len(report.bad)} bad; {'ratings' if scores else 'traces'} in {workspace.traces_db}")
 
 
 @app.command()

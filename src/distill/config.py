@@ -266,6 +266,16 @@ class RerankConfig:
 
 
 @dataclass
+class FeedbackConfig:
+    withdraw_below: float = _help("a rated thing whose weighed score (each source's ratings averaged to one vote, then the votes "
+                                  "averaged) is below this is wrong: an answer to a wording is never trained on nor served from "
+                                  "the fast path again, an intent of a student version leaves the fast path")
+    max_per_source_per_hour: int = _help("a source's ratings beyond this many in an hour are stored but not counted, so one "
+                                         "user cannot withdraw everything")
+    default_source: str = _help("the source of a rating that names none (every such rating shares one rate limit)")
+
+
+@dataclass
 class EvalConfig:
     max_queries: int = _help("distinct held-out queries evaluated (the most recent first); each is weighted by how often it was asked")
     teacher_pricing: str = _help("'api': the teacher's RAG prompt and answer are billed per token at the prices below, as an OpenAI-compatible "
@@ -304,6 +314,7 @@ class Config:
     eval: EvalConfig
     tune: TuneConfig
     rerank: RerankConfig
+    feedback: FeedbackConfig
     lake: LakeConfig
 
 

@@ -10,6 +10,8 @@
    fails is its `reason`:
 
        high_risk, injection, pii                       safety: never trained on, whatever else holds
+       rated_wrong                                     users rated this answer to this wording wrong
+                                                       (feedback.py: weighed over sources, any route)
        refused, citation_invalid, stale_citation,      the trace itself
        ungrounded, low_confidence
        infrequent, inconsistent, minority_answer       its cluster: asked often enough, answered the
@@ -49,15 +51,17 @@ from distill.config import Config, CurateConfig, Workspace
 from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
 from distill.calibrate import CALIBRATION_FILE, export_calibration
 from distill.errors import DistillError
+from distill.feedback import Verdicts, answer_key
 from distill.index import corpus_path, embed, load_embedder
 from distill.metrics import normalize_query
 from distill.store import CorpusStore, TraceLake, TraceStore, has_traces
 from distill.teacher import ensure_calibrated, words
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
+FEEDBACK_RULES = ("rated_wrong",)  # users rated this answer to this wording wrong (feedback.py)
 TRACE_RULES = ("refused", "answered_elsewhere", "citation_invalid", "stale_citation", "ungrounded", "low_confidence")
 CLUSTER_RULES = ("infrequent", "inconsistent", "minority_answer")
-RULES = SAFETY_RULES + TRACE_RULES + CLUSTER_RULES
+RULES = SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + CLUSTER_RULES
 REFUSED = "<refused>"
 
 
@@ -258,6 +262,8 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
         with TraceStore(workspace.traces_db) as store:
             traces = store.curation_input()
         source = workspace.traces_db
+    with TraceStore(workspace.traces_db) as store:
+        ratings = store.feedback()
     if not traces:
         raise DistillError(f"the trace store {source} has no teacher traces; run `distill collect` or `distill import`")
     latest, flagged, cited_text = {}, set(), {}
@@ -271,7 +277,10 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
     latest = {**latest_cited_versions(traces), **latest}  # documents not ingested here: as last seen
     # The teacher's threshold, fitted again if the corpus changed since (never from the traffic).
     calibration = ensure_calibrated(workspace, config) if corpus_path(workspace).exists() else None
-    result = _decide(traces, config, latest, flagged, cited_text, cutoff)
+    verdicts = Verdicts(config.feedback)
+    verdicts.add(ratings)
+    rated_wrong = {t["trace_id"] for t in traces if verdicts.wrong(answer_key(t["scope"], t["query"], t["answer"]))}
+    result = _decide(traces, config, latest, flagged, cited_text, cutoff, rated_wrong)
     dataset_path, dataset_hash, examples, rewordings = _export(workspace, result, traces, config)
     run = result["run"]
     run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
@@ -318,7 +327,7 @@ def evaluation_cutoff(traces: list[dict], eval_days: int) -> tuple[datetime, dat
 
 
 def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged: set[str],
-            cited_text: dict[str, str], cutoff: datetime | None = None) -> dict:
+            cited_text: dict[str, str], cutoff: datetime | None = None, rated_wrong: frozenset[str] = frozenset()) -> dict:
     cfg = config.curate
     risk = compile_patterns(cfg.high_risk_patterns, "curate.high_risk_patterns")
     injection = compile_patterns(config.corpus.injection_patterns)
@@ -382,6 +391,8 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
             leaked += decision == "eval" and keys[i] in train_wordings
         elif reason:
             decision = "reject"
+        elif trace["trace_id"] in rated_wrong:
+            decision, reason = "reject", "rated_wrong"
         elif trace["asked_at"] < window_start:
             decision, reason = "reject", "infrequent"  # outside the frequency window: too old to count
         else:

@@ -43,7 +43,8 @@ from typing import Iterator
 
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.store import Trace, TraceStore, TraceWriter, trace_table
+from distill.feedback import Rating, RecentTraces
+from distill.store import FeedbackJournal, Trace, TraceStore, TraceWriter, feedback_folder, trace_table
 from distill.teacher import cited_contexts, context_chunks, groundedness
 
 BATCH = 10_000  # records parsed and committed together: memory stays flat in the file's size
@@ -350,12 +351,14 @@ class TraceLogger:
     background thread, in batches, to this process's own segment beside the trace store. The next
     distill command that opens the store folds it in (`store.SegmentLog`), so a running service never
     holds the store's lock. The keyword arguments are the record form's fields (module docstring);
-    `id` defaults to a fresh one.
+    `id` defaults to a fresh one. `logger.feedback(trace_id, score)` records a user's rating of it.
     """
 
     def __init__(self, home: Path | str | None = None):
         self.workspace = Workspace.resolve(home)
         self._writer = TraceWriter(self.workspace.traces_db)
+        self._recent = RecentTraces()
+        self._journal = FeedbackJournal(feedback_folder(self.workspace.traces_db))
 
     def log(self, *, query: str, answer: str, contexts: list[dict], **fields) -> str:
         """Queue one answer; returns its id."""
@@ -363,7 +366,20 @@ class TraceLogger:
                   "contexts": contexts, **fields}
         trace = to_trace(record, route_reason="logged")
         self._writer.put("trace", trace)
+        self._recent.remember(trace)
         return trace.query_id
+
+    def feedback(self, trace_id: str, score: float | bool, comment: str | None = None, source: str | None = None,
+                 name: str | None = None, id: str | None = None) -> dict:
+        """A user's rating of a logged answer (a number in [-1, 1], or True / False), durable when
+        this returns; every running router acts on it within `router.reload_s` (feedback.py). An
+        unknown trace id raises `feedback.UnknownTrace`, a bad field DistillError."""
+        trace = self._recent.find(trace_id, self.workspace.traces_db)
+        fields = {"score": score, "comment": comment, "source": source, "name": name, "id": id}
+        rating = Rating.of({k: v for k, v in fields.items() if v is not None}, trace, "logger",
+                           self.workspace.config().feedback.default_source).record()
+        self._journal.append([rating])
+        return rating
 
     def close(self) -> None:
         self._writer.close()

@@ -25,7 +25,9 @@ recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
                  `router.student_timeout_s`: the question goes to RAG without waiting
     student_error, student_timeout, empty_answer
                  the student failed; RAG answers, the caller never sees the failure
-    withdrawn    shadow checks found the student disagreeing with RAG on this intent (below)
+    withdrawn    shadow checks found the student disagreeing with RAG on this intent (below), or users'
+                 ratings of the answers it served weigh below `feedback.withdraw_below` (feedback.py)
+    rated_wrong  users rated this very answer to this wording wrong (any student version): RAG answers
     confidence   the student's mean token log-probability is below `router.min_student_logprob`
     off_intent   the student's answer is below `router.min_intent_agreement` token F1 with the answer its
                  intent was trained on
@@ -48,6 +50,9 @@ disagreement on a trained wording withdraws it; each agreement loosens it slowly
 intent whose agreement averages below `router.withdraw_below` over `router.withdraw_min_samples`
 checks is withdrawn too (`withdrawn_clusters`, with the evidence) and goes to RAG until the next
 student version.
+Feedback: `router.feedback(trace_id, score)` (and `POST /v1/feedback`) rates an answer; the rating is
+journaled where every router of the workspace reads it within `router.reload_s`, and acts at once in
+the router that took it (feedback.py says how ratings are weighed).
 `router.mode = "shadow"` is for measuring before switching: RAG answers everything, and the student
 answers every covered question beside it, logged the same way.
 """
@@ -79,8 +84,9 @@ from distill.config import Config, Workspace
 from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
+from distill.feedback import Rating, RecentTraces, Verdicts, answer_key, intent_key
 from distill.metrics import normalize_query, token_f1
-from distill.store import Trace, TraceWriter, take_batch
+from distill.store import FeedbackJournal, Trace, TraceWriter, feedback_folder, take_batch
 from distill.teacher import Answer, ChatEndpoint, Teacher, workspace_threshold
 
 logger = logging.getLogger("distill.router")
@@ -337,6 +343,10 @@ class Router:
         self._swap = SwapLock()
         self.student_problem: str | None = None  # why a promoted student is not serving, if it is not
         self.origin = "service"  # written on every trace; `distill ask` sets 'ask' (curate's cutoff ignores those)
+        self.verdicts = Verdicts(config.feedback)
+        self.journal = FeedbackJournal(feedback_folder(workspace.traces_db)) if workspace else None
+        self.recent = RecentTraces()  # what a rating of this router's latest answers needs
+        self.refresh_feedback()
         self.__dict__.update(self._state(teacher, student, version))
         self.wanted_version = version  # the registry's current version when last looked at
         self.shadow = ShadowChecker(self, writer)
@@ -389,6 +399,7 @@ class Router:
 
         meta = dense_meta(self.workspace) or {}
         generation = int(meta.get("generation", 0))
+        self.refresh_feedback()
         version = registry.current(self.workspace.models_dir, self.config.train.student_name)
         if isinstance(self.teacher, Teacher):  # fitted again when the corpus changes (ingest, collect, curate)
             self.teacher.threshold, self.teacher.method = workspace_threshold(self.workspace, self.config.teacher)
@@ -492,6 +503,9 @@ class Router:
         checks["cluster_id"] = cluster["cluster_id"]
         if cluster["cluster_id"] in self.withdrawn:
             return "withdrawn", checks, cluster, found
+        if self.verdicts.wrong(intent_key(self.version, cluster["cluster_id"])):
+            checks["withdrawn_by"] = "feedback"
+            return "withdrawn", checks, cluster, found
         stale = self._stale_documents(query, scope, vector, cluster, checks)
         if stale:
             checks["stale_documents"] = stale
@@ -572,6 +586,8 @@ class Router:
         cfg = self.config.router
         if cfg.fast_path == "replay" and cluster.get("answer"):  # the intent's agreed answer, no generation
             checks["fast_path"] = "replay"
+            if self.verdicts.wrong(answer_key(scope, query, cluster["answer"])):
+                return RoutedAnswer(query, scope, "", [], "rag", "rated_wrong", checks, router_ms=router_ms)
             return RoutedAnswer(query, scope, cluster["answer"], list(cluster.get("citations", [])), "student", "served",
                                 checks, refused=cluster["answer"] == REFUSAL_COMPLETION, router_ms=router_ms,
                                 student_version=self.version, cluster=cluster)
@@ -588,6 +604,8 @@ class Router:
         generation_ms = (time.perf_counter() - began) * 1000
         if generation is not None:
             failed = self.judge(generation, generation_ms, checks, cluster)
+            if not failed and self.verdicts.wrong(answer_key(scope, query, generation.text.strip())):
+                failed = "rated_wrong"
         if failed:
             return RoutedAnswer(query, scope, "", [], "rag", failed, checks, router_ms=router_ms + generation_ms)
         text = generation.text.strip()
@@ -631,9 +649,35 @@ class Router:
         routed.latency_ms = (time.perf_counter() - started) * 1000
         routed.corpus_generation = self.generation
         routed.trace_id = uuid.uuid4().hex
+        trace = self._trace(routed)
+        self.recent.remember(trace)
         if self.writer:
-            self.writer.put("trace", self._trace(routed))
+            self.writer.put("trace", trace)
         return routed
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    def feedback(self, trace_id: str, score: float | bool, comment: str | None = None, source: str | None = None,
+                 name: str | None = None, feedback_id: str | None = None, received_by: str = "router") -> dict:
+        """Rate the answer of trace `trace_id` (a number in [-1, 1], or True / False); it acts in this
+        router at once and in every other within `router.reload_s`. Returns the stored rating with
+        `counted` (false past the source's hourly limit) and what it now withdraws. An unknown trace
+        id raises UnknownTrace; a bad field, DistillError."""
+        trace = self.recent.find(trace_id, self.workspace.traces_db if self.workspace else None)
+        payload = {"score": score, "comment": comment, "source": source, "name": name, "id": feedback_id}
+        rating = Rating.of({k: v for k, v in payload.items() if v is not None}, trace, received_by,
+                           self.config.feedback.default_source)
+        if self.journal is not None:
+            self.journal.append([rating.record()])
+        counted = bool(self.verdicts.add([rating]))
+        keys = Verdicts.keys(rating.record())
+        return {**rating.record(), "counted": counted,
+                "answer_rated_wrong": self.verdicts.wrong(keys[0]),
+                "intent_withdrawn": len(keys) > 1 and self.verdicts.wrong(keys[1])}
+
+    def refresh_feedback(self) -> int:
+        """Weigh the ratings every process journaled since the last look; returns how many counted."""
+        return len(self.verdicts.add(self.journal.read_new())) if self.journal is not None else 0
 
     def _trace(self, routed: RoutedAnswer) -> Trace:
         answer = routed.teacher_answer

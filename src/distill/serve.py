@@ -10,7 +10,14 @@
 
 The question is the last user message; its scope comes from `metadata.scope` (or a top-level
 `scope`, or the `X-Distill-Scope` header). Route and reason are also response headers
-(`X-Distill-Route`, `X-Distill-Reason`). Errors have OpenAI's shape: `{"error": {"message", "type",
+(`X-Distill-Route`, `X-Distill-Reason`). `POST /v1/feedback` rates an answer:
+
+    $ curl -s localhost:8080/v1/feedback -H 'content-type: application/json' \\
+        -d '{"trace_id": "<distill.trace_id of the answer>", "score": -1, "comment": "wrong entry", "source": "user-17"}'
+    {"feedback_id": "...", "counted": true, "answer_rated_wrong": true, "intent_withdrawn": true, ...}
+
+(`score`: a number from -1 to 1 or a boolean; an unknown trace is a 404, a bad field a 400 naming
+it; feedback.py says what a rating changes.) Errors have OpenAI's shape: `{"error": {"message", "type",
 "param", "code"}}`. `/health` says what is serving (and what its coverage decision rests on); `/metrics` is Prometheus text (requests by route
 and reason, latency histograms). With `$DISTILL_API_KEY` set (`serve.api_key_env`), every request
 but /health needs `Authorization: Bearer <key>`. Shutting down flushes every trace.
@@ -24,6 +31,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import time
 import uuid
@@ -32,6 +40,7 @@ from contextlib import asynccontextmanager
 
 from distill.config import HOME_ENV, Config
 from distill.errors import DistillError, UpstreamError
+from distill.feedback import UnknownTrace
 from distill.router import Router
 
 log = logging.getLogger("distill.serve")
@@ -51,6 +60,7 @@ def create_app(router: Router, config: Config):
     errors = Counter("distill_request_errors", "Requests refused, by HTTP status", ["status"], registry=registry)
     latency = Histogram("distill_latency_seconds", "End-to-end answer time, by route", ["route"],
                         buckets=LATENCY_BUCKETS, registry=registry)
+    ratings = Counter("distill_feedback", "Ratings received, by sign", ["sign"], registry=registry)
     overhead = Histogram("distill_router_seconds", "Time in the router's checks (generation excluded)",
                          buckets=LATENCY_BUCKETS, registry=registry)
     cfg = config.serve
@@ -130,6 +140,34 @@ def create_app(router: Router, config: Config):
                         "latency_ms": round(routed.latency_ms, 1), "router_ms": round(routed.router_ms, 2)},
         }
         return JSONResponse(response, headers={"X-Distill-Route": routed.route, "X-Distill-Reason": routed.reason})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        try:
+            payload = json.loads((await request.body()).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return error(400, "the request body is not UTF-8 JSON")
+        if not isinstance(payload, dict):
+            return error(400, "the request body must be a JSON object")
+        if "score" not in payload and "value" not in payload:
+            return error(400, "'score' is missing: a number from -1 to 1 or a boolean", param="score")
+        unknown = set(payload) - {"trace_id", "score", "value", "comment", "source", "name", "id", "timestamp"}
+        if unknown:
+            return error(400, f"unknown field {sorted(unknown)[0]!r}; send trace_id, score, comment, source, name, id",
+                         param=sorted(unknown)[0])
+        try:
+            rated = await asyncio.to_thread(
+                router.feedback, payload.get("trace_id"), payload.get("score", payload.get("value")),
+                payload.get("comment"), payload.get("source"), payload.get("name"), payload.get("id"), "http")
+        except UnknownTrace as err:
+            return error(404, str(err), "not_found_error", param="trace_id")
+        except DistillError as err:
+            busy = "in use by another process" in str(err)
+            named = re.match(r"'(\w+)'", str(err))
+            return error(503 if busy else 400, str(err), "server_error" if busy else "invalid_request_error",
+                         param=named.group(1) if named and not busy else None)
+        ratings.labels("negative" if rated["score"] < 0 else "positive" if rated["score"] > 0 else "neutral").inc()
+        return {key: (value.isoformat() if hasattr(value, "isoformat") else value) for key, value in rated.items()}
 
     return app
 

@@ -315,10 +315,38 @@ def _m012_answerability_method_and_origin(con: duckdb.DuckDBPyConnection) -> Non
     con.execute("ALTER TABLE traces ADD COLUMN origin VARCHAR")
 
 
+def _m013_feedback(con: duckdb.DuckDBPyConnection) -> None:
+    """Users' ratings (feedback.py), with what was rated as it was shown, and how far each
+    process's feedback journal has been folded in."""
+    con.execute("""
+        CREATE TABLE feedback (
+            feedback_id VARCHAR PRIMARY KEY,
+            trace_id VARCHAR NOT NULL,
+            score DOUBLE NOT NULL,
+            name VARCHAR,
+            comment VARCHAR,
+            source VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            received_by VARCHAR NOT NULL,
+            route VARCHAR,
+            backend VARCHAR,
+            student_version VARCHAR,
+            cluster_id VARCHAR,
+            scope VARCHAR,
+            query VARCHAR,
+            answer VARCHAR,
+            citations VARCHAR[]
+        )""")
+    con.execute("CREATE TABLE feedback_journals (path VARCHAR PRIMARY KEY, folded_bytes BIGINT NOT NULL)")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
                                      _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation,
-                                     _m011_answerability, _m012_answerability_method_and_origin]
+                                     _m011_answerability, _m012_answerability_method_and_origin, _m013_feedback]
+
+FEEDBACK_COLUMNS = ["feedback_id", "trace_id", "score", "name", "comment", "source", "created_at", "received_by",
+                    "route", "backend", "student_version", "cluster_id", "scope", "query", "answer", "citations"]
 
 _TRACE_COLUMNS = [
     "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
@@ -370,6 +398,19 @@ def _insert_withdrawal(cur: duckdb.DuckDBPyConnection, student_version: str, clu
     cur.execute("INSERT INTO withdrawn_clusters VALUES (?, ?, coalesce(CAST(? AS TIMESTAMPTZ), now()), ?, ?, ?) "
                 "ON CONFLICT DO NOTHING", [student_version, cluster_id, withdrawn_at, samples, agreement,
                                            json.dumps(evidence)])
+
+
+def _insert_feedback(cur: duckdb.DuckDBPyConnection, ratings: Sequence[dict]) -> int:
+    """Ratings whose feedback_id is not stored yet (inside the caller's transaction); returns how many."""
+    import pyarrow as pa
+
+    unique = list({r["feedback_id"]: r for r in reversed(ratings)}.values())
+    if not unique:
+        return 0
+    batch = pa.Table.from_pydict({name: [r.get(name) for r in unique] for name in FEEDBACK_COLUMNS})
+    return cur.execute(f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) "
+                       f"SELECT * REPLACE (CAST(created_at AS TIMESTAMPTZ) AS created_at) FROM batch "
+                       f"ANTI JOIN feedback USING (feedback_id)").fetchone()[0]
 
 
 def _trace(row: dict) -> Trace:
@@ -513,6 +554,7 @@ class TraceStore:
             _migrate(self._con, self.path, migrations)
             if migrations is TRACE_MIGRATIONS:
                 self.folded = self.fold_segments(segment_folder(self.path))
+                self.folded_feedback = self.fold_feedback(feedback_folder(self.path))
         except BaseException:
             self._con.close()
             raise
@@ -566,6 +608,42 @@ class TraceStore:
                                                row["agreement"], row["evidence"], row.get("withdrawn_at"))
             path.unlink()
         return added
+
+    def fold_feedback(self, folder: Path) -> int:
+        """Add the lines of every process's feedback journal (`FeedbackJournal`) written since the
+        last fold, one transaction per journal with its new offset; returns the ratings added. The
+        journals stay: running routers read them. A rating folded twice is stored once."""
+        added = 0
+        for path in journal_files(folder):
+            name = path.name
+            with self._lock:
+                cur = self._con.cursor()
+                start = cur.execute("SELECT folded_bytes FROM feedback_journals WHERE path = ?", [name]).fetchone()
+                ratings, end = read_journal(path, start[0] if start else 0)
+                if start and end == start[0]:
+                    continue
+                with _transaction(cur):
+                    added += _insert_feedback(cur, ratings)
+                    cur.execute("INSERT OR REPLACE INTO feedback_journals VALUES (?, ?)", [name, end])
+        return added
+
+    def feedback(self) -> list[dict]:
+        """Every stored rating, oldest first (what curation and tuning weigh)."""
+        return self.sql(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY created_at, feedback_id")
+
+    def traces_by_id(self, trace_ids: Sequence[str]) -> dict[str, dict]:
+        """What a rating needs of each stored trace it names (unknown ids are left out)."""
+        import pyarrow as pa
+
+        wanted = pa.table({"trace_id": list(dict.fromkeys(trace_ids))})
+        with self._lock:
+            cur = self._con.cursor()
+            cur.register("wanted", wanted)
+            rows = cur.execute(f"SELECT {', '.join(RATED_TRACE_COLUMNS)} FROM traces JOIN wanted USING (trace_id)")
+            names = [d[0] for d in rows.description]
+            found = {row[0]: dict(zip(names, row)) for row in rows.fetchall()}
+            cur.unregister("wanted")
+        return found
 
     def answered(self, query_ids: Iterable[str]) -> set[str]:
         """The subset of `query_ids` that already has a trace (for resuming a collection)."""
@@ -869,6 +947,40 @@ def _abandoned(path: Path) -> bool:
     return time.time() - path.stat().st_mtime > ABANDONED_AFTER_S
 
 
+def find_trace(traces_db: Path, trace_id: str) -> dict | None:
+    """One trace by id, wherever it is: the newest segments first (a service's answers of the last
+    seconds are only there), then the store, read-only (None when neither has it). A store another
+    command is writing is waited for a few seconds, then a DistillError says so."""
+    needle = json.dumps({"trace_id": trace_id})[1:-1].encode()  # '"trace_id": "<id>"' as segments write it
+    folder = segment_folder(traces_db)
+    paths = list(folder.glob("*.open")) + sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime,
+                                                 reverse=True) if folder.is_dir() else []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # folded meanwhile: it is in the store now
+            continue
+        at = data.find(needle)
+        if at >= 0:
+            line = data[data.rfind(b"\n", 0, at) + 1:data.find(b"\n", at)]
+            with contextlib.suppress(json.JSONDecodeError, KeyError):
+                row = json.loads(line)["row"]
+                return {name: row.get(name) for name in RATED_TRACE_COLUMNS}
+    if not Path(traces_db).exists():
+        return None
+    con = _open(Path(traces_db), read_only=True, wait_s=5.0)
+    try:
+        result = con.execute(f"SELECT {', '.join(RATED_TRACE_COLUMNS)} FROM traces WHERE trace_id = ?", [trace_id])
+        names, row = [d[0] for d in result.description], result.fetchone()
+    finally:
+        con.close()
+    return dict(zip(names, row)) if row else None
+
+
+RATED_TRACE_COLUMNS = ["trace_id", "route", "backend", "student_version", "cluster_id", "scope", "query", "answer",
+                       "citations", "refused"]
+
+
 def read_segment(path: Path) -> list[dict]:
     """A segment's records; a last line cut short by a crash is skipped."""
     records = []
@@ -879,6 +991,77 @@ def read_segment(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+# --------------------------------------------------------------------------------------------
+# Feedback journals: ratings, appended by any process, read by every running router
+# --------------------------------------------------------------------------------------------
+
+FEEDBACK = "feedback"
+
+
+def feedback_folder(traces_db: Path) -> Path:
+    """Where ratings are journaled: `traces/feedback/` beside `traces/traces.duckdb`."""
+    return Path(traces_db).parent / FEEDBACK
+
+
+def journal_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+def read_journal(path: Path, start: int = 0) -> tuple[list[dict], int]:
+    """The ratings written to a journal after byte `start`, and the offset after the last whole
+    line (a line a crash cut short is read once it is whole, or never)."""
+    with path.open("rb") as journal:
+        journal.seek(start)
+        data = journal.read()
+    end = data.rfind(b"\n") + 1
+    ratings = []
+    for line in data[:end].splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            ratings.append(json.loads(line))
+    return ratings, start + end
+
+
+class FeedbackJournal:
+    """Ratings as JSON lines, one append-only file per process (`traces/feedback/<host>-<pid>-<ns>.jsonl`),
+    fsynced before `append` returns. Unlike trace segments the files stay after they are folded
+    into the store (`TraceStore.fold_feedback` remembers how far): every running router reads every
+    journal's new lines (`read_new`) each `router.reload_s`, so a rating given to one worker takes
+    effect in all of them without any of them opening the store.
+
+        >>> journal = FeedbackJournal(feedback_folder(workspace.traces_db))
+        >>> journal.append([rating])        # durable when this returns
+        >>> journal.read_new()              # every process's ratings this reader has not seen yet
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._path: Path | None = None
+        self._offsets: dict[Path, int] = {}
+
+    def append(self, ratings: Sequence[dict]) -> None:
+        if not ratings:
+            return
+        lines = "".join(json.dumps(r, default=_iso) + "\n" for r in ratings).encode()
+        with self._lock:
+            if self._path is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._path = self.folder / f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.jsonl"
+            with self._path.open("ab") as journal:
+                journal.write(lines)
+                journal.flush()
+                os.fsync(journal.fileno())
+
+    def read_new(self) -> list[dict]:
+        """The ratings every journal gained since this reader last looked (all of them the first time)."""
+        found = []
+        with self._lock:
+            for path in journal_files(self.folder):
+                ratings, self._offsets[path] = read_journal(path, self._offsets.get(path, 0))
+                found.extend(ratings)
+        return found
 
 
 # --------------------------------------------------------------------------------------------
