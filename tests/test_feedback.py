@@ -173,3 +173,47 @@ def test_curation_never_trains_on_an_answer_rated_wrong(curated_home):  # noqa: 
     assert after.decisions["reject"]["rated_wrong"] == 4
     explained = CliRunner().invoke(app, ["curate", "--explain", trace_id, "--home", str(curated_home.home)])
     assert "rated_wrong" in explained.output
+
+
+def test_the_teacher_answers_a_question_like_a_rated_one_from_the_next_chunk(corpus_workspace):
+    from distill.teacher import Teacher
+
+    config = corpus_workspace.config()
+    teacher = Teacher.from_workspace(corpus_workspace, config)
+    question, alike = "Which payment methods do you accept?", "which payment methods do you accept"
+    first = teacher.answer(question, "billing")
+    assert first.citations[0].startswith("billing/payment-methods@")
+    wrong = {**rating(1, -1.0, "u1", route="rag", query=question, answer=first.answer),
+             "scope": "billing", "citations": first.citations}
+    verdicts = Verdicts(config.feedback)
+    verdicts.add([wrong])
+    teacher.use_feedback(verdicts, config.feedback)
+    for asked in (question, alike):
+        again = teacher.answer(asked, "billing")
+        assert first.citations[0] not in again.retrieved  # rated wrong: never the evidence for it again
+        assert again.refused or again.citations[0] != first.citations[0]
+    assert teacher.answer("Can I get my money back?", "billing").citations == \
+        Teacher.from_workspace(corpus_workspace, config).answer("Can I get my money back?", "billing").citations
+    verdicts.add([{**wrong, "feedback_id": "f2", "source": "u2", "score": 1.0},
+                  {**wrong, "feedback_id": "f3", "source": "u3", "score": 1.0}])  # two others say it was right
+    teacher.use_feedback(verdicts, config.feedback)
+    assert teacher.answer(question, "billing").citations[0] == first.citations[0]
+
+
+def test_tuning_learns_the_rated_pairs():
+    from distill.rerank import rated_pairs
+    from distill.tune import rated_triplets
+
+    chunks = {c: {"chunk_id": c, "text": f"text of {c}", "heading": None} for c in ("a@v1#0", "b@v1#0", "c@v1#0")}
+    evidence = {("s", "how do i pay", "a@v1#0"): -1.0, ("s", "how do i pay", "b@v1#0"): 1.0,
+                ("s", "refund window", "c@v1#0"): 1.0, ("s", "refund window", "gone@v1#0"): -1.0,
+                ("s", "tied", "a@v1#0"): 0.0}
+    pairs = rated_pairs(evidence, chunks, 0.0)
+    assert sorted((p["query"], p["text"], p["label"]) for p in pairs) == [
+        ("how do i pay", "text of a@v1#0", 0.0), ("how do i pay", "text of b@v1#0", 1.0),
+        ("refund window", "text of c@v1#0", 1.0)]
+    rows = [{"scope": "s", "query": "Refund window?", "retrieved": ["c@v1#0", "a@v1#0"]}]
+    triplets = rated_triplets(evidence, rows, chunks, 0.0)
+    assert {(t["anchor"], t["positive"], t["negative"]) for t in triplets} == {
+        ("how do i pay", "text of b@v1#0", "text of a@v1#0"),  # the chunk rated wrong is its negative
+        ("refund window", "text of c@v1#0", "text of a@v1#0")}  # else the best retrieved one of another document

@@ -9,17 +9,26 @@ from distill.cli import app
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.evaluate import load_suite, run_eval
+from distill.external import TraceLogger
 from distill.report import write_report
+from distill.store import TraceStore
 
 
 def test_the_report_shows_the_systems_the_curve_and_what_changed(sample_workspace, tmp_path):
     shutil.copytree(sample_workspace.home, tmp_path / "ws")
     workspace = Workspace(tmp_path / "ws")
-    first, _ = run_eval(workspace, workspace.config(), SAMPLE / "gold.jsonl", progress=False)
+    with TraceStore(workspace.traces_db) as store:
+        (rated,) = store.sql("SELECT trace_id FROM traces WHERE route = 'rag' AND NOT refused LIMIT 1")
+    with TraceLogger(workspace.home) as logger:
+        logger.feedback(rated["trace_id"], False, source="reviewer")
+    first, figures = run_eval(workspace, workspace.config(), SAMPLE / "gold.jsonl", progress=False)
+    assert figures["ratings"] == [{"route": "teacher", "rated": 1, "rated_wrong": 1, "share_rated_wrong": 1.0,
+                                   "mean_score": -1.0}]
     page = write_report(workspace, out=tmp_path / "r1")
     text = page.read_text()
     for section in ("Systems side by side", "Cost-quality curve", "Why questions went to RAG", "by scope",
-                    "What changed since the last run", "No earlier evaluation run", "Seen and novel wordings"):
+                    "What changed since the last run", "No earlier evaluation run", "Seen and novel wordings",
+                    "What users said"):
         assert section in text
     assert text.count("<svg") == 3
     summary = json.loads((tmp_path / "r1" / "report.json").read_text())

@@ -426,6 +426,8 @@ def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id 
     console.print(f"{figures['queries']} questions ({figures['traffic']} asked, {figures['gold_queries']} with gold). "
                   f"Student share keeping 95 % / 99 % of the teacher's {figures['quality_metric']}: "
                   f"{keeps['95%']:.1%} / {keeps['99%']:.1%}. Routed reasons: {systems['routed']['reasons']}")
+    rated = ", ".join(f"{r['route']} {r['rated']} ({r['share_rated_wrong']:.1%} wrong)" for r in figures["ratings"])
+    console.print(f"Users' ratings: {rated or 'none yet (POST /v1/feedback, docs/feedback.md)'}")
     console.print(f"stored as eval run {run_id}; see it with: distill report")
 
 

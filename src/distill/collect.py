@@ -41,6 +41,7 @@ from distill.config import Config, Workspace
 from distill.errors import DistillError
 from distill.index import corpus_path
 from distill.store import CorpusStore, Trace, TraceStore
+from distill.feedback import Verdicts
 from distill.teacher import Answer, Teacher, ensure_calibrated
 
 
@@ -150,6 +151,7 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     report = CollectReport(run_id=uuid.uuid4().hex, queries_read=len(records), bad_lines=bad)
     with TraceStore(workspace.traces_db) as store:
         done = store.answered(r.query_id for r in records)
+        ratings = store.feedback()
         store.start_run(report.run_id, str(path), config.teacher.backend if teacher is None else teacher.generator.backend)
     unique = {r.query_id: r for r in records if r.query_id not in done}
     todo = list(unique.values())
@@ -158,6 +160,10 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     report.calibration = ensure_calibrated(workspace, config, teacher)
     if report.calibration and teacher is not None:
         teacher.threshold, teacher.method = report.calibration.threshold, report.calibration.method
+    if ratings and isinstance(teacher, Teacher):  # users' verdicts on the chunks it answered from (feedback.py)
+        verdicts = Verdicts(config.feedback)
+        verdicts.add(ratings)
+        teacher.use_feedback(verdicts, config.feedback)
     if on_progress:
         on_progress(0, len(todo))
     batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"

@@ -273,6 +273,9 @@ class FeedbackConfig:
     max_per_source_per_hour: int = _help("a source's ratings beyond this many in an hour are stored but not counted, so one "
                                          "user cannot withdraw everything")
     default_source: str = _help("the source of a rating that names none (every such rating shares one rate limit)")
+    similar_question: float = _help("the teacher applies a rating of the chunk it answered from to questions at this cosine "
+                                    "or more to the rated one, same scope: a chunk rated wrong is left out of its evidence, "
+                                    "one rated right goes first")
 
 
 @dataclass

@@ -553,6 +553,7 @@ def run_eval(workspace: Workspace, config, gold: Path | None = None, on_gold: bo
     figures = {"source": source, **evaluate_systems(workspace, config, items, progress)}
     run_id = uuid.uuid4().hex
     with TraceStore(workspace.traces_db) as store:
+        figures["ratings"] = store.ratings_by_route()  # what users said, beside the teacher-agreement figures
         store.add_eval_run(run_id, source, figures["student_version"], len(items), figures)
     return run_id, figures
 

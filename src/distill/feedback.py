@@ -29,7 +29,10 @@ thing scoring below `feedback.withdraw_below` (default 0) is wrong. Two things a
   path again, whatever the student version (reason `rated_wrong`), until ratings lift it;
 - an intent of a student version (ratings of answers the fast path served for it): it leaves the
   fast path in every running router (reason `withdrawn`) until ratings lift it, or a new student
-  trained without the rated-wrong traces is promoted.
+  trained without the rated-wrong traces is promoted;
+- the chunk an answer cited first, for its wording (`RatedEvidence`): the teacher's next retrieval
+  for a question like it (cosine at least `feedback.similar_question`, same scope) leaves out a chunk
+  rated wrong and puts one rated right first, so the teacher answers from the next candidate instead.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 from distill.config import FeedbackConfig
 from distill.errors import DistillError
@@ -162,6 +167,11 @@ def intent_key(student_version: str | None, cluster_id: str | None) -> tuple:
     return ("intent", student_version, cluster_id)
 
 
+def evidence_key(scope: str | None, query: str, chunk_id: str) -> tuple:
+    """What a rating says of the chunk its answer cited first: ('evidence', scope, wording, chunk)."""
+    return ("evidence", scope, normalize_query(query or ""), chunk_id)
+
+
 class Verdicts:
     """The weighed score of every rated answer and intent, fed ratings in any order once each.
 
@@ -204,6 +214,8 @@ class Verdicts:
         keys = [answer_key(rating.get("scope"), rating.get("query") or "", rating.get("answer") or "")]
         if rating.get("route") == "student" and rating.get("cluster_id"):
             keys.append(intent_key(rating.get("student_version"), rating["cluster_id"]))
+        if rating.get("citations"):
+            keys.append(evidence_key(rating.get("scope"), rating.get("query") or "", rating["citations"][0]))
         return keys
 
     def _within_limit(self, rating: dict) -> bool:
@@ -228,6 +240,66 @@ class Verdicts:
 
     def withdrawn_intents(self, student_version: str | None) -> set[str]:
         return {key[2] for key in self._wrong if key[0] == "intent" and key[1] == student_version}
+
+    def rated_evidence(self) -> dict[tuple, float]:
+        """(scope, wording, chunk) -> the weighed score of that chunk as the answer to that wording."""
+        return {key[1:]: self.score(key) for key in self._votes if key[0] == "evidence"}
+
+
+class RatedEvidence:
+    """Users' verdicts on the chunks the teacher answered from, applied to its next retrievals.
+
+    For each question, the rated wordings of its scope at cosine `similar` or more are looked up
+    (one matrix product per batch): a chunk rated wrong for one of them leaves the hits, a chunk
+    rated right goes ahead of them (sorting is stable: retrieval's order holds otherwise). The
+    teacher then answers from the next candidate, as a person corrected it to, or, with none left,
+    refuses.
+
+        >>> rated = RatedEvidence(retriever.embed_queries, similar=0.9)
+        >>> rated.update(verdicts)                 # after new ratings
+        >>> rated.reorder(retrievals, vectors)     # in place, before the evidence is chosen
+    """
+
+    def __init__(self, embed_queries, similar: float, withdraw_below: float = 0.0):
+        self.embed_queries, self.similar, self.withdraw_below = embed_queries, similar, withdraw_below
+        self._scores: dict[tuple, float] = {}
+        # (rated wordings [(scope, wording)], their vectors, (scope, wording) -> chunk -> score), swapped
+        # in as one value so a concurrent `reorder` never sees half an update
+        self._state: tuple[list, np.ndarray | None, dict] = ([], None, {})
+
+    def update(self, verdicts: Verdicts) -> None:
+        scores = verdicts.rated_evidence()
+        if scores == self._scores:
+            return
+        chunks: dict[tuple, dict[str, float]] = defaultdict(dict)
+        for (scope, wording, chunk), score in scores.items():
+            chunks[(scope, wording)][chunk] = score
+        wordings, vectors, _ = self._state
+        known = set(wordings)
+        new = [w for w in chunks if w not in known]
+        if new:
+            added = self.embed_queries([wording for _, wording in new])
+            wordings, vectors = wordings + new, added if vectors is None else np.vstack([vectors, added])
+        self._scores, self._state = scores, (wordings, vectors, dict(chunks))
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    def reorder(self, retrievals: list, vectors: np.ndarray) -> None:
+        wordings, rated_vectors, chunks = self._state
+        if rated_vectors is None:
+            return
+        similarity = vectors @ rated_vectors.T
+        for retrieval, row in zip(retrievals, similarity):
+            verdict: dict[str, float] = {}
+            for at in np.flatnonzero(row >= self.similar):
+                scope, wording = wordings[at]
+                if scope == retrieval.scope:
+                    for chunk, score in chunks.get((scope, wording), {}).items():
+                        verdict[chunk] = min(verdict.get(chunk, score), score)  # on doubt, the worse verdict
+            if verdict:
+                kept = [hit for hit in retrieval.hits if not verdict.get(hit.chunk["chunk_id"], 0.0) < self.withdraw_below]
+                retrieval.hits = sorted(kept, key=lambda hit: -(verdict.get(hit.chunk["chunk_id"], 0.0) > 0))
 
 
 @dataclass

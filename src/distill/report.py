@@ -180,6 +180,10 @@ def _html(summary: dict) -> str:
                      [[n["started_at"], n["status"], n["reason"], n["serving_before"], n["candidate"]]
                       for n in summary["nightly"]]) if summary["nightly"] else "<p>No nightly run yet.</p>"
     keeps = figures["student_share_keeping"]
+    ratings = _table(["answered by", "ratings", "rated wrong", "share rated wrong", "mean score"],
+                     [[r["route"], r["rated"], r["rated_wrong"], f"{r['share_rated_wrong']:.1%}", r["mean_score"]]
+                      for r in figures["ratings"]]) if figures.get("ratings") else \
+        "<p>No ratings yet (POST /v1/feedback, see docs/feedback.md).</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>distill report</title><style>
 body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}}
@@ -198,6 +202,8 @@ Of the questions the student served, {figures.get('served_wording_seen_in_traini
 <h2>Systems side by side</h2>{side}{plots['systems']}
 <h2>Seen and novel wordings</h2><p>Seen: asked in a wording the student was trained on. An answer served without
 RAG is an error when it comes from another document than RAG's answer and their token F1 is below eval.success_f1.</p>{by_wording}
+<h2>What users said</h2><p>Ratings of answers (docs/feedback.md), by how the answer was served: the check no
+comparison with the teacher can make.</p>{ratings}
 <h2>Cost-quality curve</h2>{plots['curve']}{curve}
 <h2>Why questions went to RAG</h2>{plots['reasons']}
 <h2>Slices</h2>{slices or '<p>No scopes or categories.</p>'}

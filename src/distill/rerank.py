@@ -52,6 +52,7 @@ from distill import answerability, registry
 from distill.config import Config, Workspace
 from distill.corpus import chunk_doc_version
 from distill.errors import DistillError
+from distill.feedback import Verdicts
 from distill.index import PACKAGED_MINILM, Hit, Retrieval, Retriever, chunk_embedding_text, embedder_path
 from distill.metrics import normalize_query, rank_scores
 from distill.store import TraceStore
@@ -97,6 +98,14 @@ def trace_pairs(rows: list[dict], chunks: dict[str, dict]) -> list[dict]:
         pairs.append({"query": query, "text": chunk_embedding_text(chunks[positive]), "label": 1.0})
         pairs += [{"query": query, "text": chunk_embedding_text(chunks[c]), "label": 0.0} for c in others[:NEGATIVES]]
     return pairs
+
+
+def rated_pairs(evidence: dict[tuple, float], chunks: dict[str, dict], withdraw_below: float) -> list[dict]:
+    """(question, chunk, label) pairs from users' ratings (`Verdicts.rated_evidence`): the chunk an
+    answer was rated right for is a match, one rated wrong is a hard negative."""
+    return [{"query": wording, "text": chunk_embedding_text(chunks[chunk]), "label": 1.0 if score > 0 else 0.0}
+            for (scope, wording, chunk), score in sorted(evidence.items(), key=str)
+            if chunk in chunks and (score > 0 or score < withdraw_below)]
 
 
 def document_pairs(retriever: Retriever) -> list[dict]:
@@ -147,10 +156,13 @@ def tune_reranker(workspace: Workspace, config: Config, gold: dict[str, dict] | 
         raise DistillError(f"rerank.candidates is {cfg.candidates}; set it to at least 2 (the hits the reranker reorders)")
     with TraceStore(workspace.traces_db) as store:
         rows = store.retrieval_examples()
+        verdicts = Verdicts(config.feedback)
+        verdicts.add(store.feedback())
     if not rows:
         raise DistillError("no curation run to learn from; run `distill curate` (or `distill nightly`) first")
     retriever = Retriever(workspace, config.index)
-    from_traces = trace_pairs(rows, {c["chunk_id"]: c for c in retriever.chunks})
+    chunks = {c["chunk_id"]: c for c in retriever.chunks}
+    from_traces = trace_pairs(rows, chunks) + rated_pairs(verdicts.rated_evidence(), chunks, config.feedback.withdraw_below)
     from_documents = document_pairs(retriever)
     pairs = from_traces + from_documents
     if len(pairs) < cfg.min_pairs:

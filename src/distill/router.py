@@ -346,8 +346,8 @@ class Router:
         self.verdicts = Verdicts(config.feedback)
         self.journal = FeedbackJournal(feedback_folder(workspace.traces_db)) if workspace else None
         self.recent = RecentTraces()  # what a rating of this router's latest answers needs
-        self.refresh_feedback()
         self.__dict__.update(self._state(teacher, student, version))
+        self.refresh_feedback()
         self.wanted_version = version  # the registry's current version when last looked at
         self.shadow = ShadowChecker(self, writer)
         self._sample = random.Random(0)
@@ -416,6 +416,8 @@ class Router:
             state = {"teacher": teacher, "generation": teacher.retriever.generation,
                      "latest": teacher.retriever.store.document_versions()}
         retired = self.batcher if state.get("batcher", self.batcher) is not self.batcher else None
+        if teacher is not self.teacher and isinstance(teacher, Teacher):
+            teacher.use_feedback(self.verdicts, self.config.feedback)
         with self._swap.writing():
             self.__dict__.update(state)
             self.decision.evidence_doc = functools.partial(rag_documents, self.teacher)
@@ -670,14 +672,20 @@ class Router:
         if self.journal is not None:
             self.journal.append([rating.record()])
         counted = bool(self.verdicts.add([rating]))
+        if counted and isinstance(self.teacher, Teacher):
+            self.teacher.use_feedback(self.verdicts, self.config.feedback)
         keys = Verdicts.keys(rating.record())
         return {**rating.record(), "counted": counted,
                 "answer_rated_wrong": self.verdicts.wrong(keys[0]),
                 "intent_withdrawn": len(keys) > 1 and self.verdicts.wrong(keys[1])}
 
     def refresh_feedback(self) -> int:
-        """Weigh the ratings every process journaled since the last look; returns how many counted."""
-        return len(self.verdicts.add(self.journal.read_new())) if self.journal is not None else 0
+        """Weigh the ratings every process journaled since the last look, and let the teacher answer
+        with them (`Teacher.use_feedback`); returns how many counted."""
+        counted = len(self.verdicts.add(self.journal.read_new())) if self.journal is not None else 0
+        if counted and isinstance(self.teacher, Teacher):
+            self.teacher.use_feedback(self.verdicts, self.config.feedback)
+        return counted
 
     def _trace(self, routed: RoutedAnswer) -> Trace:
         answer = routed.teacher_answer

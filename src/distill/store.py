@@ -631,6 +631,16 @@ class TraceStore:
         """Every stored rating, oldest first (what curation and tuning weigh)."""
         return self.sql(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY created_at, feedback_id")
 
+    def ratings_by_route(self) -> list[dict]:
+        """Users' ratings by how the rated answer was served (teacher, replay, student): how many,
+        how many wrong (score below 0), and the mean score."""
+        return self.sql("""
+            SELECT CASE WHEN route = 'rag' THEN 'teacher' WHEN backend = 'replay' THEN 'replay' ELSE 'student' END AS route,
+                   count(*) AS rated, count(*) FILTER (WHERE score < 0) AS rated_wrong,
+                   round(count(*) FILTER (WHERE score < 0) / count(*), 4) AS share_rated_wrong,
+                   round(avg(score), 4) AS mean_score
+            FROM feedback GROUP BY 1 ORDER BY 1""")
+
     def traces_by_id(self, trace_ids: Sequence[str]) -> dict[str, dict]:
         """What a rating needs of each stored trace it names (unknown ids are left out)."""
         import pyarrow as pa

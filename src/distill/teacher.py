@@ -35,9 +35,10 @@ from typing import Protocol
 import numpy as np
 
 from distill import answerability
-from distill.config import Config, IndexConfig, TeacherConfig, Workspace
+from distill.config import Config, FeedbackConfig, IndexConfig, TeacherConfig, Workspace
 from distill.corpus import LIST_ITEM, markdown_blocks, compile_patterns, detect_injection, is_code
 from distill.errors import DistillError, UpstreamError
+from distill.feedback import RatedEvidence, Verdicts
 from distill.index import Retrieval, Retriever, dense_meta
 from distill.rerank import Reranker
 
@@ -200,6 +201,7 @@ class Teacher:
         self.method = method  # how the threshold was set: an answerability.METHODS entry, or 'setting'
         self.injection = compile_patterns(list(injection_patterns))
         self.sentences = getattr(generator, "sentences", None) or EvidenceSentences(retriever.encode)
+        self.rated: RatedEvidence | None = None  # users' verdicts on the chunks it answered from (use_feedback)
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, config: Config) -> "Teacher | HttpTeacher":
@@ -224,6 +226,12 @@ class Teacher:
 
     def answer(self, query: str, scope: str | None = None) -> Answer:
         return self.answer_batch([(query, scope)])[0]
+
+    def use_feedback(self, verdicts: Verdicts, config: FeedbackConfig) -> None:
+        """Answer from now on with users' verdicts on the chunks it answered from (feedback.RatedEvidence)."""
+        if self.rated is None:
+            self.rated = RatedEvidence(self.retriever.embed_queries, config.similar_question, config.withdraw_below)
+        self.rated.update(verdicts)
 
     def answer_batch(self, queries: list[tuple[str, str | None]]) -> list[Answer]:
         """Answer several queries: their embeddings, and the extractive backend's sentence
@@ -291,6 +299,8 @@ class Teacher:
         retrievals = [self.retriever.search(q, s, query_vector=v) for (q, s), v in zip(queries, vectors)]
         if self.reranker is not None:
             self.reranker.rerank_retrievals(retrievals)  # one cross-encoder call for the batch
+        if self.rated is not None:
+            self.rated.reorder(retrievals, vectors)  # what users rated wrong last, right first
         evidences = [select_evidence(r, self.config) for r in retrievals]
         self.sentences.prepare([chunk for evidence in evidences for chunk in evidence])
         scores = [self.answerability(r, e, v) for r, e, v in zip(retrievals, evidences, vectors)]

@@ -8,7 +8,8 @@ Every kept trace (curation decision `train`, before the cutoff) says: for this q
 teacher answered from this chunk, and passed over the other chunks it retrieved. So the training
 set is (question, cited chunk, a retrieved-but-unused chunk of another document) triplets, and the
 loss is sentence-transformers' MultipleNegativesRankingLoss: the cited chunk must beat the hard
-negative and every other chunk in the batch. Training always starts from `index.embedding_model`
+negative and every other chunk in the batch. Users' ratings add triplets (`rated_triplets`): the
+chunk an answer was rated right for, against one rated wrong for the same wording. Training always starts from `index.embedding_model`
 (the offline MiniLM), so a bad night cannot compound.
 
 The candidate is saved as `models/retriever/vNNNN/` (a sentence-transformers folder with a model
@@ -36,6 +37,7 @@ from distill import registry
 from distill.config import Config, Workspace
 from distill.corpus import chunk_doc_version
 from distill.errors import DistillError
+from distill.feedback import Verdicts
 from distill.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
                            embedder_path, sync_dense, write_dense_meta)
 from distill.metrics import normalize_query, rank_scores
@@ -79,6 +81,29 @@ def training_triplets(rows: list[dict], chunks: dict[str, dict]) -> list[dict]:
     return triplets
 
 
+def rated_triplets(evidence: dict[tuple, float], rows: list[dict], chunks: dict[str, dict],
+                   withdraw_below: float) -> list[dict]:
+    """Triplets from users' ratings (`Verdicts.rated_evidence`): for a wording whose answer was rated
+    right, its chunk is the positive, and the negative is a chunk rated wrong for it, else the best
+    retrieved chunk of another document in its traces. A wording rated only wrong has no positive
+    to learn (the reranker learns it as a hard negative)."""
+    by_wording: dict[tuple, dict[str, list[str]]] = {}
+    for (scope, wording, chunk), score in sorted(evidence.items(), key=str):
+        if chunk in chunks and (score > 0 or score < withdraw_below):
+            by_wording.setdefault((scope, wording), {"right": [], "wrong": []})["right" if score > 0 else "wrong"].append(chunk)
+    retrieved = {(row["scope"], normalize_query(row["query"])): row["retrieved"] for row in rows}
+    triplets = []
+    for (scope, wording), rated in by_wording.items():
+        for positive in rated["right"]:
+            doc = chunk_doc_version(positive)[0]
+            negatives = rated["wrong"] + [c for c in retrieved.get((scope, wording), []) if chunk_doc_version(c)[0] != doc]
+            negative = next((c for c in negatives if c in chunks), None)
+            if negative is not None:
+                triplets.append({"anchor": wording, "positive": chunk_embedding_text(chunks[positive]),
+                                 "negative": chunk_embedding_text(chunks[negative])})
+    return triplets
+
+
 def held_out_queries(rows: list[dict], gold: dict[str, dict] | None) -> list[dict]:
     """Distinct held-out questions with what counts as relevant: gold documents, or cited chunks."""
     queries: dict[tuple, dict] = {}
@@ -113,11 +138,14 @@ def tune_retriever(workspace: Workspace, config: Config, gold: dict[str, dict] |
     cfg = config.tune
     with TraceStore(workspace.traces_db) as store:
         rows = store.retrieval_examples()
+        verdicts = Verdicts(config.feedback)
+        verdicts.add(store.feedback())
     if not rows:
         raise DistillError("no curation run to learn from; run `distill curate` (or `distill nightly`) first")
     active = Retriever(workspace, config.index)
     chunks = {c["chunk_id"]: c for c in active.chunks}
-    triplets = training_triplets(rows, chunks)
+    triplets = training_triplets(rows, chunks) + rated_triplets(verdicts.rated_evidence(), rows, chunks,
+                                                                config.feedback.withdraw_below)
     if len(triplets) < cfg.min_pairs:
         raise DistillError(f"only {len(triplets)} kept (question, cited chunk) pairs with a hard negative; "
                            f"tuning needs at least {cfg.min_pairs} (tune.min_pairs): collect more traffic")
