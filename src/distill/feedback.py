@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict, defaultdict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
@@ -145,7 +145,7 @@ class Rating:
                    answer=trace.get("answer"), citations=list(trace.get("citations") or []))
 
     def record(self) -> dict:
-        return asdict(self)
+        return dict(self.__dict__)  # shallow: `asdict` deep-copies, and costs most of an import
 
 
 def _when(value) -> datetime:
@@ -359,20 +359,21 @@ def import_scores(workspace, path: Path, strict: bool = False, on_progress=None,
     journal = FeedbackJournal(feedback_folder(workspace.traces_db))
 
     def flush(lines: list[tuple[int, dict]]) -> None:
+        ratings = []
         with TraceStore(workspace.traces_db) as store:
             traces = store.traces_by_id([str(f["trace_id"]) for _, f in lines if f.get("trace_id")])
-        ratings = []
-        for number, fields in lines:
-            try:
-                trace = traces.get(fields.get("trace_id"))
-                if trace is None:
-                    raise UnknownTrace(f"no stored trace has id {fields.get('trace_id')!r}")
-                ratings.append(Rating.of(fields, trace, "import", config.default_source).record())
-            except DistillError as err:
-                if strict:
-                    raise DistillError(f"{path}:{number}: {err}; fix the line or drop --strict to skip it") from None
-                report.bad.append((number, str(err)))
-        journal.append(ratings)
+            for number, fields in lines:
+                try:
+                    trace = traces.get(fields.get("trace_id"))
+                    if trace is None:
+                        raise UnknownTrace(f"no stored trace has id {fields.get('trace_id')!r}")
+                    ratings.append(Rating.of(fields, trace, "import", config.default_source).record())
+                except DistillError as err:
+                    if strict:
+                        raise DistillError(f"{path}:{number}: {err}; fix the line or drop --strict to skip it") from None
+                    report.bad.append((number, str(err)))
+            stored = store.stored_feedback_ids([r["feedback_id"] for r in ratings])
+        journal.append([r for r in ratings if r["feedback_id"] not in stored])  # a rerun journals nothing twice
         with TraceStore(workspace.traces_db) as store:  # opening folds the journal in
             report.imported += store.folded_feedback
         if on_progress:

@@ -631,6 +631,18 @@ class TraceStore:
         """Every stored rating, oldest first (what curation and tuning weigh)."""
         return self.sql(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY created_at, feedback_id")
 
+    def stored_feedback_ids(self, feedback_ids: Sequence[str]) -> set[str]:
+        """Those of `feedback_ids` the feedback table already holds."""
+        import pyarrow as pa
+
+        wanted = pa.table({"feedback_id": list(dict.fromkeys(feedback_ids))})
+        with self._lock:
+            cur = self._con.cursor()
+            cur.register("wanted", wanted)
+            found = {row[0] for row in cur.execute("SELECT feedback_id FROM feedback JOIN wanted USING (feedback_id)").fetchall()}
+            cur.unregister("wanted")
+        return found
+
     def ratings_by_route(self) -> list[dict]:
         """Users' ratings by how the rated answer was served (teacher, replay, student): how many,
         how many wrong (score below 0), and the mean score."""
