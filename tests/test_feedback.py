@@ -217,3 +217,31 @@ def test_tuning_learns_the_rated_pairs():
     assert {(t["anchor"], t["positive"], t["negative"]) for t in triplets} == {
         ("how do i pay", "text of b@v1#0", "text of a@v1#0"),  # the chunk rated wrong is its negative
         ("refund window", "text of c@v1#0", "text of a@v1#0")}  # else the best retrieved one of another document
+
+
+def test_refusals_users_rated_wrong_are_answerability_evidence(corpus_workspace, tmp_path):
+    import os
+
+    from distill.index import dense_meta
+    from distill.teacher import ensure_calibrated
+    from test_store import make_trace
+
+    os.symlink(corpus_workspace.index_dir, tmp_path / "index")
+    ws = Workspace(tmp_path)
+    generation = int(dense_meta(ws).get("generation", 0))
+    refused = [make_trace(f"r{i}", trace_id=f"r{i}", query=f"can i export notebook {i}?", answer="", citations=[],
+                          refused=True, refusal_reason="not_answerable", answerability=0.01 * i,
+                          corpus_generation=generation) for i in range(12)]
+    with TraceStore(ws.traces_db) as store:
+        store.append(refused)
+    config = ws.config()
+    before = ensure_calibrated(ws, config, force=True)
+    assert before.method == "probes" and before.evidence["rated_answerable"]["count"] == 0
+    with TraceLogger(ws.home) as logger:
+        for trace in refused:
+            logger.feedback(trace.trace_id, -1, source=f"user-{trace.trace_id}")
+    after = ensure_calibrated(ws, config)  # new ratings: fitted again without being forced
+    assert after.method == "ratings" and after.evidence["rated_answerable"]["count"] == 12
+    assert "12 questions users rated answerable" in after.summary()
+    assert after.threshold <= before.threshold
+    assert ensure_calibrated(ws, config) is None  # nothing new: the fit stands

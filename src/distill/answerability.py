@@ -71,7 +71,7 @@ MIN_KNOWN_ANSWERABLE = 10  # fewer of the documents' own questions than this: th
 MAX_KNOWN_ANSWERABLE = 300  # the documents' questions asked to fit the threshold (a fixed sample)
 PROBES_REFUSED = 0.95  # the threshold refuses at least this share of the off-topic probes
 PROBE_SCOPES = 3  # each probe is asked in this many of the corpus's scopes
-METHODS = ("documents_questions", "probes", "default")
+METHODS = ("documents_questions", "ratings", "probes", "default")
 
 STOP_WORDS = frozenset(
     "a an the is are was were be been being do does did i you he she it we they my your our their to of in on at "
@@ -207,9 +207,12 @@ class Calibration:
         parts = []
         if known:
             parts.append(f"{known} titles and headings: {shares.get('known_answerable', 0):.1%} refused")
+        if rated := self.evidence.get("rated_answerable", {}).get("count", 0):
+            parts.append(f"{rated} questions users rated answerable: {shares.get('rated_answerable', 0):.1%} refused")
         if probed:
             parts.append(f"{probed} off-topic probes: {shares.get('known_unanswerable', 0):.1%} refused")
         source = {"documents_questions": "from the documents' own questions",
+                  "ratings": "from questions users rated answerable (the documents have too few distinctive titles or headings)",
                   "probes": "from off-topic probes (the documents have too few distinctive titles or headings)",
                   "default": "teacher.min_answerability (nothing fitted)"}[self.method]
         detail = f" ({'; '.join(parts)})" if parts else ""
@@ -217,13 +220,16 @@ class Calibration:
 
 
 def fit(answerable: list[float], unanswerable: list[float], quantile: float, default: float,
-        corpus_generation: int | None = None, examples: dict | None = None) -> Calibration:
+        corpus_generation: int | None = None, examples: dict | None = None, rated: list[float] = ()) -> Calibration:
     """The threshold for scores of known-answerable and known-unanswerable questions.
 
     The probes set the floor: the threshold refuses at least PROBES_REFUSED of them. With at least
     MIN_KNOWN_ANSWERABLE known-answerable scores it goes as far above that floor as refusing at
     most `quantile` of those allows (the answerable side is what must not be refused: on StackFAQ
     this refuses 99 % of other datasets' questions); with neither kind of evidence, `default`.
+    `rated` are the scores of questions users said the documents answer (an answer rated right, a
+    refusal rated wrong: feedback.py): known-answerable too, and enough of them decide where the
+    documents have too few questions of their own (method 'ratings').
 
         >>> rng = np.random.default_rng(0)
         >>> known, off_topic = list(rng.beta(8, 2, 200)), list(rng.beta(1, 60, 150))
@@ -234,21 +240,26 @@ def fit(answerable: list[float], unanswerable: list[float], quantile: float, def
         'probes'
     """
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    known = np.asarray([s for s in answerable if s is not None], dtype=float)
+    documents = [s for s in answerable if s is not None]
+    users = [s for s in rated if s is not None]
+    known = np.asarray(documents + users, dtype=float)
     probed = np.asarray([s for s in unanswerable if s is not None], dtype=float)
     # just above the probes' PROBES_REFUSED quantile: a score below the threshold is refused
     floor = float(np.nextafter(np.quantile(probed, PROBES_REFUSED, method="higher"), 1.0)) if len(probed) else None
     if len(known) >= MIN_KNOWN_ANSWERABLE:
-        method, threshold = "documents_questions", max(float(np.quantile(known, quantile, method="lower")), floor or 0.0)
+        method = "documents_questions" if len(documents) >= MIN_KNOWN_ANSWERABLE else "ratings"
+        threshold = max(float(np.quantile(known, quantile, method="lower")), floor or 0.0)
     elif floor is not None:
         method, threshold = "probes", floor
     else:
         method, threshold = "default", default
-    evidence = {"known_answerable": {"count": int(len(known))}, "known_unanswerable": {"count": int(len(probed))}}
+    evidence = {"known_answerable": {"count": len(documents)}, "known_unanswerable": {"count": int(len(probed))},
+                "rated_answerable": {"count": len(users)}}
     for kind, shown in (examples or {}).items():
         evidence[kind]["examples"] = shown[:5]
-    refused = {"known_answerable": round(float(np.mean(known < threshold)), 4) if len(known) else None,
-               "known_unanswerable": round(float(np.mean(probed < threshold)), 4) if len(probed) else None}
+    refused = {"known_answerable": round(float(np.mean(np.asarray(documents) < threshold)), 4) if documents else None,
+               "known_unanswerable": round(float(np.mean(probed < threshold)), 4) if len(probed) else None,
+               "rated_answerable": round(float(np.mean(np.asarray(users) < threshold)), 4) if users else None}
     return Calibration(threshold, method, now, corpus_generation, quantile, evidence, refused)
 
 

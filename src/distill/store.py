@@ -631,6 +631,18 @@ class TraceStore:
         """Every stored rating, oldest first (what curation and tuning weigh)."""
         return self.sql(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY created_at, feedback_id")
 
+    def answerability_of(self, trace_ids: Sequence[str]) -> dict[str, tuple[float | None, int | None]]:
+        """trace_id -> (its answerability score, the corpus generation it was scored at)."""
+        import pyarrow as pa
+
+        wanted = pa.table({"trace_id": list(dict.fromkeys(trace_ids))})
+        with self._lock:
+            cur = self._con.cursor()
+            cur.register("wanted", wanted)
+            rows = cur.execute("SELECT trace_id, answerability, corpus_generation FROM traces JOIN wanted USING (trace_id)").fetchall()
+            cur.unregister("wanted")
+        return {trace_id: (score, generation) for trace_id, score, generation in rows}
+
     def stored_feedback_ids(self, feedback_ids: Sequence[str]) -> set[str]:
         """Those of `feedback_ids` the feedback table already holds."""
         import pyarrow as pa
