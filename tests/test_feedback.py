@@ -245,3 +245,20 @@ def test_refusals_users_rated_wrong_are_answerability_evidence(corpus_workspace,
     assert "12 questions users rated answerable" in after.summary()
     assert after.threshold <= before.threshold
     assert ensure_calibrated(ws, config) is None  # nothing new: the fit stands
+
+
+def test_the_example_service_takes_a_thumbs_down(rated_ws, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("DISTILL_HOME", str(rated_ws.home))
+    spec = importlib.util.spec_from_file_location("example_service", Path(__file__).parents[1] / "examples" / "service.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with TestClient(example.app) as client:
+        answer = client.post("/ask", json={"question": REFUND_Q, "scope": "billing"}).json()
+        assert answer["route"] == "student"
+        rated = client.post("/rate", json={"trace_id": answer["trace_id"], "helpful": False, "user": "u-17"})
+        assert rated.json() == {"counted": True, "intent_withdrawn": True}
+        assert client.post("/ask", json={"question": REFUND_Q, "scope": "billing"}).json()["reason"] == "withdrawn"
+        assert client.post("/rate", json={"trace_id": "nope", "helpful": True}).status_code == 404

@@ -22,7 +22,7 @@ Weighing (`Verdicts`): a rating counts unless its source already had
 `feedback.max_per_source_per_hour` ratings counted in the hour before it (one user cannot withdraw
 everything). Each source's counted ratings of one thing are averaged to one vote, and the thing's
 score is the mean of its sources' votes: several ratings are weighed, not the last one alone. A
-thing scoring below `feedback.withdraw_below` (default 0) is wrong. Two things are rated:
+thing scoring below `feedback.withdraw_below` (default 0) is wrong. Each rating rates three things:
 
 - an answer to a wording (scope, normalized question, normalized answer): curation never trains on a
   teacher trace that gave it (reason `rated_wrong`), and the router never serves it from the fast
@@ -51,9 +51,6 @@ from distill.config import FeedbackConfig
 from distill.errors import DistillError
 from distill.metrics import normalize, normalize_query
 from distill.store import RATED_TRACE_COLUMNS, Trace, find_trace
-
-RECEIVERS = ("http", "router", "logger", "import")
-
 
 class UnknownTrace(DistillError):
     """A rating names a trace id that no segment and no store holds."""
