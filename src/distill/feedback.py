@@ -52,6 +52,7 @@ from distill.errors import DistillError
 from distill.metrics import normalize, normalize_query
 from distill.store import RATED_TRACE_COLUMNS, Trace, find_trace
 
+
 class UnknownTrace(DistillError):
     """A rating names a trace id that no segment and no store holds."""
 
