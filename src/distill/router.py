@@ -93,6 +93,7 @@ logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
 FAST_PATHS = ("student", "replay")
 BEFORE_COVERAGE = ("input", "high_risk", "injection", "no_student")  # the checks `check` runs before coverage
+FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
 SHADOW_FIELDS = ("trace_id", "student_version", "cluster_id", "scope", "query", "student_answer", "teacher_answer",
                  "agreement")  # a shadow check as the store keeps it
 
@@ -375,14 +376,22 @@ class Router:
     # -- following the workspace -----------------------------------------------------------------
 
     def watch(self) -> None:
-        """Call `reload` every `router.reload_s` seconds from a background thread until `close`."""
+        """Call `reload` every `router.reload_s` seconds from a background thread until `close`, and
+        read new ratings every FEEDBACK_POLL_S in between (tailing the journals costs a few stats),
+        so a rating given to another worker acts here well within `router.reload_s`."""
         if self.workspace is None or not self.config.router.reload_s or self._watcher:
             return
+        tick = min(FEEDBACK_POLL_S, self.config.router.reload_s)
 
         def run() -> None:
-            while not self._stop.wait(self.config.router.reload_s):
+            due = time.monotonic() + self.config.router.reload_s
+            while not self._stop.wait(tick):
                 try:
-                    self.reload()
+                    if time.monotonic() >= due:
+                        due = time.monotonic() + self.config.router.reload_s
+                        self.reload()
+                    else:
+                        self.refresh_feedback()
                 except Exception:  # a half-written change or a broken version: keep serving, look again
                     logger.exception("reload failed; still serving corpus generation %s, student %s",
                                      self.generation, self.version)
