@@ -50,7 +50,7 @@ from distill.router import Router
 from distill.store import TraceStore
 from distill.traffic import _pairs
 from distill.train import train
-from policyqa import ROOT, require_policyqa, save_results
+from policyqa import ROOT, load_results, require_policyqa, save_results
 from stackfaq import SCOPE, load_threads, write_corpus
 
 HOME = ROOT / "bench" / "feedback"
@@ -172,7 +172,7 @@ def run_arm(base: Workspace, name: str, arm: str, log: list[dict], rate: float) 
         for kind in ("all", "seen", "unseen")) + (f"; {figures.get('ratings')} ratings ({figures.get('negative_ratings')} "
                                                    f"negative), {figures['rated_wrong_rejected']} traces rejected "
                                                    f"rated_wrong" if arm == "after" else ""), flush=True)
-    return {"workspace": ws, "figures": figures, "report": report, "routed": routed}
+    return {"workspace": ws, "figures": figures, "report": report}
 
 
 WORKER = """
@@ -189,12 +189,12 @@ print(round(time.monotonic() - began, 3), flush=True)
 """
 
 
-def withdrawal_delay(ws: Workspace, report: list[dict], routed: list, workers: int) -> dict:
+def withdrawal_delay(ws: Workspace, report: list[dict], workers: int) -> dict:
     """Seconds from a negative rating to its intent off the fast path: here, and in other processes."""
-    served = next(((q, r) for q, r in zip(report, routed) if r.route == "student"), None)
-    if served is None:
-        return {"note": "nothing was served from the fast path"}
-    question, _ = served
+    with Router.from_workspace(ws, log=False, watch=False) as router:
+        question = next((q for q in report if router.check(q["query"], q["scope"])[0] is None), None)
+    if question is None:
+        return {"note": "nothing is served from the fast path"}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ws.home), question["query"], question["scope"]],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
     try:
@@ -245,22 +245,28 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.1, help="share of the tune weeks' answers users rate")
     parser.add_argument("--questions", type=int, default=4000, help="questions in each four-week log")
     parser.add_argument("--workers", type=int, default=2, help="other router processes for the withdrawal delay")
+    parser.add_argument("--timings-only", action="store_true",
+                        help="keep the arms' figures of the last run; measure the withdrawal delay and import speed again")
     args = parser.parse_args()
-    figures: dict = {"rate": args.rate, "questions": args.questions, "sets": {}}
+    previous = load_results("feedback") or {}
+    figures: dict = {"rate": args.rate, "questions": args.questions, "sets": previous.get("sets", {}) if args.timings_only else {}}
     for name in args.sets.split(","):
         pairs, build = SETS[name]()
         base = base_workspace(name, build)
         log = zipf_log(pairs, args.questions)
+        report = [q for q in log if q["timestamp"] >= START + timedelta(days=TUNE_DAYS)]
         print(f"{name}: {len(pairs)} pairs, {len(log)} questions", flush=True)
-        arms = {arm: run_arm(base, name, arm, log, args.rate) for arm in ("before", "after")}
-        entry = {arm: run["figures"] for arm, run in arms.items()}
-        for kind in ("all", "seen", "unseen"):
-            b, a = entry["before"][kind], entry["after"][kind]
-            entry.setdefault("lift", {})[kind] = {
-                "teacher_right_document": round(a["teacher_right_document"] - b["teacher_right_document"], 4),
-                "fast_path_error_vs_gold": (b["fast_path_error_vs_gold"], a["fast_path_error_vs_gold"])}
-        after = arms["after"]
-        entry["withdrawal"] = withdrawal_delay(after["workspace"], after["report"], after["routed"], args.workers)
+        if args.timings_only:
+            entry = figures["sets"][name]
+        else:
+            arms = {arm: run_arm(base, name, arm, log, args.rate) for arm in ("before", "after")}
+            entry = {arm: run["figures"] for arm, run in arms.items()}
+            for kind in ("all", "seen", "unseen"):
+                b, a = entry["before"][kind], entry["after"][kind]
+                entry.setdefault("lift", {})[kind] = {
+                    "teacher_right_document": round(a["teacher_right_document"] - b["teacher_right_document"], 4),
+                    "fast_path_error_vs_gold": (b["fast_path_error_vs_gold"], a["fast_path_error_vs_gold"])}
+        entry["withdrawal"] = withdrawal_delay(Workspace(HOME / name / "after"), report, args.workers)
         print(f"  withdrawal: {entry['withdrawal']}", flush=True)
         figures["sets"][name] = entry
         save_results("feedback", figures)

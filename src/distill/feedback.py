@@ -346,7 +346,7 @@ def is_score_record(record) -> bool:
 
 def import_scores(workspace, path: Path, strict: bool = False, on_progress=None, batch: int = 50_000):
     """`distill import` of rating lines (`langfuse_fields`): each names a stored trace; they are
-    journaled and folded into the store, deduplicated by id, so a rerun adds nothing. A bad line or
+    journaled (for running routers) and stored, deduplicated by id, so a rerun adds nothing. A bad line or
     an unknown trace id is reported by its line (with `strict`, it stops the import first)."""
     import json
 
@@ -371,9 +371,9 @@ def import_scores(workspace, path: Path, strict: bool = False, on_progress=None,
                         raise DistillError(f"{path}:{number}: {err}; fix the line or drop --strict to skip it") from None
                     report.bad.append((number, str(err)))
             stored = store.stored_feedback_ids([r["feedback_id"] for r in ratings])
-        journal.append([r for r in ratings if r["feedback_id"] not in stored])  # a rerun journals nothing twice
-        with TraceStore(workspace.traces_db) as store:  # opening folds the journal in
-            report.imported += store.folded_feedback
+            new = [r for r in ratings if r["feedback_id"] not in stored]  # a rerun journals nothing twice
+            if new:  # journaled for the running routers, stored here at once
+                report.imported += store.add_journaled_feedback(new, *journal.append(new))
         if on_progress:
             on_progress(len(lines))
 

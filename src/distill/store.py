@@ -627,6 +627,17 @@ class TraceStore:
                     cur.execute("INSERT OR REPLACE INTO feedback_journals VALUES (?, ?)", [name, end])
         return added
 
+    def add_journaled_feedback(self, ratings: Sequence[dict], journal: Path, end: int) -> int:
+        """Store ratings this process has just journaled (`FeedbackJournal.append`), and mark the
+        journal folded up to `end`, in one transaction: what `fold_feedback` would do, without
+        reading the lines back. Returns the ratings added."""
+        with self._lock:
+            cur = self._con.cursor()
+            with _transaction(cur):
+                added = _insert_feedback(cur, ratings)
+                cur.execute("INSERT OR REPLACE INTO feedback_journals VALUES (?, ?)", [Path(journal).name, end])
+        return added
+
     def feedback(self) -> list[dict]:
         """Every stored rating, oldest first (what curation and tuning weigh)."""
         return self.sql(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY created_at, feedback_id")
@@ -1075,9 +1086,10 @@ class FeedbackJournal:
         self._path: Path | None = None
         self._offsets: dict[Path, int] = {}
 
-    def append(self, ratings: Sequence[dict]) -> None:
+    def append(self, ratings: Sequence[dict]) -> tuple[Path | None, int]:
+        """Write ratings durably; returns this process's journal and its size after them."""
         if not ratings:
-            return
+            return self._path, 0
         lines = "".join(json.dumps(r, default=_iso) + "\n" for r in ratings).encode()
         with self._lock:
             if self._path is None:
@@ -1087,6 +1099,7 @@ class FeedbackJournal:
                 journal.write(lines)
                 journal.flush()
                 os.fsync(journal.fileno())
+                return self._path, journal.tell()
 
     def read_new(self) -> list[dict]:
         """The ratings every journal gained since this reader last looked (all of them the first time)."""
