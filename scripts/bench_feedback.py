@@ -192,7 +192,7 @@ print(round(time.monotonic() - began, 3), flush=True)
 def withdrawal_delay(ws: Workspace, report: list[dict], workers: int) -> dict:
     """Seconds from a negative rating to its intent off the fast path: here, and in other processes."""
     with Router.from_workspace(ws, log=False, watch=False) as router:
-        question = next((q for q in report if router.check(q["query"], q["scope"])[0] is None), None)
+        question = next((q for q in report if router.answer(q["query"], q["scope"]).route == "student"), None)
     if question is None:
         return {"note": "nothing is served from the fast path"}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ws.home), question["query"], question["scope"]],
