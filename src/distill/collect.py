@@ -161,9 +161,7 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     if report.calibration and teacher is not None:
         teacher.threshold, teacher.method = report.calibration.threshold, report.calibration.method
     if ratings and isinstance(teacher, Teacher):  # users' verdicts on the chunks it answered from (feedback.py)
-        verdicts = Verdicts(config.feedback)
-        verdicts.add(ratings)
-        teacher.use_feedback(verdicts, config.feedback)
+        teacher.use_feedback(Verdicts(config.feedback, ratings), config.feedback)
     if on_progress:
         on_progress(0, len(todo))
     batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"

@@ -277,8 +277,7 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
     latest = {**latest_cited_versions(traces), **latest}  # documents not ingested here: as last seen
     # The teacher's threshold, fitted again if the corpus changed since (never from the traffic).
     calibration = ensure_calibrated(workspace, config) if corpus_path(workspace).exists() else None
-    verdicts = Verdicts(config.feedback)
-    verdicts.add(ratings)
+    verdicts = Verdicts(config.feedback, ratings)
     rated_wrong = {t["trace_id"] for t in traces if verdicts.wrong(answer_key(t["scope"], t["query"], t["answer"]))}
     result = _decide(traces, config, latest, flagged, cited_text, cutoff, rated_wrong)
     dataset_path, dataset_hash, examples, rewordings = _export(workspace, result, traces, config)

@@ -173,18 +173,19 @@ def evidence_key(scope: str | None, query: str, chunk_id: str) -> tuple:
 class Verdicts:
     """The weighed score of every rated answer and intent, fed ratings in any order once each.
 
-        >>> verdicts = Verdicts(config.feedback)
-        >>> verdicts.add([rating])                      # the ratings that counted
+        >>> verdicts = Verdicts(config.feedback, store.feedback())   # every stored rating, weighed
+        >>> verdicts.add([rating])                      # a new one; returns the ratings that counted
         >>> verdicts.wrong(answer_key("billing", "refund window?", "14 days."))
         True
     """
 
-    def __init__(self, config: FeedbackConfig):
+    def __init__(self, config: FeedbackConfig, ratings: Iterable[dict | Rating] = ()):
         self.config = config
         self._seen: set[str] = set()
         self._counted: dict[str, deque] = defaultdict(deque)  # source -> times of its counted ratings, last hour
         self._votes: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self._wrong: set[tuple] = set()
+        self.add(ratings)
 
     def add(self, ratings: Iterable[dict | Rating]) -> list[dict]:
         """Weigh new ratings (oldest first; one already seen is ignored); returns those that counted."""

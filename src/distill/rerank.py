@@ -156,8 +156,7 @@ def tune_reranker(workspace: Workspace, config: Config, gold: dict[str, dict] | 
         raise DistillError(f"rerank.candidates is {cfg.candidates}; set it to at least 2 (the hits the reranker reorders)")
     with TraceStore(workspace.traces_db) as store:
         rows = store.retrieval_examples()
-        verdicts = Verdicts(config.feedback)
-        verdicts.add(store.feedback())
+        verdicts = Verdicts(config.feedback, store.feedback())
     if not rows:
         raise DistillError("no curation run to learn from; run `distill curate` (or `distill nightly`) first")
     retriever = Retriever(workspace, config.index)

@@ -642,29 +642,25 @@ class TraceStore:
         """Every stored rating, oldest first (what curation and tuning weigh)."""
         return self.sql(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY created_at, feedback_id")
 
-    def answerability_of(self, trace_ids: Sequence[str]) -> dict[str, tuple[float | None, int | None]]:
-        """trace_id -> (its answerability score, the corpus generation it was scored at)."""
+    def _rows_for(self, column: str, values: Sequence[str], select: str) -> list[dict]:
+        """`select` (reading a table `wanted` of one column) run over the distinct `values`, as dicts."""
         import pyarrow as pa
 
-        wanted = pa.table({"trace_id": list(dict.fromkeys(trace_ids))})
+        wanted = pa.table({column: list(dict.fromkeys(values))})
         with self._lock:
             cur = self._con.cursor()
             cur.register("wanted", wanted)
-            rows = cur.execute("SELECT trace_id, answerability, corpus_generation FROM traces JOIN wanted USING (trace_id)").fetchall()
-            cur.unregister("wanted")
-        return {trace_id: (score, generation) for trace_id, score, generation in rows}
+            try:
+                result = cur.execute(select)
+                names = [d[0] for d in result.description]
+                return [dict(zip(names, row)) for row in result.fetchall()]
+            finally:
+                cur.unregister("wanted")
 
     def stored_feedback_ids(self, feedback_ids: Sequence[str]) -> set[str]:
         """Those of `feedback_ids` the feedback table already holds."""
-        import pyarrow as pa
-
-        wanted = pa.table({"feedback_id": list(dict.fromkeys(feedback_ids))})
-        with self._lock:
-            cur = self._con.cursor()
-            cur.register("wanted", wanted)
-            found = {row[0] for row in cur.execute("SELECT feedback_id FROM feedback JOIN wanted USING (feedback_id)").fetchall()}
-            cur.unregister("wanted")
-        return found
+        rows = self._rows_for("feedback_id", feedback_ids, "SELECT feedback_id FROM feedback JOIN wanted USING (feedback_id)")
+        return {row["feedback_id"] for row in rows}
 
     def ratings_by_route(self) -> list[dict]:
         """Users' ratings by how the rated answer was served (teacher, replay, student): how many,
@@ -678,17 +674,9 @@ class TraceStore:
 
     def traces_by_id(self, trace_ids: Sequence[str]) -> dict[str, dict]:
         """What a rating needs of each stored trace it names (unknown ids are left out)."""
-        import pyarrow as pa
-
-        wanted = pa.table({"trace_id": list(dict.fromkeys(trace_ids))})
-        with self._lock:
-            cur = self._con.cursor()
-            cur.register("wanted", wanted)
-            rows = cur.execute(f"SELECT {', '.join(RATED_TRACE_COLUMNS)} FROM traces JOIN wanted USING (trace_id)")
-            names = [d[0] for d in rows.description]
-            found = {row[0]: dict(zip(names, row)) for row in rows.fetchall()}
-            cur.unregister("wanted")
-        return found
+        rows = self._rows_for("trace_id", trace_ids, f"SELECT {', '.join(RATED_TRACE_COLUMNS)} FROM traces "
+                                                     f"JOIN wanted USING (trace_id)")
+        return {row["trace_id"]: row for row in rows}
 
     def answered(self, query_ids: Iterable[str]) -> set[str]:
         """The subset of `query_ids` that already has a trace (for resuming a collection)."""
@@ -1023,7 +1011,7 @@ def find_trace(traces_db: Path, trace_id: str) -> dict | None:
 
 
 RATED_TRACE_COLUMNS = ["trace_id", "route", "backend", "student_version", "cluster_id", "scope", "query", "answer",
-                       "citations", "refused"]
+                       "citations", "refused", "answerability", "corpus_generation"]
 
 
 def read_segment(path: Path) -> list[dict]:

@@ -421,17 +421,14 @@ def rated_answerable(workspace: Workspace, config: Config, generation: int | Non
     with TraceStore(workspace.traces_db) as store:
         ratings = store.feedback()
         traces = store.traces_by_id([r["trace_id"] for r in ratings]) if ratings else {}
-        scores = store.answerability_of(list(traces)) if traces else {}
-    verdicts = Verdicts(config.feedback)
-    verdicts.add(ratings)
+    verdicts = Verdicts(config.feedback, ratings)
     rated = []
-    for trace_id, trace in traces.items():
-        score, trace_generation = scores.get(trace_id, (None, None))
+    for trace in traces.values():
         verdict = verdicts.score(answer_key(trace["scope"], trace["query"] or "", trace["answer"] or ""))
-        if score is None or verdict is None or trace_generation != generation:
+        if trace["answerability"] is None or verdict is None or trace["corpus_generation"] != generation:
             continue
         if (verdict > 0 and not trace["refused"]) or (verdict < config.feedback.withdraw_below and trace["refused"]):
-            rated.append(float(score))
+            rated.append(float(trace["answerability"]))
     return rated
 
 

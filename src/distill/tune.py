@@ -138,8 +138,7 @@ def tune_retriever(workspace: Workspace, config: Config, gold: dict[str, dict] |
     cfg = config.tune
     with TraceStore(workspace.traces_db) as store:
         rows = store.retrieval_examples()
-        verdicts = Verdicts(config.feedback)
-        verdicts.add(store.feedback())
+        verdicts = Verdicts(config.feedback, store.feedback())
     if not rows:
         raise DistillError("no curation run to learn from; run `distill curate` (or `distill nightly`) first")
     active = Retriever(workspace, config.index)
