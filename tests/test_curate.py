@@ -55,7 +55,7 @@ def reasons(store: TraceStore, run_id: str) -> dict[str, set]:
 def test_unsafe_stale_and_refused_traces_never_reach_the_training_set(home):
     import datasets
 
-    result = curate(home, home.config())
+    result = curate(home, home.config({"student": {"mode": "closed_book"}}))  # open book: tests/test_open_book.py
     assert result.traces_seen == 24 and result.train == 5
     with TraceStore(home.traces_db) as store:
         decided = reasons(store, result.run_id)

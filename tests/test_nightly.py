@@ -84,7 +84,8 @@ def test_a_candidate_failing_the_regression_suite_is_not_promoted(workspace):
     (workspace.home / "suite.jsonl").write_text(
         '{"query": "How many days do I have to request a refund?", "scope": "billing", "expect_route": "student"}\n'
         '{"query": "Which cards do you accept?", "scope": "billing", "expect_refusal": false}\n')
-    with_suite = workspace.config({"eval": {"suite": "suite.jsonl"}, "router": {"fast_path": "student"}})
+    with_suite = workspace.config({"eval": {"suite": "suite.jsonl"}, "router": {"fast_path": "student"},
+                                   "student": {"mode": "closed_book"}})
     result = nightly(workspace, with_suite, today=DAY)  # the tiny random student is never confident: RAG answers
     assert result.status == "kept" and "failed 1 of 2 regression suite cases (eval.suite)" in result.reason
     assert "route rag (confidence), expected student" in result.reason

@@ -60,7 +60,7 @@ def test_a_covered_fresh_question_is_served_by_the_student_with_the_intents_cita
     assert routed.citations == ["billing/refunds@v1#0"] and routed.student_version == "v0001"
     assert routed.checks["coverage"] > 0.95 and routed.checks["cluster_id"] == "c0"
     (trace,) = [t for t in traces(workspace) if t["query"] == routed.query]
-    assert trace["route"] == "student" and trace["backend"] == "student" and trace["student_version"] == "v0001"
+    assert trace["route"] == "student" and trace["backend"] == "closed_book" and trace["student_version"] == "v0001"
     assert trace["cluster_id"] == "c0" and trace["router_ms"] > 0 and trace["generation_ms"] > 0
     assert trace["cited_doc_versions"] == [{"doc_id": "billing/refunds", "version": 1}]
 
@@ -296,7 +296,7 @@ def test_the_replay_fast_path_answers_with_the_intents_agreed_answer_without_gen
     router = own_router(workspace, tmp_path / "traces.duckdb", fast_path="replay", shadow_share=0.0)
     routed = router.answer(REFUND_Q, "billing")
     router.close()
-    assert routed.route == "student" and routed.reason == "served" and routed.checks["fast_path"] == "replay"
+    assert routed.route == "replay" and routed.reason == "served" and routed.checks["fast_path"] == "replay"
     assert routed.answer == COVERED[0][2] and routed.generation_ms == 0.0
     assert routed.citations == ["billing/refunds@v1#0"]
 

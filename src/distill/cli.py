@@ -573,7 +573,9 @@ def ask(question: str = typer.Argument(..., help="the question"),
         routed = router.answer(question, scope)
     print(routed.answer or "(no answer)")
     console = _console()
-    served_by = f"student {routed.student_version}" if routed.route == "student" else "RAG teacher"
+    served_by = {"student": f"student {routed.student_version} reading the evidence",
+                 "replay": f"replay of an agreed answer (student {routed.student_version}'s intents)"}.get(routed.route,
+                                                                                                    "RAG teacher")
     console.print(f"route: [bold]{routed.route}[/] ({routed.reason}) answered by {served_by} in "
                   f"{routed.latency_ms:.0f} ms (router {routed.router_ms:.0f} ms)")
     if routed.citations:

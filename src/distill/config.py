@@ -183,7 +183,10 @@ class TrainConfig:
     learning_rate: float = _help("peak learning rate")
     lr_scheduler: str = _help("transformers scheduler name: cosine, linear, constant, ...")
     warmup_ratio: float = _help("share of steps spent warming the learning rate up (below 1: a ratio, as transformers reads warmup_steps)")
-    max_length: int = _help("prompt + completion tokens kept per example")
+    max_length: int = _help("prompt + completion tokens kept per example (an open-book prompt carries its evidence)")
+    no_evidence_share: float = _help("open book: share of examples shown only distractors, without the chunk the teacher cited")
+    no_evidence_target: str = _help("open book: what those examples teach: 'refusal' (answer only from evidence that holds the "
+                                    "answer) or 'answer' (RAFT's choice: the answer all the same)")
     save_steps: int = _help("a checkpoint every this many steps, so a killed training resumes")
     seed: int = _help("random seed for the run")
 
@@ -198,6 +201,10 @@ class StudentConfig:
                           "(vLLM, `distill serve --model`); empty: the router runs the student in its own process")
     endpoint_model: str = _help("model name sent to student.endpoint (vLLM's --served-model-name)")
     api_key_env: str = _help("environment variable holding student.endpoint's API key (unset: no Authorization header)")
+    mode: str = _help("'open_book' (trained on the question with the evidence the teacher read; it answers, from the evidence "
+                      "retrieved now, what replay cannot take) or 'closed_book' (trained on the question alone)")
+    evidence_chunks: int = _help("open book: at most this many retrieved chunks shown to the student, the cited one among them")
+    evidence_words: int = _help("open book: and at most this many words of evidence (the first chunk is always shown whole)")
 
 
 @dataclass
@@ -416,4 +423,19 @@ def load_config(home: Path | None = None, overrides: dict | None = None) -> Conf
         data = _merge(data, _read_toml(home / WORKSPACE_CONFIG))
     if overrides:
         data = _merge(data, overrides)
-    return _build(Config, data, "")
+    config = _build(Config, data, "")
+    _check_choices(config)
+    return config
+
+
+CHOICES = {  # enum settings: the values each accepts
+    ("student", "mode"): ("open_book", "closed_book"),
+    ("train", "no_evidence_target"): ("refusal", "answer"),
+}
+
+
+def _check_choices(config: "Config") -> None:
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise DistillError(f"setting '{section}.{key}' must be one of {', '.join(allowed)} (got {value!r})")

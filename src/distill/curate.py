@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill import answerability
+from distill import answerability, open_book
 from distill.config import Config, CurateConfig, Workspace
 from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
 from distill.calibrate import CALIBRATION_FILE, export_calibration
@@ -465,6 +465,14 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], config: Conf
         return None, None, 0, (0, 0)
     rewordings, written = _rewordings(workspace, config, rows, clusters) if cfg.rewordings else ([], 0)
     rows += [_example(cfg, clusters[r.cluster_id], r.scope, r.text, r.citations, [], r.written_from) for r in rewordings]
+    template = cfg.prompt_template
+    if config.student.mode == "open_book":
+        retrieved = {(r["scope"], r["query"]): list(by_id[r["trace_ids"][0]]["retrieved"] or []) for r in rows
+                     if r["trace_ids"]}
+        rows, template = _open_book(workspace, config, rows, clusters, retrieved), open_book.DEFAULT_TEMPLATE
+        if not rows:
+            raise DistillError("no trained wording's evidence is in the corpus, so no open-book example can be written; "
+                               "run `distill ingest` on the documents the traces cite, or set student.mode = \"closed_book\"")
     import datasets
 
     datasets.disable_progress_bars()
@@ -473,7 +481,10 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], config: Conf
     datasets.Dataset.from_list(rows).save_to_disk(str(target))
     (target / "distill.json").write_text(json.dumps({"run_id": result["run"]["run_id"],
                                                      "content_hash": digest.hexdigest(),
-                                                     "prompt_template": cfg.prompt_template,
+                                                     "prompt_template": template,
+                                                     "student_mode": config.student.mode,
+                                                     "evidence": {"chunks": config.student.evidence_chunks,
+                                                                  "words": config.student.evidence_words},
                                                      "examples": len(rows),
                                                      "rewordings": {"written": written, "kept": len(rewordings)}},
                                                     indent=2))
@@ -487,11 +498,36 @@ def _example(cfg: CurateConfig, cluster: dict, scope: str, query: str, citations
     wording `written_from`) with the cluster's agreed answer as the completion."""
     completion = cluster["answer"] if cluster["answer"] is not None else REFUSAL_COMPLETION
     return {"prompt": [{"role": "user", "content": cfg.prompt_template.format(scope=scope, query=query)}],
-            "completion": [{"role": "assistant", "content": completion}],
+            "completion": [{"role": "assistant", "content": completion}], "answer": completion,
             "cluster_id": cluster["cluster_id"], "scope": scope, "query": query, "citations": citations,
             "trace_ids": trace_ids, "source": "rewording" if written_from else "trace", "written_from": written_from,
             "cited_doc_versions": cluster["cited_doc_versions"],
             "retrieved_doc_versions": cluster["retrieved_doc_versions"]}
+
+
+def _open_book(workspace: Workspace, config: Config, rows: list[dict], clusters: dict,
+               retrieved: dict[tuple[str, str], list[str]]) -> list[dict]:
+    """The closed-book rows turned open-book (open_book.examples): each wording with the chunks its
+    trace retrieved, at that trace's versions. A rewording reads what its original wording's trace
+    read. Wordings whose evidence is not in the corpus (a team's own RAG) are left out."""
+    if not corpus_path(workspace).exists():
+        return []
+    wanted = {c for ids in retrieved.values() for c in ids} | {c for r in rows for c in r["citations"][:1]}
+    corpus = CorpusStore(corpus_path(workspace), read_only=True)
+    try:
+        chunks = corpus.chunks_by_id(wanted)
+    finally:
+        corpus.close()
+    student, train = config.student, config.train
+    out = []
+    for row in rows:
+        answer = clusters[row["cluster_id"]]["answer"]
+        read = retrieved.get((row["scope"], row["query"] if row["source"] == "trace" else row["written_from"]), [])
+        for example in open_book.examples(row["query"], answer, (row["citations"] or [None])[0], read, chunks,
+                                          student.evidence_chunks, student.evidence_words, train.no_evidence_share,
+                                          train.no_evidence_target, open_book.DEFAULT_TEMPLATE):
+            out.append({**row, **example})
+    return out
 
 
 def _rewordings(workspace: Workspace, config: Config, rows: list[dict], clusters: dict) -> tuple[list, int]:
@@ -540,4 +576,4 @@ def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list
     export_calibration(path, intents, rows_out, success_f1)
 
 
-REFUSAL_COMPLETION = "I don't know."
+REFUSAL_COMPLETION = open_book.REFUSAL

@@ -97,6 +97,19 @@ def covered_eval_queries(workspace: Workspace, manifest: dict, run_id: str | Non
     return list(queries.values())[:limit]
 
 
+def held_out_queries(workspace: Workspace, run_id: str, limit: int | None = None) -> list[dict]:
+    """Distinct held-out queries of a curation run, covered by an intent or not, most recent first,
+    with the teacher's answer, citations and cost: what the open-book student is calibrated on."""
+    with TraceStore(workspace.traces_db) as store:
+        rows = store.held_out(run_id)
+    queries: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["scope"], normalize_query(row["query"]))
+        if row["decision"] == "eval" and key not in queries:
+            queries[key] = row
+    return list(queries.values())[:limit]
+
+
 def evaluate_student(student, queries: list[dict], gold: dict[str, list[str]] | None = None,
                      batch_size: int = 16, progress: bool = False) -> dict:
     """Answer `queries` with the student in batches and score the answers; returns plain figures."""

@@ -39,7 +39,7 @@ from distill import registry
 from distill.config import Config, Workspace
 from distill.curate import curate
 from distill.errors import DistillError
-from distill.evaluate import covered_eval_queries, evaluate_student, load_suite, run_suite
+from distill.evaluate import covered_eval_queries, evaluate_student, held_out_queries, load_suite, run_suite
 from distill.store import TraceStore, has_traces
 from distill.train import train
 
@@ -135,10 +135,14 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bo
                + (f", loss {trained.losses[0]:.2f} -> {trained.losses[-1]:.2f}" if trained.losses else ""))
 
     candidate_manifest = registry.manifest(workspace.models_dir, student, trained.version)
-    queries = covered_eval_queries(workspace, candidate_manifest, curation.run_id, cfg.max_eval_queries)
-    scores = {trained.version: _score(trained.path, queries, config, gold)}
-    if current:
-        scores[current] = _score(workspace.models_dir / student / current, queries, config, gold)
+    if candidate_manifest.get("student_mode") == "open_book":
+        queries = held_out_queries(workspace, curation.run_id, cfg.max_eval_queries)
+        scores = _open_book_scores(workspace, config, trained.path, current, queries, gold)
+    else:
+        queries = covered_eval_queries(workspace, candidate_manifest, curation.run_id, cfg.max_eval_queries)
+        scores = {trained.version: _score(trained.path, queries, config, gold)}
+        if current:
+            scores[current] = _score(workspace.models_dir / student / current, queries, config, gold)
     metric = "f1_vs_gold" if gold and scores[trained.version].get("gold_queries") else "f1_vs_teacher"
     registry.record_eval(workspace.models_dir, student, trained.version,
                          {"curation_run_id": curation.run_id, "metric": metric, **scores[trained.version]})
@@ -154,7 +158,7 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bo
     if candidate < teacher - cfg.teacher_margin:
         return run.finish("kept", f"{trained.version} {metric} {candidate:.3f} is more than nightly.teacher_margin "
                                   f"{cfg.teacher_margin} below the teacher's {teacher:.3f}")
-    if current and candidate < scores[current][metric] - cfg.max_regression:
+    if current and current in scores and candidate < scores[current][metric] - cfg.max_regression:
         return run.finish("kept", f"{trained.version} {metric} {candidate:.3f} is below the current {current}'s "
                                   f"{scores[current][metric]:.3f} by more than nightly.max_regression {cfg.max_regression}")
     if config.eval.suite:
@@ -167,7 +171,33 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bo
                                       f"cases (eval.suite), first: {failed[0]['query']!r}: {failed[0]['problems']}")
     registry.promote(workspace.models_dir, student, trained.version, reason=f"nightly {run.run_id}")
     return run.finish("promoted", f"{trained.version} {metric} {candidate:.3f} passed the gate"
-                                  + (f" (current {current}: {scores[current][metric]:.3f})" if current else ""))
+                                  + (f" (current {current}: {scores[current][metric]:.3f})" if current in scores else ""))
+
+
+def _open_book_scores(workspace: Workspace, config: Config, path: Path, current: str | None, queries: list[dict],
+                      gold) -> dict:
+    """The open-book candidate (and the current version, when it reads evidence too) answering the
+    held-out queries from the evidence retrieved now; the candidate's confidence evidence is written
+    beside it (student_gate.py), so the router knows what it may serve."""
+    import json
+
+    from distill.student import Student
+    from distill.student_gate import CONFIDENCE_FILE, fit
+    from distill.teacher import Teacher
+
+    teacher = Teacher.from_workspace(workspace, config)
+    versions = {path.name: path}
+    if current and registry.manifest(workspace.models_dir, config.train.student_name, current).get("student_mode") \
+            == "open_book":
+        versions[current] = workspace.models_dir / config.train.student_name / current
+    scores = {}
+    for version, folder in versions.items():
+        student = Student.load(folder, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+        fitted = fit(student, teacher, queries, config, gold, progress=True)
+        if folder == path:
+            (path / CONFIDENCE_FILE).write_text(json.dumps(fitted["evidence"], indent=2))
+        scores[version] = fitted["figures"]
+    return scores
 
 
 def _score(path: Path, queries: list[dict], config: Config, gold) -> dict:

@@ -87,15 +87,19 @@ from distill.errors import DistillError
 from distill.feedback import Rating, RecentTraces, Verdicts, answer_key, intent_key
 from distill.metrics import normalize_query, token_f1
 from distill.store import FeedbackJournal, Trace, TraceWriter, feedback_folder, take_batch
+from distill.open_book import parse_answer, shown
+from distill.student_gate import StudentGate
 from distill.teacher import Answer, ChatEndpoint, Teacher, workspace_threshold
 
 logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
 FAST_PATHS = ("student", "replay")
 BEFORE_COVERAGE = ("input", "high_risk", "injection", "no_student")  # the checks `check` runs before coverage
+OPEN_BOOK_AFTER = ("coverage", "stale", "withdrawn", "rated_wrong", "replay_off")  # what replay cannot take, the student may
+SERVED = ("replay", "student")  # routes that answer without RAG
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
 SHADOW_FIELDS = ("trace_id", "student_version", "cluster_id", "scope", "query", "student_answer", "teacher_answer",
-                 "agreement")  # a shadow check as the store keeps it
+                 "agreement", "route")  # a shadow check as the store keeps it
 
 
 @dataclass
@@ -104,7 +108,7 @@ class RoutedAnswer:
     scope: str | None
     answer: str
     citations: list[str]
-    route: str  # 'student' or 'rag'
+    route: str  # 'replay' (the intent's agreed answer), 'student' (the student generated it) or 'rag'
     reason: str  # 'served', or the name of the check that sent it to RAG
     checks: dict = field(default_factory=dict)  # each check's score, for --explain and the trace
     refused: bool = False
@@ -118,6 +122,8 @@ class RoutedAnswer:
     trace_id: str = ""
     teacher_answer: Answer | None = field(default=None, repr=False)  # the full RAG answer, for the trace
     cluster: dict | None = field(default=None, repr=False)  # the intent the student answered for
+    cited_doc_versions: list[dict] | None = field(default=None, repr=False)  # open book: the cited chunk's document
+    evidence_ids: list[str] = field(default_factory=list, repr=False)  # open book: the chunks the student read
 
 
 class StudentBatcher:
@@ -212,7 +218,16 @@ class ShadowChecker:
             job["student_answer"] = router.batcher.answer(job["query"], job["scope"]).text
         job["agreement"] = round(token_f1(job["student_answer"], job["teacher_answer"]), 4)
         if self.writer:
-            self.writer.put("shadow_check", {**{k: job[k] for k in SHADOW_FIELDS}, "checked_at": datetime.now(timezone.utc)})
+            self.writer.put("shadow_check", {**{k: job.get(k) for k in SHADOW_FIELDS},
+                                             "checked_at": datetime.now(timezone.utc)})
+        if job.get("cluster_id") is None:  # the open-book student: its confidence threshold learns
+            student = {"doc": job.get("student_doc"), "answer": job["student_answer"], "refused": False}
+            teacher = {"doc": job.get("teacher_doc"), "answer": job["teacher_answer"], "refused": not job["teacher_answer"]}
+            if agrees(student, teacher, router.decision.success_f1):
+                router.gate.agreed()
+            else:
+                router.gate.disagreed(job["score"])
+            return
         checks = self.evidence.setdefault((job["student_version"], job["cluster_id"]), [])
         checks.append({k: job[k] for k in ("trace_id", "query", "student_answer", "teacher_answer", "agreement")})
         if not self._learn(job):
@@ -371,6 +386,8 @@ class Router:
                                           cfg.router.coverage_threshold, functools.partial(rag_documents, teacher)),
                 "batcher": StudentBatcher(student, cfg.student.batch_size, cfg.router.batch_wait_ms / 1000,
                                           cfg.router.student_timeout_s) if student else None,
+                "gate": StudentGate.load(student.folder, cfg.router.max_error_rate, cfg.eval,
+                                         teacher.generator.backend) if getattr(student, "open_book", False) else None,
                 "withdrawn": self.writer.withdrawn_clusters(version) if self.writer and version else set()}
 
     # -- following the workspace -----------------------------------------------------------------
@@ -564,18 +581,33 @@ class Router:
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                     "student_version": self.version, "cluster_id": cluster["cluster_id"],
                                     "score": checks["score"], "seen": checks["seen"],
+                                    "route": "replay" if self.config.router.fast_path == "replay" else "student",
+                                    "student_answer": cluster.get("answer") if self.config.router.fast_path == "replay"
+                                    else None,
                                     "teacher_answer": "" if routed.refused else routed.answer,
                                     "teacher_doc": cited_document(routed.citations)})
             return routed
         if failed is None:
             routed = self._from_student(query, scope, checks, cluster, router_ms)
-            if routed.route == "student":
+            if routed.route in SERVED:
                 routed = self._finish(routed, started)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                         "student_version": self.version, "cluster_id": cluster["cluster_id"],
-                                        "score": checks["score"], "seen": checks["seen"],
+                                        "score": checks["score"], "seen": checks["seen"], "route": routed.route,
                                         "student_answer": routed.answer})
+                return routed
+            failed, router_ms = routed.reason, routed.router_ms
+        if failed in OPEN_BOOK_AFTER and self.gate is not None:
+            checks["replay"] = failed  # why replay could not take it
+            routed = self._from_open_book(query, scope, checks, router_ms)
+            if routed.route == "student":
+                routed = self._finish(routed, started)
+                if self._sample.random() < self.config.router.shadow_share:
+                    self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
+                                        "student_version": self.version, "cluster_id": None, "route": "student",
+                                        "score": checks["student_score"], "student_answer": routed.answer,
+                                        "student_doc": cited_document(routed.citations)})
                 return routed
             failed, router_ms = routed.reason, routed.router_ms
         return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
@@ -595,11 +627,13 @@ class Router:
     def _from_student(self, query: str, scope: str | None, checks: dict, cluster: dict,
                       router_ms: float) -> RoutedAnswer:
         cfg = self.config.router
+        if cfg.fast_path == "student" and getattr(self.student, "open_book", False):  # it reads evidence instead
+            return RoutedAnswer(query, scope, "", [], "rag", "replay_off", checks, router_ms=router_ms)
         if cfg.fast_path == "replay" and cluster.get("answer"):  # the intent's agreed answer, no generation
             checks["fast_path"] = "replay"
             if self.verdicts.wrong(answer_key(scope, query, cluster["answer"])):
                 return RoutedAnswer(query, scope, "", [], "rag", "rated_wrong", checks, router_ms=router_ms)
-            return RoutedAnswer(query, scope, cluster["answer"], list(cluster.get("citations", [])), "student", "served",
+            return RoutedAnswer(query, scope, cluster["answer"], list(cluster.get("citations", [])), "replay", "served",
                                 checks, refused=cluster["answer"] == REFUSAL_COMPLETION, router_ms=router_ms,
                                 student_version=self.version, cluster=cluster)
         if (wait_s := self.batcher.expected_wait_s()) > cfg.student_timeout_s:  # shed load to RAG at once
@@ -624,6 +658,61 @@ class Router:
                             refused=text == REFUSAL_COMPLETION, router_ms=router_ms, generation_ms=generation_ms,
                             student_version=self.version, prompt_tokens=generation.prompt_tokens,
                             completion_tokens=generation.completion_tokens, cluster=cluster)
+
+    def _from_open_book(self, query: str, scope: str | None, checks: dict, router_ms: float) -> RoutedAnswer:
+        """The open-book student, for a question replay cannot take: served only when it is cheaper
+        than the teacher here, the teacher's own checks say the evidence answers the question, and
+        the student cites a chunk it was shown, quotes it, and is confident enough (student_gate.py).
+        The citation is the chunk read now, so a changed document is answered from its new version."""
+        cfg, gate = self.config, self.gate
+        began = time.perf_counter()
+
+        def rag(reason: str) -> RoutedAnswer:
+            return RoutedAnswer(query, scope, "", [], "rag", reason, checks,
+                                router_ms=router_ms + (time.perf_counter() - began) * 1000)
+
+        checks.update(student_cost_usd=gate.student_cost, teacher_cost_usd=gate.teacher_cost)
+        if not gate.fitted:
+            return rag("uncalibrated")
+        if gate.teacher_cheaper():
+            return rag("teacher_cheaper")
+        if not isinstance(self.teacher, Teacher):  # a team's own RAG: no evidence to read here
+            return rag("no_evidence")
+        with self._teacher_lock:
+            evidence, refusal, score = self.teacher.evidence(query, scope)
+        checks["answerability"] = None if score is None else round(score, 4)
+        if refusal is not None:
+            checks["teacher_refusal"] = refusal
+            return rag("not_answerable")
+        evidence = shown(evidence[:cfg.student.evidence_chunks], cfg.student.evidence_words)
+        if (wait_s := self.batcher.expected_wait_s()) > cfg.router.student_timeout_s:
+            checks["student_wait_s"] = round(wait_s, 2)
+            return rag("student_busy")
+        generating = time.perf_counter()
+        try:
+            generation = self.batcher.answer(query, scope, evidence)
+        except Exception as err:  # any student failure falls back to RAG, never to an error
+            checks["student_error"] = f"{type(err).__name__}: {err}"[:200]
+            return rag("student_error")
+        generation_ms = (time.perf_counter() - generating) * 1000
+        gate.saw_student(generation_ms)
+        read = parse_answer(generation.text, evidence)
+        checks.update(student_score=None if generation.mean_logprob is None else round(generation.mean_logprob, 4),
+                      student_threshold=gate.summary()["threshold"], quoted=read.quoted, student_cited=read.chunk_id)
+        reason = ("student_timeout" if generation_ms >= cfg.router.student_timeout_s * 1000 else
+                  "student_refused" if read.refused else
+                  "not_quoted" if not (read.chunk_id and read.quoted) else
+                  "confidence" if not gate.confident(generation.mean_logprob) else
+                  "rated_wrong" if self.verdicts.wrong(answer_key(scope, query, read.answer)) else None)
+        if reason:
+            return rag(reason)
+        cited = next(c for c in evidence if c["chunk_id"] == read.chunk_id)
+        return RoutedAnswer(query, scope, read.answer, [read.chunk_id], "student", "served", checks,
+                            router_ms=router_ms + (generating - began) * 1000, generation_ms=generation_ms,
+                            student_version=self.version, prompt_tokens=generation.prompt_tokens,
+                            completion_tokens=generation.completion_tokens,
+                            cited_doc_versions=[{"doc_id": cited["doc_id"], "version": cited["version"]}],
+                            evidence_ids=[c["chunk_id"] for c in evidence])
 
     def judge(self, generation, generation_ms: float, checks: dict, cluster: dict | None = None) -> str | None:
         """The checks on the student's own answer: None to serve it, else the reason for RAG. With
@@ -651,6 +740,8 @@ class Router:
         began = time.perf_counter()
         with self._teacher_lock:
             answer = self.teacher.answer(query, scope)
+        if self.gate is not None and not answer.refused:  # what a teacher answer costs, as it goes
+            self.gate.saw_teacher(answer.latency_ms, answer.prompt_tokens, answer.completion_tokens)
         return RoutedAnswer(query, scope, answer.message, answer.citations, "rag", reason, checks,
                             refused=answer.refused, router_ms=router_ms,
                             generation_ms=(time.perf_counter() - began) * 1000, prompt_tokens=answer.prompt_tokens,
@@ -705,13 +796,21 @@ class Router:
                       corpus_generation=routed.corpus_generation, origin=self.origin)
         if answer is not None:
             return Trace(**{**answer.trace_fields(), **common})
-        served = routed.route == "student"
+        served = routed.route in SERVED
         cluster = routed.cluster or {}
+        cited = routed.cited_doc_versions if routed.cited_doc_versions is not None else cluster.get("cited_doc_versions", [])
         return Trace(**common, answer=routed.answer, citations=routed.citations,
-                     cited_doc_versions=cluster.get("cited_doc_versions", []), retrieved=[],
+                     cited_doc_versions=cited, retrieved=routed.evidence_ids,
                      refused=routed.refused or not served, refusal_reason="invalid_input" if routed.reason == "input" else None,
                      top_score=None, score_margin=None, retriever_agreement=None,
                      mean_logprob=routed.checks.get("student_logprob"), groundedness=None, citation_valid=served,
                      retrieval_ms=0.0, prompt_tokens=routed.prompt_tokens, completion_tokens=routed.completion_tokens,
                      model=f"{self.config.train.student_name}/{self.version}" if served else "",
-                     backend=routed.checks.get("fast_path", "student") if served else "none", student_version=self.version if served else None)
+                     backend=_backend(routed) if served else "none", student_version=self.version if served else None)
+
+
+def _backend(routed: RoutedAnswer) -> str:
+    """What produced a served answer: 'replay', 'open_book' or 'closed_book' (the student generating)."""
+    if routed.route == "replay":
+        return "replay"
+    return "open_book" if routed.evidence_ids else "closed_book"

@@ -340,10 +340,18 @@ def _m013_feedback(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE TABLE feedback_journals (path VARCHAR PRIMARY KEY, folded_bytes BIGINT NOT NULL)")
 
 
+def _m014_open_book_shadow_checks(con: duckdb.DuckDBPyConnection) -> None:
+    """Shadow checks of the open-book student's answers, which no intent covers: `cluster_id` may
+    be NULL, and `route` says which route's answer was checked ('replay' or 'student')."""
+    con.execute("ALTER TABLE shadow_checks ALTER COLUMN cluster_id DROP NOT NULL")
+    con.execute("ALTER TABLE shadow_checks ADD COLUMN route VARCHAR")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
                                      _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation,
-                                     _m011_answerability, _m012_answerability_method_and_origin, _m013_feedback]
+                                     _m011_answerability, _m012_answerability_method_and_origin, _m013_feedback,
+                                     _m014_open_book_shadow_checks]
 
 FEEDBACK_COLUMNS = ["feedback_id", "trace_id", "score", "name", "comment", "source", "created_at", "received_by",
                     "route", "backend", "student_version", "cluster_id", "scope", "query", "answer", "citations"]
@@ -386,11 +394,11 @@ def _insert_shadow_check(cur: duckdb.DuckDBPyConnection, row: dict) -> None:
     """One shadow check, unless that trace was already checked against that student version."""
     cur.execute("INSERT INTO shadow_checks BY NAME SELECT * FROM (SELECT ? AS trace_id, "
                 "coalesce(CAST(? AS TIMESTAMPTZ), now()) AS checked_at, ? AS student_version, ? AS cluster_id, "
-                "? AS scope, ? AS query, ? AS student_answer, ? AS teacher_answer, ? AS agreement) AS new "
+                "? AS scope, ? AS query, ? AS student_answer, ? AS teacher_answer, ? AS agreement, ? AS route) AS new "
                 "WHERE NOT EXISTS (SELECT 1 FROM shadow_checks s WHERE s.trace_id = new.trace_id "
                 "AND s.student_version = new.student_version)",
                 [row["trace_id"], row.get("checked_at"), row["student_version"], row["cluster_id"], row["scope"],
-                 row["query"], row["student_answer"], row["teacher_answer"], row["agreement"]])
+                 row["query"], row["student_answer"], row["teacher_answer"], row["agreement"], row.get("route")])
 
 
 def _insert_withdrawal(cur: duckdb.DuckDBPyConnection, student_version: str, cluster_id: str, samples: int,
@@ -787,6 +795,7 @@ class TraceStore:
         unanswerable questions included, with the cluster each fell in and that cluster's answer."""
         return self.sql(_CURATION_RUN + """
             SELECT t.trace_id, t.query_id, t.asked_at, t.scope, t.query, t.answer, t.refused, t.citations,
+                   t.latency_ms, t.prompt_tokens, t.completion_tokens,
                    c.cluster_id, c.decision, c.reason, k.answer AS cluster_answer, run.run_id
             FROM run JOIN curation c USING (run_id) JOIN traces t USING (trace_id)
             LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
@@ -1218,6 +1227,12 @@ class CorpusStore:
         rows = self._con.cursor().execute("SELECT chunk_id, text FROM chunks WHERE chunk_id IN (SELECT unnest(?))",
                                           [list(chunk_ids)]).fetchall()
         return dict(rows)
+
+    def chunks_by_id(self, chunk_ids: Iterable[str]) -> dict[str, dict]:
+        """chunk_id -> its row, at whatever version the id names (old versions included)."""
+        result = self._con.cursor().execute("SELECT * FROM chunks WHERE chunk_id IN (SELECT unnest(?))", [list(chunk_ids)])
+        names = [d[0] for d in result.description]
+        return {row[names.index("chunk_id")]: dict(zip(names, row)) for row in result.fetchall()}
 
     def flagged_chunk_ids(self) -> set[str]:
         return {r[0] for r in self._con.execute("SELECT chunk_id FROM chunks WHERE injection_flag IS NOT NULL").fetchall()}

@@ -1,8 +1,12 @@
-"""A registered student version, loaded for answering: closed-book, with its own prompt template.
+"""A registered student version, loaded for answering, with the prompt template it was trained on.
 
     >>> student = Student.load(workspace.models_dir / "student" / "v0003")
-    >>> student.answer("How long is the refund window?", scope="billing")
-    Generation(text='Refunds are possible within 30 days.', mean_logprob=-0.21, answer_score=0.81, ...)
+    >>> student.answer("How long is the refund window?", "billing", evidence=chunks)   # open book
+    Generation(text='[1] Refunds are possible within 30 days.', mean_logprob=-0.21, ...)
+
+An open-book student (`student.mode = "open_book"`, the default) reads the numbered evidence the
+router retrieved and answers `[n] quote` or the refusal (open_book.py); a closed-book one answers
+from the question alone.
 
 The prompt is rendered with the template recorded in the version's manifest, the one it was trained
 with, so a changed production prompt cannot silently degrade it. Greedy decoding, stopped at the end
@@ -15,6 +19,7 @@ import json
 from pathlib import Path
 
 from distill.errors import DistillError
+from distill.open_book import render_prompt
 from distill.registry import MANIFEST
 from distill.teacher import Generation, greedy_chats
 
@@ -27,6 +32,8 @@ class Student:
         self.model, self.tokenizer, self.manifest, self.max_new_tokens = model, tokenizer, manifest, max_new_tokens
         self.template = manifest.get("prompt_template") or "{query}"
         self.folder = folder  # the version folder: the router reads the coverage calibration from it
+        self.open_book = manifest.get("student_mode") == "open_book"
+        self.evidence_words = int((manifest.get("evidence") or {}).get("words") or 250)
 
     @classmethod
     def load(cls, path: Path, runtime: str = "fp32", max_new_tokens: int = 48) -> "Student":
@@ -37,18 +44,23 @@ class Student:
         model, tokenizer = load_causal_lm(Path(path), runtime)
         return cls(model, tokenizer, manifest, max_new_tokens, Path(path))
 
-    def prompt(self, query: str, scope: str | None = None) -> list[dict]:
+    def prompt(self, query: str, scope: str | None = None, evidence: list[dict] | None = None) -> list[dict]:
+        """The chat the student was trained on: an open-book student's carries the numbered evidence
+        (open_book.render_prompt), a closed-book one's the question alone."""
+        if self.open_book:
+            return [{"role": "user", "content": render_prompt(self.template, query, evidence or [], self.evidence_words)}]
         return [{"role": "user", "content": self.template.format(scope=scope or "", query=query.strip())}]
 
-    def answer(self, query: str, scope: str | None = None) -> Generation:
-        return self.answer_batch([(query, scope)])[0]
+    def answer(self, query: str, scope: str | None = None, evidence: list[dict] | None = None) -> Generation:
+        return self.answer_batch([(query, scope, evidence)])[0]
 
-    def answer_batch(self, questions: list[tuple[str, str | None]], max_time: float | None = None) -> list[Generation]:
-        """Answer (query, scope) pairs in one left-padded `generate` call: several times the
-        throughput of one at a time on a CPU, with the same greedy answers."""
+    def answer_batch(self, questions: list[tuple], max_time: float | None = None) -> list[Generation]:
+        """Answer (query, scope) pairs, or (query, scope, evidence) for an open-book student, in one
+        left-padded `generate` call: several times the throughput of one at a time on a CPU, with
+        the same greedy answers."""
         if not questions:
             return []
-        outputs = greedy_chats(self.model, self.tokenizer, [self.prompt(q, s) for q, s in questions],
+        outputs = greedy_chats(self.model, self.tokenizer, [self.prompt(*q) for q in questions],
                                self.max_new_tokens, ["\n"], max_time)
         for generation, raw in outputs:
             generation.text = first_line(raw)
@@ -76,8 +88,8 @@ class RemoteStudent(Student):
     def load(cls, path: Path, endpoint, max_new_tokens: int = 48) -> "RemoteStudent":
         return cls(endpoint, read_manifest(path), max_new_tokens, Path(path))
 
-    def answer_batch(self, questions: list[tuple[str, str | None]], max_time: float | None = None) -> list[Generation]:
-        generations = self.endpoint.complete_many([self.prompt(q, s) for q, s in questions], self.max_new_tokens,
+    def answer_batch(self, questions: list[tuple], max_time: float | None = None) -> list[Generation]:
+        generations = self.endpoint.complete_many([self.prompt(*q) for q in questions], self.max_new_tokens,
                                                   ["\n"], timeout_s=max_time)
         for generation in generations:
             generation.text = first_line(generation.text)

@@ -253,6 +253,13 @@ class Teacher:
         return [self._answer(r, e, v, a, refusal, embed_ms, shared_ms, g)
                 for r, e, v, a, refusal, g in zip(retrievals, evidences, vectors, scores, refusals, generations)]
 
+    def evidence(self, query: str, scope: str | None = None) -> tuple[list[dict], str | None, float | None]:
+        """(evidence, refusal, answerability) for a question, nothing generated: the chunks this
+        teacher would read, why it would refuse before generating (None: it would answer) and the
+        answerability score. What the open-book student reads, held to the teacher's own checks."""
+        _, retrievals, evidences, scores, _ = self._retrieve([(query, scope)])
+        return evidences[0], self._early_refusal(retrievals[0], evidences[0], scores[0]), scores[0]
+
     def calibrate(self, rated: list[float] = ()) -> "answerability.Calibration":
         """Fit the answerability threshold on the corpus's own evidence (`answerability.fit`): the
         documents' questions, each asked of its section's text without its heading, and the

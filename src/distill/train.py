@@ -215,7 +215,7 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
     for row in dataset:
         cluster = clusters.setdefault(row.get("cluster_id"), {
             "cluster_id": row.get("cluster_id"), "scope": row.get("scope"), "wordings": [],
-            "answer": row["completion"][-1]["content"],  # what `router.fast_path = "replay"` answers
+            "answer": row.get("answer") or row["completion"][-1]["content"],  # what replay answers
             "citations": row.get("citations") or [], "cited_doc_versions": row.get("cited_doc_versions") or [],
             "retrieved_doc_versions": row.get("retrieved_doc_versions") or [], "rewordings": []})
         if row.get("query"):  # asked before the cutoff, or written by an LLM and verified (`curate.rewordings`)
@@ -224,7 +224,8 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
         "student": cfg.student_name, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
         "base_model": cfg.base_model, "base_model_path": str(base), "dataset_path": str(dataset_path),
         "dataset_hash": meta.get("content_hash"), "curation_run_id": meta.get("run_id"),
-        "prompt_template": meta.get("prompt_template"), "examples": len(dataset),
+        "prompt_template": meta.get("prompt_template"), "student_mode": meta.get("student_mode", "closed_book"),
+        "evidence": meta.get("evidence"), "examples": len(dataset),
         "clusters": list(clusters.values()), "training": asdict(cfg),
         "metrics": {"train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1),
                     "processes": trainer.args.world_size, "tokens": int(tokens),
