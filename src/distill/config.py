@@ -179,6 +179,7 @@ class TrainConfig:
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r)")
     epochs: float = _help("passes over the training set (ignored when max_steps > 0)")
     max_steps: int = _help("stop after this many optimizer steps; -1: train for `epochs`")
+    max_minutes: float = _help("stop after the step that passes this many minutes of training (the nightly's budget); 0: no limit")
     batch_size: int = _help("examples per optimizer step")
     learning_rate: float = _help("peak learning rate")
     lr_scheduler: str = _help("transformers scheduler name: cosine, linear, constant, ...")

@@ -146,8 +146,10 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bo
     metric = "f1_vs_gold" if gold and scores[trained.version].get("gold_queries") else "f1_vs_teacher"
     registry.record_eval(workspace.models_dir, student, trained.version,
                          {"curation_run_id": curation.run_id, "metric": metric, **scores[trained.version]})
+    where = "(open book, from the evidence retrieved now)" if candidate_manifest.get("student_mode") == "open_book" \
+        else "on covered intents"
     run.record("evaluate", {"queries": len(queries), "metric": metric, "scores": scores},
-               f"{len(queries)} held-out queries on covered intents: "
+               f"{len(queries)} held-out queries {where}: "
                + ", ".join(f"{v} {metric} {s.get(metric, 0):.3f}" for v, s in scores.items()))
 
     if not queries:

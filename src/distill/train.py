@@ -84,9 +84,10 @@ def resolve_base(name: str, workspace: Workspace) -> Path:
 TRAINING_LOG = "training_log.jsonl"  # every dict the trainer logged (loss, grad_norm, learning_rate, ...), one per line
 
 
-def training_log_callback(path: Path, progress: bool):
+def training_log_callback(path: Path, progress: bool, deadline: float | None = None):
     """A transformers callback: one progress bar per training with the latest loss (when
-    `progress`), and each logged dict appended to `path` as a JSON line."""
+    `progress`), each logged dict appended to `path` as a JSON line, and a stop after the step
+    that passes `deadline` (a `time.time()`; `train.max_minutes`)."""
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
@@ -100,6 +101,9 @@ def training_log_callback(path: Path, progress: bool):
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:
                 self.bar.update(state.global_step - self.bar.n)
+            if deadline is not None and time.time() >= deadline:  # the nightly's budget: stop and keep what we have
+                control.should_training_stop = True
+                control.should_save = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
@@ -184,7 +188,8 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(training_log_callback(work / TRAINING_LOG, progress))
+    deadline = time.time() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else None
+    trainer.add_callback(training_log_callback(work / TRAINING_LOG, progress, deadline))
     resume = any(p.name.startswith("checkpoint-") for p in work.iterdir()) if work.exists() else False
     started = time.time()
     trainer.train(resume_from_checkpoint=resume or None)
