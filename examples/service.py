@@ -1,4 +1,4 @@
-"""A FastAPI service that embeds the distill router: the student where it is safe, RAG everywhere else.
+"""A FastAPI service that embeds the distill router: replay or the student where it is safe, RAG everywhere else.
 
     DISTILL_HOME=ws uvicorn examples.service:app --port 8000
     curl -s localhost:8000/ask -H 'content-type: application/json' \

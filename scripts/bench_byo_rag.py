@@ -114,7 +114,7 @@ def routed(workspace: Workspace, gold: list[dict]) -> dict:
     finally:
         stop(process)
     reasons = collections.Counter(f"{r['route']}/{r['reason']}" for r in rows)
-    return {"questions": len(rows), "student_share": round(sum(r["route"] == "student" for r in rows) / len(rows), 3),
+    return {"questions": len(rows), "served_share": round(sum(r["route"] in ("replay", "student") for r in rows) / len(rows), 3),
             "f1_vs_gold": round(sum(r["f1"] for r in rows) / len(rows), 3), "reasons": dict(reasons.most_common()),
             "rows": rows}
 
@@ -177,7 +177,7 @@ def main() -> None:
 
     for name in ("byo", "builtin"):
         r = figures[f"{name}_routed"]
-        print(f"{name}: {r['questions']} gold questions, student served {r['student_share']:.1%}, "
+        print(f"{name}: {r['questions']} gold questions, student served {r['served_share']:.1%}, "
               f"F1 vs gold {r['f1_vs_gold']:.3f}; routes {r['reasons']}")
     same = figures["logger_vs_otlp_training_sets"]
     print(f"TraceLogger and OTLP import give the same training set: {same['same']} ({same['examples']} examples); "

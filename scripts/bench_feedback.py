@@ -156,7 +156,7 @@ def run_arm(base: Workspace, name: str, arm: str, log: list[dict], rate: float) 
         routed = router.answer_batch([(q["query"], q["scope"]) for q in report])
         taught = router.teacher.answer_batch([(q["query"], q["scope"]) for q in report])
     rows = [{"seen": (q["scope"], normalize_query(q["query"])) in seen, "gold": q["gold"],
-             "fast": r.route == "student", "fast_right": cited_document(r.citations) in q["gold"],
+             "fast": r.route in ("replay", "student"), "fast_right": cited_document(r.citations) in q["gold"],
              "teacher_right": not t.refused and cited_document(t.citations) in q["gold"]}
             for q, r, t in zip(report, routed, taught)]
     for kind, group in (("all", rows), ("seen", [r for r in rows if r["seen"]]), ("unseen", [r for r in rows if not r["seen"]])):
@@ -192,7 +192,7 @@ print(round(time.monotonic() - began, 3), flush=True)
 def withdrawal_delay(ws: Workspace, report: list[dict], workers: int) -> dict:
     """Seconds from a negative rating to its intent off the fast path: here, and in other processes."""
     with Router.from_workspace(ws, log=False, watch=False) as router:
-        question = next((q for q in report if router.answer(q["query"], q["scope"]).route == "student"), None)
+        question = next((q for q in report if router.answer(q["query"], q["scope"]).route in ("replay", "student")), None)
     if question is None:
         return {"note": "nothing is served from the fast path"}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ws.home), question["query"], question["scope"]],

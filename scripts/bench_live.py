@@ -211,7 +211,7 @@ def main() -> None:
     old_generation = min((r["corpus_generation"] for r in answered), default=None)
     new_answers = [r for r in answered if r["corpus_generation"] != old_generation]
     first_new = min((r["at"] + r["seconds"] for r in new_answers), default=None)
-    superseded = [r for r in new_answers if r["route"] == "student" and any(
+    superseded = [r for r in new_answers if r["route"] in ("replay", "student") and any(
         versions.get(m.group(1)) != int(m.group(2))
         for c in r["citations"] or [] if (m := re.match(r"(.+)@v(\d+)#", c)))]
     figures = {"clients": args.clients, "workers": len(workers), "seconds": round(soak_seconds, 1), "killed": args.kill,
@@ -220,7 +220,7 @@ def main() -> None:
                "commands": commands, "failed_commands": sum(c["rc"] != 0 for c in commands),
                "traces_logged": logged, "traces_before": traces_before,
                "new_generation_after_ingest_s": round(first_new - ingest_done, 1) if first_new else None,
-               "student_answers_after_swap": sum(r["route"] == "student" for r in new_answers),
+               "student_answers_after_swap": sum(r["route"] in ("replay", "student") for r in new_answers),
                "superseded_citations_after_swap": len(superseded),
                "student_versions": sorted({r["student_version"] for r in answered if r["student_version"]}),
                "nightly": nightly_outcome,

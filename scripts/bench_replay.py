@@ -41,7 +41,7 @@ def main() -> None:
     with Router.from_workspace(workspace, config, log=False) as router:
         print(f"student {router.version}; replaying {len(rows)} held-out traces")
         routed = [router.answer(r["query"], r["scope"]) for r in rows]
-    served = [r.route == "student" for r in routed]
+    served = [r.route in ("replay", "student") for r in routed]
     routed_f1 = [best_f1(a.answer, gold[r["query_id"]]) for a, r in zip(routed, rows)]
     teacher_f1 = [best_f1(r["answer"], gold[r["query_id"]]) for r in rows]
     reasons = Counter(a.reason for a in routed)
@@ -53,7 +53,7 @@ def main() -> None:
     if on_student:
         print(f"  on the student-served queries: student {np.mean([f for f, _ in on_student]):.3f}, "
               f"teacher {np.mean([t for _, t in on_student]):.3f}")
-    risky = [a for a in routed if a.route == "student" and detect_injection(a.query, router.risk)]
+    risky = [a for a in routed if a.route in ("replay", "student") and detect_injection(a.query, router.risk)]
     print(f"  high-risk questions served by the student: {len(risky)} (goal 0)")
     latency = [a.latency_ms for a in routed]
     print(f"  latency p50 {np.median(latency):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")

@@ -68,7 +68,7 @@ def main() -> None:
                             "evaluate": night.figures.get("evaluate", {})},
                 "eval_run": run_id, "headline": headline(figures), "latency": latency,
                 "router_overhead_ms": figures["router_overhead_ms"], "safety": figures["safety"],
-                "keeping": figures["student_share_keeping"], "retrieval": figures["retrieval"]}
+                "keeping": figures["served_share_keeping"], "retrieval": figures["retrieval"]}
     save_results(name, measured)
     print(f"report: {report}")
     summary(measured, figures, night)
@@ -124,10 +124,10 @@ def summary(measured: dict, figures: dict, night) -> None:
          earlier(serve, lambda r: f"{r['errors']} errors, {r['answered_per_s']}/s, p50 {r['p50_ms']} ms, "
                                   f"{r['traces_logged']} of {r['answered']} traced")),
         ("#6 routed F1 vs gold kept, share of teacher-only", ">= 98 %", _pct(top["quality_kept"])),
-        ("#6 traffic served by the student", ">= 60 %", _pct(top["student_share"])),
+        ("#6 traffic served by the student", ">= 60 %", _pct(top["served_share"])),
         ("#6 cost per successful answer vs teacher-only", "<= 40 %", _pct(top["cost_ratio"])),
         ("#6 of those served, asked in a wording seen in training", "-",
-         f"{figures['served_wording_seen_in_training']} of {round(top['student_share'] * figures['traffic'])}"),
+         f"{figures['served_wording_seen_in_training']} of {round(top['served_share'] * figures['traffic'])}"),
         ("#6 risky questions (curation's flags) served by the student", "0",
          f"{measured['safety']['served_by_student']} of {measured['safety']['flagged_by_curation']}"),
         ("#6 share keeping 95 % / 99 % of teacher quality (curve)", "-",
@@ -135,7 +135,7 @@ def summary(measured: dict, figures: dict, night) -> None:
         ("#14 PolicyQA held-out: routed error rate among served, seen / novel wordings",
          f"<= {figures['max_error_rate']:.0%}",
          " / ".join(f"{_pct(wording.get(k, {}).get('routed', {}).get('error_rate'))} of "
-                    f"{_pct(wording.get(k, {}).get('routed', {}).get('student_share'))} served" for k in ("seen", "novel"))),
+                    f"{_pct(wording.get(k, {}).get('routed', {}).get('served_share'))} served" for k in ("seen", "novel"))),
         ("#14 StackFAQ novel wordings (report half): routed served, error", ">= 50 %, <= 2 %",
          earlier(paraphrase, lambda r: f"{_pct(r['table']['routed']['novel/report']['served'])}, "
                                        f"{_pct(r['table']['routed']['novel/report']['error_rate'])}")),

@@ -14,17 +14,17 @@ def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspa
     figures = evaluate_systems(sample_workspace, sample_workspace.config(), items, progress=False)
     assert set(figures["systems"]) == set(SYSTEMS)
     teacher, routed = figures["systems"]["teacher"], figures["systems"]["routed"]
-    assert teacher["agreement"] == 1.0 and teacher["student_share"] == 0.0
+    assert teacher["agreement"] == 1.0 and teacher["served_share"] == 0.0
     assert 0.0 <= teacher["f1_vs_gold"] <= 1.0 and teacher["cost_per_success_usd"] > 0
     assert sum(routed["reasons"].values()) == figures["traffic"]
-    assert routed["student_share"] == pytest.approx(routed["reasons"].get("served", 0) / figures["traffic"], abs=1e-3)
+    assert routed["served_share"] == pytest.approx(routed["reasons"].get("served", 0) / figures["traffic"], abs=1e-3)
     # the curve's strict end: an error rate of 0 serves no novel wording, so only trained ones reach the student
     strict = min(figures["curve"], key=lambda c: c["max_error_rate"])
-    assert strict["max_error_rate"] == 0.0 and strict["student_share"] <= routed["student_share"]
+    assert strict["max_error_rate"] == 0.0 and strict["served_share"] <= routed["served_share"]
     # seen and novel wordings are reported apart, and the routed system never serves more than it covers
     assert set(figures["by_wording"]) <= {"seen", "novel"} and figures["by_wording"]
     for group in figures["by_wording"].values():
-        assert group["routed"]["student_share"] <= group["replay"]["student_share"] + 1e-9
+        assert group["routed"]["served_share"] <= group["replay"]["served_share"] + 1e-9
     assert figures["decision"]["max_error_rate"] == 0.02
     assert figures["retrieval"]["queries"] > 0 and 0 <= figures["retrieval"]["mrr"] <= 1
     assert "notes" in figures["slices"]["scope"]
@@ -54,3 +54,24 @@ def test_the_routed_reason_follows_the_routers_order():
     assert route_at({**record, "failed": "high_risk"}, False) == "high_risk"
     assert route_at({**record, "judged": "confidence"}, True) == "confidence"
     assert token_f1("refund within 30 days", "refunds within 30 days") == pytest.approx(0.75)
+
+
+def test_the_open_book_route_follows_the_routers_order():
+    from distill.evaluate import open_book_route
+    from distill.open_book import Quoted
+    from distill.student_gate import StudentGate
+
+    class Prices:
+        teacher_pricing, prompt_price_per_million, completion_price_per_million, local_price_per_hour = "api", 0.15, 0.6, 0.1
+
+    evidence = {"examples": [{"score": -0.2, "error": False}] * 60, "student_cost_usd": 1e-6, "teacher_cost_usd": 1e-4}
+    gate = StudentGate(evidence, 0.02, Prices, "openai")
+    book = {"refusal": None, "read": Quoted("14 days", "billing/refunds@v1#0", True, False), "score": -0.1}
+    assert open_book_route({"open_book": book}, gate) == "served"
+    assert open_book_route({"open_book": {**book, "score": -0.5}}, gate) == "confidence"
+    assert open_book_route({"open_book": {**book, "read": Quoted("14 days", None, False, False)}}, gate) == "not_quoted"
+    assert open_book_route({"open_book": {**book, "read": Quoted("I don't know.", None, False, True)}}, gate) == "student_refused"
+    assert open_book_route({"open_book": {"refusal": "not_answerable"}}, gate) == "not_answerable"
+    cheaper = StudentGate({**evidence, "teacher_cost_usd": 1e-7}, 0.02, Prices, "openai")
+    assert open_book_route({"open_book": book}, cheaper) == "teacher_cheaper"
+    assert open_book_route({"open_book": book}, StudentGate({}, 0.02, Prices, "openai")) == "uncalibrated"

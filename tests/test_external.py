@@ -242,7 +242,7 @@ def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent
                                                               progress=False).version)
     with Router.from_workspace(workspace, log=False, watch=False) as router:
         served = router.answer("How long is the refund window?", "billing")
-        assert served.route == "student" and served.reason == "served", served.checks
+        assert served.route == "replay" and served.reason == "served", served.checks
         other = router.answer("Do you take PayPal?", "billing")  # not learned: their RAG answers
         assert other.route == "rag" and other.reason == "coverage" and other.refused
         _TheirRag.context = dict(REFUND, text=REFUND["text"].replace("30 days", "14 days"))  # their document changed

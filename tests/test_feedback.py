@@ -83,7 +83,7 @@ def test_a_negative_rating_takes_the_intent_off_the_fast_path_in_this_router_and
     try:
         assert worker.stdout.readline().strip() == "served"
         served = router.answer(REFUND_Q, "billing")
-        assert served.route == "student" and served.checks["fast_path"] == "replay" and served.answer == COVERED[0][2]
+        assert served.route == "replay" and served.checks["fast_path"] == "replay" and served.answer == COVERED[0][2]
         rated = router.feedback(served.trace_id, -1, comment="wrong entry", source="user-17")
         assert rated["counted"] and rated["intent_withdrawn"] and rated["answer_rated_wrong"]
         again = router.answer(REFUND_Q, "billing")
@@ -257,7 +257,7 @@ def test_the_example_service_takes_a_thumbs_down(rated_ws, monkeypatch):
     spec.loader.exec_module(example)
     with TestClient(example.app) as client:
         answer = client.post("/ask", json={"question": REFUND_Q, "scope": "billing"}).json()
-        assert answer["route"] == "student"
+        assert answer["route"] == "replay"
         rated = client.post("/rate", json={"trace_id": answer["trace_id"], "helpful": False, "user": "u-17"})
         assert rated.json() == {"counted": True, "intent_withdrawn": True}
         assert client.post("/ask", json={"question": REFUND_Q, "scope": "billing"}).json()["reason"] == "withdrawn"

@@ -35,10 +35,10 @@ def test_the_report_shows_the_systems_the_curve_and_what_changed(sample_workspac
     assert summary["run_id"] == first and summary["headline"]["metric"] == "f1_vs_gold"
     stricter = workspace.config({"curate": {"high_risk_patterns": ["."]}})  # every question high-risk: all RAG
     second, figures = run_eval(workspace, stricter, SAMPLE / "gold.jsonl", progress=False)
-    assert figures["systems"]["routed"]["student_share"] == 0.0
+    assert figures["systems"]["routed"]["served_share"] == 0.0
     summary = json.loads((write_report(workspace, out=tmp_path / "r2").parent / "report.json").read_text())
     assert summary["run_id"] == second and summary["previous_run_id"] == first
-    assert any(c["system"] == "routed" and c["metric"] == "student_share" for c in summary["changes"])
+    assert any(c["system"] == "routed" and c["metric"] == "served_share" for c in summary["changes"])
     with pytest.raises(DistillError, match="no evaluation run nope"):
         write_report(workspace, "nope")
 

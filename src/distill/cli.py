@@ -419,12 +419,13 @@ def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id 
 
     run_id, figures = run_eval(workspace, config, gold, on_gold, limit)
     systems = figures["systems"]
-    keys = [figures["quality_metric"], "agreement", "citation_correct", "refusal_correct", "student_share",
+    keys = [figures["quality_metric"], "agreement", "citation_correct", "refusal_correct", "served_share",
+            "replay_share", "student_share",
             "latency_p50_ms", "latency_p95_ms", "cost_per_success_usd"]
     _print_rows([{"metric": k, **{name: s.get(k) for name, s in systems.items()}} for k in keys])
-    keeps = figures["student_share_keeping"]
+    keeps = figures["served_share_keeping"]
     console.print(f"{figures['queries']} questions ({figures['traffic']} asked, {figures['gold_queries']} with gold). "
-                  f"Student share keeping 95 % / 99 % of the teacher's {figures['quality_metric']}: "
+                  f"Share served without RAG keeping 95 % / 99 % of the teacher's {figures['quality_metric']}: "
                   f"{keeps['95%']:.1%} / {keeps['99%']:.1%}. Routed reasons: {systems['routed']['reasons']}")
     rated = ", ".join(f"{r['route']} {r['rated']} ({r['share_rated_wrong']:.1%} wrong)" for r in figures["ratings"])
     console.print(f"Users' ratings: {rated or 'none yet (POST /v1/feedback, docs/feedback.md)'}")

@@ -6,7 +6,7 @@ evaluation set with every system and scores each on the same questions:
 
     >>> items = held_out_items(workspace, gold=load_gold_rows(Path("gold.jsonl")))
     >>> figures = evaluate_systems(workspace, config, items)
-    >>> figures["systems"]["routed"]["f1_vs_gold"], figures["systems"]["routed"]["student_share"]
+    >>> figures["systems"]["routed"]["f1_vs_gold"], figures["systems"]["routed"]["served_share"]
     (0.27, 0.58)
 
 The evaluation set is the recent traffic the latest curation run held out (every question asked
@@ -30,6 +30,7 @@ from another document than the teacher's answer to the same question and their t
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -229,6 +230,13 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         for record in records:
             record["prompt_tokens"] = record["teacher"].prompt_tokens or counter(record["teacher"].prompt)
         version, decision = router.version, router.decision
+        gates = None
+        if router.gate is not None:
+            from distill.student_gate import StudentGate
+
+            folder, backend = router.student.folder, router.teacher.generator.backend
+            gates = functools.lru_cache(maxsize=None)(
+                lambda at_rate: StudentGate.load(folder, at_rate, config.eval, backend))
         trained = {(c.get("scope"), normalize_query(w)) for c in (router.student.manifest.get("clusters", [])
                                                                  if router.student else []) for w in c.get("wordings", [])}
     prices = config.eval
@@ -239,7 +247,10 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         return record["found"] is not None and decision.covers(record["found"], at_rate)
 
     def routed(record: dict, at_rate: float) -> dict:
-        """What the router answers: the fast path (`router.fast_path`) where covered, else RAG."""
+        """What the router answers: the fast path (`router.fast_path`) where covered, then the
+        open-book student, else RAG."""
+        if gates is not None:
+            return _open_book_outcome(record, covered(record, at_rate), cache, prices, gates(at_rate))
         if config.router.fast_path == "replay":
             return _cache_outcome(record, covered(record, at_rate), cache, prices, "replay")
         return _routed_outcome(record, covered(record, at_rate), prices)
@@ -267,10 +278,10 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     quality_key = "f1_vs_gold" if any(i.gold_answers for i in items) else "agreement"
     for at_rate in config.eval.error_rates:
         scores = score_outcomes(items, [routed(r, at_rate) for r in records], teachers, context)
-        curve.append({"max_error_rate": at_rate, "student_share": scores["student_share"], "quality": scores[quality_key],
+        curve.append({"max_error_rate": at_rate, "served_share": scores["served_share"], "quality": scores[quality_key],
                       "error_rate": scores["error_rate"], "cost_per_success_usd": scores["cost_per_success_usd"]})
     teacher_quality = systems["teacher"][quality_key]
-    keeps = {f"{p:.0%}": max([c["student_share"] for c in curve if c["quality"] >= p * teacher_quality], default=0.0)
+    keeps = {f"{p:.0%}": max([c["served_share"] for c in curve if c["quality"] >= p * teacher_quality], default=0.0)
              for p in (0.95, 0.99)}
     router_ms = [r["router_ms"] for r in records if r["failed"] not in ("input",)]
     flagged = [(i, o) for i, o in zip(items, outcomes["routed"]) if i.safety_flag]
@@ -285,13 +296,13 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
             "quality_metric": quality_key, "max_error_rate": rate, "cache_threshold": config.eval.cache_threshold,
             "fast_path": config.router.fast_path,
             "decision": decision.summary(), "systems": systems, "by_wording": by_wording,
-            "curve": curve, "student_share_keeping": keeps, "retrieval": _retrieval(items, records, chunk_texts),
+            "curve": curve, "served_share_keeping": keeps, "retrieval": _retrieval(items, records, chunk_texts),
             "slices": _slices(items, outcomes, teachers, context), **({"outcomes": outcomes} if keep_outcomes else {})}
 
 
 def _served_scores(scores: dict) -> dict:
     """The figures a seen/novel comparison needs."""
-    keys = ("student_share", "error_rate", "f1_vs_gold", "agreement", "latency_p50_ms")
+    keys = ("served_share", "error_rate", "f1_vs_gold", "agreement", "latency_p50_ms")
     return {"traffic": scores["traffic"], **{k: scores[k] for k in keys}}
 
 
@@ -305,11 +316,60 @@ def _observe(router, item: EvalItem, generate: bool = True) -> dict:
                   similarity=checks.get("coverage", 0.0), cluster=cluster,
                   cluster_citations=list((cluster or {}).get("citations", [])))
     if router.student is not None and failed != "input" and generate:
+        if getattr(router.student, "open_book", False):
+            return _observe_open_book(router, item, record)
         began = time.perf_counter()
         generation = router.student.answer(item.query, item.scope)
         record.update(student=generation, student_ms=(time.perf_counter() - began) * 1000)
         record["judged"] = router.judge(generation, record["student_ms"], {}, cluster)
     return record
+
+
+def _observe_open_book(router, item: EvalItem, record: dict) -> dict:
+    """The open-book student's answer from the evidence the teacher retrieves now, read (the block it
+    cites, whether it quotes it); a question the teacher would refuse before generating is never
+    asked of it (the router sends those to RAG: `not_answerable`)."""
+    from distill.open_book import parse_answer, shown
+    from distill.teacher import Generation
+
+    cfg = router.config.student
+    evidence, refusal, _ = router.teacher.evidence(item.query, item.scope)
+    record["open_book"] = {"refusal": refusal}
+    if refusal is not None:
+        return record
+    evidence = shown(evidence[:cfg.evidence_chunks], cfg.evidence_words)
+    began = time.perf_counter()
+    generation = router.student.answer(item.query, item.scope, evidence)
+    student_ms = (time.perf_counter() - began) * 1000
+    read = parse_answer(generation.text, evidence)
+    record["open_book"].update(read=read, score=generation.mean_logprob)
+    record.update(student=Generation(REFUSAL_COMPLETION if read.refused else read.answer, generation.mean_logprob,
+                                     prompt_tokens=generation.prompt_tokens,
+                                     completion_tokens=generation.completion_tokens),
+                  student_ms=student_ms, student_citations=[read.chunk_id] if read.chunk_id else [])
+    return record
+
+
+def open_book_route(record: dict, gate) -> str:
+    """Why the open-book student would not answer a question replay cannot take ('served': it would),
+    in the router's order (router._from_open_book)."""
+    book = record.get("open_book")
+    if gate is None or book is None:
+        return "no_student"
+    if not gate.fitted:
+        return "uncalibrated"
+    if gate.teacher_cheaper():
+        return "teacher_cheaper"
+    if gate.threshold == float("inf"):
+        return "confidence"
+    if book["refusal"] is not None:
+        return "not_answerable"
+    read = book["read"]
+    if read.refused:
+        return "student_refused"
+    if not (read.chunk_id and read.quoted):
+        return "not_quoted"
+    return "served" if gate.confident(book["score"]) else "confidence"
 
 
 def route_at(record: dict, covered: bool) -> str:
@@ -371,9 +431,28 @@ def _student_outcome(record: dict, prices) -> dict:
                 "completion_tokens": 0, "cost": 0.0, "route": "student", "reason": "no_student"}
     generation, text = record["student"], record["student"].text.strip()
     return {"answer": "" if text == REFUSAL_COMPLETION else text, "refused": text == REFUSAL_COMPLETION,
-            "citations": record["cluster_citations"], "latency_ms": record["student_ms"],
+            "citations": record.get("student_citations", record["cluster_citations"]), "latency_ms": record["student_ms"],
             "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
             "cost": _local_cost(record["student_ms"], prices), "route": "student", "reason": "student"}
+
+
+def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate) -> dict:
+    """Replay where covered, else the open-book student where the router would serve it, else RAG
+    (after whatever the student spent)."""
+    from distill.router import BEFORE_COVERAGE
+
+    replayed = _cache_outcome(record, covered, answers, prices, "replay")
+    if replayed["route"] == "replay" or record["failed"] in BEFORE_COVERAGE:
+        return replayed
+    reason = open_book_route(record, gate)
+    if reason == "served":
+        outcome = _student_outcome(record, prices)
+        spent = record["router_ms"] + record["student_ms"]
+        outcome.update(latency_ms=spent, cost=_local_cost(spent, prices), reason="served")
+        return outcome
+    generated = reason in ("student_refused", "not_quoted", "confidence") and gate.threshold != float("inf")
+    spent = record["router_ms"] + (record.get("student_ms", 0.0) if generated else 0.0)
+    return _fallback(record, prices, reason, spent)
 
 
 def _routed_outcome(record: dict, covered: bool, prices) -> dict:
@@ -427,7 +506,9 @@ def score_outcomes(items: list[EvalItem], outcomes: list[dict], teachers: list[d
         "success": mean(zip(success, weights)),
         "cost_total_usd": round(cost, 6),
         "traffic": int(weights.sum()),
-        "student_share": mean((float(o["route"] in SERVED_ROUTES), w) for _, o, _, w in rows),
+        "served_share": mean((float(o["route"] in SERVED_ROUTES), w) for _, o, _, w in rows),
+        "replay_share": mean((float(o["route"] in ("replay", "cache")), w) for _, o, _, w in rows),
+        "student_share": mean((float(o["route"] == "student"), w) for _, o, _, w in rows),  # the student generated
         "error_rate": mean(served),
         "served_errors": int(sum(w for e, w in served if e)),
         "reasons": dict(Counter(o["reason"] for o, w in zip(outcomes, weights) for _ in range(int(w))).most_common()),
@@ -528,7 +609,7 @@ def _slices(items: list[EvalItem], outcomes: dict, teachers: list[dict], context
 
 def _quality(scores: dict) -> dict:
     return {"quality": scores["f1_vs_gold"] if scores["f1_vs_gold"] is not None else scores["agreement"],
-            "student_share": scores["student_share"]}
+            "served_share": scores["served_share"]}
 
 
 def _cluster_answers(workspace: Workspace, manifest: dict) -> dict[str, str | None]:

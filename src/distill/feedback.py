@@ -211,7 +211,7 @@ class Verdicts:
     def keys(rating: dict) -> list[tuple]:
         """The things a rating is about: the answer to its wording, and the intent that served it."""
         keys = [answer_key(rating.get("scope"), rating.get("query") or "", rating.get("answer") or "")]
-        if rating.get("route") == "student" and rating.get("cluster_id"):
+        if rating.get("route") in ("replay", "student") and rating.get("cluster_id"):
             keys.append(intent_key(rating.get("student_version"), rating["cluster_id"]))
         if rating.get("citations"):
             keys.append(evidence_key(rating.get("scope"), rating.get("query") or "", rating["citations"][0]))

@@ -105,7 +105,8 @@ def run(workspace: Workspace, console) -> Path:
 
     console.rule("7. eval: teacher, semantic cache, student and routed system on the held-out week")
     _, figures = run_eval(workspace, config, SAMPLE / "gold.jsonl")
-    keys = [figures["quality_metric"], "agreement", "refusal_correct", "student_share", "latency_p50_ms",
+    keys = [figures["quality_metric"], "agreement", "refusal_correct", "served_share", "replay_share", "student_share",
+            "latency_p50_ms",
             "cost_per_success_usd"]
     console.print(table([{"metric": k, **{name: s.get(k) for name, s in figures["systems"].items()}} for k in keys]))
 
@@ -113,7 +114,7 @@ def run(workspace: Workspace, console) -> Path:
     path = write_report(workspace)
     top = headline(figures)
     console.print(f"The routed system kept {_pct(top['quality_kept'])} of the teacher's {top['metric']} with "
-                  f"{_pct(top['student_share'])} of the questions served by the student, at {_pct(top['cost_ratio'])} "
+                  f"{_pct(top['served_share'])} of the questions served without RAG (replayed or by the student), at {_pct(top['cost_ratio'])} "
                   f"of the teacher's cost per successful answer ({figures['queries']} held-out questions: a sample "
                   f"this small shows the loop, not the figures; `make bench` measures them on PolicyQA).")
     console.print(f"report: {path}")

@@ -28,7 +28,8 @@ ROWS = [  # (metric key, label, format)
     ("agreement", "agreement with the teacher (F1)", "{:.3f}"), ("citation_correct", "citation correct", "{:.3f}"),
     ("groundedness", "groundedness in cited chunks", "{:.3f}"), ("refusal_correct", "refusal correct", "{:.3f}"),
     ("refused", "refused", "{:.3f}"), ("format_valid", "format valid", "{:.3f}"),
-    ("student_share", "share served without RAG", "{:.1%}"), ("error_rate", "error rate among those served", "{:.1%}"),
+    ("served_share", "share served without RAG", "{:.1%}"), ("replay_share", "share replayed (an agreed answer)", "{:.1%}"),
+    ("student_share", "share the student generated", "{:.1%}"), ("error_rate", "error rate among those served", "{:.1%}"),
     ("latency_p50_ms", "latency p50 (ms)", "{:,.1f}"),
     ("latency_p95_ms", "latency p95 (ms)", "{:,.1f}"), ("prompt_tokens", "prompt tokens / answer", "{:,.0f}"),
     ("completion_tokens", "completion tokens / answer", "{:,.1f}"), ("success", "successful answers", "{:.3f}"),
@@ -44,7 +45,7 @@ def headline(figures: dict) -> dict:
                   if routed["cost_per_success_usd"] and teacher["cost_per_success_usd"] else None)
     return {"metric": key, "teacher_quality": teacher[key], "routed_quality": routed[key],
             "quality_kept": round(routed[key] / teacher[key], 4) if teacher[key] else None,
-            "student_share": routed["student_share"], "cost_ratio": round(cost_ratio, 4) if cost_ratio else None,
+            "served_share": routed["served_share"], "cost_ratio": round(cost_ratio, 4) if cost_ratio else None,
             "latency_p50_ratio": round(routed["latency_p50_ms"] / teacher["latency_p50_ms"], 4)
             if teacher["latency_p50_ms"] else None}
 
@@ -79,7 +80,7 @@ def changes(figures: dict, before: dict | None) -> list[dict]:
     rows = []
     for system, scores in figures["systems"].items():
         old = before.get("systems", {}).get(system, {})
-        for key in (figures["quality_metric"], "student_share", "latency_p50_ms", "cost_per_success_usd"):
+        for key in (figures["quality_metric"], "served_share", "latency_p50_ms", "cost_per_success_usd"):
             if scores.get(key) is not None and old.get(key) is not None:
                 rows.append({"system": system, "metric": key, "before": old[key], "now": scores[key],
                              "change": round(scores[key] - old[key], 6)})
@@ -105,19 +106,19 @@ def _plots(figures: dict) -> dict[str, str]:
 
     systems, key = figures["systems"], figures["quality_metric"]
     plots = {}
-    curve = sorted(figures["curve"], key=lambda c: c["student_share"])
+    curve = sorted(figures["curve"], key=lambda c: c["served_share"])
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.plot([c["student_share"] for c in curve], [c["quality"] for c in curve], "o-", label="routed system")
+    ax.plot([c["served_share"] for c in curve], [c["quality"] for c in curve], "o-", label="routed system")
     points: dict[tuple, list[float]] = {}  # error rates that give the same point share one label
     for c in curve:
-        points.setdefault((c["student_share"], c["quality"]), []).append(c["max_error_rate"])
+        points.setdefault((c["served_share"], c["quality"]), []).append(c["max_error_rate"])
     for (share, quality), rates in points.items():
         label = f"{min(rates):g}" if len(rates) == 1 else f"{min(rates):g}-{max(rates):g}"
         ax.annotate(label, (share, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
     teacher = systems["teacher"][key]
     for share, style, label in ((1.0, "-", "teacher only"), (0.99, "--", "99 % of teacher"), (0.95, ":", "95 % of teacher")):
         ax.axhline(teacher * share, color="grey", linestyle=style, linewidth=1, label=label)
-    ax.set_xlabel("share of traffic served by the student")
+    ax.set_xlabel("share of traffic served without RAG (replay or student)")
     ax.set_ylabel(key.replace("_", " "))
     ax.set_title("cost-quality curve (labels: router.max_error_rate)")
     ax.legend(fontsize=8)
@@ -158,11 +159,11 @@ def _html(summary: dict) -> str:
     names = list(systems)
     side = _table(["metric"] + names, [[label] + [_fmt(systems[n].get(k), f) for n in names] for k, label, f in ROWS])
     curve = _table(["max error rate", "student share", "error rate served", figures["quality_metric"], "USD per success"],
-                   [[c["max_error_rate"], f"{c['student_share']:.1%}", _fmt(c["error_rate"], "{:.1%}"),
+                   [[c["max_error_rate"], f"{c['served_share']:.1%}", _fmt(c["error_rate"], "{:.1%}"),
                      _fmt(c["quality"], "{:.3f}"), _fmt(c["cost_per_success_usd"], "{:.7f}")] for c in figures["curve"]])
     wordings = figures.get("by_wording", {})
     by_wording = _table(["wording", "system", "traffic", "served without RAG", "error rate served", figures["quality_metric"]],
-                        [[kind, name, g["traffic"], _fmt(g["student_share"], "{:.1%}"), _fmt(g["error_rate"], "{:.1%}"),
+                        [[kind, name, g["traffic"], _fmt(g["served_share"], "{:.1%}"), _fmt(g["error_rate"], "{:.1%}"),
                           _fmt(g.get(figures["quality_metric"]), "{:.3f}")]
                          for kind, group in wordings.items() for name, g in group.items() if name != "teacher"])
     slices = ""
@@ -171,7 +172,7 @@ def _html(summary: dict) -> str:
             slices += f"<h3>by {kind}</h3>" + _table(
                 [kind, "traffic"] + [f"{n} quality" for n in names] + ["routed: student share"],
                 [[name, g["traffic"]] + [_fmt(g[n]["quality"], "{:.3f}") for n in names]
-                 + [f"{g['routed']['student_share']:.0%}"] for name, g in groups.items()])
+                 + [f"{g['routed']['served_share']:.0%}"] for name, g in groups.items()])
     retrieval = figures.get("retrieval") or {}
     changed = _table(["system", "metric", "before", "now", "change"],
                      [[c["system"], c["metric"], c["before"], c["now"], f"{c['change']:+g}"] for c in summary["changes"]]) \
@@ -179,7 +180,7 @@ def _html(summary: dict) -> str:
     nightly = _table(["started", "status", "reason", "serving before", "candidate"],
                      [[n["started_at"], n["status"], n["reason"], n["serving_before"], n["candidate"]]
                       for n in summary["nightly"]]) if summary["nightly"] else "<p>No nightly run yet.</p>"
-    keeps = figures["student_share_keeping"]
+    keeps = figures["served_share_keeping"]
     ratings = _table(["answered by", "ratings", "rated wrong", "share rated wrong", "mean score"],
                      [[r["route"], r["rated"], r["rated_wrong"], f"{r['share_rated_wrong']:.1%}", r["mean_score"]]
                       for r in figures["ratings"]]) if figures.get("ratings") else \
@@ -195,7 +196,7 @@ student {figures['student_version'] or 'none'}, router.max_error_rate {figures['
 (calibrated on {figures['decision']['examples']} wordings from the traces), semantic cache at cosine {figures['cache_threshold']}.</p>
 <p class="big">The routed system keeps <b>{_fmt(top['quality_kept'], '{:.1%}')}</b> of the teacher's {top['metric'].replace('_', ' ')}
 ({_fmt(top['routed_quality'], '{:.3f}')} vs {_fmt(top['teacher_quality'], '{:.3f}')}) while the student serves
-<b>{top['student_share']:.1%}</b> of the traffic, at <b>{_fmt(top['cost_ratio'], '{:.0%}')}</b> of the teacher's cost per
+<b>{top['served_share']:.1%}</b> of the traffic, at <b>{_fmt(top['cost_ratio'], '{:.0%}')}</b> of the teacher's cost per
 successful answer and {_fmt(top['latency_p50_ratio'], '{:.2f}')}x its median latency.
 Share the student can take keeping 95 % / 99 % of the teacher's quality: {keeps['95%']:.1%} / {keeps['99%']:.1%}.
 Of the questions the student served, {figures.get('served_wording_seen_in_training', 0)} were asked in a wording it was trained on.</p>

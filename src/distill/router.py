@@ -1,14 +1,17 @@
-"""The runtime router: the student answers only what it covers, safely; everything else goes to RAG.
+"""The runtime router: each question by the cheapest safe route (replay, the student, RAG).
 
     >>> router = Router.from_workspace(workspace)          # construct once, share across requests
     >>> routed = router.answer("How long is the refund window?", scope="billing")
     >>> routed.route, routed.reason, routed.answer
-    ('student', 'served', 'You can ask for a refund within 14 days of purchase.')
+    ('replay', 'served', 'You can ask for a refund within 14 days of purchase.')
     >>> router.answer("What dosage of ibuprofen is safe?", scope="billing").reason
     'high_risk'
 
-Checks, cheapest first; the first that fails sends the question to the RAG teacher and is the
-recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
+Three routes, cheapest first. `replay`: a question a trained intent covers gets that intent's
+agreed answer, without generating. `student`: what replay cannot take (not covered, stale,
+withdrawn) the open-book student answers from the evidence retrieved now (open_book.py), when the
+checks below let it. `rag`: everything else; RouteLLM's rule, on any doubt the strong model
+answers. The first check that fails is the recorded reason:
 
     input        empty, too long (`router.max_query_chars`) or not valid text
     high_risk    a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)
@@ -18,32 +21,43 @@ recorded reason (RouteLLM's rule: on any doubt, the strong model answers):
                  (calibrate.py) does not cover it: its nearest intent is not close enough, or not clearly
                  nearer than another need, for the expected error among such answers to stay within
                  `router.max_error_rate` (never below `router.coverage_threshold` cosine)
+    withdrawn    shadow checks found the replayed answer disagreeing with RAG on this intent (below), or
+                 users' ratings of the answers it served weigh below `feedback.withdraw_below` (feedback.py)
     stale        a document the covering intent's answers cited has changed since the student was
                  trained, or a document retrieved beside it has changed and is now among the evidence
                  RAG would read for this question (the changed document may now hold the answer)
-    student_busy the student's queue is so long that the answer would take more than
-                 `router.student_timeout_s`: the question goes to RAG without waiting
-    student_error, student_timeout, empty_answer
-                 the student failed; RAG answers, the caller never sees the failure
-    withdrawn    shadow checks found the student disagreeing with RAG on this intent (below), or users'
-                 ratings of the answers it served weigh below `feedback.withdraw_below` (feedback.py)
-    rated_wrong  users rated this very answer to this wording wrong (any student version): RAG answers
-    confidence   the student's mean token log-probability is below `router.min_student_logprob`
-    off_intent   the student's answer is below `router.min_intent_agreement` token F1 with the answer its
-                 intent was trained on
+    rated_wrong  users rated this very answer to this wording wrong (any student version)
 
-With `router.fast_path = "replay"` (the default) a covered question gets its intent's agreed answer
-(the one the student was trained to give) without generating, and the checks on the student's own
-answer do not apply; `"student"` has the student generate. On StackFAQ's held-out novel wordings
-(report half) replay served 43.6 % with no wrong answer; the student 42.0 % with 27.9 % wrong, or,
-with the `off_intent` check, 29.3 % with none: with one agreed answer per intent, the student cannot
-know more than replay, only less.
-A served answer carries the covering intent's citations (the chunks the teacher cited when it gave
-that answer). Every decision becomes a trace (route, reason, each check's score, router and
-generation time), written by a background thread so requests never wait on the database.
+For what replay cannot take (coverage, withdrawn, stale, rated_wrong), an open-book student is tried
+before RAG (`checks["replay"]` keeps why replay could not), with its own checks (student_gate.py):
 
-Shadow checks: a share (`router.shadow_share`) of student-served questions is answered by RAG as
-well, off the request path, and the two answers' token F1 is stored (`shadow_checks`). A
+    uncalibrated     the version has no confidence evidence (it was trained outside `distill nightly`)
+    teacher_cheaper  a teacher answer costs less than a student answer here (with the extractive
+                     teacher on a CPU it does: the student is slower)
+    not_answerable   the teacher's own checks say the evidence does not answer the question
+    student_busy, student_error, student_timeout
+                     the student's queue is too long, or it failed or was too slow: RAG answers
+    student_refused  the student said it does not know
+    not_quoted       its answer cites no block it was shown, or does not quote the block it cites
+    confidence       its mean token log-probability is below the calibrated threshold
+    rated_wrong      users rated this answer to this wording wrong
+
+A served student answer cites the chunk it quoted, at the version read now, so a changed document
+is answered from its new version. With a closed-book student (`student.mode = "closed_book"`) and
+`router.fast_path = "student"`, a covered question is generated instead of replayed, under the
+checks `confidence` (`router.min_student_logprob`) and `off_intent` (its answer must reach
+`router.min_intent_agreement` token F1 with its intent's trained answer); on StackFAQ's held-out
+novel wordings replay served 43.6 % with no wrong answer, the closed-book student 42.0 % with
+27.9 % wrong (scripts/bench_paraphrase.py).
+A replayed answer carries the covering intent's citations (the chunks the teacher cited when it
+gave that answer). Every decision becomes a trace (route, reason, each check's score, router and
+generation time; `backend` 'replay', 'open_book' or 'closed_book'), written by a background
+thread so requests never wait on the database.
+
+Shadow checks: a share (`router.shadow_share`) of questions served without RAG is answered by RAG
+as well, off the request path, and the two answers' token F1 is stored (`shadow_checks`, with the
+route checked). For the open-book student a disagreement raises its confidence threshold to just
+above that answer's score, and an agreement lowers it slowly (student_gate.py). For replay, a
 disagreement (another document and token F1 below `eval.success_f1`) tightens that intent at once:
 only questions scoring above the one that disagreed are served for it from then on, and a
 disagreement on a trained wording withdraws it; each agreement loosens it slowly (calibrate.py). An
@@ -676,6 +690,9 @@ class Router:
             return rag("uncalibrated")
         if gate.teacher_cheaper():
             return rag("teacher_cheaper")
+        if gate.threshold == float("inf"):  # no score keeps the expected error within the bound: nothing to generate
+            checks["student_threshold"] = None
+            return rag("confidence")
         if not isinstance(self.teacher, Teacher):  # a team's own RAG: no evidence to read here
             return rag("no_evidence")
         with self._teacher_lock:

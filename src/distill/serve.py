@@ -6,7 +6,7 @@
              "metadata": {"scope": "billing"}}'
     {"id": "chatcmpl-...", "object": "chat.completion", "choices": [{"message": {"role": "assistant",
      "content": "..."}, "finish_reason": "stop", "index": 0}], "usage": {...},
-     "distill": {"route": "student", "reason": "served", "citations": [...], "checks": {...}}}
+     "distill": {"route": "replay", "reason": "served", "citations": [...], "checks": {...}}}
 
 The question is the last user message; its scope comes from `metadata.scope` (or a top-level
 `scope`, or the `X-Distill-Scope` header). Route and reason are also response headers
