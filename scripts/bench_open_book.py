@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--changed", type=int, default=40, help="cited segments given a new version")
     parser.add_argument("--home", type=Path, default=None, help="workspace (default bench/open-book-<teacher>)")
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. train.epochs=2")
+    parser.add_argument("--latency", type=int, default=0,
+                        help="only time the promoted student on this many held-out questions, one at a time, per runtime")
     args = parser.parse_args()
     pairs = _pairs(args.data)
     keys_a, keys_b = halves(pairs)
@@ -238,6 +240,8 @@ def main() -> None:
     price_sets = {"small": prices(config, False), "large": prices(config, True)}
     results = {"version": version, "teacher": args.teacher, "timings": timings, "training": manifest["metrics"],
                "examples": manifest["examples"], "groups": {}}
+    if args.latency:
+        return time_runtimes(workspace, config, folder, groups, args.latency)
     base_path = local_model(config.train.base_model, workspace, "train.base_model")
     base_model, base_tokenizer = load_causal_lm(base_path, config.student.runtime)
     base = Student(base_model, base_tokenizer, manifest, config.student.max_new_tokens)
@@ -330,6 +334,33 @@ def main() -> None:
     print(f"\nfigures in {path}")
     if server:
         server.shutdown()
+
+
+def time_runtimes(workspace: Workspace, config, folder: Path, groups: dict, n: int) -> None:
+    """The student answering one question at a time from its evidence, per runtime: p50, p95, tokens."""
+    teacher = Teacher.from_workspace(workspace, config)
+    keys = [k for keys in groups.values() for k in keys[: max(1, n // len(groups))]]
+    evidence = {k: shown(teacher.evidence(k[1], k[0])[0][:config.student.evidence_chunks],
+                         config.student.evidence_words) for k in keys}
+    figures = {}
+    for runtime in ("fp32", "bf16", "int8"):
+        student = Student.load(folder, runtime=runtime, max_new_tokens=config.student.max_new_tokens)
+        student.answer(keys[0][1], keys[0][0], evidence[keys[0]])  # warm-up
+        times, prompt, completion = [], [], []
+        for k in keys:
+            began = time.perf_counter()
+            generation = student.answer(k[1], k[0], evidence[k])
+            times.append((time.perf_counter() - began) * 1000)
+            prompt.append(generation.prompt_tokens)
+            completion.append(generation.completion_tokens)
+        figures[runtime] = {"questions": len(keys), "p50_ms": round(statistics.median(times), 1),
+                            "p95_ms": round(float(np.percentile(times, 95)), 1),
+                            "prompt_tokens": round(float(np.mean(prompt)), 1),
+                            "completion_tokens": round(float(np.mean(completion)), 1)}
+        print(f"student {runtime}: p50 {figures[runtime]['p50_ms']:.0f} ms, p95 {figures[runtime]['p95_ms']:.0f} ms, "
+              f"{figures[runtime]['prompt_tokens']:.0f} prompt + {figures[runtime]['completion_tokens']:.1f} completion "
+              f"tokens (goal p50 <= 1,500 ms in int8)", flush=True)
+    save_results("open_book_latency", figures)
 
 
 if __name__ == "__main__":

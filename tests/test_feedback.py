@@ -101,7 +101,7 @@ def test_a_negative_rating_takes_the_intent_off_the_fast_path_in_this_router_and
     assert result.exit_code == 0 and "user-17" in result.output and "wrong entry" in result.output, result.output
     with TraceStore(rated_ws.traces_db) as store:
         (row,) = store.sql("SELECT trace_id, score, route, cluster_id FROM feedback")
-    assert row == {"trace_id": served.trace_id, "score": -1.0, "route": "student", "cluster_id": "c0"}
+    assert row == {"trace_id": served.trace_id, "score": -1.0, "route": "replay", "cluster_id": "c0"}
 
 
 def test_feedback_over_http_is_stored_and_a_bad_request_is_a_one_line_4xx(rated_ws):

@@ -1,4 +1,5 @@
 import fcntl
+import json
 import os
 from datetime import date, datetime, timedelta, timezone
 
@@ -41,7 +42,7 @@ def workspace(corpus_workspace, tmp_path, tiny_lm_dir):
         store.append(traces(range(0, 6)) + traces(range(20, 22)))  # days 20-21: the held-out week
     (tmp_path / "distill.toml").write_text(
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 3\nbatch_size = 3\n'
-        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
+        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\nmode = "closed_book"\n'  # the gate's logic; open book below
         f'[nightly]\nmin_examples = 1\nteacher_margin = 1.0\n')
     return Workspace(tmp_path)
 
@@ -66,6 +67,19 @@ def test_a_passing_gate_promotes_and_the_day_does_not_run_twice(workspace):
     assert forced.status == "kept" and "unchanged since v0001" in forced.reason
     assert [r["status"] for r in runs(workspace)] == ["promoted", "kept"]
     assert registry.versions(workspace.models_dir, "student") == ["v0001"]
+
+
+def test_an_open_book_candidate_is_scored_and_calibrated_on_the_whole_held_out_window(workspace):
+    from distill.student_gate import CONFIDENCE_FILE
+
+    result = nightly(workspace, workspace.config({"student": {"mode": "open_book"}}), today=DAY)
+    manifest = registry.manifest(workspace.models_dir, "student", "v0001")
+    assert manifest["student_mode"] == "open_book" and result.status == "promoted", result.reason
+    scores = result.figures["evaluate"]["scores"]["v0001"]
+    evidence = json.loads((workspace.models_dir / "student" / "v0001" / CONFIDENCE_FILE).read_text())
+    assert scores["queries"] == evidence["asked"] > 0 and "quoted" in scores and "threshold" in scores
+    assert evidence["student_cost_usd"] > 0 and evidence["teacher_backend"] == "extractive"
+    assert scores["threshold"] is None  # a random tiny student never earns a threshold: it will serve nothing
 
 
 def test_a_failed_gate_keeps_the_current_student(workspace):

@@ -465,14 +465,15 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], config: Conf
         return None, None, 0, (0, 0)
     rewordings, written = _rewordings(workspace, config, rows, clusters) if cfg.rewordings else ([], 0)
     rows += [_example(cfg, clusters[r.cluster_id], r.scope, r.text, r.citations, [], r.written_from) for r in rewordings]
-    template = cfg.prompt_template
-    if config.student.mode == "open_book":
+    template, mode, skipped = cfg.prompt_template, config.student.mode, None
+    if mode == "open_book":
         retrieved = {(r["scope"], r["query"]): list(by_id[r["trace_ids"][0]]["retrieved"] or []) for r in rows
                      if r["trace_ids"]}
-        rows, template = _open_book(workspace, config, rows, clusters, retrieved), open_book.DEFAULT_TEMPLATE
-        if not rows:
-            raise DistillError("no trained wording's evidence is in the corpus, so no open-book example can be written; "
-                               "run `distill ingest` on the documents the traces cite, or set student.mode = \"closed_book\"")
+        opened = _open_book(workspace, config, rows, clusters, retrieved)
+        if opened:
+            rows, template = opened, open_book.DEFAULT_TEMPLATE
+        else:  # a team's own RAG: its contexts are not in a corpus here, so the student learns closed-book
+            mode, skipped = "closed_book", "no trained wording's evidence is in this workspace's corpus"
     import datasets
 
     datasets.disable_progress_bars()
@@ -482,7 +483,7 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], config: Conf
     (target / "distill.json").write_text(json.dumps({"run_id": result["run"]["run_id"],
                                                      "content_hash": digest.hexdigest(),
                                                      "prompt_template": template,
-                                                     "student_mode": config.student.mode,
+                                                     "student_mode": mode, "open_book_skipped": skipped,
                                                      "evidence": {"chunks": config.student.evidence_chunks,
                                                                   "words": config.student.evidence_words},
                                                      "examples": len(rows),

@@ -445,6 +445,8 @@ def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate)
     if replayed["route"] == "replay" or record["failed"] in BEFORE_COVERAGE:
         return replayed
     reason = open_book_route(record, gate)
+    if reason == "uncalibrated":  # no student route at all, as in the router
+        return replayed
     if reason == "served":
         outcome = _student_outcome(record, prices)
         spent = record["router_ms"] + record["student_ms"]

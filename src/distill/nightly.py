@@ -187,6 +187,8 @@ def _open_book_scores(workspace: Workspace, config: Config, path: Path, current:
     from distill.student_gate import CONFIDENCE_FILE, fit
     from distill.teacher import Teacher
 
+    if not queries:
+        return {path.name: {"queries": 0}}
     teacher = Teacher.from_workspace(workspace, config)
     versions = {path.name: path}
     if current and registry.manifest(workspace.models_dir, config.train.student_name, current).get("student_mode") \

@@ -31,7 +31,8 @@ answers. The first check that fails is the recorded reason:
 For what replay cannot take (coverage, withdrawn, stale, rated_wrong), an open-book student is tried
 before RAG (`checks["replay"]` keeps why replay could not), with its own checks (student_gate.py):
 
-    uncalibrated     the version has no confidence evidence (it was trained outside `distill nightly`)
+    uncalibrated     the version has no confidence evidence (it was trained outside `distill nightly`):
+                     no student route, and replay's reason stays the recorded one
     teacher_cheaper  a teacher answer costs less than a student answer here (with the extractive
                      teacher on a CPU it does: the student is slower)
     not_answerable   the teacher's own checks say the evidence does not answer the question
@@ -623,7 +624,10 @@ class Router:
                                         "score": checks["student_score"], "student_answer": routed.answer,
                                         "student_doc": cited_document(routed.citations)})
                 return routed
-            failed, router_ms = routed.reason, routed.router_ms
+            if routed.reason == "uncalibrated":  # no student route at all: replay's reason stands
+                checks["student"] = routed.reason
+            else:
+                failed, router_ms = routed.reason, routed.router_ms
         return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
 
     def answer_batch(self, questions: list[tuple[str, str | None]]) -> list[RoutedAnswer]:
