@@ -80,6 +80,8 @@ def test_an_open_book_candidate_is_scored_and_calibrated_on_the_whole_held_out_w
     assert scores["queries"] == evidence["asked"] > 0 and "quoted" in scores and "threshold" in scores
     assert evidence["student_cost_usd"] > 0 and evidence["teacher_backend"] == "extractive"
     assert scores["threshold"] is None  # a random tiny student never earns a threshold: it will serve nothing
+    # so the gate scores what the version serves: replay where a trained wording asks, the teacher elsewhere
+    assert scores["f1_vs_teacher"] > scores["student_f1_vs_teacher"] and scores["replayed"] >= 1
 
 
 def test_a_failed_gate_keeps_the_current_student(workspace):

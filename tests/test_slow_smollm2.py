@@ -45,6 +45,6 @@ def test_make_quickstart_trains_the_real_student_and_serves_a_frequent_question(
                           capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "promoted: v0001" in done.stderr
-    assert "│ student │ served" in done.stderr  # a frequent question in its trained wording answered by the student
+    assert "│ replay │ served" in done.stderr  # a frequent question in its trained wording: its agreed answer replayed
     assert (tmp_path / "models" / "student" / "v0001" / "README.md").exists()  # the model card
     assert list((tmp_path / "reports").glob("*/report.html"))

@@ -35,7 +35,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from distill import registry
+from distill import open_book, registry
 from distill.config import Config, Workspace
 from distill.curate import curate
 from distill.errors import DistillError
@@ -200,8 +200,42 @@ def _open_book_scores(workspace: Workspace, config: Config, path: Path, current:
         fitted = fit(student, teacher, queries, config, gold, progress=True)
         if folder == path:
             (path / CONFIDENCE_FILE).write_text(json.dumps(fitted["evidence"], indent=2))
-        scores[version] = fitted["figures"]
+        manifest = registry.manifest(workspace.models_dir, config.train.student_name, version)
+        scores[version] = {**{f"student_{k}" if k.startswith("f1_vs") else k: v for k, v in fitted["figures"].items()},
+                           **_routed_scores(manifest, queries, fitted, gold)}
     return scores
+
+
+def _routed_scores(manifest: dict, queries: list[dict], fitted: dict, gold) -> dict:
+    """What the version would serve on each held-out query, scored as the gate's metric: the intent's
+    agreed answer where a trained wording asks it (replay), the student's answer where its threshold
+    lets it serve, the teacher's otherwise. A weak student is gated by its own threshold (it serves
+    nothing), so it does not keep a version's replay from being promoted."""
+    from distill.metrics import best_f1, normalize_query, token_f1
+
+    refusal = open_book.REFUSAL
+    replay = {(c.get("scope"), normalize_query(w)): c.get("answer") or refusal
+              for c in manifest.get("clusters", []) for w in c.get("wordings", [])}
+    threshold = fitted["figures"].get("threshold")
+    student = {(r["scope"], normalize_query(r["query"])): r["answer"] for r in fitted["rows"]
+               if r["served"] and threshold is not None and r["score"] is not None and r["score"] >= threshold}
+    served, truth, graded = [], [], []
+    for q in queries:
+        key = (q["scope"], normalize_query(q["query"]))
+        teacher = refusal if q["refused"] else q["answer"]
+        answer = replay.get(key) or student.get(key) or teacher
+        served.append(answer)
+        truth.append(teacher)
+        if gold and q.get("query_id") in gold:
+            graded.append((answer, teacher, gold[q["query_id"]]))
+    figures = {"replayed": sum(k in replay for k in
+                                                         ((q["scope"], normalize_query(q["query"])) for q in queries)),
+               "f1_vs_teacher": round(sum(token_f1(a, t) for a, t in zip(served, truth)) / len(queries), 4)}
+    if graded:
+        figures.update(gold_queries=len(graded),
+                       f1_vs_gold=round(sum(best_f1(a, g) for a, _, g in graded) / len(graded), 4),
+                       teacher_f1_vs_gold=round(sum(best_f1(t, g) for _, t, g in graded) / len(graded), 4))
+    return figures
 
 
 def _score(path: Path, queries: list[dict], config: Config, gold) -> dict:

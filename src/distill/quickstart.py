@@ -92,7 +92,7 @@ def run(workspace: Workspace, console) -> Path:
     night = nightly(workspace, config, force=True, say=lambda stage, text: console.print(f"[bold]{stage:9s}[/] {text}"))
     console.print(f"serving: {night.current or 'no student (everything goes to RAG)'}")
 
-    console.rule("6. ask through the router: the student where it is safe, RAG everywhere else")
+    console.rule("6. ask through the router: replay or the student where safe, else RAG")
     rows = []
     # Not logged: the sample's traffic is dated October 2026, and traces asked today would move
     # curation's time window on a rerun. In a service every routed answer is a trace.
