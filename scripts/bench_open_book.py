@@ -55,7 +55,7 @@ from distill.corpus import chunk_doc_version, cited_document
 from distill.evaluate import load_gold
 from distill.index import ingest
 from distill.nightly import nightly
-from distill.open_book import parse_answer, shown
+from distill.open_book import parse_answer, student_evidence
 from distill.router import Router
 from distill.student import Student, load_causal_lm
 from distill.student_gate import local_cost
@@ -256,8 +256,7 @@ def main() -> None:
         truth = {k: teacher_row(answers[k], gold[k], price_sets, backend) for k in keys}
         for k in keys:
             rows["teacher"].append({**truth[k], "served": False, "agrees": True})
-        evidence = {k: shown(teacher.evidence(k[1], k[0])[0][:config.student.evidence_chunks],
-                             config.student.evidence_words) for k in keys}
+        evidence = {k: student_evidence(teacher, k[1], k[0], config.student)[0] for k in keys}
         for label, model in (("base reading evidence", base), ("open-book student alone", trained)):
             for i in range(0, len(keys), config.student.batch_size):
                 batch = keys[i:i + config.student.batch_size]
@@ -340,8 +339,7 @@ def time_runtimes(workspace: Workspace, config, folder: Path, groups: dict, n: i
     """The student answering one question at a time from its evidence, per runtime: p50, p95, tokens."""
     teacher = Teacher.from_workspace(workspace, config)
     keys = [k for keys in groups.values() for k in keys[: max(1, n // len(groups))]]
-    evidence = {k: shown(teacher.evidence(k[1], k[0])[0][:config.student.evidence_chunks],
-                         config.student.evidence_words) for k in keys}
+    evidence = {k: student_evidence(teacher, k[1], k[0], config.student)[0] for k in keys}
     figures = {}
     for runtime in ("fp32", "bf16", "int8"):
         student = Student.load(folder, runtime=runtime, max_new_tokens=config.student.max_new_tokens)

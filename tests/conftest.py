@@ -113,12 +113,18 @@ from distill.quickstart import SAMPLE  # noqa: E402  (the embedded sample the qu
 @pytest.fixture(scope="session")
 def sample_workspace(tmp_path_factory, tiny_lm_dir):
     """The embedded sample: ingested, collected, curated, and a tiny student trained and promoted."""
-    home = tmp_path_factory.mktemp("eval_ws")
+    return trained_sample(tmp_path_factory.mktemp("eval_ws"), tiny_lm_dir,
+                          "min_student_logprob = -1000.0\n")  # a random tiny model is never confident
+
+
+def trained_sample(home: Path, tiny_lm_dir: Path, router_settings: str):
+    """The embedded sample in `home`: ingested, collected, curated (with the default student.mode),
+    a tiny student trained on it and promoted; `router_settings` are TOML lines for [router]."""
     (home / "distill.toml").write_text(
         f'[corpus]\nallowed_sources = ["help-center", "policies"]\n'
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n'
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
-        f'[router]\nmin_student_logprob = -1000.0\n')  # a random tiny model is never confident
+        f'[router]\n{router_settings}')
     from distill import registry
     from distill.collect import collect
     from distill.config import Workspace

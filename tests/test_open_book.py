@@ -4,17 +4,14 @@ import json
 
 import pytest
 
+from conftest import trained_sample
 from distill import open_book, registry
-from distill.collect import collect
-from distill.config import Workspace
 from distill.corpus import chunk_doc_version
-from distill.curate import curate
 from distill.index import ingest
 from distill.quickstart import SAMPLE
 from distill.router import Router
 from distill.student_gate import CONFIDENCE_FILE, StudentGate
 from distill.teacher import Generation
-from distill.train import train
 
 CHUNKS = {
     "kb/reset@v2#0": {"chunk_id": "kb/reset@v2#0", "heading": "Reset", "content_hash": "a",
@@ -72,20 +69,9 @@ def test_the_cited_block_survives_the_word_budget_and_answers_are_read_strictly(
 
 @pytest.fixture(scope="module")
 def open_book_workspace(tmp_path_factory, tiny_lm_dir):
-    """The sample collected and curated open-book (the default), a tiny student trained on it and promoted."""
-    home = tmp_path_factory.mktemp("open_book_ws")
-    (home / "distill.toml").write_text(
-        f'[corpus]\nallowed_sources = ["help-center", "policies"]\n'
-        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n'
-        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n[router]\nshadow_share = 0.0\n')
-    workspace = Workspace(home)
-    config = workspace.config()
-    ingest(workspace, SAMPLE / "corpus.jsonl", config)
-    collect(workspace, config, SAMPLE / "queries.jsonl")
-    curation = curate(workspace, config)
-    result = train(workspace, config, curation.dataset_path, progress=False)
-    registry.promote(workspace.models_dir, "student", result.version)
-    return workspace
+    """The sample collected and curated open-book (the default), a tiny student trained on it and
+    promoted: a workspace of its own, since these tests write its confidence evidence."""
+    return trained_sample(tmp_path_factory.mktemp("open_book_ws"), tiny_lm_dir, "shadow_share = 0.0\n")
 
 
 def test_curate_writes_open_book_examples_from_the_chunks_each_trace_read(open_book_workspace):

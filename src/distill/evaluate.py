@@ -44,6 +44,7 @@ from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.metrics import best_f1, normalize, normalize_query, rank_scores, token_f1
 from distill.store import TraceStore
+from distill.student_gate import local_cost
 
 def load_gold_rows(path: Path) -> list[dict]:
     """A gold file's rows: JSON lines, each with gold_answers (a list) and a query_id (`distill
@@ -329,15 +330,13 @@ def _observe_open_book(router, item: EvalItem, record: dict) -> dict:
     """The open-book student's answer from the evidence the teacher retrieves now, read (the block it
     cites, whether it quotes it); a question the teacher would refuse before generating is never
     asked of it (the router sends those to RAG: `not_answerable`)."""
-    from distill.open_book import parse_answer, shown
+    from distill.open_book import parse_answer, student_evidence
     from distill.teacher import Generation
 
-    cfg = router.config.student
-    evidence, refusal, _ = router.teacher.evidence(item.query, item.scope)
+    evidence, refusal, _ = student_evidence(router.teacher, item.query, item.scope, router.config.student)
     record["open_book"] = {"refusal": refusal}
     if refusal is not None:
         return record
-    evidence = shown(evidence[:cfg.evidence_chunks], cfg.evidence_words)
     began = time.perf_counter()
     generation = router.student.answer(item.query, item.scope, evidence)
     student_ms = (time.perf_counter() - began) * 1000
@@ -397,18 +396,14 @@ def _teacher_cost(answer, prompt_tokens: int, prices) -> float:
     if prices.teacher_pricing == "api":
         completion = answer.completion_tokens or len(answer.answer.split()) * 4 // 3
         return (prompt_tokens * prices.prompt_price_per_million + completion * prices.completion_price_per_million) / 1e6 \
-            + _local_cost(answer.retrieval_ms, prices)
-    return _local_cost(answer.latency_ms, prices)
-
-
-def _local_cost(ms: float, prices) -> float:
-    return ms / 1000 * prices.local_price_per_hour / 3600
+            + local_cost(answer.retrieval_ms, prices)
+    return local_cost(answer.latency_ms, prices)
 
 
 def _fallback(record: dict, prices, reason: str, extra_ms: float) -> dict:
     """The teacher answers after the router (and perhaps the student) spent `extra_ms`."""
     outcome = _teacher_outcome(record, prices)
-    outcome.update(latency_ms=outcome["latency_ms"] + extra_ms, cost=outcome["cost"] + _local_cost(extra_ms, prices),
+    outcome.update(latency_ms=outcome["latency_ms"] + extra_ms, cost=outcome["cost"] + local_cost(extra_ms, prices),
                    reason=reason)
     return outcome
 
@@ -422,7 +417,7 @@ def _cache_outcome(record: dict, covered: bool, answers: dict, prices, route: st
     answer = answers[cluster["cluster_id"]]
     return {"answer": answer or "", "refused": answer is None, "citations": record["cluster_citations"],
             "latency_ms": record["router_ms"], "prompt_tokens": 0, "completion_tokens": 0,
-            "cost": _local_cost(record["router_ms"], prices), "route": route, "reason": "served"}
+            "cost": local_cost(record["router_ms"], prices), "route": route, "reason": "served"}
 
 
 def _student_outcome(record: dict, prices) -> dict:
@@ -433,7 +428,7 @@ def _student_outcome(record: dict, prices) -> dict:
     return {"answer": "" if text == REFUSAL_COMPLETION else text, "refused": text == REFUSAL_COMPLETION,
             "citations": record.get("student_citations", record["cluster_citations"]), "latency_ms": record["student_ms"],
             "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
-            "cost": _local_cost(record["student_ms"], prices), "route": "student", "reason": "student"}
+            "cost": local_cost(record["student_ms"], prices), "route": "student", "reason": "student"}
 
 
 def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate) -> dict:
@@ -450,7 +445,7 @@ def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate)
     if reason == "served":
         outcome = _student_outcome(record, prices)
         spent = record["router_ms"] + record["student_ms"]
-        outcome.update(latency_ms=spent, cost=_local_cost(spent, prices), reason="served")
+        outcome.update(latency_ms=spent, cost=local_cost(spent, prices), reason="served")
         return outcome
     generated = reason in ("student_refused", "not_quoted", "confidence") and gate.threshold != float("inf")
     spent = record["router_ms"] + (record.get("student_ms", 0.0) if generated else 0.0)
@@ -462,7 +457,7 @@ def _routed_outcome(record: dict, covered: bool, prices) -> dict:
     if reason == "served":
         outcome = _student_outcome(record, prices)
         spent = record["router_ms"] + record["student_ms"]
-        outcome.update(latency_ms=spent, cost=_local_cost(spent, prices), reason="served")
+        outcome.update(latency_ms=spent, cost=local_cost(spent, prices), reason="served")
         return outcome
     spent = record["router_ms"] + (record.get("student_ms", 0.0) if reason == record.get("judged") else 0.0)
     return _fallback(record, prices, reason, spent)

@@ -219,17 +219,17 @@ def _routed_scores(manifest: dict, queries: list[dict], fitted: dict, gold) -> d
     threshold = fitted["figures"].get("threshold")
     student = {(r["scope"], normalize_query(r["query"])): r["answer"] for r in fitted["rows"]
                if r["served"] and threshold is not None and r["score"] is not None and r["score"] >= threshold}
-    served, truth, graded = [], [], []
+    served, truth, graded, replayed = [], [], [], 0
     for q in queries:
         key = (q["scope"], normalize_query(q["query"]))
         teacher = refusal if q["refused"] else q["answer"]
         answer = replay.get(key) or student.get(key) or teacher
+        replayed += key in replay
         served.append(answer)
         truth.append(teacher)
         if gold and q.get("query_id") in gold:
             graded.append((answer, teacher, gold[q["query_id"]]))
-    figures = {"replayed": sum(k in replay for k in
-                                                         ((q["scope"], normalize_query(q["query"])) for q in queries)),
+    figures = {"replayed": replayed,
                "f1_vs_teacher": round(sum(token_f1(a, t) for a, t in zip(served, truth)) / len(queries), 4)}
     if graded:
         figures.update(gold_queries=len(graded),

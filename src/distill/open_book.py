@@ -50,23 +50,9 @@ class Quoted:
     refused: bool
 
 
-def render_evidence(chunks: list[dict], max_words: int) -> str:
-    """Numbered evidence blocks, `[n] heading: text`, best first, within `max_words` words (the
-    first block is always kept whole, later ones only while they fit)."""
-    lines, left = [], max_words
-    for number, chunk in enumerate(chunks, 1):
-        text = _SPACE.sub(" ", chunk["text"]).strip()
-        size = len(text.split())
-        if lines and size > left:
-            break
-        heading = _SPACE.sub(" ", chunk.get("heading") or "").strip()
-        lines.append(f"[{number}] {heading}: {text}" if heading else f"[{number}] {text}")
-        left -= size
-    return "\n".join(lines)
-
-
 def shown(chunks: list[dict], max_words: int) -> list[dict]:
-    """The chunks `render_evidence` keeps within `max_words`, in order."""
+    """The chunks shown within `max_words` words, in order: the first always whole, later ones only
+    while they fit."""
     kept, left = [], max_words
     for chunk in chunks:
         size = len(chunk["text"].split())
@@ -75,6 +61,24 @@ def shown(chunks: list[dict], max_words: int) -> list[dict]:
         kept.append(chunk)
         left -= size
     return kept
+
+
+def student_evidence(teacher, query: str, scope: str | None, config) -> tuple[list[dict], str | None, float | None]:
+    """(the chunks the student is shown, the teacher's early refusal, the answerability score):
+    the teacher's evidence for the question (Teacher.evidence), cut to `student.evidence_chunks`
+    and `student.evidence_words` (`config` is the [student] section)."""
+    evidence, refusal, score = teacher.evidence(query, scope)
+    return shown(evidence[:config.evidence_chunks], config.evidence_words), refusal, score
+
+
+def render_evidence(chunks: list[dict], max_words: int) -> str:
+    """Numbered evidence blocks, `[n] heading: text`, best first, the chunks `shown` keeps."""
+    lines = []
+    for number, chunk in enumerate(shown(chunks, max_words), 1):
+        text = _SPACE.sub(" ", chunk["text"]).strip()
+        heading = _SPACE.sub(" ", chunk.get("heading") or "").strip()
+        lines.append(f"[{number}] {heading}: {text}" if heading else f"[{number}] {text}")
+    return "\n".join(lines)
 
 
 def render_prompt(template: str, query: str, chunks: list[dict], max_words: int) -> str:

@@ -102,7 +102,7 @@ from distill.errors import DistillError
 from distill.feedback import Rating, RecentTraces, Verdicts, answer_key, intent_key
 from distill.metrics import normalize_query, token_f1
 from distill.store import FeedbackJournal, Trace, TraceWriter, feedback_folder, take_batch
-from distill.open_book import parse_answer, shown
+from distill.open_book import parse_answer, student_evidence
 from distill.student_gate import StudentGate
 from distill.teacher import Answer, ChatEndpoint, Teacher, workspace_threshold
 
@@ -700,12 +700,11 @@ class Router:
         if not isinstance(self.teacher, Teacher):  # a team's own RAG: no evidence to read here
             return rag("no_evidence")
         with self._teacher_lock:
-            evidence, refusal, score = self.teacher.evidence(query, scope)
+            evidence, refusal, score = student_evidence(self.teacher, query, scope, cfg.student)
         checks["answerability"] = None if score is None else round(score, 4)
         if refusal is not None:
             checks["teacher_refusal"] = refusal
             return rag("not_answerable")
-        evidence = shown(evidence[:cfg.student.evidence_chunks], cfg.student.evidence_words)
         if (wait_s := self.batcher.expected_wait_s()) > cfg.router.student_timeout_s:
             checks["student_wait_s"] = round(wait_s, 2)
             return rag("student_busy")

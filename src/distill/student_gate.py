@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 from distill.calibrate import LOOSEN, TIGHTEN, agrees, risk_curve, threshold_at
 from distill.corpus import chunk_doc_version
 from distill.metrics import best_f1, token_f1
-from distill.open_book import parse_answer, shown
+from distill.open_book import parse_answer, student_evidence
 
 CONFIDENCE_FILE = "student_confidence.json"
 API_BACKENDS = ("openai", "http")  # teachers billed per token when eval.teacher_pricing = "api"
@@ -57,16 +58,14 @@ def fit(student, teacher, queries: list[dict], config, gold: dict | None = None,
     """Answer `queries` (held-out traces: query, scope, answer, refused, citations, query_id) with the
     open-book student from the evidence `teacher` retrieves now; returns the confidence evidence
     (written beside the version as CONFIDENCE_FILE) and the figures the nightly gate reads."""
-    import time
-
     from tqdm.auto import tqdm
 
     cfg = config.student
     asked = []
     for q in queries:
-        evidence, refusal, _ = teacher.evidence(q["query"], q["scope"])
+        evidence, refusal, _ = student_evidence(teacher, q["query"], q["scope"], cfg)
         if refusal is None:
-            asked.append((q, shown(evidence[:cfg.evidence_chunks], cfg.evidence_words)))
+            asked.append((q, evidence))
     rows, spent_ms = [], 0.0
     for start in tqdm(range(0, len(asked), cfg.batch_size), desc="student confidence", unit="batch",
                       disable=not progress, leave=False):
