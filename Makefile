@@ -33,7 +33,7 @@ bench: install
 	$(BIN)/python scripts/bench_collect.py
 	$(BIN)/python scripts/bench_teacher.py --smollm2 40
 	$(BIN)/python scripts/bench_curate.py
-	$(BIN)/python scripts/bench_student.py
+	$(BIN)/python scripts/bench_open_book.py
 	$(BIN)/python scripts/bench_router.py
 	$(BIN)/python scripts/bench_replay.py
 	$(BIN)/python scripts/bench_serve.py

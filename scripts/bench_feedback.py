@@ -8,8 +8,8 @@ pairs, each asked of its own scope: StackFAQ's 1,249 rephrasings of 125 threads,
 copies of one ingested workspace:
 
 - before: collect the tune weeks with the teacher, curate (the cutoff at the end of week 2),
-  train a student (one step: with `router.fast_path = "replay"` it never generates, so its weights
-  do not matter), promote it, and route every report-week question with `Router`;
+  train a student (one step: with no confidence evidence, which only `distill nightly` fits, it
+  never generates, so its weights do not matter), promote it, and route every report-week question with `Router`;
 - after: the same, but simulated users rate `--rate` of the tune weeks' answers (the dataset's own
   judgement: +1 when the cited document answers the question, StackFAQ's thread or one of
   PolicyQA's gold segments, else -1; a refusal of an answerable question is -1), imported with
@@ -109,8 +109,7 @@ def arm_workspace(base: Workspace, name: str, arm: str) -> Workspace:
     ws = Workspace(HOME / name / arm)
     shutil.rmtree(ws.home, ignore_errors=True)
     shutil.copytree(base.home, ws.home, ignore=shutil.ignore_patterns("traces", "models", "datasets"))
-    (ws.home / "distill.toml").write_text('[train]\nmax_steps = 1\nbatch_size = 2\n[router]\nfast_path = "replay"\n'
-                                          'shadow_share = 0.0\n')
+    (ws.home / "distill.toml").write_text('[train]\nmax_steps = 1\nbatch_size = 2\n[router]\nshadow_share = 0.0\n')
     return ws
 
 

@@ -27,7 +27,7 @@ SmolLM2 reading the same evidence without fine-tuning; the open-book student alo
 then the student, then RAG). Figures: F1 against gold, agreement with the teacher, share served
 without the teacher, error among served (against the teacher), p50/p95 latency, cost per success
 (F1 against gold at least `eval.success_f1`). The closed-book student is not retrained here: its
-figures are bench_student.py's and bench_paraphrase.py's.
+figures are bench_paraphrase.py's (the closed-book student was removed: docs/student.md).
 """
 
 from __future__ import annotations

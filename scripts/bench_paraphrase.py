@@ -10,9 +10,9 @@ curate, train a SmolLM2-135M student, then the systems of `distill eval` answer 
 
 - cache: the nearest trained wording's answer at one static cosine (`eval.cache_threshold`), GPTCache-style;
 - replay: the intent's agreed answer under the router's calibrated decision (the ablation);
-- student: the student alone, on every question;
-- routed: the router (calibrated coverage, freshness, then `router.fast_path`: the replayed answer, or
-  the student with its confidence and off-intent checks), RAG for the rest.
+- student: the open-book student alone, on every question, reading the evidence retrieved now;
+- routed: the router (calibrated coverage and freshness, the replayed answer; the open-book student
+  where replay cannot answer and its confidence evidence allows), RAG for the rest.
 
 For each, on seen, novel and out-of-scope wordings apart and on each half of the threads (settings
 were chosen on the tune half; quote the report half): share served without RAG, error rate among
@@ -205,25 +205,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="training epochs (default: train.epochs)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop training after this many steps (1: a placeholder student, when only the router's "
-                             "decision and the replay fast path are measured)")
+                             "decision and replay are measured)")
     parser.add_argument("--rewordings", type=int, default=0,
                         help="curate.rewordings: rewordings SmolLM2-135M writes per trained wording, kept when the "
                              "extractive teacher answers them the way their intent is answered")
     parser.add_argument("--home", default=str(HOME), help="the benchmark workspace (a copy keeps variants apart)")
     parser.add_argument("--no-student", action="store_true",
-                        help="never ask the student (the replay fast path, the cache and the decision only)")
+                        help="never ask the student (replay, the cache and the decision only)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the promoted student again")
     parser.add_argument("--max-error-rate", type=float, default=None, help="router.max_error_rate (default: the config's)")
     parser.add_argument("--decision-only", action="store_true",
                         help="only time the router's checks on novel wordings and sweep the static cache's threshold")
-    parser.add_argument("--fast-path", choices=("student", "replay"), default=None,
-                        help="router.fast_path for the routed system (default: the config's; `replay` is measured either way)")
     args = parser.parse_args()
     threads = load_threads()
     workspace = Workspace(Path(args.home))
     workspace.home.mkdir(parents=True, exist_ok=True)
-    overrides = {"router": {key: value for key, value in (("max_error_rate", args.max_error_rate),
-                                                            ("fast_path", args.fast_path)) if value is not None},
+    overrides = {"router": {"max_error_rate": args.max_error_rate} if args.max_error_rate is not None else {},
                  "curate": {"rewordings": args.rewordings, "rewording_model": SMOLLM2 if args.rewordings else ""},
                  "train": {key: value for key, value in (("epochs", args.epochs), ("max_steps", args.max_steps))
                            if value is not None}}
@@ -273,7 +270,7 @@ def main() -> None:
                   f"{(row['error_rate'] if row['error_rate'] is not None else float('nan')):8.1%} "
                   f"{row['f1_vs_thread']:9.3f} {row['latency_p50_ms']:8.1f}")
     report = {name: groups.get("novel/report", {}) for name, groups in table.items()}
-    print(f"novel wordings, report half: routed ({config.router.fast_path} fast path) serves "
+    print(f"novel wordings, report half: routed serves "
           f"{report['routed'].get('served', 0):.1%} (error {report['routed'].get('error_rate') or 0:.1%}), "
           f"the static cache {report['cache'].get('served', 0):.1%} (error {report['cache'].get('error_rate') or 0:.1%})")
     overhead = router_overhead(workspace, config, novel)

@@ -2,7 +2,7 @@
 
     python scripts/bench_replay.py [--max-queries 400]
 
-Needs `scripts/bench_curate.py` (traffic, traces) and `scripts/bench_student.py` (a promoted student).
+Needs `scripts/bench_curate.py` (traffic, traces) and a promoted version there (`distill nightly --home bench/policyqa`).
 Every held-out query of the latest curation run (the last `curate.eval_days`, never trained on) is
 answered by the router; the figures: share of traffic served by the student, the reasons the rest
 went to RAG, token F1 against gold of the routed answers next to the teacher-only answers for the

@@ -2,7 +2,7 @@
 
     python scripts/bench_tune.py
 
-1. Copies the PolicyQA workspace of bench_curate.py / bench_student.py (traces, curation, index)
+1. Copies the PolicyQA workspace of bench_curate.py (traces, curation, index)
    to bench/tune-policyqa, so switching its retriever touches no other benchmark.
 2. `tune_retriever` with the traffic's gold documents as held-out relevance: recall@1/@5 and MRR of
    the hybrid retriever before and after on the held-out recent week, how many of those questions

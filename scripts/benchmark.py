@@ -26,6 +26,7 @@ from distill.collect import collect
 from distill.config import Workspace
 from distill.evaluate import load_gold, run_eval
 from distill.nightly import nightly
+from distill.open_book import student_evidence
 from distill.report import headline, write_report
 from distill.student import Student
 from distill.teacher import Teacher
@@ -75,7 +76,7 @@ def main() -> None:
 
 
 def student_vs_llm_teacher(workspace: Workspace, config, version: str, n: int) -> dict:
-    """p50 latency, one question at a time, of the student and of RAG with SmolLM2 generating."""
+    """p50 latency, one question at a time, of the student reading its evidence and of RAG with SmolLM2 generating."""
     with_llm = Teacher.from_workspace(workspace, workspace.config({"teacher": {"backend": "transformers"}}))
     student = Student.load(workspace.models_dir / config.train.student_name / version,
                            runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
@@ -83,7 +84,8 @@ def student_vs_llm_teacher(workspace: Workspace, config, version: str, n: int) -
     questions = [(w, c["scope"]) for c in manifest["clusters"] for w in c["wordings"][:1]][:n]
     timings = {"student": [], "teacher": []}
     for query, scope in questions:
-        for name, call in (("student", student.answer), ("teacher", with_llm.answer)):
+        evidence = student_evidence(with_llm, query, scope, config.student)[0]  # what the router shows the student
+        for name, call in (("student", lambda q, s: student.answer(q, s, evidence)), ("teacher", with_llm.answer)):
             began = time.perf_counter()
             call(query, scope)
             timings[name].append((time.perf_counter() - began) * 1000)

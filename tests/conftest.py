@@ -113,12 +113,11 @@ from distill.quickstart import SAMPLE  # noqa: E402  (the embedded sample the qu
 @pytest.fixture(scope="session")
 def sample_workspace(tmp_path_factory, tiny_lm_dir):
     """The embedded sample: ingested, collected, curated, and a tiny student trained and promoted."""
-    return trained_sample(tmp_path_factory.mktemp("eval_ws"), tiny_lm_dir,
-                          "min_student_logprob = -1000.0\n")  # a random tiny model is never confident
+    return trained_sample(tmp_path_factory.mktemp("eval_ws"), tiny_lm_dir, "")
 
 
 def trained_sample(home: Path, tiny_lm_dir: Path, router_settings: str):
-    """The embedded sample in `home`: ingested, collected, curated (with the default student.mode),
+    """The embedded sample in `home`: ingested, collected, curated (open-book examples),
     a tiny student trained on it and promoted; `router_settings` are TOML lines for [router]."""
     (home / "distill.toml").write_text(
         f'[corpus]\nallowed_sources = ["help-center", "policies"]\n'

@@ -55,7 +55,7 @@ def reasons(store: TraceStore, run_id: str) -> dict[str, set]:
 def test_unsafe_stale_and_refused_traces_never_reach_the_training_set(home):
     import datasets
 
-    result = curate(home, home.config({"student": {"mode": "closed_book"}}))  # open book: tests/test_open_book.py
+    result = curate(home, home.config())  # the open-book examples themselves: tests/test_open_book.py
     assert result.traces_seen == 24 and result.train == 5
     with TraceStore(home.traces_db) as store:
         decided = reasons(store, result.run_id)
@@ -70,9 +70,8 @@ def test_unsafe_stale_and_refused_traces_never_reach_the_training_set(home):
                             "WHERE c.run_id = ? AND decision = 'train'", [result.run_id])
     dataset = datasets.load_from_disk(str(result.dataset_path))
     assert len(dataset) == 2  # one example per wording of the trained cluster
-    assert {row["prompt"][0]["content"] for row in dataset} == {f"[billing] {REFUND_Q}",
-                                                                "[billing] Can I get a refund within how many days?"}
-    assert all(row["completion"] == [{"role": "assistant", "content": REFUND_A}] for row in dataset)
+    assert {row["query"] for row in dataset} == {REFUND_Q, "Can I get a refund within how many days?"}
+    assert all(row["answer"] == REFUND_A and row["query"] in row["prompt"][0]["content"] for row in dataset)
     assert sorted(t for row in dataset for t in row["trace_ids"]) == sorted(r["trace_id"] for r in trained)
     assert len(result.dataset_hash) == 64 and result.leaked_eval_traces == 2
 
@@ -145,8 +144,8 @@ def test_bad_settings_and_empty_store(home, tmp_path):
         curate(home, home.config({"curate": {"min_agreement": 1.5}}))
     with pytest.raises(DistillError, match="curate.rewordings"):
         curate(home, home.config({"curate": {"rewordings": -1}}))
-    with pytest.raises(DistillError, match="curate.prompt_template"):
-        curate(home, home.config({"curate": {"prompt_template": "{question}"}}))
+    with pytest.raises(DistillError, match="setting 'curate.prompt_template' was removed: .*delete it"):
+        home.config({"curate": {"prompt_template": "{question}"}})
     empty = Workspace(tmp_path / "empty")
     with pytest.raises(DistillError, match="distill collect"):
         curate(empty, empty.config())

@@ -47,12 +47,11 @@ def test_a_gold_file_is_an_evaluation_set_of_its_own(sample_workspace, tmp_path)
 
 
 def test_the_routed_reason_follows_the_routers_order():
-    record = {"failed": None, "cluster": {"cluster_id": "c0"}, "judged": None}
+    record = {"failed": None, "cluster": {"cluster_id": "c0"}}
     assert route_at(record, True) == "served" and route_at(record, False) == "coverage"
     assert route_at({**record, "failed": "stale"}, True) == "stale"
     assert route_at({**record, "failed": "stale"}, False) == "coverage"  # coverage is checked first
     assert route_at({**record, "failed": "high_risk"}, False) == "high_risk"
-    assert route_at({**record, "judged": "confidence"}, True) == "confidence"
     assert token_f1("refund within 30 days", "refunds within 30 days") == pytest.approx(0.75)
 
 

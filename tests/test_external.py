@@ -240,7 +240,14 @@ def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent
     curation = curate(workspace, workspace.config())
     registry.promote(workspace.models_dir, "student", train(workspace, workspace.config(), curation.dataset_path,
                                                               progress=False).version)
+    manifest = registry.manifest(workspace.models_dir, "student", "v0001")  # their evidence is not readable here:
+    assert manifest["student_mode"] == "replay" and manifest["metrics"]["steps"] == 0  # intents, no student trained
+    from distill.evaluate import evaluate_systems, held_out_items
+
+    figures = evaluate_systems(workspace, workspace.config(), held_out_items(workspace), progress=False)
+    assert "student" not in figures["systems"] and figures["systems"]["routed"]["replay_share"] == 1.0
     with Router.from_workspace(workspace, log=False, watch=False) as router:
+        assert not router.student.generates and router.gate is None and router.batcher is None
         served = router.answer("How long is the refund window?", "billing")
         assert served.route == "replay" and served.reason == "served", served.checks
         other = router.answer("Do you take PayPal?", "billing")  # not learned: their RAG answers

@@ -54,11 +54,10 @@ def test_a_score_is_a_number_in_range_or_a_boolean():
 
 @pytest.fixture
 def rated_ws(workspace, tmp_path):  # noqa: F811
-    """A copy of the router tests' workspace, replaying its intent, following itself every 0.2 s."""
+    """A copy of the router tests' workspace (replaying its intent), following itself every 0.2 s."""
     home = tmp_path / "ws"
     shutil.copytree(workspace.home, home, ignore=shutil.ignore_patterns("traces"))
-    text = (home / "distill.toml").read_text().replace('fast_path = "student"', 'fast_path = "replay"\nreload_s = 0.2')
-    (home / "distill.toml").write_text(text)
+    (home / "distill.toml").write_text((home / "distill.toml").read_text() + "[router]\nreload_s = 0.2\n")
     return Workspace(home)
 
 
@@ -83,7 +82,7 @@ def test_a_negative_rating_takes_the_intent_off_the_fast_path_in_this_router_and
     try:
         assert worker.stdout.readline().strip() == "served"
         served = router.answer(REFUND_Q, "billing")
-        assert served.route == "replay" and served.checks["fast_path"] == "replay" and served.answer == COVERED[0][2]
+        assert served.route == "replay" and served.answer == COVERED[0][2]
         rated = router.feedback(served.trace_id, -1, comment="wrong entry", source="user-17")
         assert rated["counted"] and rated["intent_withdrawn"] and rated["answer_rated_wrong"]
         again = router.answer(REFUND_Q, "billing")

@@ -42,7 +42,7 @@ def workspace(corpus_workspace, tmp_path, tiny_lm_dir):
         store.append(traces(range(0, 6)) + traces(range(20, 22)))  # days 20-21: the held-out week
     (tmp_path / "distill.toml").write_text(
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 3\nbatch_size = 3\n'
-        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\nmode = "closed_book"\n'  # the gate's logic; open book below
+        f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
         f'[nightly]\nmin_examples = 1\nteacher_margin = 1.0\n')
     return Workspace(tmp_path)
 
@@ -59,7 +59,7 @@ def test_a_passing_gate_promotes_and_the_day_does_not_run_twice(workspace):
     assert result.figures["evaluate"]["queries"] == 3  # one distinct held-out wording per covered intent
     manifest = registry.manifest(workspace.models_dir, "student", "v0001")
     assert manifest["eval"]["metric"] == "f1_vs_teacher" and manifest["eval"]["queries"] == 3
-    assert manifest["eval"]["cache_f1_vs_teacher"] == 1.0
+    assert manifest["eval"]["replayed"] == 3 and manifest["eval"]["f1_vs_teacher"] == 1.0  # every wording trained
 
     again = nightly(workspace, workspace.config(), today=DAY)
     assert again.status == "skipped" and "already ran" in again.reason and again.run_id == result.run_id
@@ -72,7 +72,7 @@ def test_a_passing_gate_promotes_and_the_day_does_not_run_twice(workspace):
 def test_an_open_book_candidate_is_scored_and_calibrated_on_the_whole_held_out_window(workspace):
     from distill.student_gate import CONFIDENCE_FILE
 
-    result = nightly(workspace, workspace.config({"student": {"mode": "open_book"}}), today=DAY)
+    result = nightly(workspace, workspace.config(), today=DAY)
     manifest = registry.manifest(workspace.models_dir, "student", "v0001")
     assert manifest["student_mode"] == "open_book" and result.status == "promoted", result.reason
     scores = result.figures["evaluate"]["scores"]["v0001"]
@@ -86,9 +86,13 @@ def test_an_open_book_candidate_is_scored_and_calibrated_on_the_whole_held_out_w
 
 def test_a_failed_gate_keeps_the_current_student(workspace):
     nightly(workspace, workspace.config(), today=DAY)
-    with TraceStore(workspace.traces_db) as store:  # new traffic: a new training set tomorrow
-        store.append(traces(range(6, 8), prefix="Quick question: "))
-    strict = workspace.config({"nightly": {"teacher_margin": 0.0}})  # a random tiny model never matches the teacher
+    scope, query, answer, doc = INTENTS[0]
+    with TraceStore(workspace.traces_db) as store:  # new traffic: a new training set tomorrow, and the teacher
+        store.append(traces(range(6, 8), prefix="Quick question: "))  # answering a held-out question otherwise
+        store.append([make_trace("changed-answer", scope=scope, query=query, answer=answer.replace("14", "30"),
+                                 citations=[f"{doc}@v1#0"], retrieved=[f"{doc}@v1#0"],
+                                 cited_doc_versions=[{"doc_id": doc, "version": 1}], asked_at=START + timedelta(days=22))])
+    strict = workspace.config({"nightly": {"teacher_margin": 0.0}})  # replay's 14 days is now below the teacher's 30
     result = nightly(workspace, strict, today=DAY + timedelta(days=1))
     assert result.status == "kept" and "nightly.teacher_margin" in result.reason
     assert result.candidate == "v0002" and result.current == "v0001"
@@ -100,11 +104,10 @@ def test_a_candidate_failing_the_regression_suite_is_not_promoted(workspace):
     (workspace.home / "suite.jsonl").write_text(
         '{"query": "How many days do I have to request a refund?", "scope": "billing", "expect_route": "student"}\n'
         '{"query": "Which cards do you accept?", "scope": "billing", "expect_refusal": false}\n')
-    with_suite = workspace.config({"eval": {"suite": "suite.jsonl"}, "router": {"fast_path": "student"},
-                                   "student": {"mode": "closed_book"}})
-    result = nightly(workspace, with_suite, today=DAY)  # the tiny random student is never confident: RAG answers
+    with_suite = workspace.config({"eval": {"suite": "suite.jsonl"}})
+    result = nightly(workspace, with_suite, today=DAY)  # a trained wording is replayed, not generated
     assert result.status == "kept" and "failed 1 of 2 regression suite cases (eval.suite)" in result.reason
-    assert "route rag (confidence), expected student" in result.reason
+    assert "route replay (served), expected student" in result.reason
     assert result.current is None and result.figures["suite"]["cases"] == 2
 
 

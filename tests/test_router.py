@@ -28,9 +28,7 @@ def workspace(tmp_path_factory, tiny_lm_dir):
     (home / "distill.toml").write_text(
         f'[corpus]\nallowed_sources = ["help-center"]\n'
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 1\n'
-        f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n'
-        f'[router]\nmin_student_logprob = -1000.0\nmin_intent_agreement = 0.0\n'  # a random tiny model is never
-        f'fast_path = "student"\n')  # confident, never on its intent's answer; these tests are about generating
+        f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n')
     workspace = Workspace(home)
     ingest(workspace, home / "docs.jsonl", workspace.config())
     dataset = write_dataset(home / "ds", rows=COVERED)
@@ -53,15 +51,33 @@ def traces(workspace):
                          "router_ms, generation_ms, citations, cited_doc_versions FROM traces ORDER BY created_at")
 
 
-def test_a_covered_fresh_question_is_served_by_the_student_with_the_intents_citations(workspace):
+def calibrated(workspace, tmp_path, student_cost=1e-6, teacher_cost=1e-4):
+    """A copy of the workspace whose student has confidence evidence that lets any answer through
+    (a random tiny model is never confident), and is cheaper than the teacher: questions replay
+    cannot take reach the student, and its own checks decide."""
+    from distill.student_gate import CONFIDENCE_FILE
+
+    shutil.copytree(workspace.home, tmp_path / "ws", ignore=shutil.ignore_patterns("traces"))
+    copy = Workspace(tmp_path / "ws")
+    (copy.models_dir / "student" / "v0001" / CONFIDENCE_FILE).write_text(json.dumps({
+        "examples": [{"score": -1e9, "error": False}] * 60, "asked": 60, "student_cost_usd": student_cost,
+        "teacher_cost_usd": teacher_cost, "teacher_backend": "openai"}))
+    return copy
+
+
+NOTES_Q = ("How many notes does the desktop app keep offline?", "notes")  # answerable, and no intent covers it
+
+
+def test_a_covered_fresh_question_is_replayed_with_the_intents_citations_without_generating(workspace):
     with Router.from_workspace(workspace) as router:
         routed = router.answer("How many days do I have to request a refund", scope="billing")
-    assert routed.route == "student" and routed.reason == "served", routed.checks
+    assert routed.route == "replay" and routed.reason == "served", routed.checks
+    assert routed.answer == COVERED[0][2] and routed.generation_ms == 0.0
     assert routed.citations == ["billing/refunds@v1#0"] and routed.student_version == "v0001"
     assert routed.checks["coverage"] > 0.95 and routed.checks["cluster_id"] == "c0"
     (trace,) = [t for t in traces(workspace) if t["query"] == routed.query]
-    assert trace["route"] == "student" and trace["backend"] == "closed_book" and trace["student_version"] == "v0001"
-    assert trace["cluster_id"] == "c0" and trace["router_ms"] > 0 and trace["generation_ms"] > 0
+    assert trace["route"] == "replay" and trace["backend"] == "replay" and trace["student_version"] == "v0001"
+    assert trace["cluster_id"] == "c0" and trace["router_ms"] > 0 and trace["generation_ms"] == 0
     assert trace["cited_doc_versions"] == [{"doc_id": "billing/refunds", "version": 1}]
 
 
@@ -81,31 +97,24 @@ def test_what_the_student_does_not_cover_safely_goes_to_rag(workspace, query, sc
         assert routed.answer or routed.refused  # the teacher answered (or refused on thin evidence)
 
 
-def test_an_unconfident_or_failing_student_falls_back_to_rag(workspace, monkeypatch):
-    strict = workspace.config({"router": {"min_student_logprob": 0.0}})
-    with Router.from_workspace(workspace, strict, log=False) as router:
-        routed = router.answer(REFUND_Q, "billing")
-        assert routed.route == "rag" and routed.reason == "confidence" and routed.checks["student_logprob"] < 0
+def test_a_failing_or_backed_up_student_falls_back_to_rag(workspace, tmp_path, monkeypatch):
+    with Router.from_workspace(calibrated(workspace, tmp_path), log=False, watch=False) as router:
+        read = router.answer(*NOTES_Q)  # the tiny student generated; its own checks decide (it quotes nothing)
+        assert read.checks["replay"] == "coverage" and read.checks["student_score"] is not None
+        assert router.batcher.batch_s is not None and router.batcher.pending == 0
+        router.batcher.batch_s = 4.0  # each batch takes 4 s: 16 questions ahead means 8 s, one more 12 s
+        router.batcher.pending = 2 * router.config.student.batch_size
+        busy = router.answer(*NOTES_Q)
+        router.batcher.pending = 0
 
         def broken(*args, **kwargs):
             raise RuntimeError("CUDA out of memory")
 
         monkeypatch.setattr(router.student, "answer_batch", broken)
-        failed = router.answer(REFUND_Q, "billing")
-    assert failed.route == "rag" and failed.reason == "student_error" and "out of memory" in failed.checks["student_error"]
-    assert "14 days" in failed.answer  # the teacher's answer, not an error
-
-
-def test_a_backed_up_student_sheds_questions_to_rag_instead_of_making_them_wait(workspace):
-    with Router.from_workspace(workspace, log=False) as router:
-        assert router.answer(REFUND_Q, "billing").route == "student"
-        assert router.batcher.batch_s is not None and router.batcher.pending == 0
-        router.batcher.batch_s = 4.0  # each batch takes 4 s: 16 questions ahead means 8 s, one more 12 s
-        router.batcher.pending = 2 * router.config.student.batch_size
-        busy = router.answer(REFUND_Q, "billing")
-        router.batcher.pending = 0
+        failed = router.answer(*NOTES_Q)
     assert busy.route == "rag" and busy.reason == "student_busy" and busy.checks["student_wait_s"] == 12.0
-    assert "14 days" in busy.answer
+    assert failed.route == "rag" and failed.reason == "student_error" and "out of memory" in failed.checks["student_error"]
+    assert "500 notes" in failed.answer and "500 notes" in busy.answer  # the teacher's answer, not an error
 
 
 def test_no_promoted_student_means_everything_goes_to_rag(workspace, tmp_path):
@@ -190,13 +199,14 @@ def own_router(workspace, store_path, **router_settings):
 
 
 def test_an_intent_whose_trained_wording_rag_disagrees_with_is_withdrawn_at_once(workspace, tmp_path):
-    """The tiny student's answers are noise: the first shadow check on a trained wording withdraws
-    the intent (its own answer is wrong), before the mean-agreement rule's samples are in."""
+    """An intent whose agreed answer is wrong (here: another page's): the first shadow check on a
+    trained wording withdraws it, before the mean-agreement rule's samples are in."""
     store_path = tmp_path / "traces.duckdb"
     router = own_router(workspace, store_path, shadow_share=1.0, withdraw_min_samples=100)
+    router.clusters["c0"]["answer"] = "PayPal is not supported."
     served = [router.answer(REFUND_Q, "billing") for _ in range(2)]
     router.close()  # finishes the queued shadow checks
-    assert all(r.route == "student" and r.checks["seen"] for r in served)
+    assert all(r.route == "replay" and r.checks["seen"] for r in served)
     with TraceStore(store_path) as store:
         checks = store.sql("SELECT cluster_id, student_answer, teacher_answer, agreement FROM shadow_checks")
         (withdrawn,) = store.sql("SELECT student_version, cluster_id, samples, evidence FROM withdrawn_clusters")
@@ -211,27 +221,29 @@ def test_an_intent_whose_trained_wording_rag_disagrees_with_is_withdrawn_at_once
 def test_a_shadow_disagreement_on_a_novel_wording_tightens_its_intent_at_once(workspace, tmp_path):
     router = own_router(workspace, tmp_path / "traces.duckdb", shadow_share=1.0, withdraw_min_samples=100)
     router.decision.group_thresholds = dict.fromkeys((True, False, None), 0.0)  # as if calibration covered it
+    router.clusters["c0"]["answer"] = "PayPal is not supported."  # an answer RAG disagrees with
     novel = "How long do I have to ask for my money back?"
     first = router.answer(novel, "billing")
-    assert first.route == "student" and not first.checks["seen"] and first.checks["max_error_rate"] == 0.02
+    assert first.route == "replay" and not first.checks["seen"] and first.checks["max_error_rate"] == 0.02
     deadline = time.monotonic() + 120
     while "c0" not in router.decision.thresholds and time.monotonic() < deadline:  # the shadow check runs behind
         time.sleep(0.05)
     assert router.decision.thresholds["c0"] > first.checks["score"]
     again = router.answer(novel, "billing")
     assert again.route == "rag" and again.reason == "coverage"
-    assert router.answer(REFUND_Q, "billing").route == "student"  # its trained wording still served
+    assert router.answer(REFUND_Q, "billing").route == "replay"  # its trained wording still served
     router.close()
 
 
-def test_shadow_mode_answers_with_rag_and_logs_the_student_beside_it(workspace, tmp_path):
+def test_shadow_mode_answers_with_rag_and_logs_what_replay_would_have_answered(workspace, tmp_path):
     router = own_router(workspace, tmp_path / "traces.duckdb", mode="shadow")
     routed = router.answer(REFUND_Q, "billing")
     router.close()
     assert routed.route == "rag" and routed.reason == "shadow" and routed.student_version is None
     with TraceStore(tmp_path / "traces.duckdb") as store:
         (check,) = store.sql("SELECT trace_id, student_answer, teacher_answer FROM shadow_checks")
-    assert check["trace_id"] == routed.trace_id and check["teacher_answer"] == routed.answer and check["student_answer"]
+    assert check["trace_id"] == routed.trace_id and check["teacher_answer"] == routed.answer
+    assert check["student_answer"] == COVERED[0][2]
     with pytest.raises(DistillError, match="router.mode"):
         own_router(workspace, tmp_path / "other.duckdb", mode="yolo")
 
@@ -247,7 +259,8 @@ def test_a_corrupted_student_falls_back_to_rag_instead_of_failing(workspace, tmp
 
 
 def test_concurrent_student_questions_are_batched_into_one_generate_call(workspace, tmp_path):
-    router = own_router(workspace, tmp_path / "traces.duckdb", batch_wait_ms=200.0, shadow_share=0.0)
+    router = own_router(calibrated(workspace, tmp_path), tmp_path / "traces.duckdb", batch_wait_ms=200.0,
+                        shadow_share=0.0)
     sizes, real = [], router.student.answer_batch
 
     def recording(questions, **kwargs):
@@ -255,18 +268,17 @@ def test_concurrent_student_questions_are_batched_into_one_generate_call(workspa
         return real(questions, **kwargs)
 
     router.student.answer_batch = recording
-    threads = [threading.Thread(target=router.answer, args=(REFUND_Q, "billing")) for _ in range(4)]
+    threads = [threading.Thread(target=router.answer, args=NOTES_Q) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    questions = [(REFUND_Q, "billing"), ("Which medication dosage is safe?", "billing"), (REFUND_Q, "billing")]
+    questions = [NOTES_Q, ("Which medication dosage is safe?", "billing"), (REFUND_Q, "billing"), NOTES_Q]
     batch = router.answer_batch(questions)
     router.close()
-    assert [r.reason for r in batch] == ["served", "high_risk", "served"]  # in order
-    assert sum(sizes) == 6 and max(sizes) > 1
-    with TraceStore(tmp_path / "traces.duckdb") as store:
-        assert store.sql("SELECT count(*) AS n FROM traces WHERE route = 'student'")[0]["n"] == 6
+    assert [r.reason for r in batch][1:3] == ["high_risk", "served"]  # in order
+    assert [r.route for r in batch][2] == "replay" and all("student_score" in r.checks for r in batch[::3])
+    assert sum(sizes) == 6 and max(sizes) > 1  # the student read 6 questions' evidence, several at a time
 
 
 def test_the_student_can_answer_from_an_openai_compatible_endpoint(workspace, tmp_path):
@@ -276,47 +288,33 @@ def test_the_student_can_answer_from_an_openai_compatible_endpoint(workspace, tm
     from distill.serve import create_model_app
     from distill.student import ChatModel, RemoteStudent
 
+    workspace = calibrated(workspace, tmp_path)
     folder = registry.student_dir(workspace.models_dir, "student") / "v0001"
     local = Router.from_workspace(workspace, log=False)
     with served(create_model_app(ChatModel.load(str(folder), workspace.models_dir), workspace.config())) as url:
         config = workspace.config({"student": {"endpoint": url, "endpoint_model": "student"}})
         with Router.from_workspace(workspace, config, log=False) as router, local:
             assert isinstance(router.student, RemoteStudent)
-            remote_answer = router.answer(REFUND_Q, scope="billing")
-            local_answer = local.answer(REFUND_Q, scope="billing")
-        assert remote_answer.route == "student" and remote_answer.reason == "served", remote_answer.checks
-        assert remote_answer.answer == local_answer.answer  # the same weights, greedy: the same answer
+            remote_answer = router.answer(*NOTES_Q)
+            local_answer = local.answer(*NOTES_Q)
+        assert remote_answer.checks["student_score"] is not None, remote_answer.checks
+        # the same weights, greedy: the same answer, read the same way
+        assert remote_answer.reason == local_answer.reason and remote_answer.checks["quoted"] == local_answer.checks["quoted"]
+        assert remote_answer.checks["student_score"] == pytest.approx(local_answer.checks["student_score"], abs=1e-3)
     config = workspace.config({"student": {"endpoint": url}})  # the endpoint is gone now
     with Router.from_workspace(workspace, config, log=False) as router:
-        down = router.answer(REFUND_Q, scope="billing")
+        down = router.answer(*NOTES_Q)
     assert down.route == "rag" and down.reason == "student_error" and down.answer
-
-
-def test_the_replay_fast_path_answers_with_the_intents_agreed_answer_without_generating(workspace, tmp_path):
-    router = own_router(workspace, tmp_path / "traces.duckdb", fast_path="replay", shadow_share=0.0)
-    routed = router.answer(REFUND_Q, "billing")
-    router.close()
-    assert routed.route == "replay" and routed.reason == "served" and routed.checks["fast_path"] == "replay"
-    assert routed.answer == COVERED[0][2] and routed.generation_ms == 0.0
-    assert routed.citations == ["billing/refunds@v1#0"]
 
 
 @pytest.mark.parametrize("setting, value, message", [
     ("max_error_rate", -0.1, "setting 'router.max_error_rate' must be between 0 and 1 (got -0.1)"),
     ("max_error_rate", 1.5, "setting 'router.max_error_rate' must be between 0 and 1 (got 1.5)"),
-    ("fast_path", "cache", "setting 'router.fast_path' must be one of student, replay (got 'cache')"),
 ])
 def test_a_router_setting_out_of_range_is_one_clear_error(workspace, setting, value, message):
     with pytest.raises(DistillError) as caught:
         Router.from_workspace(workspace, workspace.config({"router": {setting: value}}), log=False)
     assert str(caught.value) == message and "\n" not in str(caught.value)
-
-
-def test_a_student_answer_off_its_intents_trained_answer_goes_to_rag(workspace, tmp_path):
-    router = own_router(workspace, tmp_path / "traces.duckdb", min_intent_agreement=0.5, shadow_share=0.0)
-    routed = router.answer(REFUND_Q, "billing")  # the tiny student's answer is noise, nothing like its intent's
-    router.close()
-    assert routed.route == "rag" and routed.reason == "off_intent" and routed.checks["intent_agreement"] < 0.5
 
 
 SERVICE = """
@@ -366,7 +364,7 @@ def test_a_running_router_follows_ingest_promotion_and_rollback_without_a_restar
     router = Router.from_workspace(live, live.config({"router": {"reload_s": 0.1}}))
     try:
         before = router.answer(REFUND_Q, "billing")
-        assert before.route == "student" and before.corpus_generation == router.generation
+        assert before.route == "replay" and before.corpus_generation == router.generation
         (tmp_path / "v2.jsonl").write_text(json.dumps(dict(DOCS[0], text=REFUND_V2, version=None)) + "\n")
         done = subprocess.run([sys.executable, "-m", "distill.cli", "ingest", str(tmp_path / "v2.jsonl"),
                                "--home", str(live.home)], capture_output=True, text=True, timeout=300)

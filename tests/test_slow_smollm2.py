@@ -24,14 +24,14 @@ def test_smollm2_teacher_answers_from_the_evidence(corpus_workspace):
 def test_smollm2_student_trains_with_lora_and_answers(corpus_workspace, tmp_path):
     from distill.student import Student
     from distill.train import train
-    from test_train import write_dataset
+    from test_train import evidence, write_dataset
 
     config = corpus_workspace.config({"train": {"method": "lora", "max_steps": 3, "batch_size": 3,
                                                   "student_name": "slow-student"}})
     result = train(corpus_workspace, config, write_dataset(tmp_path / "ds"), progress=False)
     assert result.steps == 3 and len(result.losses) == 3
     student = Student.load(result.path, max_new_tokens=12)
-    generation = student.answer("Can I pay with PayPal?", scope="billing")
+    generation = student.answer("Can I pay with PayPal?", "billing", evidence("billing", 1, "PayPal is not supported."))
     assert generation.text and generation.mean_logprob < 0
 
 

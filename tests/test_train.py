@@ -9,6 +9,7 @@ import torch
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
+from distill.open_book import DEFAULT_TEMPLATE, render_prompt
 from distill.train import train
 
 QA = [("billing", "How long is the refund window?", "Refunds are possible within 14 days."),
@@ -16,16 +17,23 @@ QA = [("billing", "How long is the refund window?", "Refunds are possible within
       ("notes", "How do I export a notebook?", "Open the notebook, click the menu and choose Export.")]
 
 
+def evidence(scope, i, answer):
+    return [{"chunk_id": f"{scope}/doc{i}@v1#0", "text": f"# Help\n\n{answer}"}]
+
+
 def write_dataset(path, rows=QA, **meta):
+    """An open-book training set as `distill curate` writes one: each question with the chunk that
+    answers it, and `[1] answer` as the completion."""
     import datasets
 
-    records = [{"prompt": [{"role": "user", "content": f"[{s}] {q}"}],
-                "completion": [{"role": "assistant", "content": a}],
+    records = [{"prompt": [{"role": "user", "content": render_prompt(DEFAULT_TEMPLATE, q, evidence(s, i, a), 250)}],
+                "completion": [{"role": "assistant", "content": f"[1] {a}"}], "answer": a,
                 "cluster_id": f"c{i}", "scope": s, "query": q, "trace_ids": [f"t{i}"],
                 "cited_doc_versions": [{"doc_id": f"{s}/doc{i}", "version": 1}]} for i, (s, q, a) in enumerate(rows)]
     datasets.Dataset.from_list(records).save_to_disk(str(path))
     (path / "distill.json").write_text(json.dumps({"run_id": "run1", "content_hash": "ab" * 32,
-                                                   "prompt_template": "[{scope}] {query}", **meta}))
+                                                   "prompt_template": DEFAULT_TEMPLATE, "student_mode": "open_book",
+                                                   "evidence": {"chunks": 3, "words": 250}, **meta}))
     return path
 
 
@@ -50,12 +58,13 @@ def test_training_logs_a_falling_loss_changes_weights_and_registers_a_loadable_v
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
     assert changed, "LoRA was merged into the weights"
     tokenizer = AutoTokenizer.from_pretrained(str(result.path))
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "[billing] Can I pay with PayPal?"}],
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "Can I pay with PayPal?"}],
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     assert model.generate(**inputs, max_new_tokens=4, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
     manifest = json.loads((result.path / "distill.json").read_text())
     assert manifest["dataset_hash"] == "ab" * 32 and manifest["curation_run_id"] == "run1"
-    assert manifest["prompt_template"] == "[{scope}] {query}" and len(manifest["clusters"]) == 3
+    assert manifest["prompt_template"] == DEFAULT_TEMPLATE and len(manifest["clusters"]) == 3
+    assert manifest["student_mode"] == "open_book" and manifest["clusters"][1]["answer"] == "PayPal is not supported."
     assert manifest["clusters"][0]["cited_doc_versions"] == [{"doc_id": "billing/doc0", "version": 1}]
     assert manifest["clusters"][0]["wordings"] == ["How long is the refund window?"]
     assert "base_model:" in (result.path / "README.md").read_text()
@@ -172,8 +181,10 @@ def test_a_trained_version_answers_with_its_own_template(workspace, tmp_path):
     result = train(workspace, workspace.config({"train": {"max_steps": 2}}), write_dataset(tmp_path / "ds"),
                    progress=False)
     student = Student.load(result.path, max_new_tokens=5)
-    assert student.template == "[{scope}] {query}"
-    generation = student.answer("Can I pay with PayPal?", scope="billing")
+    assert student.template == DEFAULT_TEMPLATE
+    shown = evidence("billing", 1, "PayPal is not supported.")
+    assert "PayPal is not supported." in student.prompt("Can I pay with PayPal?", "billing", shown)[0]["content"]
+    generation = student.answer("Can I pay with PayPal?", "billing", shown)
     assert 0 < generation.completion_tokens <= 5 and generation.mean_logprob < 0
     assert 0 < generation.answer_score <= 1 and generation.prompt_tokens > 5
     with pytest.raises(DistillError, match="not a student version"):
@@ -189,3 +200,16 @@ def test_the_shipped_accelerate_configs_parse(name, kind):
 
     config = load_config_from_file(str(Path(__file__).parents[1] / "configs" / "accelerate" / f"{name}.yaml"))
     assert str(config.distributed_type).split(".")[-1] == kind
+
+
+def test_a_dataset_without_readable_evidence_becomes_a_version_that_only_replays(workspace, tmp_path):
+    """A team's own RAG: curate records student_mode 'replay'; the version carries the intents and no weights."""
+    from distill.student import Replay, load_version
+
+    result = train(workspace, workspace.config(), write_dataset(tmp_path / "ds", student_mode="replay",
+                                                                 prompt_template=None), progress=False)
+    assert result.steps == 0 and result.version == "v0001"
+    assert not any(result.path.glob("*.safetensors")) and "no model" in (result.path / "README.md").read_text()
+    version = load_version(result.path)
+    assert isinstance(version, Replay) and not version.generates
+    assert [c["answer"] for c in version.manifest["clusters"]] == [a for _, _, a in QA]

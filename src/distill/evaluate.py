@@ -1,7 +1,7 @@
 """Evaluate like a product: the teacher, a semantic cache, the student and the routed system, side by side.
 
-Two uses. `nightly` scores a candidate student on the held-out recent window of the intents it
-covers (`covered_eval_queries`, `evaluate_student`). `distill eval` (`evaluate_systems`) answers an
+Two uses. `nightly` calibrates and scores a candidate on the held-out recent window
+(`held_out_queries`; student_gate.fit). `distill eval` (`evaluate_systems`) answers an
 evaluation set with every system and scores each on the same questions:
 
     >>> items = held_out_items(workspace, gold=load_gold_rows(Path("gold.jsonl")))
@@ -16,8 +16,9 @@ should_refuse?, type?} rows.
 
 The systems share one pass: per distinct question the teacher answers, the router assesses it once
 (coverage undecided, so that it can be decided at several error rates afterwards) and the student
-answers. The routed system is then the router's own rules (`Router.check`'s order, `Router.judge`
-on the student's answer) at `router.max_error_rate`; the cost-quality curve sweeps that rate
+answers from the evidence retrieved now. The routed system is then the router's own rules
+(`Router.check`'s order, then the open-book student's checks) at `router.max_error_rate`; the
+cost-quality curve sweeps that rate
 (`eval.error_rates`) from the same pass. The semantic cache is what a team would pick instead of a
 student: the answer of the nearest trained wording at one static cosine (`eval.cache_threshold`,
 as GPTCache does), under the same risk and freshness checks. `replay` is the ablation that says
@@ -78,27 +79,6 @@ def load_gold(path: Path) -> dict[str, list[str]]:
     return {row["query_id"]: list(row["gold_answers"]) for row in load_gold_rows(path) if row.get("query_id")}
 
 
-def covered_eval_queries(workspace: Workspace, manifest: dict, run_id: str | None = None,
-                         limit: int | None = None) -> list[dict]:
-    """Distinct held-out queries of a curation run (default: the one the student was trained from)
-    whose cluster the student was trained on, most recent first, with the teacher's answer (a
-    refusal reads as the student's refusal completion) and the cluster's trained answer."""
-    run_id = run_id or manifest.get("curation_run_id")
-    if not run_id:
-        raise DistillError(f"student {manifest.get('version')} records no curation run; pass one to evaluate on")
-    covered = {c["cluster_id"] for c in manifest.get("clusters", [])}
-    with TraceStore(workspace.traces_db) as store:
-        rows = store.eval_window(run_id)
-    queries: dict[tuple, dict] = {}
-    for row in rows:
-        key = (row["scope"], normalize_query(row["query"]))
-        if row["cluster_id"] not in covered or key in queries:
-            continue
-        queries[key] = {**row, "answer": REFUSAL_COMPLETION if row["refused"] else row["answer"],
-                        "cluster_answer": row["cluster_answer"] or REFUSAL_COMPLETION}
-    return list(queries.values())[:limit]
-
-
 def held_out_queries(workspace: Workspace, run_id: str, limit: int | None = None) -> list[dict]:
     """Distinct held-out queries of a curation run, covered by an intent or not, most recent first,
     with the teacher's answer, citations and cost: what the open-book student is calibrated on."""
@@ -110,37 +90,6 @@ def held_out_queries(workspace: Workspace, run_id: str, limit: int | None = None
         if row["decision"] == "eval" and key not in queries:
             queries[key] = row
     return list(queries.values())[:limit]
-
-
-def evaluate_student(student, queries: list[dict], gold: dict[str, list[str]] | None = None,
-                     batch_size: int = 16, progress: bool = False) -> dict:
-    """Answer `queries` with the student in batches and score the answers; returns plain figures."""
-    if not queries:
-        return {"queries": 0}
-    from tqdm.auto import tqdm
-
-    answers, started = [], time.perf_counter()
-    batches = range(0, len(queries), batch_size)
-    for start in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
-        batch = queries[start:start + batch_size]
-        answers += [g.text for g in student.answer_batch([(q["query"], q["scope"]) for q in batch])]
-    elapsed = time.perf_counter() - started
-    scores = {
-        "queries": len(queries),
-        "f1_vs_teacher": _mean(token_f1(a, q["answer"]) for a, q in zip(answers, queries)),
-        "exact_vs_teacher": _mean(normalize(a) == normalize(q["answer"]) for a, q in zip(answers, queries)),
-        "cache_f1_vs_teacher": _mean(token_f1(q["cluster_answer"], q["answer"]) for q in queries),
-        "seconds_per_query": round(elapsed / len(queries), 4),
-    }
-    graded = [(a, q, gold[q["query_id"]]) for a, q in zip(answers, queries) if gold and q["query_id"] in gold]
-    if graded:
-        scores.update(gold_queries=len(graded), f1_vs_gold=_mean(best_f1(a, g) for a, _, g in graded),
-                      teacher_f1_vs_gold=_mean(best_f1(q["answer"], g) for _, q, g in graded))
-    return scores
-
-
-def _mean(values) -> float:
-    return round(float(np.mean([float(v) for v in values])), 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,15 +162,13 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     """Answer every item with each system, score them side by side and sweep the error rate. With
     `keep_outcomes`, every system's answer to every item is kept too (`outcomes`, in item order).
     Without `generate`, the student is never asked: the student system is left out, and the routed
-    one must use the replay fast path (a benchmark of the decision alone, minutes faster on a CPU)."""
+    one is replay then RAG (a benchmark of the decision alone, minutes faster on a CPU)."""
     from tqdm.auto import tqdm
 
     from distill.router import Router
 
     if not items:
         raise DistillError("the evaluation set is empty")
-    if not generate and config.router.fast_path != "replay":
-        raise DistillError("evaluating without the student's answers needs router.fast_path = 'replay'")
     with Router.from_workspace(workspace, config, log=False, watch=False) as router:
         records = [_observe(router, item, generate) for item in tqdm(items, desc="evaluating", unit="question", disable=not progress)]
         chunk_texts = router.teacher.retriever.store.chunk_texts(
@@ -231,6 +178,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         for record in records:
             record["prompt_tokens"] = record["teacher"].prompt_tokens or counter(record["teacher"].prompt)
         version, decision = router.version, router.decision
+        student_generates = getattr(router.student, "generates", False)
         gates = None
         if router.gate is not None:
             from distill.student_gate import StudentGate
@@ -248,13 +196,10 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         return record["found"] is not None and decision.covers(record["found"], at_rate)
 
     def routed(record: dict, at_rate: float) -> dict:
-        """What the router answers: the fast path (`router.fast_path`) where covered, then the
-        open-book student, else RAG."""
-        if gates is not None:
+        """What the router answers: replay where covered, then the open-book student, else RAG."""
+        if gates is not None and generate:
             return _open_book_outcome(record, covered(record, at_rate), cache, prices, gates(at_rate))
-        if config.router.fast_path == "replay":
-            return _cache_outcome(record, covered(record, at_rate), cache, prices, "replay")
-        return _routed_outcome(record, covered(record, at_rate), prices)
+        return _cache_outcome(record, covered(record, at_rate), cache, prices, "replay")
 
     outcomes = {"teacher": [_teacher_outcome(r, prices) for r in records],
                 "cache": [_cache_outcome(r, r["similarity"] >= config.eval.cache_threshold, cache, prices, "cache")
@@ -266,7 +211,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         outcomes.pop("student")
     teachers = outcomes["teacher"]
     systems = {name: score_outcomes(items, outs, teachers, context) for name, outs in outcomes.items()}
-    if version is None and "student" in systems:
+    if not student_generates and "student" in systems:  # no version, or one that only replays
         systems.pop("student")
     for item in items:
         item.seen = (item.scope, normalize_query(item.query)) in trained
@@ -295,7 +240,6 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
                        "served_by_student": sum(i.weight for i, o in flagged if o["route"] in SERVED_ROUTES)},
             "gold_queries": sum(i.gold_answers is not None for i in items), "student_version": version,
             "quality_metric": quality_key, "max_error_rate": rate, "cache_threshold": config.eval.cache_threshold,
-            "fast_path": config.router.fast_path,
             "decision": decision.summary(), "systems": systems, "by_wording": by_wording,
             "curve": curve, "served_share_keeping": keeps, "retrieval": _retrieval(items, records, chunk_texts),
             "slices": _slices(items, outcomes, teachers, context), **({"outcomes": outcomes} if keep_outcomes else {})}
@@ -316,13 +260,8 @@ def _observe(router, item: EvalItem, generate: bool = True) -> dict:
     record.update(router_ms=(time.perf_counter() - began) * 1000, failed=failed, found=found,
                   similarity=checks.get("coverage", 0.0), cluster=cluster,
                   cluster_citations=list((cluster or {}).get("citations", [])))
-    if router.student is not None and failed != "input" and generate:
-        if getattr(router.student, "open_book", False):
-            return _observe_open_book(router, item, record)
-        began = time.perf_counter()
-        generation = router.student.answer(item.query, item.scope)
-        record.update(student=generation, student_ms=(time.perf_counter() - began) * 1000)
-        record["judged"] = router.judge(generation, record["student_ms"], {}, cluster)
+    if getattr(router.student, "generates", False) and failed != "input" and generate:
+        return _observe_open_book(router, item, record)
     return record
 
 
@@ -381,7 +320,7 @@ def route_at(record: dict, covered: bool) -> str:
         return record["failed"]
     if record["cluster"] is None or not covered:
         return "coverage"
-    return record["failed"] or record.get("judged") or "served"
+    return record["failed"] or "served"
 
 
 def _teacher_outcome(record: dict, prices) -> dict:
@@ -410,7 +349,7 @@ def _fallback(record: dict, prices, reason: str, extra_ms: float) -> dict:
 
 def _cache_outcome(record: dict, covered: bool, answers: dict, prices, route: str) -> dict:
     """The covering intent's agreed answer, replayed (`route`: 'cache' or 'replay')."""
-    reason = route_at({**record, "judged": None}, covered)
+    reason = route_at(record, covered)
     cluster = record["cluster"] or {}
     if reason != "served" or cluster.get("cluster_id") not in answers:
         return _fallback(record, prices, reason if reason != "served" else "not_cached", record["router_ms"])
@@ -449,17 +388,6 @@ def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate)
         return outcome
     generated = reason in ("student_refused", "not_quoted", "confidence") and gate.threshold != float("inf")
     spent = record["router_ms"] + (record.get("student_ms", 0.0) if generated else 0.0)
-    return _fallback(record, prices, reason, spent)
-
-
-def _routed_outcome(record: dict, covered: bool, prices) -> dict:
-    reason = route_at(record, covered)
-    if reason == "served":
-        outcome = _student_outcome(record, prices)
-        spent = record["router_ms"] + record["student_ms"]
-        outcome.update(latency_ms=spent, cost=local_cost(spent, prices), reason="served")
-        return outcome
-    spent = record["router_ms"] + (record.get("student_ms", 0.0) if reason == record.get("judged") else 0.0)
     return _fallback(record, prices, reason, spent)
 
 
@@ -619,7 +547,7 @@ def _cluster_answers(workspace: Workspace, manifest: dict) -> dict[str, str | No
 def _token_counter(router):
     """Counts a chat prompt's tokens with the student's tokenizer (the closest at hand to what an
     LLM teacher would bill); without a student, 4 tokens per 3 words."""
-    tokenizer = router.student.tokenizer if router.student else None
+    tokenizer = getattr(router.student, "tokenizer", None)
 
     def count(messages: list[dict]) -> int:
         text = "\n".join(m["content"] for m in messages)

@@ -39,7 +39,7 @@ from distill import open_book, registry
 from distill.config import Config, Workspace
 from distill.curate import curate
 from distill.errors import DistillError
-from distill.evaluate import covered_eval_queries, evaluate_student, held_out_queries, load_suite, run_suite
+from distill.evaluate import held_out_queries, load_suite, run_suite
 from distill.store import TraceStore, has_traces
 from distill.train import train
 
@@ -135,19 +135,13 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bo
                + (f", loss {trained.losses[0]:.2f} -> {trained.losses[-1]:.2f}" if trained.losses else ""))
 
     candidate_manifest = registry.manifest(workspace.models_dir, student, trained.version)
-    if candidate_manifest.get("student_mode") == "open_book":
-        queries = held_out_queries(workspace, curation.run_id, cfg.max_eval_queries)
-        scores = _open_book_scores(workspace, config, trained.path, current, queries, gold)
-    else:
-        queries = covered_eval_queries(workspace, candidate_manifest, curation.run_id, cfg.max_eval_queries)
-        scores = {trained.version: _score(trained.path, queries, config, gold)}
-        if current:
-            scores[current] = _score(workspace.models_dir / student / current, queries, config, gold)
+    queries = held_out_queries(workspace, curation.run_id, cfg.max_eval_queries)
+    scores = _scores(workspace, config, trained.path, current, queries, gold)
     metric = "f1_vs_gold" if gold and scores[trained.version].get("gold_queries") else "f1_vs_teacher"
     registry.record_eval(workspace.models_dir, student, trained.version,
                          {"curation_run_id": curation.run_id, "metric": metric, **scores[trained.version]})
-    where = "(open book, from the evidence retrieved now)" if candidate_manifest.get("student_mode") == "open_book" \
-        else "on covered intents"
+    where = "(the student reading the evidence retrieved now)" if candidate_manifest.get("student_mode") == "open_book" \
+        else "(replay only)"
     run.record("evaluate", {"queries": len(queries), "metric": metric, "scores": scores},
                f"{len(queries)} held-out queries {where}: "
                + ", ".join(f"{v} {metric} {s.get(metric, 0):.3f}" for v, s in scores.items()))
@@ -176,11 +170,12 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bo
                                   + (f" (current {current}: {scores[current][metric]:.3f})" if current in scores else ""))
 
 
-def _open_book_scores(workspace: Workspace, config: Config, path: Path, current: str | None, queries: list[dict],
-                      gold) -> dict:
-    """The open-book candidate (and the current version, when it reads evidence too) answering the
-    held-out queries from the evidence retrieved now; the candidate's confidence evidence is written
-    beside it (student_gate.py), so the router knows what it may serve."""
+def _scores(workspace: Workspace, config: Config, path: Path, current: str | None, queries: list[dict],
+            gold) -> dict:
+    """The candidate and the current version on the held-out queries, as each would serve them
+    (`_routed_scores`). A version with an open-book student first answers them from the evidence
+    retrieved now; the candidate's confidence evidence is written beside it (student_gate.py), so
+    the router knows what it may serve. A version that only replays is scored on its replays."""
     import json
 
     from distill.student import Student
@@ -189,19 +184,21 @@ def _open_book_scores(workspace: Workspace, config: Config, path: Path, current:
 
     if not queries:
         return {path.name: {"queries": 0}}
-    teacher = Teacher.from_workspace(workspace, config)
     versions = {path.name: path}
-    if current and registry.manifest(workspace.models_dir, config.train.student_name, current).get("student_mode") \
-            == "open_book":
+    if current:
         versions[current] = workspace.models_dir / config.train.student_name / current
-    scores = {}
+    scores, teacher = {}, None
     for version, folder in versions.items():
-        student = Student.load(folder, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
-        fitted = fit(student, teacher, queries, config, gold, progress=True)
-        if folder == path:
-            (path / CONFIDENCE_FILE).write_text(json.dumps(fitted["evidence"], indent=2))
         manifest = registry.manifest(workspace.models_dir, config.train.student_name, version)
-        scores[version] = {**{f"student_{k}" if k.startswith("f1_vs") else k: v for k, v in fitted["figures"].items()},
+        fitted = {"figures": {}, "rows": []}
+        if manifest.get("student_mode") == "open_book":
+            teacher = teacher or Teacher.from_workspace(workspace, config)
+            student = Student.load(folder, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+            fitted = fit(student, teacher, queries, config, gold, progress=True)
+            if folder == path:
+                (path / CONFIDENCE_FILE).write_text(json.dumps(fitted["evidence"], indent=2))
+        scores[version] = {"queries": len(queries),
+                           **{f"student_{k}" if k.startswith("f1_vs") else k: v for k, v in fitted["figures"].items()},
                            **_routed_scores(manifest, queries, fitted, gold)}
     return scores
 
@@ -238,23 +235,14 @@ def _routed_scores(manifest: dict, queries: list[dict], fitted: dict, gold) -> d
     return figures
 
 
-def _score(path: Path, queries: list[dict], config: Config, gold) -> dict:
-    from distill.student import Student
-
-    if not queries:
-        return {"queries": 0}
-    student = Student.load(path, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
-    return evaluate_student(student, queries, gold, config.student.batch_size, progress=True)
-
-
 def _suite(workspace: Workspace, config: Config, trained) -> list[dict]:
     """The regression suite routed with the candidate as the student (nothing logged)."""
     from distill.router import Router
-    from distill.student import Student
+    from distill.student import load_version
     from distill.teacher import Teacher
 
     cases = load_suite(workspace.home / config.eval.suite)
-    candidate = Student.load(trained.path, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
+    candidate = load_version(trained.path, config.student.runtime, config.student.max_new_tokens)
     with Router(Teacher.from_workspace(workspace, config), config, candidate, trained.version) as router:
         return run_suite(router, cases, config.eval.success_f1)
 

@@ -44,15 +44,11 @@ before RAG (`checks["replay"]` keeps why replay could not), with its own checks 
     rated_wrong      users rated this answer to this wording wrong
 
 A served student answer cites the chunk it quoted, at the version read now, so a changed document
-is answered from its new version. With a closed-book student (`student.mode = "closed_book"`) and
-`router.fast_path = "student"`, a covered question is generated instead of replayed, under the
-checks `confidence` (`router.min_student_logprob`) and `off_intent` (its answer must reach
-`router.min_intent_agreement` token F1 with its intent's trained answer); on StackFAQ's held-out
-novel wordings replay served 43.6 % with no wrong answer, the closed-book student 42.0 % with
-27.9 % wrong (scripts/bench_paraphrase.py).
+is answered from its new version. A version with no student (`student.Replay`: a team's own RAG,
+whose evidence distill cannot read) replays and sends the rest to RAG.
 A replayed answer carries the covering intent's citations (the chunks the teacher cited when it
 gave that answer). Every decision becomes a trace (route, reason, each check's score, router and
-generation time; `backend` 'replay', 'open_book' or 'closed_book'), written by a background
+generation time; `backend` 'replay' or 'open_book'), written by a background
 thread so requests never wait on the database.
 
 Shadow checks: a share (`router.shadow_share`) of questions served without RAG is answered by RAG
@@ -68,8 +64,8 @@ student version.
 Feedback: `router.feedback(trace_id, score)` (and `POST /v1/feedback`) rates an answer; the rating is
 journaled where every router of the workspace reads it within `router.reload_s`, and acts at once in
 the router that took it (feedback.py says how ratings are weighed).
-`router.mode = "shadow"` is for measuring before switching: RAG answers everything, and the student
-answers every covered question beside it, logged the same way.
+`router.mode = "shadow"` is for measuring before switching: RAG answers everything, and what replay
+would have answered every covered question is checked against it, logged the same way.
 """
 
 from __future__ import annotations
@@ -108,9 +104,8 @@ from distill.teacher import Answer, ChatEndpoint, Teacher, workspace_threshold
 
 logger = logging.getLogger("distill.router")
 MODES = ("route", "shadow")
-FAST_PATHS = ("student", "replay")
 BEFORE_COVERAGE = ("input", "high_risk", "injection", "no_student")  # the checks `check` runs before coverage
-OPEN_BOOK_AFTER = ("coverage", "stale", "withdrawn", "rated_wrong", "replay_off")  # what replay cannot take, the student may
+OPEN_BOOK_AFTER = ("coverage", "stale", "withdrawn", "rated_wrong")  # what replay cannot take, the student may
 SERVED = ("replay", "student")  # routes that answer without RAG
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
 SHADOW_FIELDS = ("trace_id", "student_version", "cluster_id", "scope", "query", "student_answer", "teacher_answer",
@@ -194,8 +189,9 @@ class StudentBatcher:
 
 
 class ShadowChecker:
-    """Off the request path: answer a question with whichever of student and RAG did not answer it,
-    store the agreement, and withdraw intents whose agreement stays low."""
+    """Off the request path: answer with RAG a question replay or the student answered (or, in
+    shadow mode, take RAG's answer and what replay would have answered), store the agreement, and
+    withdraw intents whose agreement stays low."""
 
     def __init__(self, router: "Router", writer: TraceWriter | None):
         self.router, self.writer = router, writer
@@ -229,8 +225,6 @@ class ShadowChecker:
             with router._teacher_lock:
                 answer = router.teacher.answer(job["query"], job["scope"])
             job["teacher_answer"], job["teacher_doc"] = answer.answer, cited_document(answer.citations)
-        if job.get("student_answer") is None:
-            job["student_answer"] = router.batcher.answer(job["query"], job["scope"]).text
         job["agreement"] = round(token_f1(job["student_answer"], job["teacher_answer"]), 4)
         if self.writer:
             self.writer.put("shadow_check", {**{k: job.get(k) for k in SHADOW_FIELDS},
@@ -323,7 +317,7 @@ class SwapLock:
 def load_student(workspace: Workspace, config: Config, version: str | None):
     """(student, version, problem): the registry's `version` loaded, or (None, None, why) when it
     cannot be (a broken version must not stop the service: RAG answers everything meanwhile)."""
-    from distill.student import RemoteStudent, Student
+    from distill.student import load_version
 
     if not version:
         return None, None, None
@@ -334,9 +328,8 @@ def load_student(workspace: Workspace, config: Config, version: str | None):
                                     config.router.student_timeout_s, os.environ.get(config.student.api_key_env),
                                     max_concurrency=config.student.batch_size, max_retries=0,
                                     url_setting="student.endpoint", model_setting="student.endpoint_model")
-            return RemoteStudent.load(folder, endpoint, config.student.max_new_tokens), version, None
-        return Student.load(folder, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens), \
-            version, None
+            return load_version(folder, max_new_tokens=config.student.max_new_tokens, endpoint=endpoint), version, None
+        return load_version(folder, config.student.runtime, config.student.max_new_tokens), version, None
     except (DistillError, OSError, ValueError) as err:
         problem = f"student {version} cannot be loaded ({err}); every question goes to RAG"
         logger.error(problem)
@@ -362,8 +355,6 @@ class Router:
         self.config, self.writer, self.workspace = config, writer, workspace
         if config.router.mode not in MODES:
             raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
-        if config.router.fast_path not in FAST_PATHS:
-            raise DistillError(f"setting 'router.fast_path' must be one of {', '.join(FAST_PATHS)} (got {config.router.fast_path!r})")
         if not 0.0 <= config.router.max_error_rate <= 1.0:
             raise DistillError(f"setting 'router.max_error_rate' must be between 0 and 1 (got {config.router.max_error_rate})")
         if config.router.reload_s < 0:
@@ -392,7 +383,7 @@ class Router:
         if student and clusters and not any(c.get("wordings") for c in clusters):
             raise DistillError(f"student {version} was trained before distill recorded its intents' wordings; "
                                f"retrain it with `distill train` or `distill nightly`")
-        cfg = self.config
+        cfg, generates = self.config, getattr(student, "generates", False)
         return {"teacher": teacher, "generation": teacher.retriever.generation,
                 "latest": teacher.retriever.store.document_versions(),  # doc_id -> the version RAG retrieves now
                 "student": student, "version": version, "clusters": {c["cluster_id"]: c for c in clusters},
@@ -400,9 +391,9 @@ class Router:
                                           teacher.retriever.embed_queries, cfg.router.max_error_rate,
                                           cfg.router.coverage_threshold, functools.partial(rag_documents, teacher)),
                 "batcher": StudentBatcher(student, cfg.student.batch_size, cfg.router.batch_wait_ms / 1000,
-                                          cfg.router.student_timeout_s) if student else None,
+                                          cfg.router.student_timeout_s) if generates else None,
                 "gate": StudentGate.load(student.folder, cfg.router.max_error_rate, cfg.eval,
-                                         teacher.generator.backend) if getattr(student, "open_book", False) else None,
+                                         teacher.generator.backend) if generates else None,
                 "withdrawn": self.writer.withdrawn_clusters(version) if self.writer and version else set()}
 
     # -- following the workspace -----------------------------------------------------------------
@@ -592,19 +583,17 @@ class Router:
         router_ms = (time.perf_counter() - started) * 1000
         if self.config.router.mode == "shadow":
             routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started)
-            if failed is None:  # the student answers the same question in the background
+            if failed is None:  # what replay would have answered, checked against RAG's answer
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                     "student_version": self.version, "cluster_id": cluster["cluster_id"],
-                                    "score": checks["score"], "seen": checks["seen"],
-                                    "route": "replay" if self.config.router.fast_path == "replay" else "student",
-                                    "student_answer": cluster.get("answer") if self.config.router.fast_path == "replay"
-                                    else None,
+                                    "score": checks["score"], "seen": checks["seen"], "route": "replay",
+                                    "student_answer": cluster["answer"],
                                     "teacher_answer": "" if routed.refused else routed.answer,
                                     "teacher_doc": cited_document(routed.citations)})
             return routed
         if failed is None:
-            routed = self._from_student(query, scope, checks, cluster, router_ms)
-            if routed.route in SERVED:
+            routed = self._from_replay(query, scope, checks, cluster, router_ms)
+            if routed.route == "replay":
                 routed = self._finish(routed, started)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
@@ -642,40 +631,15 @@ class Router:
         """`answer` for asyncio services: runs in a worker thread, never blocks the event loop."""
         return await asyncio.to_thread(self.answer, query, scope)
 
-    def _from_student(self, query: str, scope: str | None, checks: dict, cluster: dict,
-                      router_ms: float) -> RoutedAnswer:
-        cfg = self.config.router
-        if cfg.fast_path == "student" and getattr(self.student, "open_book", False):  # it reads evidence instead
-            return RoutedAnswer(query, scope, "", [], "rag", "replay_off", checks, router_ms=router_ms)
-        if cfg.fast_path == "replay" and cluster.get("answer"):  # the intent's agreed answer, no generation
-            checks["fast_path"] = "replay"
-            if self.verdicts.wrong(answer_key(scope, query, cluster["answer"])):
-                return RoutedAnswer(query, scope, "", [], "rag", "rated_wrong", checks, router_ms=router_ms)
-            return RoutedAnswer(query, scope, cluster["answer"], list(cluster.get("citations", [])), "replay", "served",
-                                checks, refused=cluster["answer"] == REFUSAL_COMPLETION, router_ms=router_ms,
-                                student_version=self.version, cluster=cluster)
-        if (wait_s := self.batcher.expected_wait_s()) > cfg.student_timeout_s:  # shed load to RAG at once
-            checks["student_wait_s"] = round(wait_s, 2)
-            return RoutedAnswer(query, scope, "", [], "rag", "student_busy", checks, router_ms=router_ms)
-        began = time.perf_counter()
-        try:
-            generation = self.batcher.answer(query, scope)
-            failed = None
-        except Exception as err:  # any student failure falls back to RAG, never to an error
-            generation, failed = None, "student_error"
-            checks["student_error"] = f"{type(err).__name__}: {err}"[:200]
-        generation_ms = (time.perf_counter() - began) * 1000
-        if generation is not None:
-            failed = self.judge(generation, generation_ms, checks, cluster)
-            if not failed and self.verdicts.wrong(answer_key(scope, query, generation.text.strip())):
-                failed = "rated_wrong"
-        if failed:
-            return RoutedAnswer(query, scope, "", [], "rag", failed, checks, router_ms=router_ms + generation_ms)
-        text = generation.text.strip()
-        return RoutedAnswer(query, scope, text, list(cluster.get("citations", [])), "student", "served", checks,
-                            refused=text == REFUSAL_COMPLETION, router_ms=router_ms, generation_ms=generation_ms,
-                            student_version=self.version, prompt_tokens=generation.prompt_tokens,
-                            completion_tokens=generation.completion_tokens, cluster=cluster)
+    def _from_replay(self, query: str, scope: str | None, checks: dict, cluster: dict,
+                     router_ms: float) -> RoutedAnswer:
+        """The covering intent's agreed answer, without generating, unless users rated it wrong for
+        this wording."""
+        if self.verdicts.wrong(answer_key(scope, query, cluster["answer"])):
+            return RoutedAnswer(query, scope, "", [], "rag", "rated_wrong", checks, router_ms=router_ms)
+        return RoutedAnswer(query, scope, cluster["answer"], list(cluster.get("citations", [])), "replay", "served",
+                            checks, refused=cluster["answer"] == REFUSAL_COMPLETION, router_ms=router_ms,
+                            student_version=self.version, cluster=cluster)
 
     def _from_open_book(self, query: str, scope: str | None, checks: dict, router_ms: float) -> RoutedAnswer:
         """The open-book student, for a question replay cannot take: served only when it is cheaper
@@ -733,25 +697,6 @@ class Router:
                             completion_tokens=generation.completion_tokens,
                             cited_doc_versions=[{"doc_id": cited["doc_id"], "version": cited["version"]}],
                             evidence_ids=[c["chunk_id"] for c in evidence])
-
-    def judge(self, generation, generation_ms: float, checks: dict, cluster: dict | None = None) -> str | None:
-        """The checks on the student's own answer: None to serve it, else the reason for RAG. With
-        the covering intent, the answer must also agree with the answer the intent was trained on:
-        on StackFAQ's novel wordings the student, confident, gave another thread's answer to 28 % of
-        the questions the decision rightly covered (scripts/bench_paraphrase.py)."""
-        cfg = self.config.router
-        checks["student_logprob"] = None if generation.mean_logprob is None else round(generation.mean_logprob, 4)
-        if generation_ms >= cfg.student_timeout_s * 1000:
-            return "student_timeout"
-        if not generation.text.strip():
-            return "empty_answer"
-        if generation.mean_logprob is None or generation.mean_logprob < cfg.min_student_logprob:
-            return "confidence"
-        if cluster and cluster.get("answer"):
-            checks["intent_agreement"] = round(token_f1(generation.text, cluster["answer"]), 4)
-            if checks["intent_agreement"] < cfg.min_intent_agreement:
-                return "off_intent"
-        return None
 
     def _from_teacher(self, query: str, scope: str | None, reason: str, checks: dict, router_ms: float) -> RoutedAnswer:
         if reason == "input":
@@ -823,14 +768,12 @@ class Router:
                      cited_doc_versions=cited, retrieved=routed.evidence_ids,
                      refused=routed.refused or not served, refusal_reason="invalid_input" if routed.reason == "input" else None,
                      top_score=None, score_margin=None, retriever_agreement=None,
-                     mean_logprob=routed.checks.get("student_logprob"), groundedness=None, citation_valid=served,
+                     mean_logprob=routed.checks.get("student_score"), groundedness=None, citation_valid=served,
                      retrieval_ms=0.0, prompt_tokens=routed.prompt_tokens, completion_tokens=routed.completion_tokens,
                      model=f"{self.config.train.student_name}/{self.version}" if served else "",
                      backend=_backend(routed) if served else "none", student_version=self.version if served else None)
 
 
 def _backend(routed: RoutedAnswer) -> str:
-    """What produced a served answer: 'replay', 'open_book' or 'closed_book' (the student generating)."""
-    if routed.route == "replay":
-        return "replay"
-    return "open_book" if routed.evidence_ids else "closed_book"
+    """What produced a served answer: 'replay', or 'open_book' (the student reading evidence)."""
+    return "replay" if routed.route == "replay" else "open_book"

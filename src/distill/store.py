@@ -779,16 +779,6 @@ class TraceStore:
                 if decisions:
                     cur.execute("INSERT INTO curation BY NAME SELECT * FROM decision_rows")
 
-    def eval_window(self, run_id: str) -> list[dict]:
-        """A curation run's held-out traces (decision 'eval') with their cluster's trained answer,
-        most recent first."""
-        return self.sql("""
-            SELECT t.trace_id, t.query_id, t.asked_at, t.scope, t.query, t.answer, t.refused, c.cluster_id,
-                   k.answer AS cluster_answer, k.trained
-            FROM curation c JOIN traces t USING (trace_id)
-            JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
-            WHERE c.run_id = ? AND c.decision = 'eval' ORDER BY t.asked_at DESC, t.trace_id""", [run_id])
-
     def held_out(self, run_id: str | None = None) -> list[dict]:
         """Every teacher trace at or after a curation run's cutoff (default: the latest run), most
         recent first: the traffic a student trained from that run has never seen, high-risk and

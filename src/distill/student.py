@@ -1,16 +1,20 @@
-"""A registered student version, loaded for answering, with the prompt template it was trained on.
+"""A registered version, loaded for answering: the open-book student with the prompt template it
+was trained on, or a version that only replays.
 
-    >>> student = Student.load(workspace.models_dir / "student" / "v0003")
-    >>> student.answer("How long is the refund window?", "billing", evidence=chunks)   # open book
+    >>> student = load_version(workspace.models_dir / "student" / "v0003")
+    >>> student.answer("How long is the refund window?", "billing", evidence=chunks)
     Generation(text='[1] Refunds are possible within 30 days.', mean_logprob=-0.21, ...)
 
-An open-book student (`student.mode = "open_book"`, the default) reads the numbered evidence the
-router retrieved and answers `[n] quote` or the refusal (open_book.py); a closed-book one answers
-from the question alone.
+The student reads the numbered evidence the router retrieved and answers `[n] quote` or the
+refusal (open_book.py). The prompt is rendered with the template recorded in the version's
+manifest, the one it was trained with, so a changed production prompt cannot silently degrade it.
+Greedy decoding, stopped at the end of the first line or `max_new_tokens`; the mean token
+log-probability is the student's confidence.
 
-The prompt is rendered with the template recorded in the version's manifest, the one it was trained
-with, so a changed production prompt cannot silently degrade it. Greedy decoding, stopped at the end
-of the first line or `max_new_tokens`; the mean token log-probability is the student's confidence.
+A version whose traces' evidence distill cannot read (a team's own RAG behind `teacher.backend =
+"http"`) has no student: it carries its intents for replay and no weights (`Replay`). So does a
+version trained closed-book before the open-book student: a closed-book student never served what
+replay did not serve better (docs/student.md), so its weights are not loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 from pathlib import Path
 
 from distill.errors import DistillError
-from distill.open_book import render_prompt
+from distill.open_book import DEFAULT_TEMPLATE, render_prompt
 from distill.registry import MANIFEST
 from distill.teacher import Generation, greedy_chats
 
@@ -27,12 +31,34 @@ from distill.teacher import Generation, greedy_chats
 RUNTIMES = ("int8", "bf16", "fp32")
 
 
+def load_version(path: Path, runtime: str = "fp32", max_new_tokens: int = 48, endpoint=None):
+    """The registered version at `path`: a `Student` (a `RemoteStudent` with `endpoint`), or a
+    `Replay` when the version has no open-book student."""
+    manifest = read_manifest(path)
+    if manifest.get("student_mode") != "open_book":
+        return Replay(manifest, Path(path))
+    if endpoint is not None:
+        return RemoteStudent(endpoint, manifest, max_new_tokens, Path(path))
+    model, tokenizer = load_causal_lm(Path(path), runtime)
+    return Student(model, tokenizer, manifest, max_new_tokens, Path(path))
+
+
+class Replay:
+    """A version that only replays its intents' agreed answers: its manifest, no model."""
+
+    generates = False
+
+    def __init__(self, manifest: dict, folder: Path | None = None):
+        self.manifest, self.folder = manifest, folder
+
+
 class Student:
+    generates = True  # it answers from evidence; a `Replay` does not
+
     def __init__(self, model, tokenizer, manifest: dict, max_new_tokens: int = 48, folder: Path | None = None):
         self.model, self.tokenizer, self.manifest, self.max_new_tokens = model, tokenizer, manifest, max_new_tokens
-        self.template = manifest.get("prompt_template") or "{query}"
+        self.template = manifest.get("prompt_template") or DEFAULT_TEMPLATE
         self.folder = folder  # the version folder: the router reads the coverage calibration from it
-        self.open_book = manifest.get("student_mode") == "open_book"
         self.evidence_words = int((manifest.get("evidence") or {}).get("words") or 250)
 
     @classmethod
@@ -45,18 +71,15 @@ class Student:
         return cls(model, tokenizer, manifest, max_new_tokens, Path(path))
 
     def prompt(self, query: str, scope: str | None = None, evidence: list[dict] | None = None) -> list[dict]:
-        """The chat the student was trained on: an open-book student's carries the numbered evidence
-        (open_book.render_prompt), a closed-book one's the question alone."""
-        if self.open_book:
-            return [{"role": "user", "content": render_prompt(self.template, query, evidence or [], self.evidence_words)}]
-        return [{"role": "user", "content": self.template.format(scope=scope or "", query=query.strip())}]
+        """The chat the student was trained on: the question with the numbered evidence
+        (open_book.render_prompt)."""
+        return [{"role": "user", "content": render_prompt(self.template, query, evidence or [], self.evidence_words)}]
 
     def answer(self, query: str, scope: str | None = None, evidence: list[dict] | None = None) -> Generation:
         return self.answer_batch([(query, scope, evidence)])[0]
 
     def answer_batch(self, questions: list[tuple], max_time: float | None = None) -> list[Generation]:
-        """Answer (query, scope) pairs, or (query, scope, evidence) for an open-book student, in one
-        left-padded `generate` call: several times the throughput of one at a time on a CPU, with
+        """Answer (query, scope, evidence) triples in one left-padded `generate` call: several times the throughput of one at a time on a CPU, with
         the same greedy answers."""
         if not questions:
             return []

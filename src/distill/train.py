@@ -4,17 +4,18 @@
     >>> result.version, result.path
     ('v0003', PosixPath('models/student/v0003'))
 
-TRL's `SFTTrainer` trains on the dataset as `curate` wrote it (conversational prompt/completion),
-so the loss is on the completion only and the student's own chat template frames every example.
-A full fine-tune by default: on PolicyQA traffic it reproduces the teacher's answers on held-out
-wordings at token F1 0.86, where LoRA (r 16, 4 epochs) reached 0.30. `train.method = "lora"` trains
-peft adapters on every linear layer instead and merges them, so either way a version is a plain
-`save_pretrained` folder that transformers, vLLM or
-any OpenAI-compatible server loads. CPU unless accelerate finds a GPU; `accelerate launch` with
+TRL's `SFTTrainer` trains on the dataset as `curate` wrote it (conversational prompt/completion:
+the question with its evidence, and `[n] quote` or the refusal), so the loss is on the completion
+only and the student's own chat template frames every example. A full fine-tune by default;
+`train.method = "lora"` trains peft adapters on every linear layer instead and merges them, so
+either way a version is a plain `save_pretrained` folder that transformers, vLLM or any
+OpenAI-compatible server loads. CPU unless accelerate finds a GPU; `accelerate launch` with
 a config from `configs/accelerate/` runs the same command data-parallel on several GPUs. Checkpoints every
 `train.save_steps` steps under `models/<student>/.work/<dataset hash>/`: rerunning a killed training
 resumes from the last one. A version folder appears only when it is complete (written under a
-temporary name, then renamed); training never changes which version is `current`.
+temporary name, then renamed); training never changes which version is `current`. A dataset whose
+evidence distill cannot read (`student_mode` "replay", a team's own RAG) becomes a version with its
+intents and no weights, at once.
 """
 
 from __future__ import annotations
@@ -150,8 +151,10 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
     dataset = load_training_set(dataset_path)
     meta_file = dataset_path / "distill.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    base = resolve_base(cfg.base_model, workspace)
     root = registry.student_dir(workspace.models_dir, cfg.student_name)
+    if meta.get("student_mode") == "replay":  # no evidence to train on (a team's own RAG): the intents, no weights
+        return _replay_version(workspace, config, dataset, dataset_path, meta)
+    base = resolve_base(cfg.base_model, workspace)
     _check_disk(root, base)
 
     import torch
@@ -216,27 +219,10 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
         shutil.copy(work / TRAINING_LOG, tmp / TRAINING_LOG)
     if (dataset_path / CALIBRATION_FILE).exists():  # the evidence the router's coverage decision is calibrated on
         shutil.copy(dataset_path / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
-    clusters = {}
-    for row in dataset:
-        cluster = clusters.setdefault(row.get("cluster_id"), {
-            "cluster_id": row.get("cluster_id"), "scope": row.get("scope"), "wordings": [],
-            "answer": row.get("answer") or row["completion"][-1]["content"],  # what replay answers
-            "citations": row.get("citations") or [], "cited_doc_versions": row.get("cited_doc_versions") or [],
-            "retrieved_doc_versions": row.get("retrieved_doc_versions") or [], "rewordings": []})
-        if row.get("query"):  # asked before the cutoff, or written by an LLM and verified (`curate.rewordings`)
-            cluster["rewordings" if row.get("source") == "rewording" else "wordings"].append(row["query"])
-    manifest = {
-        "student": cfg.student_name, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
-        "base_model": cfg.base_model, "base_model_path": str(base), "dataset_path": str(dataset_path),
-        "dataset_hash": meta.get("content_hash"), "curation_run_id": meta.get("run_id"),
-        "prompt_template": meta.get("prompt_template"), "student_mode": meta.get("student_mode", "closed_book"),
-        "evidence": meta.get("evidence"), "examples": len(dataset),
-        "clusters": list(clusters.values()), "training": asdict(cfg),
-        "metrics": {"train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1),
-                    "processes": trainer.args.world_size, "tokens": int(tokens),
-                    "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None},
-        "eval": None,
-    }
+    manifest = _manifest(cfg, version, dataset, dataset_path, meta, str(base), {
+        "train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1),
+        "processes": trainer.args.world_size, "tokens": int(tokens),
+        "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None})
     (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))
     (tmp / "README.md").write_text(model_card(manifest))
     os.replace(tmp, root / version)
@@ -244,7 +230,66 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
     return TrainResult(version, root / version, len(dataset), trainer.state.global_step, losses, runtime)
 
 
+def _replay_version(workspace: Workspace, config: Config, dataset, dataset_path: Path, meta: dict) -> TrainResult:
+    """A version with the curated intents and no weights, for traces whose evidence distill cannot
+    read (a team's own RAG): the router replays its intents' agreed answers and sends the rest to
+    RAG. Training a student there would buy nothing: with no evidence to read at run time it could
+    only answer closed-book, which never served what replay did not serve better (docs/student.md)."""
+    cfg = config.train
+    root = registry.student_dir(workspace.models_dir, cfg.student_name)
+    version = registry.next_version(workspace.models_dir, cfg.student_name)
+    tmp = root / f".{version}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if (dataset_path / CALIBRATION_FILE).exists():
+        shutil.copy(dataset_path / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+    manifest = _manifest(cfg, version, dataset, dataset_path, meta, None,
+                         {"train_losses": [], "steps": 0, "runtime_s": 0.0, "processes": 1, "tokens": 0,
+                          "tokens_per_s": None})
+    (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (tmp / "README.md").write_text(model_card(manifest))
+    os.replace(tmp, root / version)
+    return TrainResult(version, root / version, len(dataset), 0, [], 0.0)
+
+
+def _manifest(cfg, version: str, dataset, dataset_path: Path, meta: dict, base_path: str | None, metrics: dict) -> dict:
+    """distill.json: where the version came from, how it was trained, and its intents (what replay
+    answers, with the wordings, citations and document versions the router checks)."""
+    clusters = {}
+    for row in dataset:
+        cluster = clusters.setdefault(row.get("cluster_id"), {
+            "cluster_id": row.get("cluster_id"), "scope": row.get("scope"), "wordings": [],
+            "answer": row.get("answer") or row["completion"][-1]["content"],  # what replay answers
+            "citations": row.get("citations") or [], "cited_doc_versions": row.get("cited_doc_versions") or [],
+            "retrieved_doc_versions": row.get("retrieved_doc_versions") or [], "rewordings": []})
+        if row.get("query") and row["query"] not in cluster["wordings"] + cluster["rewordings"]:
+            # asked before the cutoff, or written by an LLM and verified (`curate.rewordings`)
+            cluster["rewordings" if row.get("source") == "rewording" else "wordings"].append(row["query"])
+    return {
+        "student": cfg.student_name, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
+        "base_model": cfg.base_model if base_path else None, "base_model_path": base_path,
+        "dataset_path": str(dataset_path), "dataset_hash": meta.get("content_hash"), "curation_run_id": meta.get("run_id"),
+        "prompt_template": meta.get("prompt_template"), "student_mode": meta.get("student_mode", "open_book"),
+        "evidence": meta.get("evidence"), "examples": len(dataset),
+        "clusters": list(clusters.values()), "training": asdict(cfg), "metrics": metrics, "eval": None,
+    }
+
+
 def model_card(manifest: dict) -> str:
+    if manifest["student_mode"] == "replay":
+        return f"""---
+library_name: distill
+tags: [distill, replay]
+---
+
+# {manifest['student']} {manifest['version']}
+
+The curated intents of distill's curation run `{manifest['curation_run_id']}`: {len(manifest['clusters'])} intents
+from {manifest['examples']} wordings, and no model. The traces' evidence is not in this workspace's corpus
+(the team's own RAG answered them), so no student can read it: the router replays each covered
+intent's agreed answer and sends everything else to RAG. The intents, their wordings, citations
+and document versions are in `distill.json`; the dataset is `{manifest['dataset_path']}`.
+"""
     cfg = manifest["training"]
     first, last = (manifest["metrics"]["train_losses"] or [None])[0], (manifest["metrics"]["train_losses"] or [None])[-1]
     return f"""---
@@ -257,8 +302,10 @@ tags: [distill, trl, sft, {cfg['method']}]
 
 A student distilled by distill from its RAG teacher's traces: {manifest['base_model']} fine-tuned
 with TRL's SFTTrainer ({cfg['method']}) on {manifest['examples']} curated examples covering
-{len(manifest['clusters'])} intents. It answers closed-book; RAG stays the source of truth, and the
-router serves this model only for the intents, scopes and document versions listed in `distill.json`.
+{len(manifest['clusters'])} intents. It reads the question with the numbered evidence the router
+retrieved and answers `[n] quote` or the refusal; the router serves it only for questions replay
+cannot take, where its calibrated confidence (`student_confidence.json`) keeps the expected error
+within the bound, and RAG stays the source of truth.
 
 | | |
 |---|---|
