@@ -36,8 +36,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 
 def test_quickstart_runs_the_whole_loop_and_is_idempotent(tmp_path, tiny_lm_dir):
     (tmp_path / "distill.toml").write_text(  # a tiny student keeps this fast; test_slow runs the real one
-        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n[student]\nmax_new_tokens = 4\n'
-        f'[nightly]\nteacher_margin = 1.0\n')  # a random tiny student never agrees with the teacher
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n[student]\nmax_new_tokens = 4\n')
     first = run_cli("quickstart", "--home", str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert "skipped sources {'community-forum': 1}" in first.stderr
@@ -69,3 +68,28 @@ def test_collect_reports_bad_lines_and_strict_stops(corpus_workspace, tmp_path):
     assert result.returncode == 0 and "q.jsonl:2: not valid JSON (skipped)" in result.stderr
     strict = run_cli("collect", str(path), "--strict", home=home)
     assert strict.returncode == 2 and "q.jsonl:2: not valid JSON" in strict.stderr
+    (tmp_path / "bad.jsonl").write_text("not json\n{\"scope\": \"billing\"}\n")
+    useless = run_cli("collect", str(tmp_path / "bad.jsonl"), home=home)
+    assert useless.returncode == 2 and "no line of" in useless.stderr and "2 bad" in useless.stderr
+
+
+def test_sql_is_read_only_unless_asked_and_prints_wide_rows_in_other_formats(tmp_path):
+    from distill.store import TraceStore
+    from test_store import make_trace
+
+    with TraceStore(tmp_path / "traces" / "traces.duckdb") as store:
+        store.append([make_trace(f"q{n}", query=f"question {n}?") for n in range(3)])
+    deleted = run_cli("sql", "DELETE FROM traces", home=tmp_path)
+    assert deleted.returncode == 2 and "read-only" in deleted.stderr and "--write" in deleted.stderr
+    assert len(deleted.stderr.strip().splitlines()) == 1
+    rows = json.loads(run_cli("sql", "SELECT query_id, query FROM traces ORDER BY 1", "--format", "json",
+                              home=tmp_path).stdout)
+    assert rows == [{"query_id": f"q{n}", "query": f"question {n}?"} for n in range(3)]  # nothing was deleted
+    csv_out = run_cli("sql", "SELECT query_id, route FROM traces ORDER BY 1", "-f", "csv", home=tmp_path).stdout
+    assert csv_out.splitlines()[0] == "query_id,route" and len(csv_out.splitlines()) == 4
+    line = run_cli("sql", "SELECT * FROM traces WHERE query_id = 'q0'", "--format", "line", home=tmp_path).stdout
+    assert "query_id = q0" in line and len(line.splitlines()) > 30  # every column on its own line
+    assert run_cli("sql", "SELECT 1", "--format", "xml", home=tmp_path).returncode == 2
+    written = run_cli("sql", "DELETE FROM traces WHERE query_id = 'q0'", "--write", home=tmp_path)
+    assert written.returncode == 0, written.stderr
+    assert "2" in run_cli("sql", "SELECT count(*) AS n FROM traces", home=tmp_path).stdout

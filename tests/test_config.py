@@ -30,6 +30,18 @@ def test_wrong_type_is_named():
         load_config(None, {"index": {"top_k": "five"}})
 
 
+def test_an_enum_setting_outside_its_choices_is_named():
+    with pytest.raises(DistillError, match=r"setting 'eval.teacher_pricing' must be one of api, local \(got 'free'\)"):
+        load_config(None, {"eval": {"teacher_pricing": "free"}})
+
+
+@pytest.mark.parametrize("section, name", [("router", "fast_path"), ("student", "mode"), ("router", "min_student_logprob")])
+def test_a_removed_setting_says_why_and_what_to_do(tmp_path, section, name):
+    (tmp_path / "distill.toml").write_text(f'[{section}]\n{name} = "x"\n')
+    with pytest.raises(DistillError, match=rf"setting '{section}.{name}' was removed: .*; delete it from your config"):
+        load_config(tmp_path)
+
+
 def test_invalid_toml_names_the_file(tmp_path):
     (tmp_path / "distill.toml").write_text("[teacher\n")
     with pytest.raises(DistillError, match="distill.toml"):

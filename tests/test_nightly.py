@@ -43,7 +43,7 @@ def workspace(corpus_workspace, tmp_path, tiny_lm_dir):
     (tmp_path / "distill.toml").write_text(
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 3\nbatch_size = 3\n'
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
-        f'[nightly]\nmin_examples = 1\nteacher_margin = 1.0\n')
+        f'[nightly]\nmin_examples = 1\n')
     return Workspace(tmp_path)
 
 

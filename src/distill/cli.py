@@ -6,6 +6,7 @@ A `DistillError` from any stage is printed as one line and exits with status 2.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -517,8 +518,6 @@ def models_show(version: str = typer.Argument(..., help="e.g. v0003"),
                 student: Optional[str] = typer.Option(None, help="registry name (default: train.student_name)"),
                 home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Print a version's manifest."""
-    import json
-
     from distill import registry
 
     workspace = _workspace(home)
@@ -565,9 +564,7 @@ def ask(question: str = typer.Argument(..., help="the question"),
         scope: Optional[str] = typer.Option(None, help="its scope (tenant, product, website)"),
         explain: bool = typer.Option(False, "--explain", help="also print every check's score"),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
-    """Answer through the router: the student when it covers the question safely, else RAG."""
-    import json
-
+    """Answer through the router: replay or the student where it is safe, else RAG."""
     router = _router(_workspace(home))
     router.origin = "ask"
     with router:
@@ -626,24 +623,47 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
 
 @app.command()
 def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
+        output: str = typer.Option("table", "--format", "-f", help="table, json, csv or line (one 'column = value' per line: for wide rows)"),
+        write: bool = typer.Option(False, "--write", help="allow statements that change the store (DELETE, UPDATE, ...)"),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
-    """Run SQL on the trace store and print the result."""
-    from distill.store import TraceStore, has_traces
+    """Run SQL on the trace store (read-only unless --write) and print the result."""
+    from distill.store import TraceStore, has_traces, user_sql
 
+    if output not in SQL_FORMATS:
+        raise DistillError(f"--format must be one of {', '.join(SQL_FORMATS)} (got {output!r})")
     workspace = _workspace(home)
     if not has_traces(workspace.traces_db):
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
-    with TraceStore(workspace.traces_db) as store:
-        rows = store.sql(query)
-    _print_rows(rows)
+    if write:
+        with TraceStore(workspace.traces_db) as store:
+            rows = store.sql(query)
+    else:
+        rows = user_sql(workspace.traces_db, query)
+    _print_rows(rows, output)
 
 
-def _print_rows(rows: list[dict]) -> None:
-    from rich.console import Console
+SQL_FORMATS = ("table", "json", "csv", "line")
 
-    from distill.quickstart import table
 
-    Console().print(table(rows))
+def _print_rows(rows: list[dict], output: str = "table") -> None:
+    """Rows as a rich table, JSON (a list of objects), CSV with a header, or DuckDB's line mode."""
+    if output == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif output == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    elif output == "line":
+        width = max((len(k) for k in (rows[0] if rows else {})), default=0)
+        print("\n\n".join("\n".join(f"{k.rjust(width)} = {v}" for k, v in row.items()) for row in rows))
+    else:
+        from rich.console import Console
+
+        from distill.quickstart import table
+
+        Console().print(table(rows))
 
 
 @app.command()

@@ -12,7 +12,8 @@ of the same command skips what is already stored and never duplicates:
 
 Queries are answered and committed in batches of `collect.batch_size`: a crash or `kill -9` loses
 at most the batches in flight. A bad line (not JSON, no `query`, an unknown scope, a bad timestamp) is
-reported with its line number and skipped, or stops the run with `strict=True`.
+reported with its line number and skipped, or stops the run with `strict=True`; a file with no
+usable line at all is an error.
 
 Two engines answer the batches (`collect.engine`): `local`, this process; and `ray`, a Ray Data
 pipeline whose `collect.ray_workers` actors each load a teacher (on a cluster: one per machine or
@@ -148,6 +149,10 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
         finally:
             corpus.close()
     records, bad = read_queries(path, scopes or None, strict, limit)
+    if bad and not records:
+        number, problem = bad[0]
+        raise DistillError(f"no line of {path} is a usable query ({len(bad)} bad, the first {path}:{number}: {problem}); "
+                           f"each line needs a JSON object with a 'query'")
     report = CollectReport(run_id=uuid.uuid4().hex, queries_read=len(records), bad_lines=bad)
     with TraceStore(workspace.traces_db) as store:
         done = store.answered(r.query_id for r in records)

@@ -209,7 +209,9 @@ class StudentConfig:
 class NightlyConfig:
     min_examples: int = _help("fewer curated examples than this: no training tonight, the current student stays")
     max_eval_queries: int = _help("distinct held-out queries scored per model at the gate (the most recent first)")
-    teacher_margin: float = _help("gate: the candidate's F1 may be at most this far below the teacher's (against the teacher's answers, or gold with --gold)")
+    teacher_margin: float = _help("gate: the F1 of what the candidate serves (replay, the student where its threshold lets it, "
+                                  "RAG elsewhere) may be at most this far below the teacher's alone (against the teacher's "
+                                  "answers, or gold with --gold)")
     max_regression: float = _help("gate: the candidate's F1 may be at most this far below the current student's on the same queries")
 
 
@@ -437,6 +439,7 @@ def load_config(home: Path | None = None, overrides: dict | None = None) -> Conf
 
 CHOICES = {  # enum settings: the values each accepts
     ("train", "no_evidence_target"): ("refusal", "answer"),
+    ("eval", "teacher_pricing"): ("api", "local"),
 }
 
 

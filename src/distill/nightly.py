@@ -3,15 +3,17 @@
     $ distill nightly
     curate    1,204 traces seen, 177 training examples (run 3f2a...)
     train     v0004: 184 steps in 1,310 s, loss 3.57 -> 0.04
-    evaluate  100 held-out queries: v0004 F1 vs teacher 0.86, current v0003 0.84
+    evaluate  300 held-out queries (the student reading the evidence retrieved now): v0004 f1_vs_teacher 0.981, v0003 0.975
     gate      passed -> promoted v0004
 
-The gate promotes the candidate only when, on the held-out recent window of the intents it covers,
-its token F1 is within `nightly.teacher_margin` of the teacher's (against the teacher's answers, or
-against gold when a gold file is given) and at most `nightly.max_regression` below the current
-student's on the same queries, and, when `eval.suite` names a regression suite, the candidate
-routes and answers every pinned case as the suite expects. Otherwise the current student keeps
-serving and the run says why. No held-out query on a covered intent means no evidence, and no promotion.
+The gate scores what the candidate would serve on the held-out recent window (replay where a
+trained wording asks, the open-book student where its fitted threshold lets it, RAG elsewhere;
+`_routed_scores`) and promotes it only when that token F1 is within `nightly.teacher_margin` of the
+teacher's alone (against the teacher's answers, or against gold when a gold file is given), at most
+`nightly.max_regression` below the current version's on the same queries, and, when `eval.suite`
+names a regression suite, the candidate routes and answers every pinned case as the suite expects.
+Otherwise the current version keeps serving and the run says why. No held-out query means no
+evidence, and no promotion.
 
 Every stage writes its figures to the `nightly_runs` table as it finishes, so
 `SELECT * FROM nightly_runs ORDER BY started_at DESC` explains any night. Guarantees:

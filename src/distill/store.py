@@ -862,7 +862,7 @@ class TraceStore:
             ORDER BY t.asked_at""", [needle, needle, needle.strip()])
 
     def sql(self, query: str, params: Sequence | None = None) -> list[dict]:
-        """Run a user's SQL and return rows as dicts (what `distill sql` prints)."""
+        """Run SQL and return rows as dicts (`distill sql --write`; read-only: `user_sql`)."""
         with self._lock:
             cur = self._con.cursor()
             try:
@@ -873,6 +873,31 @@ class TraceStore:
                 return []
             names = [d[0] for d in result.description]
             return [dict(zip(names, row)) for row in result.fetchall()]
+
+
+def user_sql(traces_db: Path, query: str) -> list[dict]:
+    """A user's SQL on the trace store, read-only (what `distill sql` runs): the segments services
+    wrote are folded in first, so the query sees every answered trace, and then the file is opened
+    read-only, so a statement that would change it fails instead of deleting traces.
+
+        >>> user_sql(workspace.traces_db, "SELECT route, count(*) AS n FROM traces GROUP BY 1")
+        [{'route': 'rag', 'n': 61}, {'route': 'replay', 'n': 21}]
+    """
+    TraceStore(traces_db).close()
+    con = _open(Path(traces_db), read_only=True, wait_s=WAIT_S)
+    try:
+        result = con.execute(query)
+        if result.description is None:
+            return []
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row)) for row in result.fetchall()]
+    except duckdb.Error as err:
+        if "read-only" in str(err):
+            raise DistillError(f"distill sql is read-only and this statement would change the store "
+                               f"({_first_line(err)}); pass --write if you mean it") from None
+        raise DistillError(f"SQL failed: {_first_line(err)}") from None
+    finally:
+        con.close()
 
 
 # --------------------------------------------------------------------------------------------
