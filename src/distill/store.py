@@ -869,10 +869,15 @@ class TraceStore:
                 result = cur.execute(query, params or [])
             except duckdb.Error as err:
                 raise DistillError(f"SQL failed: {_first_line(err)}") from None
-            if result.description is None:
-                return []
-            names = [d[0] for d in result.description]
-            return [dict(zip(names, row)) for row in result.fetchall()]
+            return _as_dicts(result)
+
+
+def _as_dicts(result) -> list[dict]:
+    """A query's rows as dicts by column name (none for a statement that returns no rows)."""
+    if result.description is None:
+        return []
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row)) for row in result.fetchall()]
 
 
 def user_sql(traces_db: Path, query: str) -> list[dict]:
@@ -886,11 +891,7 @@ def user_sql(traces_db: Path, query: str) -> list[dict]:
     TraceStore(traces_db).close()
     con = _open(Path(traces_db), read_only=True, wait_s=WAIT_S)
     try:
-        result = con.execute(query)
-        if result.description is None:
-            return []
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, row)) for row in result.fetchall()]
+        return _as_dicts(con.execute(query))
     except duckdb.Error as err:
         if "read-only" in str(err):
             raise DistillError(f"distill sql is read-only and this statement would change the store "

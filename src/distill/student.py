@@ -79,8 +79,8 @@ class Student:
         return self.answer_batch([(query, scope, evidence)])[0]
 
     def answer_batch(self, questions: list[tuple], max_time: float | None = None) -> list[Generation]:
-        """Answer (query, scope, evidence) triples in one left-padded `generate` call: several times the throughput of one at a time on a CPU, with
-        the same greedy answers."""
+        """Answer (query, scope, evidence) triples in one left-padded `generate` call: several times
+        the throughput of one at a time on a CPU, with the same greedy answers."""
         if not questions:
             return []
         outputs = greedy_chats(self.model, self.tokenizer, [self.prompt(*q) for q in questions],
