@@ -2,7 +2,10 @@
 
     python scripts/bench_open_book.py                      # PolicyQA, stand-in LLM teacher
     python scripts/bench_open_book.py --teacher extractive # the embedded default teacher
+    python scripts/bench_open_book.py --data stackfaq       # StackFAQ threads, rephrasings as wordings
+    python scripts/bench_open_book.py --data covid          # the COVID FAQ, version 2 as the changed documents
     python scripts/bench_open_book.py --data other_policies.json --per-group 60
+    python scripts/bench_open_book.py --set train.method='"lora"' --tag lora
 
 PolicyQA's websites are shuffled (seed 0) and halved into A and B. Four weeks of Zipf traffic ask
 A's questions; `distill nightly` curates it, trains the open-book student (the defaults) and fits
@@ -14,6 +17,12 @@ its confidence threshold and costs on the traffic's last week. A held-out week t
 
 and, after a new version of some of A's cited segments is ingested (a sentence added to each), the
 `changed` group asks the seen questions whose replayed answer cites those segments.
+
+StackFAQ and the COVID FAQ come as SQuAD files (faq_squad.py; the gold answer is the reply's
+lead). StackFAQ is one website, so its threads (intents) are halved instead: `new` is then the
+unasked rephrasings of asked threads (novel wordings) and `intents` the threads never asked. The
+COVID FAQ's sources are its websites; its `changed` group asks the trained questions whose answer
+version 2 changed, after version 2 is ingested, against version 2's answers.
 
 Teachers: `standin` is a stand-in for a team's LLM RAG, NOT an LLM: a local OpenAI-compatible
 server behind `teacher.backend = "openai"` reads the evidence distill retrieved (so the student's
@@ -61,6 +70,7 @@ from distill.student import Student, load_causal_lm
 from distill.student_gate import local_cost
 from distill.teacher import Teacher, local_model
 from distill.traffic import _pairs
+from faq_squad import covid_squad, stackfaq_squad
 from policyqa import POLICYQA, ROOT, best_f1, save_results
 
 LARGE_PRICES = (2.50, 10.00)  # a large hosted model's list prices per million tokens (gpt-4o class), 2026
@@ -111,18 +121,37 @@ def stand_in(pairs: dict) -> tuple[ThreadingHTTPServer, str]:
 
 # -- traffic -------------------------------------------------------------------------------------
 
-def halves(pairs: dict) -> tuple[list, list]:
+def intent(pairs: dict, key: tuple) -> tuple[str, str]:
+    """(website, category): what a Zipf draw picks; its questions are the intent's wordings."""
+    return key[0], pairs[key]["type"].split("|||")[0]
+
+
+def halves(pairs: dict) -> tuple[list, list, str]:
+    """A's and B's (website, question) keys, and what was halved: websites, or intents when the set
+    has one website (StackFAQ)."""
     sites = sorted({w for w, _ in pairs})
-    random.Random(0).shuffle(sites)
-    a = set(sites[: len(sites) // 2])
-    return [k for k in sorted(pairs) if k[0] in a], [k for k in sorted(pairs) if k[0] not in a]
+    unit = "websites" if len(sites) > 1 else "intents"
+    units = sites if unit == "websites" else sorted({intent(pairs, k) for k in pairs})
+    random.Random(0).shuffle(units)
+    a = set(units[: len(units) // 2])
+    side = (lambda k: k[0]) if unit == "websites" else (lambda k: intent(pairs, k))
+    return [k for k in sorted(pairs) if side(k) in a], [k for k in sorted(pairs) if side(k) not in a], unit
+
+
+def dataset(name: str, home: Path) -> tuple[Path, Path | None]:
+    """The SQuAD file for `--data`, and for the COVID FAQ its version 2 (the changed documents)."""
+    if name == "stackfaq":
+        return stackfaq_squad(home / "stackfaq.json"), None
+    if name == "covid":
+        return covid_squad(home / "covid-v1.json", 1), covid_squad(home / "covid-v2.json", 2)
+    return (POLICYQA if name == "policyqa" else Path(name)), None
 
 
 def traffic(pairs: dict, keys: list, n: int, days: int, seed: int, start: datetime) -> list[dict]:
     """Zipf over (website, category) intents, a wording uniformly within the intent."""
     intents: dict[tuple, list] = defaultdict(list)
     for key in keys:
-        intents[(key[0], pairs[key]["type"].split("|||")[0])].append(key)
+        intents[intent(pairs, key)].append(key)
     rng = random.Random(seed)
     order = sorted(intents)
     rng.shuffle(order)
@@ -174,7 +203,9 @@ def teacher_row(answer, gold: list[str], price_sets: dict, backend: str) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=POLICYQA, help="a SQuAD-format file (default PolicyQA dev)")
+    parser.add_argument("--data", default="policyqa",
+                        help="policyqa (PolicyQA dev), stackfaq, covid, or the path of a SQuAD-format file")
+    parser.add_argument("--tag", default="", help="added to the workspace's and the results' names, e.g. lora")
     parser.add_argument("--teacher", choices=("standin", "extractive"), default="standin")
     parser.add_argument("--queries", type=int, default=4000, help="questions in the four weeks of traffic")
     parser.add_argument("--per-group", type=int, default=100, help="held-out questions asked per group")
@@ -184,10 +215,13 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=0,
                         help="only time the promoted student on this many held-out questions, one at a time, per runtime")
     args = parser.parse_args()
-    pairs = _pairs(args.data)
-    keys_a, keys_b = halves(pairs)
-    home = args.home or ROOT / "bench" / f"open-book-{args.teacher}"
+    name = "_".join(part for part in (args.data if args.data in ("stackfaq", "covid") else "", args.teacher, args.tag)
+                    if part)
+    home = args.home or ROOT / "bench" / f"open-book-{name.replace('_', '-')}"
     home.mkdir(parents=True, exist_ok=True)
+    args.data, changed_data = dataset(args.data, home)
+    pairs = _pairs(args.data)
+    keys_a, keys_b, unit = halves(pairs)
     server = None
     settings = {"corpus": {"allowed_sources": ["*"]}}
     if args.teacher == "standin":
@@ -201,7 +235,7 @@ def main() -> None:
         settings.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
     workspace = Workspace(home)
     config = workspace.config(settings)
-    print(f"{args.data.name}: {len(keys_a)} (website, question) pairs on A's websites, {len(keys_b)} on B's; "
+    print(f"{args.data.name}: {len(keys_a)} (website, question) pairs on A's {unit}, {len(keys_b)} on B's; "
           f"teacher {args.teacher}" + (" (a STAND-IN for an LLM RAG: the human answer when a gold segment is "
                                         "retrieved, else a refusal)" if server else ""))
 
@@ -236,7 +270,7 @@ def main() -> None:
     rng = random.Random(1)
     groups = {"seen": rng.sample(sorted(asked), min(args.per_group, len(asked))),
               "new": rng.sample(sorted(set(keys_a) - asked), min(args.per_group, len(set(keys_a) - asked))),
-              "websites": rng.sample(keys_b, min(args.per_group, len(keys_b)))}
+              unit: rng.sample(keys_b, min(args.per_group, len(keys_b)))}
     price_sets = {"small": prices(config, False), "large": prices(config, True)}
     results = {"version": version, "teacher": args.teacher, "timings": timings, "training": manifest["metrics"],
                "examples": manifest["examples"], "groups": {}}
@@ -315,24 +349,37 @@ def main() -> None:
 
     # 3. changed documents: a new version of segments the replayed answers cite
     cited = sorted({d["doc_id"] for c in manifest["clusters"] for d in c.get("cited_doc_versions", [])})
-    changed_docs = set(random.Random(2).sample(cited, min(args.changed, len(cited))))
-    data = json.loads(args.data.read_text())
-    for article in data["data"]:
-        for number, paragraph in enumerate(article["paragraphs"]):
-            if f"{article['title']}/{number:03d}" in changed_docs:
-                paragraph["context"] += " This section was reviewed in December 2026."
-    (home / "changed.json").write_text(json.dumps(data))
-    ingest(workspace, home / "changed.json", config, fmt="squad")
+    if changed_data:
+        before, after = (segments(path) for path in (args.data, changed_data))
+        changed_docs = {doc for doc, text in after.items() if before.get(doc) != text}
+        pairs.update(_pairs(changed_data))  # the stand-in and the gold now answer from version 2
+    else:
+        changed_docs = set(random.Random(2).sample(cited, min(args.changed, len(cited))))
+        data = json.loads(args.data.read_text())
+        for article in data["data"]:
+            for number, paragraph in enumerate(article["paragraphs"]):
+                if f"{article['title']}/{number:03d}" in changed_docs:
+                    paragraph["context"] += " This section was reviewed in December 2026."
+        changed_data = home / "changed.json"
+        changed_data.write_text(json.dumps(data))
+    ingest(workspace, changed_data, config, fmt="squad")
     by_doc = [k for c in manifest["clusters"] if {d["doc_id"] for d in c.get("cited_doc_versions", [])} & changed_docs
               for w in c["wordings"] for k in [(c["scope"], w)] if k in pairs]
     changed_keys = sorted(set(by_doc))[: args.per_group]
     if changed_keys:
         measure("changed", changed_keys)
     results["changed_documents"] = len(changed_docs)
-    path = save_results(f"open_book_{args.teacher}", results)
+    results["changed_documents_cited"] = len(changed_docs & set(cited))
+    path = save_results(f"open_book_{name}", results)
     print(f"\nfigures in {path}")
     if server:
         server.shutdown()
+
+
+def segments(path: Path) -> dict[str, str]:
+    """A SQuAD file's segments by the ids `corpus` gives them: {doc_id: text}."""
+    return {f"{article['title']}/{number:03d}": paragraph["context"]
+            for article in json.loads(path.read_text())["data"] for number, paragraph in enumerate(article["paragraphs"])}
 
 
 def time_runtimes(workspace: Workspace, config, folder: Path, groups: dict, n: int) -> None:
