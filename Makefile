@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart test bench docs clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ bench: install
 	$(BIN)/python scripts/bench_import.py
 	$(BIN)/python scripts/bench_byo_rag.py
 	$(BIN)/python scripts/benchmark.py
+
+# The generated parts of docs/cli.md, docs/settings.md and docs/traces.md (tests/test_docs.py checks them).
+docs: install
+	$(BIN)/python scripts/gen_docs.py
 
 clean:
 	rm -rf $(VENV) traces models index reports bench

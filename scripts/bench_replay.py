@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 
 from distill.config import Workspace
-from distill.corpus import detect_injection
+from distill.corpus import first_match
 from distill.router import Router
 from distill.store import TraceStore
 from policyqa import ROOT, best_f1
@@ -53,7 +53,7 @@ def main() -> None:
     if on_student:
         print(f"  on the student-served queries: student {np.mean([f for f, _ in on_student]):.3f}, "
               f"teacher {np.mean([t for _, t in on_student]):.3f}")
-    risky = [a for a in routed if a.route in ("replay", "student") and detect_injection(a.query, router.risk)]
+    risky = [a for a in routed if a.route in ("replay", "student") and first_match(a.query, router.risk)]
     print(f"  high-risk questions served by the student: {len(risky)} (goal 0)")
     latency = [a.latency_ms for a in routed]
     print(f"  latency p50 {np.median(latency):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -192,3 +195,126 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+# -- traces, datasets and workspaces the tests of several modules share ----------------------------
+
+def make_trace(query_id: str, **changes):
+    """A collected trace with every field set; `changes` override any of them."""
+    from distill.store import Trace
+
+    fields = dict(query_id=query_id, scope="notes", query="how do I export?", answer="Click Export.",
+                  citations=["notes/export@v1#0"], cited_doc_versions=[{"doc_id": "notes/export", "version": 1}],
+                  retrieved=["notes/export@v1#0"], refused=False, refusal_reason=None, route="rag",
+                  route_reason="collect", top_score=0.8, score_margin=0.2, retriever_agreement=0.6,
+                  mean_logprob=None, groundedness=1.0, citation_valid=True, latency_ms=12.0, retrieval_ms=5.0,
+                  prompt_tokens=0, completion_tokens=0, model="m", backend="extractive",
+                  asked_at=datetime(2026, 10, 1, tzinfo=timezone.utc))
+    fields.update(changes)
+    return Trace(**fields)
+
+
+START = datetime(2026, 10, 1, tzinfo=timezone.utc)
+REFUND_Q = "How many days do I have to request a refund?"
+REFUND_A = "You can ask for a refund within 14 days of purchase."
+
+
+def refund(n: int, day: int, **changes):
+    """The n-th trace of day `day` asking the refund question, answered from refunds v1."""
+    fields = dict(scope="billing", query=REFUND_Q, answer=REFUND_A, citations=["billing/refunds@v1#0"],
+                  cited_doc_versions=[{"doc_id": "billing/refunds", "version": 1}],
+                  retrieved=["billing/refunds@v1#0"], asked_at=START + timedelta(days=day, hours=n))
+    fields.update(changes)
+    return make_trace(f"{fields['query']}-{day}-{n}", **fields)
+
+
+@pytest.fixture
+def curated_home(corpus_workspace, tmp_path):
+    """Traces of every kind curation must sort (a frequent consistent intent, a paraphrase, PII, a
+    high-risk question, an injected chunk's citation, a superseded version, a refusal, the held-out week)."""
+    from distill.config import Workspace
+    from distill.store import TraceStore
+
+    os.symlink(corpus_workspace.index_dir, tmp_path / "index")
+    traces = [refund(n, day=n) for n in range(4)]  # a frequent, consistent, grounded intent
+    traces += [refund(0, 2, query="Can I get a refund within how many days?")]  # a paraphrase
+    traces += [refund(n, n, query="My email is jane.doe@example.com, how long do refunds take?") for n in range(4)]
+    traces += [refund(n, n, query="Which medication dosage is safe with the app?", scope="notes") for n in range(4)]
+    traces += [refund(n, n, query="What is the search shortcut?", scope="notes", citations=["notes/shortcuts@v1#0"],
+                      cited_doc_versions=[{"doc_id": "notes/shortcuts", "version": 1}]) for n in range(4)]
+    traces += [refund(n, n, query="What was the old refund window?",
+                      cited_doc_versions=[{"doc_id": "billing/refunds", "version": 0}]) for n in range(4)]
+    traces += [refund(9, 3, refused=True, refusal_reason="low_retrieval_score", answer="", citations=[],
+                      cited_doc_versions=[])]
+    traces += [refund(n, 20) for n in range(2)]  # the most recent week: held out
+    with TraceStore(tmp_path / "traces" / "traces.duckdb") as store:
+        store.append(traces)
+    return Workspace(tmp_path)
+
+
+QA = [("billing", "How long is the refund window?", "Refunds are possible within 14 days."),
+      ("billing", "Can I pay with PayPal?", "PayPal is not supported."),
+      ("notes", "How do I export a notebook?", "Open the notebook, click the menu and choose Export.")]
+
+
+def evidence(scope, i, answer):
+    """The one chunk a written dataset's i-th example reads."""
+    return [{"chunk_id": f"{scope}/doc{i}@v1#0", "text": f"# Help\n\n{answer}"}]
+
+
+def write_dataset(path, rows=QA, **meta):
+    """An open-book training set as `distill curate` writes one: each question with the chunk that
+    answers it, and `[1] answer` as the completion."""
+    import datasets
+
+    from distill.open_book import DEFAULT_TEMPLATE, render_prompt
+
+    records = [{"prompt": [{"role": "user", "content": render_prompt(DEFAULT_TEMPLATE, q, evidence(s, i, a), 250)}],
+                "completion": [{"role": "assistant", "content": f"[1] {a}"}], "answer": a,
+                "cluster_id": f"c{i}", "scope": s, "query": q, "trace_ids": [f"t{i}"],
+                "cited_doc_versions": [{"doc_id": f"{s}/doc{i}", "version": 1}]} for i, (s, q, a) in enumerate(rows)]
+    datasets.Dataset.from_list(records).save_to_disk(str(path))
+    (path / "distill.json").write_text(json.dumps({"run_id": "run1", "content_hash": "ab" * 32,
+                                                   "prompt_template": DEFAULT_TEMPLATE, "student_mode": "open_book",
+                                                   "evidence": {"chunks": 3, "words": 250}, **meta}))
+    return path
+
+
+COVERED = [("billing", REFUND_Q, REFUND_A)]
+
+
+@pytest.fixture(scope="module")
+def routed_workspace(tmp_path_factory, tiny_lm_dir):
+    """DOCS ingested, and a tiny student trained on one billing intent (citing refunds v1), promoted."""
+    home = tmp_path_factory.mktemp("router_ws")
+    (home / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS) + "\n")
+    (home / "distill.toml").write_text(
+        f'[corpus]\nallowed_sources = ["help-center"]\n'
+        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 1\n'
+        f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n')
+    from distill import registry
+    from distill.config import Workspace
+    from distill.index import ingest
+    from distill.train import train
+
+    workspace = Workspace(home)
+    ingest(workspace, home / "docs.jsonl", workspace.config())
+    dataset = write_dataset(home / "ds", rows=COVERED)
+    records = json.loads((dataset / "distill.json").read_text())
+    import datasets
+
+    rows = datasets.load_from_disk(str(dataset)).to_list()
+    rows[0]["cited_doc_versions"] = [{"doc_id": "billing/refunds", "version": 1}]
+    rows[0]["citations"] = ["billing/refunds@v1#0"]
+    datasets.Dataset.from_list(rows).save_to_disk(str(home / "ds2"))
+    (home / "ds2" / "distill.json").write_text(json.dumps(records))
+    result = train(workspace, workspace.config(), home / "ds2", progress=False)
+    registry.promote(workspace.models_dir, "student", result.version)
+    return workspace
+
+
+def run_cli(*args, home=None):
+    """`distill ARGS` in a subprocess, as a user runs it (DISTILL_HOME = `home`)."""
+    env = {**os.environ, **({"DISTILL_HOME": str(home)} if home else {})}
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)

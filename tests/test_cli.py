@@ -1,19 +1,14 @@
 import json
 import os
-import subprocess
-import sys
+
+import pytest
 
 from typer.testing import CliRunner
 
+from conftest import make_trace, run_cli
 from distill.cli import app
 
 runner = CliRunner()
-
-
-def run_cli(*args, home=None):
-    env = {**os.environ, **({"DISTILL_HOME": str(home)} if home else {})}
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
 
 
 def test_help_lists_the_commands():
@@ -75,7 +70,6 @@ def test_collect_reports_bad_lines_and_strict_stops(corpus_workspace, tmp_path):
 
 def test_sql_is_read_only_unless_asked_and_prints_wide_rows_in_other_formats(tmp_path):
     from distill.store import TraceStore
-    from test_store import make_trace
 
     with TraceStore(tmp_path / "traces" / "traces.duckdb") as store:
         store.append([make_trace(f"q{n}", query=f"question {n}?") for n in range(3)])
@@ -93,3 +87,28 @@ def test_sql_is_read_only_unless_asked_and_prints_wide_rows_in_other_formats(tmp
     written = run_cli("sql", "DELETE FROM traces WHERE query_id = 'q0'", "--write", home=tmp_path)
     assert written.returncode == 0, written.stderr
     assert "2" in run_cli("sql", "SELECT count(*) AS n FROM traces", home=tmp_path).stdout
+
+
+def test_config_prints_the_effective_settings_as_toml(tmp_path):
+    (tmp_path / "distill.toml").write_text("[serve]\nport = 9000\n")
+    shown = run_cli("config", "serve", home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "port = 9000" in shown.stdout and "(default 8080)" in shown.stdout
+    assert "[teacher]" not in shown.stdout
+
+
+def test_a_bug_is_one_line_naming_the_file_with_its_traceback(monkeypatch, tmp_path, capsys):
+    import distill.cli
+
+    def broken():
+        raise KeyError("internal")
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(distill.cli, "app", broken)
+    with pytest.raises(SystemExit) as exited:
+        distill.cli.main()
+    assert exited.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: distill hit a bug (KeyError") and "please report it" in line
+    (report,) = (tmp_path / "bugs").iterdir()
+    assert report.name in line and "Traceback" in report.read_text() and "in broken" in report.read_text()

@@ -1,7 +1,10 @@
+import re
+import tomllib
+
 import pytest
 
-from distill.config import Workspace, load_config
-from distill.errors import DistillError
+from distill.config import CHOICES, Workspace, as_toml, describe, load_config, setting
+from distill.errors import DistillError, DistillWarning
 
 
 def test_defaults_load_with_types():
@@ -33,6 +36,37 @@ def test_wrong_type_is_named():
 def test_an_enum_setting_outside_its_choices_is_named():
     with pytest.raises(DistillError, match=r"setting 'eval.teacher_pricing' must be one of api, local \(got 'free'\)"):
         load_config(None, {"eval": {"teacher_pricing": "free"}})
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_every_enum_setting_is_checked(key):
+    section, name = key.split(".")
+    with pytest.raises(DistillError, match=f"setting '{key}' must be one of"):
+        load_config(None, {section: {name: "nonsense"}})
+    assert setting(load_config(), key) in CHOICES[key]  # the default is one of its choices
+
+
+def test_an_old_setting_name_still_works_with_a_warning_naming_the_new_one(tmp_path):
+    (tmp_path / "distill.toml").write_text("[serve]\nmax_concurrent = 8\n")
+    with pytest.warns(DistillWarning, match=r"'serve.max_concurrent' is now 'serve.max_concurrency'; rename it in .*distill.toml"):
+        config = load_config(tmp_path)
+    assert config.serve.max_concurrency == 8  # the workspace's value, not the default under the new name
+    with pytest.warns(DistillWarning, match="teacher.context_words"):
+        assert load_config(None, {"teacher": {"context_token_budget": 99}}).teacher.context_words == 99
+
+
+def test_as_toml_is_a_config_file_with_the_help_and_the_changed_defaults_marked(tmp_path):
+    (tmp_path / "distill.toml").write_text("[router]\nmax_error_rate = 0.05\n")
+    config = load_config(tmp_path)
+    text = as_toml(config, defaults=load_config())
+    assert tomllib.loads(text)["router"]["max_error_rate"] == 0.05
+    assert tomllib.loads(text)["teacher"]["openai"]["model"] == config.teacher.openai.model
+    assert len(re.findall(r"\(default [^)]*\)", text)) == 1 and "(default 0.02)" in text
+    assert {key for key, _, _ in describe(config)} == {key for key, _, _ in describe(load_config())}
+    only = as_toml(config, "teacher.backend")
+    assert only.splitlines()[0] == "[teacher]" and "one of: extractive, transformers, openai, http" in only
+    with pytest.raises(DistillError, match="no setting starts with 'nope'"):
+        as_toml(config, "nope")
 
 
 @pytest.mark.parametrize("section, name", [("router", "fast_path"), ("student", "mode"), ("router", "min_student_logprob")])

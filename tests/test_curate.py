@@ -1,6 +1,6 @@
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -9,38 +9,11 @@ from distill.curate import PiiDetector, cluster_wordings, curate
 from distill.errors import DistillError
 from distill.index import load_embedder
 from distill.store import TraceStore
-from test_store import make_trace
-
-START = datetime(2026, 10, 1, tzinfo=timezone.utc)
-REFUND_Q = "How many days do I have to request a refund?"
-REFUND_A = "You can ask for a refund within 14 days of purchase."
-
-
-def refund(n: int, day: int, **changes):
-    fields = dict(scope="billing", query=REFUND_Q, answer=REFUND_A, citations=["billing/refunds@v1#0"],
-                  cited_doc_versions=[{"doc_id": "billing/refunds", "version": 1}],
-                  retrieved=["billing/refunds@v1#0"], asked_at=START + timedelta(days=day, hours=n))
-    fields.update(changes)
-    return make_trace(f"{fields['query']}-{day}-{n}", **fields)
-
+from conftest import REFUND_A, REFUND_Q, START, make_trace, refund
 
 @pytest.fixture
-def home(corpus_workspace, tmp_path):
-    os.symlink(corpus_workspace.index_dir, tmp_path / "index")
-    traces = [refund(n, day=n) for n in range(4)]  # a frequent, consistent, grounded intent
-    traces += [refund(0, 2, query="Can I get a refund within how many days?")]  # a paraphrase
-    traces += [refund(n, n, query="My email is jane.doe@example.com, how long do refunds take?") for n in range(4)]
-    traces += [refund(n, n, query="Which medication dosage is safe with the app?", scope="notes") for n in range(4)]
-    traces += [refund(n, n, query="What is the search shortcut?", scope="notes", citations=["notes/shortcuts@v1#0"],
-                      cited_doc_versions=[{"doc_id": "notes/shortcuts", "version": 1}]) for n in range(4)]
-    traces += [refund(n, n, query="What was the old refund window?",
-                      cited_doc_versions=[{"doc_id": "billing/refunds", "version": 0}]) for n in range(4)]
-    traces += [refund(9, 3, refused=True, refusal_reason="low_retrieval_score", answer="", citations=[],
-                      cited_doc_versions=[])]
-    traces += [refund(n, 20) for n in range(2)]  # the most recent week: held out
-    with TraceStore(tmp_path / "traces" / "traces.duckdb") as store:
-        store.append(traces)
-    return Workspace(tmp_path)
+def home(curated_home):
+    return curated_home
 
 
 def reasons(store: TraceStore, run_id: str) -> dict[str, set]:

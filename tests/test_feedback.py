@@ -2,7 +2,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,12 +13,16 @@ from distill.config import Workspace, load_config
 from distill.curate import curate
 from distill.errors import DistillError
 from distill.external import TraceLogger
-from distill.feedback import Verdicts, UnknownTrace, answer_key, intent_key, score_of
+from distill.feedback import Verdicts, UnknownTrace, intent_key, score_of
 from distill.router import Router
 from distill.serve import create_app
 from distill.store import TraceStore
-from test_curate import REFUND_A, REFUND_Q as CURATED_Q, home as curated_home, refund  # noqa: F401 (fixture)
-from test_router import COVERED, REFUND_Q, workspace  # noqa: F401 (fixture: a workspace with a promoted tiny student)
+from conftest import COVERED, REFUND_A, REFUND_Q, make_trace
+
+
+@pytest.fixture(scope="module")
+def workspace(routed_workspace):
+    return routed_workspace
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -53,7 +56,7 @@ def test_a_score_is_a_number_in_range_or_a_boolean():
 
 
 @pytest.fixture
-def rated_ws(workspace, tmp_path):  # noqa: F811
+def rated_ws(workspace, tmp_path):
     """A copy of the router tests' workspace (replaying its intent), following itself every 0.2 s."""
     home = tmp_path / "ws"
     shutil.copytree(workspace.home, home, ignore=shutil.ignore_patterns("traces"))
@@ -156,9 +159,9 @@ def test_trace_logger_feedback_and_an_import_of_scores_rerun_adds_nothing(tmp_pa
                     {"trace_id": ids[1], "score": 1.0, "source": "anonymous", "received_by": "import"}]
 
 
-def test_curation_never_trains_on_an_answer_rated_wrong(curated_home):  # noqa: F811
+def test_curation_never_trains_on_an_answer_rated_wrong(curated_home):
     with TraceStore(curated_home.traces_db) as store:
-        (trace_id,) = [r["trace_id"] for r in store.sql("SELECT trace_id FROM traces WHERE query = ? LIMIT 1", [CURATED_Q])]
+        (trace_id,) = [r["trace_id"] for r in store.sql("SELECT trace_id FROM traces WHERE query = ? LIMIT 1", [REFUND_Q])]
     before = curate(curated_home, curated_home.config())
     assert before.train > 0
     with TraceLogger(curated_home.home) as logger:
@@ -168,7 +171,7 @@ def test_curation_never_trains_on_an_answer_rated_wrong(curated_home):  # noqa: 
         rejected = store.sql("SELECT t.query, t.answer FROM curation c JOIN traces t USING (trace_id) "
                              "WHERE c.run_id = ? AND c.reason = 'rated_wrong'", [after.run_id])
     # every trace giving that answer to that wording, not only the rated one; its paraphrase stays
-    assert {(r["query"], r["answer"]) for r in rejected} == {(CURATED_Q, REFUND_A)} and len(rejected) == 4
+    assert {(r["query"], r["answer"]) for r in rejected} == {(REFUND_Q, REFUND_A)} and len(rejected) == 4
     assert after.decisions["reject"]["rated_wrong"] == 4
     explained = CliRunner().invoke(app, ["curate", "--explain", trace_id, "--home", str(curated_home.home)])
     assert "rated_wrong" in explained.output
@@ -223,7 +226,6 @@ def test_refusals_users_rated_wrong_are_answerability_evidence(corpus_workspace,
 
     from distill.index import dense_meta
     from distill.teacher import ensure_calibrated
-    from test_store import make_trace
 
     os.symlink(corpus_workspace.index_dir, tmp_path / "index")
     ws = Workspace(tmp_path)

@@ -5,12 +5,12 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
+from conftest import make_trace
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.nightly import nightly
 from distill.store import TraceStore
-from test_store import make_trace
 
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
 DAY = date(2026, 11, 1)

@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from typer.testing import CliRunner
 
+from conftest import REFUND_A, REFUND_Q, START, make_trace, run_cli
 from distill import rerank
 from distill.cli import app
 from distill.config import Workspace
@@ -15,9 +16,6 @@ from distill.rerank import (Reranker, active_reranker, gate, held_out_scores, lo
                             rollback_reranker, trace_pairs, tune_reranker)
 from distill.store import TraceStore
 from distill.teacher import Teacher
-from test_cli import run_cli
-from test_curate import REFUND_A, REFUND_Q, START
-from test_store import make_trace
 
 REFUNDS, PAYMENTS = "billing/refunds@v1#0", "billing/payment-methods@v1#0"
 EXPORT, OFFLINE, SHORTCUTS = "notes/export@v1#0", "notes/offline@v1#0", "notes/shortcuts@v1#0"

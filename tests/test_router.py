@@ -6,43 +6,17 @@ import time
 
 import pytest
 
-from conftest import DOCS, REFUND_V2
+from conftest import COVERED, DOCS, REFUND_Q, REFUND_V2
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.index import ingest
 from distill.router import Router
 from distill.store import TraceStore
-from distill.train import train
-from test_train import write_dataset
-
-REFUND_Q = "How many days do I have to request a refund?"
-COVERED = [("billing", REFUND_Q, "You can ask for a refund within 14 days of purchase.")]
-
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_lm_dir):
-    """DOCS ingested, and a tiny student trained on one billing intent (citing refunds v1), promoted."""
-    home = tmp_path_factory.mktemp("router_ws")
-    (home / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS) + "\n")
-    (home / "distill.toml").write_text(
-        f'[corpus]\nallowed_sources = ["help-center"]\n'
-        f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 1\n'
-        f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n')
-    workspace = Workspace(home)
-    ingest(workspace, home / "docs.jsonl", workspace.config())
-    dataset = write_dataset(home / "ds", rows=COVERED)
-    records = json.loads((dataset / "distill.json").read_text())
-    import datasets
-
-    rows = datasets.load_from_disk(str(dataset)).to_list()
-    rows[0]["cited_doc_versions"] = [{"doc_id": "billing/refunds", "version": 1}]
-    rows[0]["citations"] = ["billing/refunds@v1#0"]
-    datasets.Dataset.from_list(rows).save_to_disk(str(home / "ds2"))
-    (home / "ds2" / "distill.json").write_text(json.dumps(records))
-    result = train(workspace, workspace.config(), home / "ds2", progress=False)
-    registry.promote(workspace.models_dir, "student", result.version)
-    return workspace
+def workspace(routed_workspace):
+    return routed_workspace
 
 
 def traces(workspace):

@@ -5,7 +5,12 @@ from distill.errors import DistillError
 from distill.router import Router
 from distill.serve import create_app
 from distill.store import TraceStore
-from test_router import COVERED, REFUND_Q, workspace  # noqa: F401 (the module's fixture: a workspace with a promoted tiny student)
+from conftest import COVERED, REFUND_Q
+
+
+@pytest.fixture(scope="module")
+def workspace(routed_workspace):
+    return routed_workspace
 
 
 def chat(content, **extra):
@@ -14,7 +19,7 @@ def chat(content, **extra):
 
 
 @pytest.fixture
-def client(workspace):  # noqa: F811
+def client(workspace):
     router = Router.from_workspace(workspace)
     with TestClient(create_app(router, workspace.config())) as client:
         yield client
@@ -57,7 +62,7 @@ def test_bad_requests_get_openai_style_errors(client, body, status, message):
     assert message in response.json()["error"]["message"] and response.json()["error"]["type"]
 
 
-def test_bearer_auth_when_a_key_is_configured(workspace, monkeypatch):  # noqa: F811
+def test_bearer_auth_when_a_key_is_configured(workspace, monkeypatch):
     monkeypatch.setenv("DISTILL_API_KEY", "s3cret")
     router = Router.from_workspace(workspace, log=False)
     with TestClient(create_app(router, workspace.config())) as client:
@@ -69,7 +74,7 @@ def test_bearer_auth_when_a_key_is_configured(workspace, monkeypatch):  # noqa: 
         assert allowed.status_code == 200
 
 
-def test_every_request_is_a_trace_after_shutdown(workspace):  # noqa: F811
+def test_every_request_is_a_trace_after_shutdown(workspace):
     with TraceStore(workspace.traces_db) as store:
         before = store.count()
     router = Router.from_workspace(workspace)
@@ -112,7 +117,7 @@ def test_model_server_speaks_chat_completions_and_batches_concurrent_requests(ti
         ChatModel.load(str(tmp_path / "nope"), workspace.models_dir)
 
 
-def test_the_documented_service_example_embeds_the_router_from_a_folder_path(workspace, monkeypatch):  # noqa: F811
+def test_the_documented_service_example_embeds_the_router_from_a_folder_path(workspace, monkeypatch):
     """examples/service.py, as docs/service.md shows it: `Router.from_workspace(path)` with a plain
     path string, answers over HTTP, and every answer is a trace once the app has shut down."""
     import importlib.util
@@ -133,7 +138,7 @@ def test_the_documented_service_example_embeds_the_router_from_a_folder_path(wor
         assert store.count() == before + 2
 
 
-def test_several_worker_processes_serve_one_port_and_every_request_is_a_trace(workspace, tmp_path):  # noqa: F811
+def test_several_worker_processes_serve_one_port_and_every_request_is_a_trace(workspace, tmp_path):
     """`distill serve --workers 2`: each process has its own router and trace segment; after a
     graceful shutdown every answered request is in the store."""
     import shutil

@@ -24,7 +24,7 @@ def test_smollm2_teacher_answers_from_the_evidence(corpus_workspace):
 def test_smollm2_student_trains_with_lora_and_answers(corpus_workspace, tmp_path):
     from distill.student import Student
     from distill.train import train
-    from test_train import evidence, write_dataset
+    from conftest import evidence, write_dataset
 
     config = corpus_workspace.config({"train": {"method": "lora", "max_steps": 3, "batch_size": 3,
                                                   "student_name": "slow-student"}})

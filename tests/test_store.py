@@ -6,19 +6,8 @@ import duckdb
 import pytest
 
 from distill.errors import DistillError
-from distill.store import TRACE_MIGRATIONS, Trace, TraceStore
-
-
-def make_trace(query_id: str, **changes) -> Trace:
-    fields = dict(query_id=query_id, scope="notes", query="how do I export?", answer="Click Export.",
-                  citations=["notes/export@v1#0"], cited_doc_versions=[{"doc_id": "notes/export", "version": 1}],
-                  retrieved=["notes/export@v1#0"], refused=False, refusal_reason=None, route="rag",
-                  route_reason="collect", top_score=0.8, score_margin=0.2, retriever_agreement=0.6,
-                  mean_logprob=None, groundedness=1.0, citation_valid=True, latency_ms=12.0, retrieval_ms=5.0,
-                  prompt_tokens=0, completion_tokens=0, model="m", backend="extractive",
-                  asked_at=datetime(2026, 10, 1, tzinfo=timezone.utc))
-    fields.update(changes)
-    return Trace(**fields)
+from conftest import make_trace
+from distill.store import TRACE_MIGRATIONS, TraceStore, user_sql
 
 
 def test_append_is_idempotent_by_query_id(tmp_path):
@@ -36,8 +25,10 @@ def test_sql_users_can_run(tmp_path):
         store.append([make_trace("a"), make_trace("b", refused=True, refusal_reason="no_evidence", answer="")])
         rows = store.sql("SELECT refusal_reason, count(*) AS n FROM traces GROUP BY 1 ORDER BY 1 NULLS FIRST")
         assert rows == [{"refusal_reason": None, "n": 1}, {"refusal_reason": "no_evidence", "n": 1}]
-        with pytest.raises(DistillError, match="SQL failed"):
+        with pytest.raises(duckdb.BinderException):  # distill's own SQL failing is a bug, not the user's fault
             store.sql("SELECT nope FROM traces")
+    with pytest.raises(DistillError, match="^SQL failed: .*nope"):  # the user's is theirs: one line
+        user_sql(tmp_path / "t.duckdb", "SELECT nope FROM traces")
 
 
 def test_migrates_an_older_file_in_place(tmp_path):

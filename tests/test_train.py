@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,33 +6,9 @@ import torch
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.open_book import DEFAULT_TEMPLATE, render_prompt
+from conftest import QA, evidence, write_dataset
+from distill.open_book import DEFAULT_TEMPLATE
 from distill.train import train
-
-QA = [("billing", "How long is the refund window?", "Refunds are possible within 14 days."),
-      ("billing", "Can I pay with PayPal?", "PayPal is not supported."),
-      ("notes", "How do I export a notebook?", "Open the notebook, click the menu and choose Export.")]
-
-
-def evidence(scope, i, answer):
-    return [{"chunk_id": f"{scope}/doc{i}@v1#0", "text": f"# Help\n\n{answer}"}]
-
-
-def write_dataset(path, rows=QA, **meta):
-    """An open-book training set as `distill curate` writes one: each question with the chunk that
-    answers it, and `[1] answer` as the completion."""
-    import datasets
-
-    records = [{"prompt": [{"role": "user", "content": render_prompt(DEFAULT_TEMPLATE, q, evidence(s, i, a), 250)}],
-                "completion": [{"role": "assistant", "content": f"[1] {a}"}], "answer": a,
-                "cluster_id": f"c{i}", "scope": s, "query": q, "trace_ids": [f"t{i}"],
-                "cited_doc_versions": [{"doc_id": f"{s}/doc{i}", "version": 1}]} for i, (s, q, a) in enumerate(rows)]
-    datasets.Dataset.from_list(records).save_to_disk(str(path))
-    (path / "distill.json").write_text(json.dumps({"run_id": "run1", "content_hash": "ab" * 32,
-                                                   "prompt_template": DEFAULT_TEMPLATE, "student_mode": "open_book",
-                                                   "evidence": {"chunks": 3, "words": 250}, **meta}))
-    return path
-
 
 @pytest.fixture
 def workspace(tmp_path, tiny_lm_dir):
@@ -73,15 +46,19 @@ def test_training_logs_a_falling_loss_changes_weights_and_registers_a_loadable_v
     assert [row["loss"] for row in logged if "loss" in row] == pytest.approx(result.losses)  # the raw log, kept
 
 
-def test_training_prints_one_progress_bar_not_the_trainers_dicts(workspace, tmp_path, capsys):
+def test_training_shows_its_progress_as_lines_in_a_log_not_the_trainers_dicts(workspace, tmp_path, capsys):
     import warnings
 
+    dataset = write_dataset(tmp_path / "ds")
+    capsys.readouterr()
     with warnings.catch_warnings(record=True) as raised:
         warnings.simplefilter("always")
-        train(workspace, workspace.config({"train": {"max_steps": 3}}), write_dataset(tmp_path / "ds"), progress=True)
+        train(workspace, workspace.config({"train": {"max_steps": 3}}), dataset, progress=True)
     assert not [w for w in raised if issubclass(w.category, FutureWarning)]  # no deprecation reaches the user
-    shown = capsys.readouterr()
-    assert "training" in shown.err and "loss=" in shown.err
+    shown = capsys.readouterr()  # not a terminal: whole lines (a bar's frames would be one long line in a log)
+    lines = shown.err.splitlines()
+    assert lines[0] == "training: 0/3 steps" and lines[-1].startswith("training: 3/3 steps (100%) in ")
+    assert ", loss " in lines[-1] and "\r" not in shown.err
     assert "{'loss'" not in shown.out + shown.err and "grad_norm" not in shown.out + shown.err
 
 
@@ -136,43 +113,6 @@ def test_bad_inputs_are_one_line_errors(workspace, tmp_path):
         train(workspace, workspace.config({"train": {"base_model": str(tmp_path / "nope")}}), write_dataset(tmp_path / "ds"))
     with pytest.raises(DistillError, match="train.method"):
         train(workspace, workspace.config({"train": {"method": "qlora"}}), write_dataset(tmp_path / "ds2"))
-
-
-def fake_version(models, version):
-    path = models / "student" / version
-    path.mkdir(parents=True)
-    (path / "distill.json").write_text(json.dumps({"version": version}))
-
-
-def test_promote_and_rollback(tmp_path):
-    for version in ("v0001", "v0002"):
-        fake_version(tmp_path, version)
-    with pytest.raises(DistillError, match="no earlier promoted version"):
-        registry.rollback(tmp_path, "student")
-    registry.promote(tmp_path, "student", "v0001")
-    registry.promote(tmp_path, "student", "v0002")
-    assert registry.current(tmp_path, "student") == "v0002"
-    assert registry.rollback(tmp_path, "student") == "v0001"
-    assert registry.current(tmp_path, "student") == "v0001"
-    with pytest.raises(DistillError, match="no version 'v0009'"):
-        registry.promote(tmp_path, "student", "v0009")
-    assert registry.next_version(tmp_path, "student") == "v0003"
-
-
-def test_a_killed_promotion_leaves_a_valid_current(tmp_path):
-    """A process killed while promoting in a loop never leaves `current` empty or half-written."""
-    for version in ("v0001", "v0002"):
-        fake_version(tmp_path, version)
-    registry.promote(tmp_path, "student", "v0001")
-    code = ("import sys; from pathlib import Path; from distill import registry\n"
-            "while True:\n"
-            "    for v in ('v0001', 'v0002'): registry.promote(Path(sys.argv[1]), 'student', v)\n")
-    process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
-    for _ in range(200):
-        assert (tmp_path / "student" / "current").read_text().strip() in {"v0001", "v0002"}
-    os.kill(process.pid, 9)
-    process.wait()
-    assert registry.current(tmp_path, "student") in {"v0001", "v0002"}
 
 
 def test_a_trained_version_answers_with_its_own_template(workspace, tmp_path):

@@ -1,19 +1,21 @@
 """The `distill` command line. It parses arguments and calls the stage modules, nothing more.
 
 Heavy libraries are imported inside the commands that need them, so `distill --help` is instant.
-A `DistillError` from any stage is printed as one line and exits with status 2.
+A `DistillError` from any stage is printed as one line and exits with status 2; anything else is a
+bug, printed as one line that names the file holding its traceback, with status 1.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from distill.errors import DistillError
+from distill.errors import DistillError, DistillWarning
 
 app = typer.Typer(help="distill: turn a RAG system's traffic into a small, fast student model.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -621,25 +623,31 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
     run_serve(create_app(router, config), config, host, port)
 
 
+@app.command("config")
+def show_config(prefix: str = typer.Argument("", help="only the settings whose key starts with this, e.g. teacher or "
+                                                     "router.max_error_rate"),
+                home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
+    """Print the effective settings (defaults, then <home>/distill.toml) as TOML, each with its help; a
+    value the workspace changed names its default."""
+    from distill.config import as_toml, load_config
+
+    print(as_toml(_workspace(home).config(), prefix, defaults=load_config()))
+
+
 @app.command()
 def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.g. \"SELECT route, count(*) FROM traces GROUP BY 1\""),
         output: str = typer.Option("table", "--format", "-f", help="table, json, csv or line (one 'column = value' per line: for wide rows)"),
         write: bool = typer.Option(False, "--write", help="allow statements that change the store (DELETE, UPDATE, ...)"),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run SQL on the trace store (read-only unless --write) and print the result."""
-    from distill.store import TraceStore, has_traces, user_sql
+    from distill.store import has_traces, user_sql
 
     if output not in SQL_FORMATS:
         raise DistillError(f"--format must be one of {', '.join(SQL_FORMATS)} (got {output!r})")
     workspace = _workspace(home)
     if not has_traces(workspace.traces_db):
         raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
-    if write:
-        with TraceStore(workspace.traces_db) as store:
-            rows = store.sql(query)
-    else:
-        rows = user_sql(workspace.traces_db, query)
-    _print_rows(rows, output)
+    _print_rows(user_sql(workspace.traces_db, query, write=write), output)
 
 
 SQL_FORMATS = ("table", "json", "csv", "line")
@@ -679,7 +687,22 @@ def quickstart(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> Non
           f"      distill serve{suffix}   # OpenAI-compatible, on http://127.0.0.1:8080/v1")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A `DistillWarning` is printed as `warning: ...`, one line; other warnings as Python prints them."""
+    if issubclass(category, DistillWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main() -> None:
+    from distill.progress import quiet_library_bars
+
+    warnings.showwarning = _one_line_warning
+    quiet_library_bars()  # before transformers or datasets is imported: for cron, lines and no frames
     try:
         app()
     except DistillError as err:
@@ -688,6 +711,25 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; committed traces are kept, rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:  # a bug: its traceback goes to a file, the screen gets where to find it
+        log = _bug_report(err)
+        print(f"error: distill hit a bug ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+              f"the traceback is in {log}; please report it with that file", file=sys.stderr)
+        sys.exit(1)
+
+
+def _bug_report(err: Exception) -> Path:
+    """Write the traceback of an unexpected error to $DISTILL_CACHE_DIR/bugs/ (default
+    ~/.cache/distill): a bug is shown as a bug, never as the user's error, and keeps its traceback."""
+    import os
+    import traceback
+    from datetime import datetime
+
+    folder = Path(os.environ.get("DISTILL_CACHE_DIR", Path.home() / ".cache" / "distill")) / "bugs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    path.write_text(f"distill {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(err)))
+    return path
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from distill import answerability
-from distill.config import Config, Workspace
+from distill.config import CHOICES, Config, Workspace
 from distill.errors import DistillError
 from distill.index import corpus_path
 from distill.store import CorpusStore, Trace, TraceStore
@@ -126,7 +126,7 @@ def to_trace(answer: Answer, record: QueryRecord, run_id: str | None, route: str
                  origin="collect")
 
 
-ENGINES = ("local", "ray")
+ENGINES = CHOICES["collect.engine"]
 
 
 def collect(workspace: Workspace, config: Config, path: Path, limit: int | None = None, strict: bool = False,

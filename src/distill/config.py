@@ -15,15 +15,18 @@ config file never silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError
+from distill.errors import DistillError, DistillWarning
 
 DEFAULTS_FILE = Path(__file__).with_name("default.toml")
 WORKSPACE_CONFIG = "distill.toml"
@@ -111,7 +114,7 @@ class TeacherConfig:
     backend: str = _help("'extractive' (no LLM, the default), 'transformers', 'openai', or 'http' (a RAG "
                          "service of your own, teacher.http)")
     context_chunks: int = _help("at most this many retrieved chunks are shown to the generator")
-    context_token_budget: int = _help("and at most this many words of evidence in total")
+    context_words: int = _help("and at most this many words of evidence in total")
     min_top_score: float = _help("refuse when the best chunk's dense similarity is below this (thin evidence)")
     min_answerability: float = _help(
         "refuse ('not_answerable') when the answerability score (0 to 1, see docs/answerability.md) is below "
@@ -241,7 +244,7 @@ class ServeConfig:
     api_key_env: str = _help("environment variable holding the bearer token clients must send; unset or empty: no auth")
     max_body_bytes: int = _help("larger request bodies are refused with 413")
     model_name: str = _help("the model id clients name and /v1/models lists")
-    max_concurrent: int = _help("requests answered at once (worker threads); more wait their turn")
+    max_concurrency: int = _help("requests answered at once (worker threads); more wait their turn")
 
 
 @dataclass
@@ -381,6 +384,32 @@ REMOVED = {  # settings of the closed-book student, removed with it (#24): what 
 }
 
 
+RENAMED = {  # old name -> new name, each accepted with a warning for one release (renamed 2026-12, #25)
+    "teacher.context_token_budget": "teacher.context_words",  # it counts words, not tokens
+    "serve.max_concurrent": "serve.max_concurrency",  # as teacher.openai.max_concurrency
+}
+
+
+def _renamed(data: dict, source: str) -> dict:
+    """`data` (one config file or the overrides) with old setting names moved to their new ones,
+    each with a one-line warning naming the new name and where to change it."""
+    for old, new in RENAMED.items():
+        old_section, old_name = old.rsplit(".", 1)
+        new_section, new_name = new.rsplit(".", 1)
+        table = data
+        for part in old_section.split("."):
+            table = table.get(part) if isinstance(table, dict) else None
+        if not isinstance(table, dict) or old_name not in table:
+            continue
+        value = table.pop(old_name)
+        target = data
+        for part in new_section.split("."):
+            target = target.setdefault(part, {})
+        target.setdefault(new_name, value)
+        warnings.warn(f"setting '{old}' is now '{new}'; rename it in {source}", DistillWarning, stacklevel=2)
+    return data
+
+
 def _build(cls: type, data: dict, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
@@ -429,22 +458,84 @@ def load_config(home: Path | None = None, overrides: dict | None = None) -> Conf
     """Defaults, then `<home>/distill.toml` if it exists, then `overrides` (nested dicts)."""
     data = _read_toml(DEFAULTS_FILE)
     if home is not None and (home / WORKSPACE_CONFIG).exists():
-        data = _merge(data, _read_toml(home / WORKSPACE_CONFIG))
+        data = _merge(data, _renamed(_read_toml(home / WORKSPACE_CONFIG), str(home / WORKSPACE_CONFIG)))
     if overrides:
-        data = _merge(data, overrides)
+        data = _merge(data, _renamed(copy.deepcopy(overrides), "the overrides"))
     config = _build(Config, data, "")
     _check_choices(config)
     return config
 
 
 CHOICES = {  # enum settings: the values each accepts
-    ("train", "no_evidence_target"): ("refusal", "answer"),
-    ("eval", "teacher_pricing"): ("api", "local"),
+    "teacher.backend": ("extractive", "transformers", "openai", "http"),
+    "collect.engine": ("local", "ray"),
+    "train.method": ("full", "lora"),
+    "train.no_evidence_target": ("refusal", "answer"),
+    "student.runtime": ("int8", "bf16", "fp32"),
+    "router.mode": ("route", "shadow"),
+    "eval.teacher_pricing": ("api", "local"),
 }
 
 
+def setting(config: "Config", key: str) -> Any:
+    """The value of a dotted key: setting(config, "teacher.openai.model")."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _check_choices(config: "Config") -> None:
-    for (section, key), allowed in CHOICES.items():
-        value = getattr(getattr(config, section), key)
+    for key, allowed in CHOICES.items():
+        value = setting(config, key)
         if value not in allowed:
-            raise DistillError(f"setting '{section}.{key}' must be one of {', '.join(allowed)} (got {value!r})")
+            raise DistillError(f"setting '{key}' must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def describe(config: "Config", section: Any = None, where: str = "") -> list[tuple[str, Any, str]]:
+    """Every setting as (dotted key, value, help), in the order the dataclasses declare them: what
+    `distill config` prints and docs/settings.md lists.
+
+        >>> describe(load_config())[0][0]
+        'corpus.allowed_sources'
+    """
+    rows = []
+    for f in fields(section if section is not None else config):
+        value = getattr(section if section is not None else config, f.name)
+        if is_dataclass(value):
+            rows += describe(config, value, f"{where}{f.name}.")
+        else:
+            text = f.metadata.get("help", "")
+            if f"{where}{f.name}" in CHOICES:
+                text += f" (one of: {', '.join(CHOICES[where + f.name])})"
+            rows.append((f"{where}{f.name}", value, text))
+    return rows
+
+
+def toml_value(value: Any) -> str:
+    """A setting's value as distill.toml spells it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # a JSON string is a TOML basic string
+
+
+def as_toml(config: "Config", prefix: str = "", defaults: "Config | None" = None) -> str:
+    """The settings whose key starts with `prefix`, as TOML with each one's help as a comment: what
+    `distill config` prints, and a valid `distill.toml` to copy from. A value that differs from
+    `defaults` is marked, so a workspace's overrides stand out."""
+    rows = [row for row in describe(config) if row[0].startswith(prefix)]
+    if not rows:
+        raise DistillError(f"no setting starts with '{prefix}'; run `distill config` to list them all")
+    default_values = {key: value for key, value, _ in describe(defaults)} if defaults is not None else {}
+    sections: dict[str, list[str]] = {}  # a table's keys together, even where a sub-table is declared among them
+    for key, value, text in rows:
+        head, name = key.rsplit(".", 1)
+        changed = default_values and default_values.get(key) != value
+        sections.setdefault(head, []).extend([
+            f"# {text}" + (f" (default {toml_value(default_values[key])})" if changed else ""),
+            f"{name} = {toml_value(value)}"])
+    return "\n\n".join(f"[{head}]\n" + "\n".join(lines) for head, lines in sections.items())

@@ -349,8 +349,9 @@ def _split_long(block: str, chunk_words: int) -> list[str]:
     return pieces
 
 
-def detect_injection(text: str, patterns: list[re.Pattern]) -> str | None:
-    """The first injection-looking phrase in `text`, or None."""
+def first_match(text: str, patterns: list[re.Pattern]) -> str | None:
+    """The first phrase of `text` that one of `patterns` matches (an injection attempt, a high-risk
+    topic: whatever the patterns are for), at most 80 characters, or None."""
     for pattern in patterns:
         if match := pattern.search(text):
             return match.group(0)[:80]
@@ -371,7 +372,7 @@ def chunk_injection(blocks: list[str], prose_patterns: list[re.Pattern],
     are what code about LLMs is made of (a YAML `system:` key, `<|im_start|>` in a template)."""
     prose = "\n\n".join(b for b in blocks if not is_code(b))
     code = "\n\n".join(b for b in blocks if is_code(b))
-    return detect_injection(prose, prose_patterns) or (detect_injection(code, code_patterns) if code else None)
+    return first_match(prose, prose_patterns) or (first_match(code, code_patterns) if code else None)
 
 
 def chunk_document(doc: Document, chunk_words: int, injection_patterns: list[str] | list[re.Pattern],

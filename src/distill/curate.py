@@ -47,7 +47,7 @@ import numpy as np
 
 from distill import answerability, open_book
 from distill.config import Config, CurateConfig, Workspace
-from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
+from distill.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
 from distill.calibrate import CALIBRATION_FILE, export_calibration
 from distill.errors import DistillError
 from distill.feedback import Verdicts, answer_key
@@ -406,9 +406,9 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
 
 def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetector, flagged: set[str],
                  cited_text: dict[str, str]) -> str | None:
-    if trace["scope"] in cfg.high_risk_scopes or detect_injection(trace["query"], risk):
+    if trace["scope"] in cfg.high_risk_scopes or first_match(trace["query"], risk):
         return "high_risk"
-    if detect_injection(trace["query"], injection) or any(c in flagged for c in trace["citations"]):
+    if first_match(trace["query"], injection) or any(c in flagged for c in trace["citations"]):
         return "injection"
     published = "\n".join(cited_text.get(c, "") for c in trace["citations"])
     if pii.find(trace["query"]) or pii.find(trace["answer"], published):

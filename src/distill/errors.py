@@ -9,6 +9,11 @@ class DistillError(Exception):
     """A problem with the user's input, files or settings, explained in one line."""
 
 
+class DistillWarning(UserWarning):
+    """Something the user should change but that still works, such as a setting's old name; the CLI
+    prints it as one line."""
+
+
 class UpstreamError(DistillError):
     """A server distill depends on (an OpenAI-compatible endpoint, a team's RAG service) could not
     answer after its retries: a service built on distill reports it as 502, not as the caller's fault."""

@@ -44,6 +44,7 @@ from distill.config import Workspace
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.metrics import best_f1, normalize, normalize_query, rank_scores, token_f1
+from distill.progress import track
 from distill.store import TraceStore
 from distill.student_gate import local_cost
 
@@ -163,14 +164,12 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     `keep_outcomes`, every system's answer to every item is kept too (`outcomes`, in item order).
     Without `generate`, the student is never asked: the student system is left out, and the routed
     one is replay then RAG (a benchmark of the decision alone, minutes faster on a CPU)."""
-    from tqdm.auto import tqdm
-
     from distill.router import Router
 
     if not items:
         raise DistillError("the evaluation set is empty")
     with Router.from_workspace(workspace, config, log=False, watch=False) as router:
-        records = [_observe(router, item, generate) for item in tqdm(items, desc="evaluating", unit="question", disable=not progress)]
+        records = [_observe(router, item, generate) for item in track(items, "evaluating", "question", disable=not progress)]
         chunk_texts = router.teacher.retriever.store.chunk_texts(
             {c for r in records for c in r["teacher"].citations + r["teacher"].retrieved + r["cluster_citations"]})
         cache = _cluster_answers(workspace, router.student.manifest) if router.student else {}
@@ -294,20 +293,11 @@ def open_book_route(record: dict, gate) -> str:
     book = record.get("open_book")
     if gate is None or book is None:
         return "no_student"
-    if not gate.fitted:
-        return "uncalibrated"
-    if gate.teacher_cheaper():
-        return "teacher_cheaper"
-    if gate.threshold == float("inf"):
-        return "confidence"
+    if reason := gate.before_generating():
+        return reason
     if book["refusal"] is not None:
         return "not_answerable"
-    read = book["read"]
-    if read.refused:
-        return "student_refused"
-    if not (read.chunk_id and read.quoted):
-        return "not_quoted"
-    return "served" if gate.confident(book["score"]) else "confidence"
+    return gate.after_generating(book["read"], book["score"]) or "served"
 
 
 def route_at(record: dict, covered: bool) -> str:

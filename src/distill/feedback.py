@@ -349,8 +349,6 @@ def import_scores(workspace, path: Path, strict: bool = False, on_progress=None,
     """`distill import` of rating lines (`langfuse_fields`): each names a stored trace; they are
     journaled (for running routers) and stored, deduplicated by id, so a rerun adds nothing. A bad line or
     an unknown trace id is reported by its line (with `strict`, it stops the import first)."""
-    import json
-
     from distill.store import FeedbackJournal, TraceStore, feedback_folder
 
     report = ScoresImported()

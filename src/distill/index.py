@@ -30,6 +30,7 @@ import numpy as np
 from distill.config import Config, IndexConfig, Workspace
 from distill.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
 from distill.errors import DistillError
+from distill.progress import on_terminal
 from distill.store import WAIT_S, CorpusSnapshot, CorpusStore
 
 PACKAGED_MINILM = "all-MiniLM-L6-v2"
@@ -60,7 +61,7 @@ def load_embedder(name: str):
 
 def embed(model, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
     return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=progress).astype(np.float32)
+                        show_progress_bar=progress and on_terminal()).astype(np.float32)
 
 
 class OnnxQueryEncoder:

@@ -55,6 +55,7 @@ from distill.errors import DistillError
 from distill.feedback import Verdicts
 from distill.index import PACKAGED_MINILM, Hit, Retrieval, Retriever, chunk_embedding_text, embedder_path
 from distill.metrics import normalize_query, rank_scores
+from distill.progress import on_terminal
 from distill.store import TraceStore
 from distill.tune import held_out_queries
 
@@ -340,7 +341,7 @@ def _train(pairs: list[dict], config: Config, out: Path, progress: bool) -> tupl
     args = CrossEncoderTrainingArguments(
         output_dir=str(out.with_suffix(".work")), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, warmup_steps=0.1, save_strategy="no", report_to=[], logging_steps=10,
-        logging_first_step=True, seed=0, use_cpu=True, disable_tqdm=not progress, dataloader_num_workers=0)
+        logging_first_step=True, seed=0, use_cpu=True, disable_tqdm=not (progress and on_terminal()), dataloader_num_workers=0)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
                                   loss=losses.BinaryCrossEntropyLoss(model))
     trainer.train()

@@ -27,6 +27,7 @@ from distill.config import Config, Workspace
 from distill.corpus import cited_document, compile_patterns
 from distill.errors import DistillError
 from distill.metrics import normalize_query, token_f1
+from distill.progress import track
 
 # Few-shot: a 135M instruct model asked to "rephrase" answers the question instead; shown three
 # rewordings first, it writes a fourth (see the module's test and docs/coverage.md).
@@ -83,12 +84,11 @@ class TransformersWriter:
 
     def write(self, questions: list[str], n: int) -> list[list[str]]:
         import torch
-        from tqdm.auto import tqdm
 
         tokenizer, written = self.tokenizer, []
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        for start in tqdm(range(0, len(questions), BATCH), desc="writing rewordings", unit="batch",
-                          disable=len(questions) <= BATCH):
+        for start in track(range(0, len(questions), BATCH), "writing rewordings", "batch",
+                           disable=len(questions) <= BATCH):
             batch = questions[start:start + BATCH]
             side, tokenizer.padding_side = tokenizer.padding_side, "left"
             try:
@@ -166,7 +166,8 @@ def verify(workspace: Workspace, config: Config, wordings: list[dict], written: 
     wordings already asked and those a high-risk or injection pattern matches are dropped unasked."""
     from distill.teacher import Teacher
 
-    unsafe = compile_patterns(config.curate.high_risk_patterns + config.corpus.injection_patterns)
+    unsafe = (compile_patterns(config.curate.high_risk_patterns, "curate.high_risk_patterns")
+              + compile_patterns(config.corpus.injection_patterns))
     asked = {(w["scope"], normalize_query(w["query"])) for w in wordings}
     candidates = []
     for wording, texts in zip(wordings, written):

@@ -11,37 +11,10 @@ Three routes, cheapest first. `replay`: a question a trained intent covers gets 
 agreed answer, without generating. `student`: what replay cannot take (not covered, stale,
 withdrawn) the open-book student answers from the evidence retrieved now (open_book.py), when the
 checks below let it. `rag`: everything else; RouteLLM's rule, on any doubt the strong model
-answers. The first check that fails is the recorded reason:
-
-    input        empty, too long (`router.max_query_chars`) or not valid text
-    high_risk    a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)
-    injection    the question reads like a prompt injection (`corpus.injection_patterns`)
-    no_student   no student version is promoted
-    coverage     the question is not one of the student's trained wordings, and the calibrated decision
-                 (calibrate.py) does not cover it: its nearest intent is not close enough, or not clearly
-                 nearer than another need, for the expected error among such answers to stay within
-                 `router.max_error_rate` (never below `router.coverage_threshold` cosine)
-    withdrawn    shadow checks found the replayed answer disagreeing with RAG on this intent (below), or
-                 users' ratings of the answers it served weigh below `feedback.withdraw_below` (feedback.py)
-    stale        a document the covering intent's answers cited has changed since the student was
-                 trained, or a document retrieved beside it has changed and is now among the evidence
-                 RAG would read for this question (the changed document may now hold the answer)
-    rated_wrong  users rated this very answer to this wording wrong (any student version)
-
-For what replay cannot take (coverage, withdrawn, stale, rated_wrong), an open-book student is tried
-before RAG (`checks["replay"]` keeps why replay could not), with its own checks (student_gate.py):
-
-    uncalibrated     the version has no confidence evidence (it was trained outside `distill nightly`):
-                     no student route, and replay's reason stays the recorded one
-    teacher_cheaper  a teacher answer costs less than a student answer here (with the extractive
-                     teacher on a CPU it does: the student is slower)
-    not_answerable   the teacher's own checks say the evidence does not answer the question
-    student_busy, student_error, student_timeout
-                     the student's queue is too long, or it failed or was too slow: RAG answers
-    student_refused  the student said it does not know
-    not_quoted       its answer cites no block it was shown, or does not quote the block it cites
-    confidence       its mean token log-probability is below the calibrated threshold
-    rated_wrong      users rated this answer to this wording wrong
+answers. The first check that fails is the recorded reason: replay's checks are `REPLAY_CHECKS`
+below, in order; for what replay cannot take (coverage, withdrawn, stale, rated_wrong) the open-book
+student is tried before RAG (`checks["replay"]` keeps why replay could not), under its own checks
+(`student_gate.STUDENT_CHECKS`). docs/routing.md lists both, generated from them.
 
 A served student answer cites the chunk it quoted, at the version read now, so a changed document
 is answered from its new version. A version with no student (`student.Replay`: a team's own RAG,
@@ -92,7 +65,7 @@ import numpy as np
 from distill import registry
 from distill.calibrate import Assessment, Decision, agrees
 from distill.config import Config, Workspace
-from distill.corpus import chunk_doc_version, cited_document, compile_patterns, detect_injection
+from distill.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
 from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.feedback import Rating, RecentTraces, Verdicts, answer_key, intent_key
@@ -103,9 +76,24 @@ from distill.student_gate import StudentGate
 from distill.teacher import Answer, ChatEndpoint, Teacher, workspace_threshold
 
 logger = logging.getLogger("distill.router")
-MODES = ("route", "shadow")
-BEFORE_COVERAGE = ("input", "high_risk", "injection", "no_student")  # the checks `check` runs before coverage
-OPEN_BOOK_AFTER = ("coverage", "stale", "withdrawn", "rated_wrong")  # what replay cannot take, the student may
+REPLAY_CHECKS = {  # replay's checks, in the order the router runs them; the first that fails is the reason
+    "input": "empty, too long (`router.max_query_chars`) or not valid text",
+    "high_risk": "a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)",
+    "injection": "the question reads like a prompt injection (`corpus.injection_patterns`)",
+    "no_student": "no student version is promoted",
+    "coverage": "the question is not one of the student's trained wordings, and the calibrated decision "
+                "(calibrate.py) does not cover it: its nearest intent is not close enough, or not clearly nearer "
+                "than another need, for the expected error among such answers to stay within "
+                "`router.max_error_rate` (never below `router.coverage_threshold` cosine)",
+    "withdrawn": "shadow checks found the replayed answer disagreeing with RAG on this intent, or users' ratings "
+                 "of the answers it served weigh below `feedback.withdraw_below` (feedback.py)",
+    "stale": "a document the covering intent's answers cited has changed since the student was trained, or a "
+             "document retrieved beside it has changed and is now among the evidence RAG would read for this "
+             "question (the changed document may now hold the answer)",
+    "rated_wrong": "users rated this very answer to this wording wrong (any student version)",
+}
+BEFORE_COVERAGE = tuple(REPLAY_CHECKS)[:4]  # the checks `check` runs before coverage: nothing may answer these
+OPEN_BOOK_AFTER = tuple(REPLAY_CHECKS)[4:]  # what replay cannot take, the student may
 SERVED = ("replay", "student")  # routes that answer without RAG
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
 SHADOW_FIELDS = ("trace_id", "student_version", "cluster_id", "scope", "query", "student_answer", "teacher_answer",
@@ -353,8 +341,6 @@ class Router:
                  writer: TraceWriter | None = None, workspace: Workspace | None = None):
         """With `workspace`, `watch` follows the workspace's corpus and registry (see `reload`)."""
         self.config, self.writer, self.workspace = config, writer, workspace
-        if config.router.mode not in MODES:
-            raise DistillError(f"setting 'router.mode' must be one of {', '.join(MODES)} (got {config.router.mode!r})")
         if not 0.0 <= config.router.max_error_rate <= 1.0:
             raise DistillError(f"setting 'router.max_error_rate' must be between 0 and 1 (got {config.router.max_error_rate})")
         if config.router.reload_s < 0:
@@ -520,9 +506,9 @@ class Router:
             query.encode("utf-8")
         except UnicodeEncodeError:
             return "input", checks, None, None
-        if (scope in self.config.curate.high_risk_scopes) or detect_injection(query, self.risk):
+        if (scope in self.config.curate.high_risk_scopes) or first_match(query, self.risk):
             return "high_risk", checks, None, None
-        if detect_injection(query, self.injection):
+        if first_match(query, self.injection):
             return "injection", checks, None, None
         if self.student is None:
             return "no_student", checks, None, None
@@ -654,13 +640,10 @@ class Router:
                                 router_ms=router_ms + (time.perf_counter() - began) * 1000)
 
         checks.update(student_cost_usd=gate.student_cost, teacher_cost_usd=gate.teacher_cost)
-        if not gate.fitted:
-            return rag("uncalibrated")
-        if gate.teacher_cheaper():
-            return rag("teacher_cheaper")
-        if gate.threshold == float("inf"):  # no score keeps the expected error within the bound: nothing to generate
-            checks["student_threshold"] = None
-            return rag("confidence")
+        if reason := gate.before_generating():
+            if reason == "confidence":
+                checks["student_threshold"] = None
+            return rag(reason)
         if not isinstance(self.teacher, Teacher):  # a team's own RAG: no evidence to read here
             return rag("no_evidence")
         with self._teacher_lock:
@@ -684,10 +667,8 @@ class Router:
         checks.update(student_score=None if generation.mean_logprob is None else round(generation.mean_logprob, 4),
                       student_threshold=gate.summary()["threshold"], quoted=read.quoted, student_cited=read.chunk_id)
         reason = ("student_timeout" if generation_ms >= cfg.router.student_timeout_s * 1000 else
-                  "student_refused" if read.refused else
-                  "not_quoted" if not (read.chunk_id and read.quoted) else
-                  "confidence" if not gate.confident(generation.mean_logprob) else
-                  "rated_wrong" if self.verdicts.wrong(answer_key(scope, query, read.answer)) else None)
+                  gate.after_generating(read, generation.mean_logprob) or
+                  ("rated_wrong" if self.verdicts.wrong(answer_key(scope, query, read.answer)) else None))
         if reason:
             return rag(reason)
         cited = next(c for c in evidence if c["chunk_id"] == read.chunk_id)

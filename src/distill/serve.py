@@ -69,7 +69,7 @@ def create_app(router: Router, config: Config):
     async def lifespan(app):
         # Requests wait in worker threads (router.aanswer); asyncio's default pool has only
         # cpu_count + 4 of them, which would cap how many student questions can batch together.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.max_concurrent))
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.max_concurrency))
         yield
         router.close()
 
@@ -220,7 +220,7 @@ def create_model_app(model, config: Config):
 
     @asynccontextmanager
     async def lifespan(app):
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.max_concurrent))
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.max_concurrency))
         yield
         batcher.close()
 

@@ -347,11 +347,150 @@ def _m014_open_book_shadow_checks(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE shadow_checks ADD COLUMN route VARCHAR")
 
 
+def _m015_comments(con: duckdb.DuckDBPyConnection) -> None:
+    """What each table and each `traces` column means, in the database itself (`duckdb_tables()`,
+    `duckdb_columns()`), so any client can read it; docs/traces.md is generated from them."""
+    tables = {
+        "traces": "one row per answered query: what was asked, what came back, why it can be trusted, what it cost",
+        "collect_runs": "one row per distill collect: input, backend, queries read, answered, already stored, "
+                        "bad lines, start and finish",
+        "curation_runs": "one row per distill curate: the config used, the cutoff, counts, the dataset path and hash",
+        "clusters": "per curation run, one row per intent (wordings of one scope the teacher answered from the "
+                    "same document with the same answer)",
+        "curation": "one row per trace per curation run: its decision and, for a rejection, the rule that failed",
+        "nightly_runs": "one row per distill nightly, with each finished stage's figures",
+        "shadow_checks": "fast-route answers re-answered by RAG off the request path (router.shadow_share)",
+        "withdrawn_clusters": "intents taken off a student version's fast path because shadow checks disagreed",
+        "eval_runs": "one row per distill eval, with its figures (JSON)",
+        "feedback": "users' ratings of answers, with what was rated as it was shown",
+        "feedback_journals": "how far each process's feedback journal has been folded into feedback",
+        "_migrations": "the schema migrations applied to this file, in order",
+    }
+    columns = {
+        "traces": {
+            "trace_id": "row id",
+            "query_id": "idempotency key (unique: a rerun skips stored queries)",
+            "created_at": "when the trace was written",
+            "asked_at": "when the query was asked (its timestamp)",
+            "scope": "the question's scope (tenant, product or website)",
+            "query": "the question",
+            "answer": "the answer; empty if refused (the asker reads \"The documents do not cover this. Nearest "
+                      "topics: ...\")",
+            "citations": "chunk ids the answer comes from (always among retrieved)",
+            "cited_doc_versions": "[{doc_id, version}] of the cited chunks: what goes stale when a document changes",
+            "retrieved": "chunk ids retrieved, best first",
+            "refused": "true when the teacher refused (refusal_reason says why)",
+            "refusal_reason": "no_evidence, injection, low_retrieval_score, unknown_name, not_answerable, "
+                              "model_declined, ungrounded_answer; imported or http answers: empty_answer, declined",
+            "route": "the route that answered: rag for batch collection, imports and the router's fallback; "
+                     "replay or student from the router",
+            "route_reason": "collect for batch collection (import, logged for imported and logged traces); from the "
+                            "router served, or for rag the check that failed",
+            "top_score": "dense cosine of the best chunk",
+            "score_margin": "margin of the best chunk's dense cosine over the next",
+            "retriever_agreement": "overlap of the dense and BM25 top 5 (0 to 1)",
+            "mean_logprob": "mean token log-probability of the answer (LLM backends)",
+            "groundedness": "share of answer words found in the cited chunks",
+            "citation_valid": "true when every citation is among retrieved",
+            "latency_ms": "end-to-end time, ms",
+            "retrieval_ms": "retrieval time, ms",
+            "prompt_tokens": "prompt tokens: cost (0: no LLM)",
+            "completion_tokens": "completion tokens: cost (0: no LLM)",
+            "model": "the model that answered: provenance",
+            "backend": "the backend that answered: provenance",
+            "collect_run_id": "the collect_runs row that wrote it",
+            "answer_score": "the generator's own confidence, 0 to 1 (extractive: the chosen sentence's similarity; "
+                            "LLM: exp of mean_logprob)",
+            "router_ms": "router traces: time in the checks, generation excluded, ms",
+            "generation_ms": "router traces: time generating, ms",
+            "checks": "router traces: each check's score (JSON)",
+            "cluster_id": "router traces: the intent that covered the question",
+            "student_version": "router traces: the student version that answered",
+            "corpus_generation": "router traces: the corpus generation (index/dense.json) the router checked "
+                                 "freshness against",
+            "answerability": "does the evidence answer the question (0 to 1)",
+            "answerability_threshold": "the threshold the teacher held answerability to (refused below it)",
+            "nearest_topics": "for a refusal, the topics named to the asker",
+            "answerability_method": "how the threshold was set: documents_questions, probes, default, setting",
+            "origin": "who asked: collect, import, logger (a TraceLogger), service (a router or distill serve), "
+                      "ask (distill ask: never moves curate's cutoff)",
+        },
+        "collect_runs": {
+            "run_id": "the run's id (traces.collect_run_id)",
+            "started_at": "when the run started",
+            "finished_at": "when it finished (NULL: still running, or killed)",
+            "input": "the query log it read",
+            "backend": "the teacher backend that answered",
+            "queries_read": "queries read from the input",
+            "answered": "queries answered and stored as new traces",
+            "skipped_existing": "queries already stored (a rerun resumes)",
+            "bad_lines": "input lines that could not be read (skipped)",
+        },
+        "curation": {
+            "run_id": "the curation run",
+            "trace_id": "the trace decided on",
+            "cluster_id": "its intent in this run (clusters.cluster_id)",
+            "decision": "train, eval (held out after the cutoff) or reject",
+            "reason": "for a rejection, the first curation rule that failed (docs/curation.md)",
+        },
+        "clusters": {
+            "run_id": "the curation run",
+            "cluster_id": "the intent's id",
+            "scope": "the scope its wordings were asked in",
+            "representative": "the intent's representative wording",
+            "wordings": "its distinct wordings",
+            "traces": "its traces",
+            "frequency": "traces of the intent's need (same document, any answer) in the window before the cutoff",
+            "answer": "its agreed (majority) answer; NULL when that is a refusal",
+            "agreement": "share of the intent's traces that give its majority answer",
+            "cited_doc_versions": "[{doc_id, version}] its training traces cite: what makes it stale",
+            "trained": "true when the intent is in the training set",
+            "retrieved_doc_versions": "[{doc_id, version}] its training traces retrieved: a changed one now "
+                                      "among RAG's evidence for a question makes it stale too",
+        },
+        "curation_runs": {
+            "run_id": "the run's id",
+            "created_at": "when it ran",
+            "config": "the curate settings it used (JSON)",
+            "cutoff": "questions asked after it are held out for evaluation",
+            "traces_seen": "traces read",
+            "clusters": "intents found",
+            "train": "traces decided train",
+            "eval": "traces held out for evaluation",
+            "rejected": "traces rejected",
+            "leaked_eval_traces": "eval traces whose exact wording also occurs before the cutoff",
+            "dataset_path": "the training set it saved (datasets/<run_id>/)",
+            "dataset_hash": "the training set's content hash",
+            "examples": "training examples in the set",
+        },
+        "nightly_runs": {
+            "run_id": "the run's id",
+            "day": "the day it ran for (a finished day is not run again without --force)",
+            "started_at": "when it started",
+            "finished_at": "when it finished",
+            "status": "running, promoted, kept or failed",
+            "reason": "why it promoted, kept or failed",
+            "serving_before": "the version that served when the run started",
+            "candidate": "the version this run trained",
+            "figures": "JSON: each finished stage's figures, including both models' scores at the gate",
+        },
+    }
+    for table, text in tables.items():
+        con.execute(f"COMMENT ON TABLE {table} IS '{_sql_text(text)}'")
+    for table, meanings in columns.items():
+        for column, text in meanings.items():
+            con.execute(f"COMMENT ON COLUMN {table}.{column} IS '{_sql_text(text)}'")
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
 TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_curation, _m004_answer_score,
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
                                      _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation,
                                      _m011_answerability, _m012_answerability_method_and_origin, _m013_feedback,
-                                     _m014_open_book_shadow_checks]
+                                     _m014_open_book_shadow_checks, _m015_comments]
 
 FEEDBACK_COLUMNS = ["feedback_id", "trace_id", "score", "name", "comment", "source", "created_at", "received_by",
                     "route", "backend", "student_version", "cluster_id", "scope", "query", "answer", "citations"]
@@ -862,14 +1001,10 @@ class TraceStore:
             ORDER BY t.asked_at""", [needle, needle, needle.strip()])
 
     def sql(self, query: str, params: Sequence | None = None) -> list[dict]:
-        """Run SQL and return rows as dicts (`distill sql --write`; read-only: `user_sql`)."""
+        """Run distill's own SQL and return rows as dicts. A failure here is a bug, so it keeps its
+        duckdb error and traceback; a user's SQL goes through `user_sql`, whose errors are theirs."""
         with self._lock:
-            cur = self._con.cursor()
-            try:
-                result = cur.execute(query, params or [])
-            except duckdb.Error as err:
-                raise DistillError(f"SQL failed: {_first_line(err)}") from None
-            return _as_dicts(result)
+            return _as_dicts(self._con.cursor().execute(query, params or []))
 
 
 def _as_dicts(result) -> list[dict]:
@@ -880,16 +1015,17 @@ def _as_dicts(result) -> list[dict]:
     return [dict(zip(names, row)) for row in result.fetchall()]
 
 
-def user_sql(traces_db: Path, query: str) -> list[dict]:
-    """A user's SQL on the trace store, read-only (what `distill sql` runs): the segments services
-    wrote are folded in first, so the query sees every answered trace, and then the file is opened
-    read-only, so a statement that would change it fails instead of deleting traces.
+def user_sql(traces_db: Path, query: str, write: bool = False) -> list[dict]:
+    """A user's SQL on the trace store (what `distill sql` runs): the segments services wrote are
+    folded in first, so the query sees every answered trace, and then the file is opened read-only
+    unless `write`, so a statement that would change it fails instead of deleting traces. An error
+    is the user's: one line, the query's fault.
 
         >>> user_sql(workspace.traces_db, "SELECT route, count(*) AS n FROM traces GROUP BY 1")
         [{'route': 'rag', 'n': 61}, {'route': 'replay', 'n': 21}]
     """
     TraceStore(traces_db).close()
-    con = _open(Path(traces_db), read_only=True, wait_s=WAIT_S)
+    con = _open(Path(traces_db), read_only=not write, wait_s=WAIT_S)
     try:
         return _as_dicts(con.execute(query))
     except duckdb.Error as err:

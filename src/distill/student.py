@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distill.config import CHOICES
 from distill.errors import DistillError
 from distill.open_book import DEFAULT_TEMPLATE, render_prompt
 from distill.registry import MANIFEST
 from distill.teacher import Generation, greedy_chats
 
 
-RUNTIMES = ("int8", "bf16", "fp32")
+RUNTIMES = CHOICES["student.runtime"]
 
 
 def load_version(path: Path, runtime: str = "fp32", max_new_tokens: int = 48, endpoint=None):

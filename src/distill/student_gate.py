@@ -35,8 +35,25 @@ from distill.calibrate import LOOSEN, TIGHTEN, agrees, risk_curve, threshold_at
 from distill.corpus import chunk_doc_version
 from distill.metrics import best_f1, token_f1
 from distill.open_book import parse_answer, student_evidence
+from distill.progress import track
 
 CONFIDENCE_FILE = "student_confidence.json"
+STUDENT_CHECKS = {  # the open-book student's checks, in the order the router runs them; the first that fails is the reason
+    "uncalibrated": "the version has no confidence evidence (trained outside `distill nightly`): no student route, "
+                    "and replay's reason stays the recorded one",
+    "teacher_cheaper": "a teacher answer costs less than a student answer here (with the extractive teacher on a "
+                       "CPU it does: the student is slower)",
+    "confidence": "before generating: no confidence threshold keeps the expected error within `router.max_error_rate`; "
+                  "after: the answer's mean token log-probability is below the calibrated threshold",
+    "no_evidence": "the teacher is a team's own RAG, whose evidence distill cannot read",
+    "not_answerable": "the teacher's own checks say the evidence does not answer the question",
+    "student_busy": "the student's queue would wait longer than `router.student_timeout_s`",
+    "student_error": "the student failed (an unreachable `student.endpoint`, an exception)",
+    "student_timeout": "the student answered, but slower than `router.student_timeout_s`",
+    "student_refused": "the student said it does not know",
+    "not_quoted": "its answer cites no block it was shown, or does not quote the block it cites",
+    "rated_wrong": "users rated this answer to this wording wrong",
+}
 API_BACKENDS = ("openai", "http")  # teachers billed per token when eval.teacher_pricing = "api"
 MOVING = 0.1  # weight of one new answer in the moving averages of cost
 
@@ -58,8 +75,6 @@ def fit(student, teacher, queries: list[dict], config, gold: dict | None = None,
     """Answer `queries` (held-out traces: query, scope, answer, refused, citations, query_id) with the
     open-book student from the evidence `teacher` retrieves now; returns the confidence evidence
     (written beside the version as CONFIDENCE_FILE) and the figures the nightly gate reads."""
-    from tqdm.auto import tqdm
-
     cfg = config.student
     asked = []
     for q in queries:
@@ -67,8 +82,7 @@ def fit(student, teacher, queries: list[dict], config, gold: dict | None = None,
         if refusal is None:
             asked.append((q, evidence))
     rows, spent_ms = [], 0.0
-    for start in tqdm(range(0, len(asked), cfg.batch_size), desc="student confidence", unit="batch",
-                      disable=not progress, leave=False):
+    for start in track(range(0, len(asked), cfg.batch_size), "student confidence", "batch", disable=not progress):
         batch = asked[start:start + cfg.batch_size]
         began = time.perf_counter()
         generations = student.answer_batch([(q["query"], q["scope"], ev) for q, ev in batch])
@@ -152,6 +166,26 @@ class StudentGate:
 
     def confident(self, score: float | None) -> bool:
         return score is not None and score >= self.threshold
+
+    def before_generating(self) -> str | None:
+        """The gate's checks before the student is asked, in the router's order (STUDENT_CHECKS):
+        the failing one, or None. Between these and `after_generating` the router checks that the
+        evidence answers the question (`not_answerable`) and that the student can answer in time."""
+        if not self.fitted:
+            return "uncalibrated"
+        if self.teacher_cheaper():
+            return "teacher_cheaper"
+        if self.threshold == float("inf"):  # no score keeps the expected error within the bound: nothing to generate
+            return "confidence"
+        return None
+
+    def after_generating(self, read, score: float | None) -> str | None:
+        """The gate's checks of the student's answer (`read`: open_book.parse_answer), in order."""
+        if read.refused:
+            return "student_refused"
+        if not (read.chunk_id and read.quoted):
+            return "not_quoted"
+        return None if self.confident(score) else "confidence"
 
     def saw_teacher(self, latency_ms: float, prompt_tokens: int, completion_tokens: int) -> None:
         cost = teacher_cost(self.teacher_backend, latency_ms, prompt_tokens, completion_tokens, self.prices)

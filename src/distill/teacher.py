@@ -12,7 +12,7 @@ Three backends behind one `Generator` interface, chosen by `teacher.backend`:
     >>> answer.answer, answer.citations, answer.refused
     ('Refunds are available within 30 days of purchase.', ['billing/refunds@v2#0'], False)
 
-Evidence is a budget, not a dump: at most `context_chunks` chunks within `context_token_budget`
+Evidence is a budget, not a dump: at most `context_chunks` chunks within `context_words`
 words, duplicates dropped, and chunks flagged as prompt injection left out (by default). Whatever is
 shown is fenced as data inside `<evidence>` tags, with `<` and `>` escaped so no chunk can close
 the fence or smuggle a chat-template role tag. Every answer carries its confidence signals: the
@@ -36,7 +36,7 @@ import numpy as np
 
 from distill import answerability
 from distill.config import Config, FeedbackConfig, IndexConfig, TeacherConfig, Workspace
-from distill.corpus import LIST_ITEM, markdown_blocks, compile_patterns, detect_injection, is_code
+from distill.corpus import LIST_ITEM, markdown_blocks, compile_patterns, first_match, is_code
 from distill.errors import DistillError, UpstreamError
 from distill.feedback import RatedEvidence, Verdicts, answer_key
 from distill.index import Retrieval, Retriever, dense_meta
@@ -127,7 +127,7 @@ class Generator(Protocol):
 
 def select_evidence(retrieval: Retrieval, config: TeacherConfig) -> list[dict]:
     """The fewest chunks that carry the answer: best first, deduplicated, within the word budget."""
-    chosen, seen, budget = [], set(), config.context_token_budget
+    chosen, seen, budget = [], set(), config.context_words
     for hit in retrieval.hits:
         chunk = hit.chunk
         if chunk["content_hash"] in seen or (config.drop_flagged_chunks and chunk["injection_flag"]):
@@ -334,7 +334,7 @@ class Teacher:
         top = max((h.dense_score for h in retrieval.hits), default=None)
         if not evidence:
             return "no_evidence"
-        if detect_injection(retrieval.query, self.injection):
+        if first_match(retrieval.query, self.injection):
             return "injection"
         if top is None or top < self.config.min_top_score:
             return "low_retrieval_score"
@@ -583,6 +583,9 @@ def smollm2_folder(workspace_models: Path) -> Path:
     folder = Path(spec.origin).parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from distill.progress import quiet_library_bars
+
+    quiet_library_bars()  # the conversion's bar would be one long line in a log
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
     config = loaded.config

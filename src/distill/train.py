@@ -34,6 +34,7 @@ from distill import registry
 from distill.calibrate import CALIBRATION_FILE
 from distill.config import Config, Workspace
 from distill.errors import DistillError
+from distill.progress import quiet_library_bars
 from distill.store import TraceStore, has_traces
 from distill.teacher import local_model
 
@@ -89,15 +90,16 @@ def training_log_callback(path: Path, progress: bool, deadline: float | None = N
     """A transformers callback: one progress bar per training with the latest loss (when
     `progress`), each logged dict appended to `path` as a JSON line, and a stop after the step
     that passes `deadline` (a `time.time()`; `train.max_minutes`)."""
-    from tqdm.auto import tqdm
     from transformers import TrainerCallback
+
+    from distill.progress import Progress
 
     class TrainingLog(TrainerCallback):
         bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero and progress:
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step")
+                self.bar = Progress(state.max_steps, "training", "step", initial=state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:
@@ -113,7 +115,7 @@ def training_log_callback(path: Path, progress: bool, deadline: float | None = N
             with path.open("a") as out:
                 out.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
             if self.bar is not None and "loss" in logs:
-                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+                self.bar.set_figures(loss=f"{float(logs['loss']):.3f}")
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
@@ -143,8 +145,7 @@ def train(workspace: Workspace, config: Config, dataset_path: Path | None = None
 
 def _train(workspace: Workspace, config: Config, dataset_path: Path | None, progress: bool) -> TrainResult | None:
     cfg = config.train
-    if cfg.method not in ("lora", "full"):
-        raise DistillError(f"setting 'train.method' must be 'lora' or 'full' (got {cfg.method!r})")
+    quiet_library_bars()
     dataset_path = Path(dataset_path) if dataset_path else latest_dataset(workspace)
     if not dataset_path.exists():
         raise DistillError(f"dataset {dataset_path} does not exist; run `distill curate` or pass --dataset")
@@ -173,7 +174,7 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
-        report_to=[], disable_tqdm=not progress, use_cpu=not gpu,
+        report_to=[], disable_tqdm=True, use_cpu=not gpu,  # our own bar (or log lines): TrainingLog
         # TRL defaults to bf16 and gradient checkpointing; on a CPU without bf16 units both make a
         # step of the 135M model 30x slower (98 s instead of about 3 s), and it fits in memory anyway.
         bf16=gpu and torch.cuda.is_bf16_supported(),

@@ -41,6 +41,7 @@ from distill.feedback import Verdicts
 from distill.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
                            embedder_path, sync_dense, write_dense_meta)
 from distill.metrics import normalize_query, rank_scores
+from distill.progress import on_terminal
 from distill.store import CorpusStore, TraceStore
 
 NAME = "retriever"  # models/retriever/vNNNN
@@ -228,7 +229,7 @@ def _train(triplets: list[dict], config: Config, out: Path, progress: bool) -> P
         output_dir=str(out.with_suffix(".work")), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, warmup_steps=0.1, batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="no", report_to="none", logging_steps=10, seed=0, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=not progress, dataloader_num_workers=0)
+        disable_tqdm=not (progress and on_terminal()), dataloader_num_workers=0)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(triplets),
                                          loss=losses.MultipleNegativesRankingLoss(model))
     trainer.train()
