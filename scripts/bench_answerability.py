@@ -53,12 +53,12 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.collect import collect
+from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.corpus import cited_document
-from distill.index import ingest
-from distill.teacher import Teacher, ensure_calibrated
-from distill.traffic import _pairs, make_traffic
+from distill.rag.corpus import cited_document
+from distill.rag.index import ingest
+from distill.rag.teacher import Teacher, ensure_calibrated
+from distill.rag.traffic import _pairs, make_traffic
 from policyqa import ROOT, load_results, require_policyqa, save_results, split_pairs
 from stackfaq import OFF_TOPIC, SCOPE, load_threads, other_corpus_questions, split_threads, write_corpus
 
@@ -326,7 +326,7 @@ def readme_log(path: Path) -> dict:
 
 def end_to_end(name: str, log) -> dict:
     """A new workspace on PolicyQA: ingest (which fits the threshold), then collect the log."""
-    from distill.store import TraceStore
+    from distill.store.traces import TraceStore
 
     ws = Workspace(HOME / name)
     shutil.rmtree(ws.home, ignore_errors=True)
@@ -353,9 +353,9 @@ def end_to_end(name: str, log) -> dict:
 
 
 def curate_and_tune(run: dict) -> dict:
-    from distill.curate import curate
-    from distill.rerank import tune_reranker
-    from distill.tune import tune_retriever
+    from distill.learn.curate import curate
+    from distill.rag.rerank import tune_reranker
+    from distill.rag.tune import tune_retriever
 
     ws = run["workspace"]
     config = ws.config()
@@ -380,7 +380,7 @@ def curate_and_tune(run: dict) -> dict:
 
 def rerank_cost(ws: Workspace, path: Path, n: int = 200) -> float:
     """p50 ms of the candidate cross-encoder reranking one question's top hits (switched on or not)."""
-    from distill.rerank import Reranker, load_cross_encoder
+    from distill.rag.rerank import Reranker, load_cross_encoder
 
     config = ws.config()
     reranker = Reranker(load_cross_encoder(str(path)), config.rerank.candidates)

@@ -32,14 +32,14 @@ from pathlib import Path
 import httpx
 
 from distill import registry
-from distill.collect import collect
+from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.curate import curate
-from distill.external import import_file
-from distill.index import ingest
+from distill.learn.curate import curate
+from distill.rag.external import import_file
+from distill.rag.index import ingest
 from distill.metrics import best_f1
-from distill.quickstart import SAMPLE
-from distill.train import train
+from distill.jobs.quickstart import SAMPLE
+from distill.learn.train import train
 from policyqa import ROOT, save_results
 
 HOME = ROOT / "bench" / "byo"

@@ -39,17 +39,17 @@ from pathlib import Path
 import numpy as np
 
 from distill import registry
-from distill.collect import collect
+from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.corpus import cited_document
-from distill.curate import curate
-from distill.feedback import import_scores
-from distill.index import ingest
+from distill.rag.corpus import cited_document
+from distill.learn.curate import curate
+from distill.store.feedback import import_scores
+from distill.rag.index import ingest
 from distill.metrics import normalize_query
-from distill.router import Router
-from distill.store import TraceStore
-from distill.traffic import _pairs
-from distill.train import train
+from distill.serve.router import Router
+from distill.store.traces import TraceStore
+from distill.rag.traffic import _pairs
+from distill.learn.train import train
 from policyqa import ROOT, load_results, require_policyqa, save_results
 from stackfaq import SCOPE, load_threads, write_corpus
 
@@ -176,7 +176,7 @@ def run_arm(base: Workspace, name: str, arm: str, log: list[dict], rate: float) 
 
 WORKER = """
 import sys, time
-from distill.router import Router
+from distill.serve.router import Router
 router = Router.from_workspace(sys.argv[1], log=False)
 query, scope = sys.argv[2], sys.argv[3]
 print(router.answer(query, scope).reason, flush=True)

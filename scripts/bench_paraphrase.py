@@ -35,15 +35,15 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from distill import registry
-from distill.collect import collect
+from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.curate import cluster_vectors, curate, normalize_answer, wording_evidence
-from distill.evaluate import evaluate_systems, held_out_items, load_gold_rows
-from distill.index import embed, ingest, load_embedder
+from distill.learn.curate import cluster_vectors, curate, normalize_answer, wording_evidence
+from distill.jobs.evaluate import evaluate_systems, held_out_items, load_gold_rows
+from distill.rag.index import embed, ingest, load_embedder
 from distill.metrics import best_f1, normalize_query, token_f1
-from distill.store import TraceStore
-from distill.teacher import SMOLLM2
-from distill.train import train
+from distill.store.traces import TraceStore
+from distill.llm.local import SMOLLM2
+from distill.learn.train import train
 from policyqa import ROOT, save_results
 from stackfaq import load_threads, make_traffic, split_threads, write_corpus
 
@@ -157,7 +157,7 @@ def _summary(rows: list[tuple]) -> dict:
 def router_overhead(workspace: Workspace, config, queries: list[str]) -> dict:
     """Every check before generation for wordings this router has never embedded (a fresh router:
     one MiniLM forward, the coverage decision with its retrieval, freshness), one at a time."""
-    from distill.router import Router
+    from distill.serve.router import Router
     from stackfaq import SCOPE
 
     with Router.from_workspace(workspace, config, log=False) as router:
@@ -176,7 +176,7 @@ def cache_sweep(workspace: Workspace, config, gold_rows: list[dict], threads: li
     half: share served and ground-truth error (the nearest trained wording's intent's answer, judged
     as in `judged` against the teacher's held-out answer), to compare with the routed system at the
     same observed error."""
-    from distill.router import Router
+    from distill.serve.router import Router
 
     with TraceStore(workspace.traces_db) as store:
         teacher = {row["query"]: row["answer"] for row in store.sql("SELECT query, answer FROM traces")}

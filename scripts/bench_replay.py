@@ -18,9 +18,9 @@ from collections import Counter
 import numpy as np
 
 from distill.config import Workspace
-from distill.corpus import first_match
-from distill.router import Router
-from distill.store import TraceStore
+from distill.rag.corpus import first_match
+from distill.serve.router import Router
+from distill.store.traces import TraceStore
 from policyqa import ROOT, best_f1
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Workspace
-from distill.index import Retriever, corpus_path, ingest
-from distill.store import CorpusStore
+from distill.rag.index import Retriever, corpus_path, ingest
+from distill.store.chunks import CorpusStore
 from policyqa import POLICYQA, require_policyqa, split_pairs
 
 ROOT = Path(__file__).resolve().parents[1]

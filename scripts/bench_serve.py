@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from distill.config import Workspace
-from distill.store import TraceStore
+from distill.store.traces import TraceStore
 from policyqa import ROOT, save_results
 
 PORT = 18080

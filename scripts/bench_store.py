@@ -12,7 +12,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distill.store import Trace, TraceStore
+from distill.store.schema import Trace
+
+from distill.store.traces import TraceStore
 
 
 def trace(i: int) -> Trace:

@@ -14,8 +14,8 @@ import statistics
 import numpy as np
 
 from distill.config import Workspace
-from distill.index import ingest
-from distill.teacher import Teacher
+from distill.rag.index import ingest
+from distill.rag.teacher import Teacher
 from policyqa import ROOT, best_f1, exact_match, normalize, require_policyqa, split_pairs
 
 

@@ -74,7 +74,9 @@ def traces_text() -> str:
     comment as the migrations wrote it."""
     import duckdb
 
-    from distill.store import CorpusStore, TraceStore
+    from distill.store.chunks import CorpusStore
+
+    from distill.store.traces import TraceStore
 
     with tempfile.TemporaryDirectory(prefix="distill-docs-") as tmp:
         schemas = []
@@ -94,8 +96,8 @@ def traces_text() -> str:
 def routing_text() -> str:
     """The router's checks, in the order it runs them (router.REPLAY_CHECKS, then the open-book
     student's, student_gate.STUDENT_CHECKS)."""
-    from distill.router import REPLAY_CHECKS
-    from distill.student_gate import STUDENT_CHECKS
+    from distill.serve.router import REPLAY_CHECKS
+    from distill.learn.student_gate import STUDENT_CHECKS
 
     def table(checks: dict) -> str:
         return "| check | fails when |\n|---|---|\n" + "\n".join(f"| `{name}` | {_cell(text)} |"

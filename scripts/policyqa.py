@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill.metrics import best_f1, normalize, token_f1  # noqa: F401 (re-exported for the benchmarks)
-from distill.traffic import _pairs
+from distill.rag.traffic import _pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICYQA = ROOT.parent / "shared" / "datasets" / "policyqa" / "dev.json"

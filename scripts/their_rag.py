@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from distill import TraceLogger
 from distill.config import Workspace
-from distill.index import Retriever
+from distill.rag.index import Retriever
 
 WORD = re.compile(r"[a-z0-9]+")
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

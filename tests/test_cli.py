@@ -69,7 +69,7 @@ def test_collect_reports_bad_lines_and_strict_stops(corpus_workspace, tmp_path):
 
 
 def test_sql_is_read_only_unless_asked_and_prints_wide_rows_in_other_formats(tmp_path):
-    from distill.store import TraceStore
+    from distill.store.traces import TraceStore
 
     with TraceStore(tmp_path / "traces" / "traces.duckdb") as store:
         store.append([make_trace(f"q{n}", query=f"question {n}?") for n in range(3)])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.collect import collect, read_queries
+from distill.rag.collect import collect, read_queries
 from distill.errors import DistillError
-from distill.store import TraceStore
+from distill.store.traces import TraceStore
 
 QUERIES = [
     {"query": "How many days do I have to request a refund?", "scope": "billing", "timestamp": "2026-10-01T10:00:00Z"},

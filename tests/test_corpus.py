@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from distill.corpus import Document, allowed, chunk_document, load_documents
+from distill.rag.corpus import Document, allowed, chunk_document, load_documents
 from distill.errors import DistillError
 
 
@@ -150,7 +150,7 @@ def test_markdown_is_read_as_markdown_code_fences_hold_no_headings_and_labels_ar
 
 
 def test_only_document_files_of_a_folder_are_ingested(tmp_path):
-    from distill.corpus import document_files
+    from distill.rag.corpus import document_files
 
     for name in ("index.md", "guide/usage.md", "notes.txt", "requirements.txt", "_build/html/index.md",
                  ".github/README.md", "conf.py", "LICENSE.txt"):

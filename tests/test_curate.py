@@ -5,10 +5,10 @@ from datetime import datetime, timezone
 import pytest
 
 from distill.config import Workspace
-from distill.curate import PiiDetector, cluster_wordings, curate
+from distill.learn.curate import PiiDetector, cluster_wordings, curate
 from distill.errors import DistillError
-from distill.index import load_embedder
-from distill.store import TraceStore
+from distill.rag.index import load_embedder
+from distill.store.traces import TraceStore
 from conftest import REFUND_A, REFUND_Q, START, make_trace, refund
 
 @pytest.fixture

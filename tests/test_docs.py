@@ -11,7 +11,7 @@ from typing import Iterator
 
 import duckdb
 
-from distill.store import TraceStore
+from distill.store.traces import TraceStore
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

@@ -2,7 +2,7 @@ import pytest
 
 from conftest import SAMPLE
 from distill.errors import DistillError
-from distill.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at
+from distill.jobs.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at
 
 
 def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspace):
@@ -54,9 +54,9 @@ def test_the_routed_reason_follows_the_routers_order():
 
 
 def test_the_open_book_route_follows_the_routers_order():
-    from distill.evaluate import open_book_route
-    from distill.open_book import Quoted
-    from distill.student_gate import StudentGate
+    from distill.jobs.evaluate import open_book_route
+    from distill.learn.open_book import Quoted
+    from distill.learn.student_gate import StudentGate
 
     class Prices:
         teacher_pricing, prompt_price_per_million, completion_price_per_million, local_price_per_hour = "api", 0.15, 0.6, 0.1

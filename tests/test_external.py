@@ -10,11 +10,11 @@ import pytest
 
 from conftest import JsonHandler
 from distill.config import Workspace
-from distill.curate import curate
+from distill.learn.curate import curate
 from distill.errors import DistillError
-from distill.external import TraceLogger, import_file
-from distill.teacher import content_version
-from distill.store import TraceStore
+from distill.rag.external import TraceLogger, import_file
+from distill.rag.http_teacher import content_version
+from distill.store.traces import TraceStore
 
 REFUND = {"id": "kb/refunds#0", "doc_id": "kb/refunds", "text": "Refunds are available within 30 days of purchase. "
           "Open Billing and choose the invoice."}
@@ -202,7 +202,7 @@ def their_rag():
 
 
 def test_the_http_teacher_answers_with_citations_and_fails_clearly_on_timeouts_and_5xx(tmp_path, their_rag):
-    from distill.teacher import HttpTeacher
+    from distill.rag.http_teacher import HttpTeacher
 
     config = Workspace(tmp_path).config({"teacher": {"backend": "http", "http": {"url": their_rag, "timeout_s": 0.5,
                                                                                  "max_retries": 1, "retry_backoff_s": 0.01}}})
@@ -227,8 +227,8 @@ def test_the_http_teacher_answers_with_citations_and_fails_clearly_on_timeouts_a
 def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent_off_the_student(
         tmp_path, their_rag, tiny_lm_dir):
     from distill import registry
-    from distill.router import Router
-    from distill.train import train
+    from distill.serve.router import Router
+    from distill.learn.train import train
 
     (tmp_path / "distill.toml").write_text(
         f'[teacher]\nbackend = "http"\n[teacher.http]\nurl = "{their_rag}"\n'
@@ -242,7 +242,7 @@ def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent
                                                               progress=False).version)
     manifest = registry.manifest(workspace.models_dir, "student", "v0001")  # their evidence is not readable here:
     assert manifest["student_mode"] == "replay" and manifest["metrics"]["steps"] == 0  # intents, no student trained
-    from distill.evaluate import evaluate_systems, held_out_items
+    from distill.jobs.evaluate import evaluate_systems, held_out_items
 
     figures = evaluate_systems(workspace, workspace.config(), held_out_items(workspace), progress=False)
     assert "student" not in figures["systems"] and figures["systems"]["routed"]["replay_share"] == 1.0

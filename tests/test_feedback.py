@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.config import Workspace, load_config
-from distill.curate import curate
+from distill.learn.curate import curate
 from distill.errors import DistillError
-from distill.external import TraceLogger
-from distill.feedback import Verdicts, UnknownTrace, intent_key, score_of
-from distill.router import Router
-from distill.serve import create_app
-from distill.store import TraceStore
+from distill.rag.external import TraceLogger
+from distill.store.feedback import Verdicts, UnknownTrace, intent_key, score_of
+from distill.serve.router import Router
+from distill.serve.app import create_app
+from distill.store.traces import TraceStore
 from conftest import COVERED, REFUND_A, REFUND_Q, make_trace
 
 
@@ -66,7 +66,7 @@ def rated_ws(workspace, tmp_path):
 
 WORKER = """
 import sys, time
-from distill.router import Router
+from distill.serve.router import Router
 router = Router.from_workspace(sys.argv[1])
 print(router.answer(sys.argv[2], "billing").reason, flush=True)
 sys.stdin.readline()
@@ -178,7 +178,7 @@ def test_curation_never_trains_on_an_answer_rated_wrong(curated_home):
 
 
 def test_the_teacher_answers_a_question_like_a_rated_one_from_the_next_chunk(corpus_workspace):
-    from distill.teacher import Teacher
+    from distill.rag.teacher import Teacher
 
     config = corpus_workspace.config()
     teacher = Teacher.from_workspace(corpus_workspace, config)
@@ -203,8 +203,8 @@ def test_the_teacher_answers_a_question_like_a_rated_one_from_the_next_chunk(cor
 
 
 def test_tuning_learns_the_rated_pairs():
-    from distill.rerank import rated_pairs
-    from distill.tune import rated_triplets
+    from distill.rag.rerank import rated_pairs
+    from distill.rag.tune import rated_triplets
 
     chunks = {c: {"chunk_id": c, "text": f"text of {c}", "heading": None} for c in ("a@v1#0", "b@v1#0", "c@v1#0")}
     evidence = {("s", "how do i pay", "a@v1#0"): -1.0, ("s", "how do i pay", "b@v1#0"): 1.0,
@@ -224,8 +224,8 @@ def test_tuning_learns_the_rated_pairs():
 def test_refusals_users_rated_wrong_are_answerability_evidence(corpus_workspace, tmp_path):
     import os
 
-    from distill.index import dense_meta
-    from distill.teacher import ensure_calibrated
+    from distill.rag.index import dense_meta
+    from distill.rag.teacher import ensure_calibrated
 
     os.symlink(corpus_workspace.index_dir, tmp_path / "index")
     ws = Workspace(tmp_path)

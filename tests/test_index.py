@@ -6,7 +6,7 @@ from distill.config import Workspace
 from distill.errors import DistillError
 import numpy as np
 
-from distill.index import OnnxQueryEncoder, Retriever, embed, ingest, load_embedder
+from distill.rag.index import OnnxQueryEncoder, Retriever, embed, ingest, load_embedder
 from conftest import DOCS, REFUND_V2
 
 
@@ -110,13 +110,13 @@ def test_in_memory_bm25_equals_duckdb_match_bm25(corpus_workspace):
     """The in-memory scorer is DuckDB fts's own BM25, only faster: same scores, same order."""
     import duckdb
 
-    from distill.store import _extension_path
+    from distill.store.db import extension_path
 
     retriever = Retriever(corpus_workspace, corpus_workspace.config().index)
     query = "how do I request a refund for an invoice?"
     mine = retriever.bm25.search(query, retriever._filter(None, False)[1], 50)
     con = duckdb.connect(str(corpus_workspace.index_dir / "corpus.duckdb"), read_only=True)
-    con.execute(f"LOAD '{_extension_path('fts')}'")
+    con.execute(f"LOAD '{extension_path('fts')}'")
     reference = con.execute("""SELECT chunk_key, score FROM (SELECT chunk_key, fts_main_chunks.match_bm25(chunk_key, ?)
                                AS score FROM chunks) WHERE score IS NOT NULL ORDER BY score DESC""", [query]).fetchall()
     con.close()

@@ -9,8 +9,8 @@ from conftest import make_trace
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.nightly import nightly
-from distill.store import TraceStore
+from distill.jobs.nightly import nightly
+from distill.store.traces import TraceStore
 
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
 DAY = date(2026, 11, 1)
@@ -70,7 +70,7 @@ def test_a_passing_gate_promotes_and_the_day_does_not_run_twice(workspace):
 
 
 def test_an_open_book_candidate_is_scored_and_calibrated_on_the_whole_held_out_window(workspace):
-    from distill.student_gate import CONFIDENCE_FILE
+    from distill.learn.student_gate import CONFIDENCE_FILE
 
     result = nightly(workspace, workspace.config(), today=DAY)
     manifest = registry.manifest(workspace.models_dir, "student", "v0001")

@@ -5,13 +5,14 @@ import json
 import pytest
 
 from conftest import trained_sample
-from distill import open_book, registry
-from distill.corpus import chunk_doc_version
-from distill.index import ingest
-from distill.quickstart import SAMPLE
-from distill.router import Router
-from distill.student_gate import CONFIDENCE_FILE, StudentGate
-from distill.teacher import Generation
+from distill import registry
+from distill.learn import open_book
+from distill.rag.corpus import chunk_doc_version
+from distill.rag.index import ingest
+from distill.jobs.quickstart import SAMPLE
+from distill.serve.router import Router
+from distill.learn.student_gate import CONFIDENCE_FILE, StudentGate
+from distill.llm.local import Generation
 
 CHUNKS = {
     "kb/reset@v2#0": {"chunk_id": "kb/reset@v2#0", "heading": "Reset", "content_hash": "a",
@@ -77,7 +78,7 @@ def open_book_workspace(tmp_path_factory, tiny_lm_dir):
 def test_curate_writes_open_book_examples_from_the_chunks_each_trace_read(open_book_workspace):
     import datasets
 
-    from distill.train import latest_dataset
+    from distill.learn.train import latest_dataset
 
     path = latest_dataset(open_book_workspace)
     meta = json.loads((path / "distill.json").read_text())

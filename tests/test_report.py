@@ -8,10 +8,10 @@ from conftest import SAMPLE
 from distill.cli import app
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.evaluate import load_suite, run_eval
-from distill.external import TraceLogger
-from distill.report import write_report
-from distill.store import TraceStore
+from distill.jobs.evaluate import load_suite, run_eval
+from distill.rag.external import TraceLogger
+from distill.jobs.report import write_report
+from distill.store.traces import TraceStore
 
 
 def test_the_report_shows_the_systems_the_curve_and_what_changed(sample_workspace, tmp_path):

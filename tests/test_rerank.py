@@ -6,16 +6,16 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import REFUND_A, REFUND_Q, START, make_trace, run_cli
-from distill import rerank
+from distill.rag import rerank
 from distill.cli import app
 from distill.config import Workspace
-from distill.curate import curate
+from distill.learn.curate import curate
 from distill.errors import DistillError
-from distill.index import Hit
-from distill.rerank import (Reranker, active_reranker, gate, held_out_scores, load_cross_encoder, reranker_off,
+from distill.rag.index import Hit
+from distill.rag.rerank import (Reranker, active_reranker, gate, held_out_scores, load_cross_encoder, reranker_off,
                             rollback_reranker, trace_pairs, tune_reranker)
-from distill.store import TraceStore
-from distill.teacher import Teacher
+from distill.store.traces import TraceStore
+from distill.rag.teacher import Teacher
 
 REFUNDS, PAYMENTS = "billing/refunds@v1#0", "billing/payment-methods@v1#0"
 EXPORT, OFFLINE, SHORTCUTS = "notes/export@v1#0", "notes/offline@v1#0", "notes/shortcuts@v1#0"
@@ -47,7 +47,7 @@ def tiny_cross_encoder_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from distill.index import embedder_path
+    from distill.rag.index import embedder_path
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(embedder_path("all-MiniLM-L6-v2"))

@@ -3,7 +3,7 @@
 import pytest
 
 from distill.errors import DistillError
-from distill.reword import TransformersWriter, clean, distinct, load_writer, verified_rewordings, verify
+from distill.learn.reword import TransformersWriter, clean, distinct, load_writer, verified_rewordings, verify
 
 REFUND = {"query": "How many days do I have to request a refund?", "scope": "billing", "cluster_id": "c-refund",
           "doc": "billing/refunds", "answer": "you can ask for a refund within 14 days of purchase"}

@@ -10,9 +10,9 @@ from conftest import COVERED, DOCS, REFUND_Q, REFUND_V2
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.index import ingest
-from distill.router import Router
-from distill.store import TraceStore
+from distill.rag.index import ingest
+from distill.serve.router import Router
+from distill.store.traces import TraceStore
 
 @pytest.fixture(scope="module")
 def workspace(routed_workspace):
@@ -29,7 +29,7 @@ def calibrated(workspace, tmp_path, student_cost=1e-6, teacher_cost=1e-4):
     """A copy of the workspace whose student has confidence evidence that lets any answer through
     (a random tiny model is never confident), and is cheaper than the teacher: questions replay
     cannot take reach the student, and its own checks decide."""
-    from distill.student_gate import CONFIDENCE_FILE
+    from distill.learn.student_gate import CONFIDENCE_FILE
 
     shutil.copytree(workspace.home, tmp_path / "ws", ignore=shutil.ignore_patterns("traces"))
     copy = Workspace(tmp_path / "ws")
@@ -151,8 +151,8 @@ def test_concurrent_requests_are_all_logged_after_a_clean_close(workspace):
 
 
 def test_a_student_without_recorded_wordings_is_refused_with_a_clear_message(workspace):
-    from distill.student import Student
-    from distill.teacher import Teacher
+    from distill.learn.student import Student
+    from distill.rag.teacher import Teacher
 
     path = workspace.models_dir / "student" / "v0001"
     student = Student.load(path)
@@ -163,9 +163,9 @@ def test_a_student_without_recorded_wordings_is_refused_with_a_clear_message(wor
 
 def own_router(workspace, store_path, **router_settings):
     """A router over the shared workspace that logs to its own trace store."""
-    from distill.student import Student
-    from distill.store import TraceWriter
-    from distill.teacher import Teacher
+    from distill.learn.student import Student
+    from distill.store.traces import TraceWriter
+    from distill.rag.teacher import Teacher
 
     config = workspace.config({"router": router_settings})
     student = Student.load(workspace.models_dir / "student" / "v0001", runtime="fp32", max_new_tokens=6)
@@ -259,8 +259,8 @@ def test_the_student_can_answer_from_an_openai_compatible_endpoint(workspace, tm
     """`student.endpoint`: the promoted version served by another process (here `distill serve --model`
     on the same folder, as vLLM would serve it); coverage and the prompt still come from its manifest."""
     from conftest import served
-    from distill.serve import create_model_app
-    from distill.student import ChatModel, RemoteStudent
+    from distill.serve.app import create_model_app
+    from distill.learn.student import ChatModel, RemoteStudent
 
     workspace = calibrated(workspace, tmp_path)
     folder = registry.student_dir(workspace.models_dir, "student") / "v0001"
@@ -293,7 +293,7 @@ def test_a_router_setting_out_of_range_is_one_clear_error(workspace, setting, va
 
 SERVICE = """
 import sys, time
-from distill.router import Router
+from distill.serve.router import Router
 router = Router.from_workspace(sys.argv[1])
 for i in range(5):
     router.answer(f"Which medication dosage is safe, service case {i}?", "billing")

@@ -2,9 +2,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from distill.errors import DistillError
-from distill.router import Router
-from distill.serve import create_app
-from distill.store import TraceStore
+from distill.serve.router import Router
+from distill.serve.app import create_app
+from distill.store.traces import TraceStore
 from conftest import COVERED, REFUND_Q
 
 
@@ -90,8 +90,8 @@ def test_model_server_speaks_chat_completions_and_batches_concurrent_requests(ti
     from concurrent.futures import ThreadPoolExecutor
 
     from distill.config import Workspace
-    from distill.serve import create_model_app
-    from distill.student import ChatModel
+    from distill.serve.app import create_model_app
+    from distill.learn.student import ChatModel
 
     workspace = Workspace(tmp_path)
     model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)

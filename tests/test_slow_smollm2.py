@@ -2,7 +2,11 @@
 
 import pytest
 
-from distill.teacher import SMOLLM2, Teacher, TransformersGenerator
+from distill.llm.local import SMOLLM2
+
+from distill.rag.generators import TransformersGenerator
+
+from distill.rag.teacher import Teacher
 
 
 @pytest.mark.slow
@@ -22,8 +26,8 @@ def test_smollm2_teacher_answers_from_the_evidence(corpus_workspace):
 
 @pytest.mark.slow
 def test_smollm2_student_trains_with_lora_and_answers(corpus_workspace, tmp_path):
-    from distill.student import Student
-    from distill.train import train
+    from distill.learn.student import Student
+    from distill.learn.train import train
     from conftest import evidence, write_dataset
 
     config = corpus_workspace.config({"train": {"method": "lora", "max_steps": 3, "batch_size": 3,

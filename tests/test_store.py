@@ -7,7 +7,8 @@ import pytest
 
 from distill.errors import DistillError
 from conftest import make_trace
-from distill.store import TRACE_MIGRATIONS, TraceStore, user_sql
+from distill.store.schema import TRACE_MIGRATIONS
+from distill.store.traces import TraceStore, user_sql
 
 
 def test_append_is_idempotent_by_query_id(tmp_path):
@@ -77,7 +78,8 @@ def test_concurrent_appends_lose_nothing(tmp_path):
 
 
 def test_lake_push_is_partitioned_and_idempotent(tmp_path):
-    from distill.store import LakeLocation, TraceLake
+    from distill.config import LakeLocation
+    from distill.store.lake import TraceLake
 
     lake = LakeLocation(str(tmp_path / "lake" / "t.ducklake"), str(tmp_path / "lake" / "data"))
     days = [datetime(2026, 10, d, 23, 30, tzinfo=timezone.utc) for d in (1, 2)]
@@ -102,7 +104,8 @@ def test_lake_push_is_partitioned_and_idempotent(tmp_path):
 
 
 def test_lake_pull_fills_a_store_and_errors_are_one_line(tmp_path):
-    from distill.store import LakeLocation, TraceLake
+    from distill.config import LakeLocation
+    from distill.store.lake import TraceLake
 
     lake = LakeLocation(str(tmp_path / "t.ducklake"), str(tmp_path / "data"))
     with pytest.raises(DistillError, match="distill lake push"):
@@ -122,7 +125,7 @@ def test_segments_a_service_writes_are_folded_once_by_whoever_opens_the_store_ne
     import os
     import time
 
-    from distill.store import SegmentLog, segment_folder
+    from distill.store.segments import SegmentLog, segment_folder
 
     db = tmp_path / "traces" / "traces.duckdb"
     log = SegmentLog(segment_folder(db), rotate_s=3600, rotate_rows=3)

@@ -6,7 +6,9 @@ import pytest
 
 from conftest import JsonHandler
 from distill.errors import DistillError
-from distill.teacher import ChatEndpoint, OpenAIGenerator, Teacher, TransformersGenerator, build_messages, fence
+from distill.llm.http import ChatEndpoint
+from distill.rag.generators import OpenAIGenerator, TransformersGenerator, build_messages, fence
+from distill.rag.teacher import Teacher
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def test_unreachable_openai_endpoint_is_one_clear_error():
 
 
 def test_the_answer_keeps_retrieval_s_ranking_unless_another_chunk_clearly_answers_better(teacher):
-    from distill.teacher import EvidenceSentences, ExtractiveGenerator
+    from distill.rag.generators import EvidenceSentences, ExtractiveGenerator
 
     sentences = EvidenceSentences(teacher.retriever.encode)
     first = {"text": "Refunds go back to the original payment method."}
@@ -142,7 +144,7 @@ def test_the_answer_keeps_retrieval_s_ranking_unless_another_chunk_clearly_answe
 
 def test_an_answer_that_introduces_a_code_block_carries_it_and_is_never_a_heading(tmp_path):
     from distill.config import Workspace
-    from distill.index import ingest
+    from distill.rag.index import ingest
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "setup.md").write_text(
@@ -160,7 +162,7 @@ def test_an_answer_that_introduces_a_code_block_carries_it_and_is_never_a_headin
 
 
 def test_a_chunk_of_code_or_short_lines_still_has_answers():
-    from distill.teacher import EvidenceSentences
+    from distill.rag.generators import EvidenceSentences
 
     assert EvidenceSentences.units({"text": "```bash\nllm keys set openai\n```"}) == [("```bash\nllm keys set openai\n```", "")]
     assert EvidenceSentences.units({"text": "Yes.\n\nSee Settings."}) == [("Yes.", ""), ("See Settings.", "")]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import DistillError
-from distill.traffic import make_traffic
+from distill.rag.traffic import make_traffic
 
 POLICYQA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "policyqa" / "dev.json"
 

@@ -7,8 +7,8 @@ from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
 from conftest import QA, evidence, write_dataset
-from distill.open_book import DEFAULT_TEMPLATE
-from distill.train import train
+from distill.learn.open_book import DEFAULT_TEMPLATE
+from distill.learn.train import train
 
 @pytest.fixture
 def workspace(tmp_path, tiny_lm_dir):
@@ -116,7 +116,7 @@ def test_bad_inputs_are_one_line_errors(workspace, tmp_path):
 
 
 def test_a_trained_version_answers_with_its_own_template(workspace, tmp_path):
-    from distill.student import Student
+    from distill.learn.student import Student
 
     result = train(workspace, workspace.config({"train": {"max_steps": 2}}), write_dataset(tmp_path / "ds"),
                    progress=False)
@@ -144,7 +144,7 @@ def test_the_shipped_accelerate_configs_parse(name, kind):
 
 def test_a_dataset_without_readable_evidence_becomes_a_version_that_only_replays(workspace, tmp_path):
     """A team's own RAG: curate records student_mode 'replay'; the version carries the intents and no weights."""
-    from distill.student import Replay, load_version
+    from distill.learn.student import Replay, load_version
 
     result = train(workspace, workspace.config(), write_dataset(tmp_path / "ds", student_mode="replay",
                                                                  prompt_template=None), progress=False)

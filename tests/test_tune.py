@@ -5,8 +5,8 @@ import pytest
 
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.index import Retriever, dense_meta
-from distill.tune import (held_out_queries, retrieval_scores, rollback_retriever, switch_retriever, training_triplets,
+from distill.rag.index import Retriever, dense_meta
+from distill.rag.tune import (held_out_queries, retrieval_scores, rollback_retriever, switch_retriever, training_triplets,
                           tune_retriever)
 
 
@@ -69,7 +69,7 @@ def test_too_few_pairs_is_one_clear_line(workspace):
 
 
 def held_out_queries_for(workspace):
-    from distill.store import TraceStore
+    from distill.store.traces import TraceStore
 
     with TraceStore(workspace.traces_db) as store:
         return held_out_queries(store.retrieval_examples(), None)

@@ -1,10 +1,9 @@
 """distill: turn a RAG system's own traffic into a small, fast student, with RAG kept as the source of truth.
 
-Stages, one module each: `corpus` (documents to chunks), `index` (hybrid retrieval), `teacher`
-(cited RAG answers), `answerability` (does the evidence answer the question), `store` (the DuckDB
-trace store, the only module that writes SQL), `collect` (batch traffic through the teacher into
-traces), `external` (traces of a RAG system of your own: import, `TraceLogger`), `traffic`
-(realistic query logs from QA sets), and onwards to `curate`, `train`, `router`.
+A package per stage of the data flow, bottom to top: `store` (everything recorded, the only
+package that writes SQL), `llm` (local and HTTP models), `rag` (the teacher and the traces it
+writes), `learn` (curation, training, the student and when it may answer), `serve` (the router and
+its OpenAI-compatible app), `jobs` (eval, nightly, report, quickstart); docs/layout.md has the tree.
 
     >>> from distill import TraceLogger   # two lines in your own RAG service's handler
 """
@@ -17,7 +16,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "TraceLogger":  # imported on first use: `import distill` stays light
-        from distill.external import TraceLogger
+        from distill.rag.external import TraceLogger
 
         return TraceLogger
     raise AttributeError(f"module 'distill' has no attribute {name!r}")

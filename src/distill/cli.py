@@ -41,8 +41,8 @@ def ingest(path: Path = typer.Argument(..., help="a folder of .md/.txt files, a 
            version: Optional[int] = typer.Option(None, help="with --format faq-versions: which version to ingest"),
            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Chunk documents and add them to the hybrid (FAISS + BM25) index; fit the teacher's refusal threshold on them."""
-    from distill.index import ingest as run_ingest
-    from distill.teacher import ensure_calibrated
+    from distill.rag.index import ingest as run_ingest
+    from distill.rag.teacher import ensure_calibrated
 
     workspace = _workspace(home)
     console = _console()
@@ -73,9 +73,9 @@ def collect(queries: Path = typer.Argument(..., help="JSONL of {\"query\", \"sco
     """Answer a query log with the RAG teacher and store every answer as a trace (resumable)."""
     from rich.progress import Progress
 
-    from distill.collect import collect as run_collect
-    from distill.collect import require_query_file
-    from distill.teacher import Teacher
+    from distill.rag.collect import collect as run_collect
+    from distill.rag.collect import require_query_file
+    from distill.rag.teacher import Teacher
 
     workspace = _workspace(home)
     overrides = {"teacher": {"backend": backend}} if backend else {}
@@ -117,8 +117,8 @@ def import_(path: Path = typer.Argument(..., help="traces of your own RAG system
     """Import traces written by another RAG system, or users' ratings of answers (idempotent by their ids; bad records reported by line)."""
     from rich.progress import Progress
 
-    from distill.external import import_file
-    from distill.feedback import detect_scores, import_scores
+    from distill.rag.external import import_file
+    from distill.store.feedback import detect_scores, import_scores
 
     workspace = _workspace(home)
     console = _console()
@@ -141,11 +141,12 @@ def import_(path: Path = typer.Argument(..., help="traces of your own RAG system
 def teacher(refit: bool = typer.Option(False, "--refit", help="fit the refusal threshold on the documents again now"),
             home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """What decides the teacher's answers and refusals: retrieval, the refusal threshold and its evidence, what it refused."""
-    from distill import answerability
-    from distill.index import dense_meta
-    from distill.rerank import active_reranker
-    from distill.store import TraceStore, has_traces
-    from distill.teacher import ensure_calibrated
+    from distill.rag import answerability
+    from distill.rag.index import dense_meta
+    from distill.rag.rerank import active_reranker
+    from distill.store.segments import has_traces
+    from distill.store.traces import TraceStore
+    from distill.rag.teacher import ensure_calibrated
 
     workspace = _workspace(home)
     config = workspace.config()
@@ -193,7 +194,7 @@ def traffic(squad: Path = typer.Argument(..., help="a SQuAD-format JSON file, e.
             days: int = typer.Option(28, help="the log spans this many days"),
             seed: int = typer.Option(0, help="random seed")) -> None:
     """Make a realistic query log (Zipf repeats, paraphrases, timestamps) from a QA set."""
-    from distill.traffic import make_traffic
+    from distill.rag.traffic import make_traffic
 
     report = make_traffic(squad, out, n_queries=n, days=days, seed=seed)
     _console().print(f"{report.queries} queries over {report.intents} intents ({report.distinct_queries} distinct "
@@ -213,7 +214,8 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
     workspace = _workspace(home)
     console = _console()
     if explain is not None:
-        from distill.store import TraceStore, has_traces
+        from distill.store.segments import has_traces
+        from distill.store.traces import TraceStore
 
         if not has_traces(workspace.traces_db):
             raise DistillError(f"no trace store at {workspace.traces_db}; run `distill collect` first")
@@ -235,7 +237,7 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
 
     from rich.table import Table
 
-    from distill.curate import curate as run_curate
+    from distill.learn.curate import curate as run_curate
 
     with console.status("curating"):
         result = run_curate(workspace, workspace.config(), require_min=require_min, from_lake=lake,
@@ -292,7 +294,7 @@ def train(dataset: Optional[Path] = typer.Option(None, help="a dataset folder fr
           base_model: Optional[str] = typer.Option(None, help="'SmolLM2-135M-Instruct' or a local model folder"),
           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Fine-tune a new student version with TRL on the curated dataset (does not promote it)."""
-    from distill.train import train as run_train
+    from distill.learn.train import train as run_train
 
     workspace = _workspace(home)
     overrides: dict = {}
@@ -319,8 +321,8 @@ def nightly(gold: Optional[Path] = typer.Option(None, help="gold.jsonl (query_id
                                                   "pushed traces)"),
             home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Curate, train, evaluate on the held-out window, and promote only if the gate passes (for cron)."""
-    from distill.evaluate import load_gold
-    from distill.nightly import nightly as run_nightly
+    from distill.jobs.evaluate import load_gold
+    from distill.jobs.nightly import nightly as run_nightly
 
     workspace = _workspace(home)
     console = _console()
@@ -339,7 +341,7 @@ def tune_retriever(gold: Optional[Path] = typer.Option(None, help="gold JSONL wi
                    switch: Optional[str] = typer.Option(None, help="switch to this tuned version (e.g. v0002) without the gate"),
                    home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Fine-tune the embedder on the kept traces' citations; switch only if held-out recall@5 and MRR improve."""
-    from distill.tune import rollback_retriever, switch_retriever, tune_retriever as run_tune
+    from distill.rag.tune import rollback_retriever, switch_retriever, tune_retriever as run_tune
 
     workspace = _workspace(home)
     console = _console()
@@ -352,7 +354,7 @@ def tune_retriever(gold: Optional[Path] = typer.Option(None, help="gold JSONL wi
         return
     rows = None
     if gold:
-        from distill.evaluate import load_gold_rows
+        from distill.jobs.evaluate import load_gold_rows
 
         rows = {row["query_id"]: row for row in load_gold_rows(gold) if row.get("query_id")}
     result = run_tune(workspace, workspace.config(), rows)
@@ -372,7 +374,7 @@ def tune_reranker(gold: Optional[Path] = typer.Option(None, help="gold JSONL wit
                                                                "(--rollback turns it back on)"),
                   home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Train a cross-encoder reranker on the kept traces' citations; switch it on only if held-out recall@1 rises and MRR does not fall."""
-    from distill.rerank import reranker_off, rollback_reranker, tune_reranker as run_tune
+    from distill.rag.rerank import reranker_off, rollback_reranker, tune_reranker as run_tune
 
     workspace = _workspace(home)
     console = _console()
@@ -388,7 +390,7 @@ def tune_reranker(gold: Optional[Path] = typer.Option(None, help="gold JSONL wit
         return
     rows = None
     if gold:
-        from distill.evaluate import load_gold_rows
+        from distill.jobs.evaluate import load_gold_rows
 
         rows = {row["query_id"]: row for row in load_gold_rows(gold) if row.get("query_id")}
     result = run_tune(workspace, workspace.config(), rows)
@@ -410,7 +412,7 @@ def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id 
     console = _console()
     config = workspace.config()
     if suite:
-        from distill.evaluate import load_suite, run_suite
+        from distill.jobs.evaluate import load_suite, run_suite
 
         with _router(workspace, workspace.config({"router": {"log_traces": False}})) as router:
             results = run_suite(router, load_suite(suite), config.eval.success_f1)
@@ -418,7 +420,7 @@ def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id 
         failed = sum(not r["passed"] for r in results)
         console.print(f"{len(results) - failed} of {len(results)} cases passed")
         raise typer.Exit(1 if failed else 0)
-    from distill.evaluate import run_eval
+    from distill.jobs.evaluate import run_eval
 
     run_id, figures = run_eval(workspace, config, gold, on_gold, limit)
     systems = figures["systems"]
@@ -440,7 +442,7 @@ def report(run: Optional[str] = typer.Option(None, help="an eval run id (default
            out: Optional[Path] = typer.Option(None, help="folder for report.html and report.json (default <home>/reports/<time>)"),
            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Write the HTML report (plots inline) and its figures as JSON from the latest `distill eval`."""
-    from distill.report import write_report
+    from distill.jobs.report import write_report
 
     path = write_report(_workspace(home), run, out)
     print(path)
@@ -454,7 +456,9 @@ app.add_typer(lake_app, name="lake")
 @lake_app.command("push")
 def lake_push(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Append this workspace's traces that the lake lacks (idempotent: a rerun sends only the rest)."""
-    from distill.store import TraceLake, TraceStore, has_traces
+    from distill.store.lake import TraceLake
+    from distill.store.segments import has_traces
+    from distill.store.traces import TraceStore
 
     workspace = _workspace(home)
     if not has_traces(workspace.traces_db):
@@ -472,7 +476,7 @@ def lake_push(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None
 @lake_app.command("status")
 def lake_status(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Print the lake's traces per day and scope."""
-    from distill.store import TraceLake
+    from distill.store.lake import TraceLake
 
     workspace = _workspace(home)
     with TraceLake(workspace.lake(workspace.config())) as reader:
@@ -552,7 +556,7 @@ def models_rollback(student: Optional[str] = typer.Option(None, help="registry n
 def _router(workspace, config=None, watch: bool = False):
     """The workspace's router (following the workspace's changes with `watch`), saying so when its
     promoted student could not be loaded."""
-    from distill.router import Router
+    from distill.serve.router import Router
 
     with _console().status("loading the router"):
         router = Router.from_workspace(workspace, config, watch=watch)
@@ -599,14 +603,14 @@ def serve(host: Optional[str] = typer.Option(None, help="listen address (default
           home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Serve the router over the OpenAI chat-completions API (/v1/chat/completions, /v1/models,
     /health, /metrics), or with --model one model over the same API."""
-    from distill.serve import create_app, create_model_app, serve_workers
-    from distill.serve import serve as run_serve
+    from distill.serve.app import create_app, create_model_app, serve_workers
+    from distill.serve.app import serve as run_serve
 
     workspace = _workspace(home)
     config = workspace.config()
     address = f"http://{host or config.serve.host}:{port or config.serve.port}/v1"
     if model:
-        from distill.student import ChatModel
+        from distill.learn.student import ChatModel
 
         with _console().status(f"loading {model}"):
             chat_model = ChatModel.load(model, workspace.models_dir, config.student.runtime)
@@ -640,7 +644,8 @@ def sql(query: str = typer.Argument(..., help="SQL to run on the trace store, e.
         write: bool = typer.Option(False, "--write", help="allow statements that change the store (DELETE, UPDATE, ...)"),
         home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run SQL on the trace store (read-only unless --write) and print the result."""
-    from distill.store import has_traces, user_sql
+    from distill.store.segments import has_traces
+    from distill.store.traces import user_sql
 
     if output not in SQL_FORMATS:
         raise DistillError(f"--format must be one of {', '.join(SQL_FORMATS)} (got {output!r})")
@@ -669,7 +674,7 @@ def _print_rows(rows: list[dict], output: str = "table") -> None:
     else:
         from rich.console import Console
 
-        from distill.quickstart import table
+        from distill.jobs.quickstart import table
 
         Console().print(table(rows))
 
@@ -677,7 +682,7 @@ def _print_rows(rows: list[dict], output: str = "table") -> None:
 @app.command()
 def quickstart(home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Run the whole loop on the embedded sample: ingest, collect, curate, nightly, ask, eval, report."""
-    from distill.quickstart import run
+    from distill.jobs.quickstart import run
 
     workspace = _workspace(home)
     run(workspace, _console())

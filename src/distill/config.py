@@ -222,7 +222,7 @@ class NightlyConfig:
 class RouterConfig:
     max_query_chars: int = _help("check 'input': longer questions go to RAG")
     max_error_rate: float = _help("check 'coverage': a wording the student was not trained on is served only where the expected share of "
-                                  "wrong answers among such served answers (calibrated on the traces, see calibrate.py) is at most this")
+                                  "wrong answers among such served answers (calibrated on the traces, see coverage.py) is at most this")
     coverage_threshold: float = _help("check 'coverage': a wording the student was not trained on is never served below this cosine to "
                                       "the nearest trained wording of its scope, whatever the calibration allows")
     student_timeout_s: float = _help("a student answer slower than this, waiting for a batch included, is dropped and RAG answers instead")
@@ -327,6 +327,16 @@ class Config:
     lake: LakeConfig
 
 
+@dataclass(frozen=True)
+class LakeLocation:
+    """Where a DuckLake trace catalog lives: `catalog` is its metadata database (a local
+    `.ducklake` file, or `postgres:dbname=... host=...` for many writers), `data_path` the folder
+    or object-store prefix (`s3://bucket/traces/`) that holds its Parquet files."""
+
+    catalog: str
+    data_path: str
+
+
 @dataclass
 class Workspace:
     """Where a distill deployment keeps its files: the trace store, the index and the models."""
@@ -353,8 +363,6 @@ class Workspace:
 
     def lake(self, config: Config) -> "LakeLocation":
         """The trace lake named by `config.lake`, relative paths taken from the workspace."""
-        from distill.store import LakeLocation
-
         def place(value: str) -> str:
             return value if ":" in value else str(self.home / value)
 

@@ -40,10 +40,10 @@ from contextlib import asynccontextmanager
 
 from distill.config import HOME_ENV, Config
 from distill.errors import DistillError, UpstreamError
-from distill.feedback import UnknownTrace
-from distill.router import Router
+from distill.store.feedback import UnknownTrace
+from distill.serve.router import Router
 
-log = logging.getLogger("distill.serve")
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -213,7 +213,7 @@ def create_model_app(model, config: Config):
     """
     from fastapi import FastAPI, Request
 
-    from distill.router import StudentBatcher
+    from distill.serve.workers import StudentBatcher
 
     cfg = config.serve
     batcher = StudentBatcher(model, config.student.batch_size, config.router.batch_wait_ms / 1000, None)
@@ -329,7 +329,7 @@ def serve_workers(home, config: Config, workers: int, host: str | None = None, p
     import uvicorn
 
     os.environ[HOME_ENV] = str(home)
-    uvicorn.run("distill.serve:worker_app", factory=True, workers=workers, host=host or config.serve.host,
+    uvicorn.run("distill.serve.app:worker_app", factory=True, workers=workers, host=host or config.serve.host,
                 port=port or config.serve.port, log_level="info")
 
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from distill.config import Config, Workspace
-from distill.corpus import cited_document, compile_patterns
+from distill.rag.corpus import cited_document, compile_patterns
 from distill.errors import DistillError
 from distill.metrics import normalize_query, token_f1
 from distill.progress import track
@@ -75,7 +75,7 @@ class TransformersWriter:
     def load(cls, name: str, workspace: Workspace, seed: int, setting: str) -> "TransformersWriter":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from distill.teacher import local_model
+        from distill.llm.local import local_model
 
         path = local_model(name, workspace, setting)
         model = AutoModelForCausalLM.from_pretrained(str(path))
@@ -130,7 +130,7 @@ def load_writer(config: Config, workspace: Workspace):
         return TransformersWriter.load(teacher.transformers.model, workspace, config.train.seed,
                                        "teacher.transformers.model")
     if teacher.backend == "openai":
-        from distill.teacher import openai_endpoint
+        from distill.rag.generators import openai_endpoint
 
         return OpenAIWriter(openai_endpoint(teacher.openai))
     raise DistillError(f"setting 'curate.rewordings' needs an LLM to write them and teacher.backend is "
@@ -164,7 +164,7 @@ def verify(workspace: Workspace, config: Config, wordings: list[dict], written: 
     """The rewordings (`written[i]` rewrites `wordings[i]`) that RAG answers from the wording's
     document `doc` with its intent's `answer` (token F1 at least `eval.success_f1`). Duplicates,
     wordings already asked and those a high-risk or injection pattern matches are dropped unasked."""
-    from distill.teacher import Teacher
+    from distill.rag.teacher import Teacher
 
     unsafe = (compile_patterns(config.curate.high_risk_patterns, "curate.high_risk_patterns")
               + compile_patterns(config.corpus.injection_patterns))

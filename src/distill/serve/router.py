@@ -30,7 +30,7 @@ route checked). For the open-book student a disagreement raises its confidence t
 above that answer's score, and an agreement lowers it slowly (student_gate.py). For replay, a
 disagreement (another document and token F1 below `eval.success_f1`) tightens that intent at once:
 only questions scoring above the one that disagreed are served for it from then on, and a
-disagreement on a trained wording withdraws it; each agreement loosens it slowly (calibrate.py). An
+disagreement on a trained wording withdraws it; each agreement loosens it slowly (coverage.py). An
 intent whose agreement averages below `router.withdraw_below` over `router.withdraw_min_samples`
 checks is withdrawn too (`withdrawn_clusters`, with the evidence) and goes to RAG until the next
 student version.
@@ -45,13 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import json
 import logging
-import math
 import os
-import queue
 import random
 import threading
 import time
@@ -63,26 +60,34 @@ from pathlib import Path
 import numpy as np
 
 from distill import registry
-from distill.calibrate import Assessment, Decision, agrees
 from distill.config import Config, Workspace
-from distill.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
-from distill.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
-from distill.feedback import Rating, RecentTraces, Verdicts, answer_key, intent_key
-from distill.metrics import normalize_query, token_f1
-from distill.store import FeedbackJournal, Trace, TraceWriter, feedback_folder, take_batch
-from distill.open_book import parse_answer, student_evidence
-from distill.student_gate import StudentGate
-from distill.teacher import Answer, ChatEndpoint, Teacher, workspace_threshold
+from distill.learn.coverage import Assessment, Decision
+from distill.learn.curate import REFUSAL_COMPLETION
+from distill.learn.open_book import parse_answer, student_evidence
+from distill.learn.student_gate import StudentGate
+from distill.llm.http import ChatEndpoint
+from distill.metrics import normalize_query
+from distill.rag.answers import Answer
+from distill.rag.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
+from distill.rag.teacher import Teacher, workspace_threshold
+from distill.serve.workers import ShadowChecker, StudentBatcher, SwapLock
+from distill.store.feedback import Rating, RecentTraces, Verdicts, answer_key, intent_key
+from distill.store.schema import Trace
+from distill.store.segments import FeedbackJournal, feedback_folder
+from distill.store.traces import TraceWriter
 
-logger = logging.getLogger("distill.router")
+
+logger = logging.getLogger(__name__)
+
+
 REPLAY_CHECKS = {  # replay's checks, in the order the router runs them; the first that fails is the reason
     "input": "empty, too long (`router.max_query_chars`) or not valid text",
     "high_risk": "a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)",
     "injection": "the question reads like a prompt injection (`corpus.injection_patterns`)",
     "no_student": "no student version is promoted",
     "coverage": "the question is not one of the student's trained wordings, and the calibrated decision "
-                "(calibrate.py) does not cover it: its nearest intent is not close enough, or not clearly nearer "
+                "(coverage.py) does not cover it: its nearest intent is not close enough, or not clearly nearer "
                 "than another need, for the expected error among such answers to stay within "
                 "`router.max_error_rate` (never below `router.coverage_threshold` cosine)",
     "withdrawn": "shadow checks found the replayed answer disagreeing with RAG on this intent, or users' ratings "
@@ -92,12 +97,18 @@ REPLAY_CHECKS = {  # replay's checks, in the order the router runs them; the fir
              "question (the changed document may now hold the answer)",
     "rated_wrong": "users rated this very answer to this wording wrong (any student version)",
 }
+
+
 BEFORE_COVERAGE = tuple(REPLAY_CHECKS)[:4]  # the checks `check` runs before coverage: nothing may answer these
+
+
 OPEN_BOOK_AFTER = tuple(REPLAY_CHECKS)[4:]  # what replay cannot take, the student may
+
+
 SERVED = ("replay", "student")  # routes that answer without RAG
+
+
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
-SHADOW_FIELDS = ("trace_id", "student_version", "cluster_id", "scope", "query", "student_answer", "teacher_answer",
-                 "agreement", "route")  # a shadow check as the store keeps it
 
 
 @dataclass
@@ -124,188 +135,10 @@ class RoutedAnswer:
     evidence_ids: list[str] = field(default_factory=list, repr=False)  # open book: the chunks the student read
 
 
-class StudentBatcher:
-    """Concurrent student questions answered together: the first waiting question opens a batch,
-    which takes whatever else arrives within `wait_s` (up to `size`), in one `generate` call. On a
-    CPU a batch of 8 costs little more than one answer, so a busy service serves several times more."""
-
-    def __init__(self, student, size: int, wait_s: float, max_time: float):
-        self.student, self.size, self.wait_s, self.max_time = student, size, wait_s, max_time
-        self.pending = 0  # questions queued or being generated
-        self.batch_s: float | None = None  # moving average of one batch's wall time
-        self._count = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="distill-student", daemon=True)
-        self._thread.start()
-
-    def expected_wait_s(self) -> float:
-        """How long a question asked now would wait for its answer: the batches ahead of it and its own."""
-        return 0.0 if self.batch_s is None else math.ceil((self.pending + 1) / self.size) * self.batch_s
-
-    def answer(self, *item):
-        """The Generation for one item of `student.answer_batch` (a student's (query, scope), a chat
-        model's (messages, max_tokens, stop)); raises what generating raised."""
-        done = concurrent.futures.Future()
-        with self._count:
-            self.pending += 1
-        self._queue.put((item, done))
-        try:
-            return done.result()
-        finally:
-            with self._count:
-                self.pending -= 1
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch, stopping = take_batch(self._queue, first, self.size, self.wait_s)
-            began = time.perf_counter()
-            try:
-                generations = self.student.answer_batch([item for item, _ in batch], max_time=self.max_time)
-                took = time.perf_counter() - began
-                self.batch_s = took if self.batch_s is None else 0.7 * self.batch_s + 0.3 * took
-                for (_, done), generation in zip(batch, generations):
-                    done.set_result(generation)
-            except Exception as err:
-                for _, done in batch:
-                    done.set_exception(err)
-            if stopping:
-                break
-
-
-class ShadowChecker:
-    """Off the request path: answer with RAG a question replay or the student answered (or, in
-    shadow mode, take RAG's answer and what replay would have answered), store the agreement, and
-    withdraw intents whose agreement stays low."""
-
-    def __init__(self, router: "Router", writer: TraceWriter | None):
-        self.router, self.writer = router, writer
-        self.evidence: dict[tuple, list[dict]] = {}  # (student version, cluster_id) -> its shadow checks so far
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="distill-shadow", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: dict) -> None:
-        self._queue.put(job)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            try:
-                self._check(job)
-            except Exception:  # a failed check must never take the router down
-                logger.exception("shadow check failed")
-
-    def _check(self, job: dict) -> None:
-        with self.router._swap.reading():
-            if job["student_version"] == self.router.version:  # else the student it checked was swapped out
-                self._compare(job)
-
-    def _compare(self, job: dict) -> None:
-        router, cfg = self.router, self.router.config.router
-        if job.get("teacher_answer") is None:
-            with router._teacher_lock:
-                answer = router.teacher.answer(job["query"], job["scope"])
-            job["teacher_answer"], job["teacher_doc"] = answer.answer, cited_document(answer.citations)
-        job["agreement"] = round(token_f1(job["student_answer"], job["teacher_answer"]), 4)
-        if self.writer:
-            self.writer.put("shadow_check", {**{k: job.get(k) for k in SHADOW_FIELDS},
-                                             "checked_at": datetime.now(timezone.utc)})
-        if job.get("cluster_id") is None:  # the open-book student: its confidence threshold learns
-            student = {"doc": job.get("student_doc"), "answer": job["student_answer"], "refused": False}
-            teacher = {"doc": job.get("teacher_doc"), "answer": job["teacher_answer"], "refused": not job["teacher_answer"]}
-            if agrees(student, teacher, router.decision.success_f1):
-                router.gate.agreed()
-            else:
-                router.gate.disagreed(job["score"])
-            return
-        checks = self.evidence.setdefault((job["student_version"], job["cluster_id"]), [])
-        checks.append({k: job[k] for k in ("trace_id", "query", "student_answer", "teacher_answer", "agreement")})
-        if not self._learn(job):
-            mean = sum(c["agreement"] for c in checks) / len(checks)
-            if len(checks) >= cfg.withdraw_min_samples and mean < cfg.withdraw_below:
-                self._withdraw(job["cluster_id"], checks, mean, f"shadow agreement {mean:.2f} over {len(checks)} checks")
-
-    def _learn(self, job: dict) -> bool:
-        """Tighten the intent's decision at once on a disagreement, loosen it slowly on an agreement;
-        a disagreement on a trained wording withdraws the intent (its own answer is wrong), and
-        then this says True."""
-        decision = self.router.decision
-        intent = decision.intents.get(job["cluster_id"], {})
-        student = {"doc": intent.get("doc"), "answer": job["student_answer"], "refused": False}
-        teacher = {"doc": job.get("teacher_doc"), "answer": job["teacher_answer"], "refused": not job["teacher_answer"]}
-        if agrees(student, teacher, decision.success_f1):
-            decision.agreed(job["cluster_id"])
-        elif job.get("seen"):
-            self._withdraw(job["cluster_id"], self.evidence[(job["student_version"], job["cluster_id"])][-1:], job["agreement"],
-                           f"RAG disagreed on a trained wording ({job['query']!r})")
-            return True
-        else:
-            decision.disagreed(job["cluster_id"], job["score"])
-        return False
-
-    def _withdraw(self, cluster_id: str, checks: list[dict], agreement: float, why: str) -> None:
-        router = self.router
-        if cluster_id in router.withdrawn:
-            return
-        router.withdrawn.add(cluster_id)
-        logger.warning("withdrew intent %s from student %s: %s", cluster_id, router.version, why)
-        if self.writer:
-            self.writer.put("withdrawal", {"student_version": router.version, "cluster_id": cluster_id,
-                                           "samples": len(checks), "agreement": round(agreement, 4), "evidence": checks,
-                                           "withdrawn_at": datetime.now(timezone.utc)})
-
-
-class SwapLock:
-    """Requests read the router's state all at once; a reload swaps it between them. A waiting swap
-    lets no new request start (so a busy service cannot starve it), waits for those in flight,
-    swaps and lets the rest go on: no request sees half of one state and half of the next."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = self._waiting = 0
-        self._writing = False
-
-    @contextlib.contextmanager
-    def reading(self):
-        with self._cond:
-            while self._writing or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def writing(self):
-        with self._cond:
-            self._waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
 def load_student(workspace: Workspace, config: Config, version: str | None):
     """(student, version, problem): the registry's `version` loaded, or (None, None, why) when it
     cannot be (a broken version must not stop the service: RAG answers everything meanwhile)."""
-    from distill.student import load_version
+    from distill.learn.student import load_version
 
     if not version:
         return None, None, None
@@ -413,7 +246,7 @@ class Router:
         this router loaded them; True when it swapped. The new state is built aside, then swapped
         in between requests (`SwapLock`): from then on freshness is checked against the new
         document versions, and the new student (or none) answers."""
-        from distill.index import dense_meta
+        from distill.rag.index import dense_meta
 
         meta = dense_meta(self.workspace) or {}
         generation = int(meta.get("generation", 0))

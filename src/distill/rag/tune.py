@@ -35,14 +35,15 @@ from pathlib import Path
 
 from distill import registry
 from distill.config import Config, Workspace
-from distill.corpus import chunk_doc_version
+from distill.rag.corpus import chunk_doc_version
 from distill.errors import DistillError
-from distill.feedback import Verdicts
-from distill.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
+from distill.store.feedback import Verdicts
+from distill.rag.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
                            embedder_path, sync_dense, write_dense_meta)
 from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
-from distill.store import CorpusStore, TraceStore
+from distill.store.chunks import CorpusStore
+from distill.store.traces import TraceStore
 
 NAME = "retriever"  # models/retriever/vNNNN
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from distill.config import Workspace
 
-SAMPLE = Path(__file__).with_name("sample")
+SAMPLE = Path(__file__).resolve().parents[1] / "sample"  # src/distill/sample, shipped with the package
 # The sample includes a community-forum post; allowlisting the official sources keeps it out. Its
 # frequent intents give 7 training examples, fewer than a production nightly would accept.
 SAMPLE_SETTINGS = {"corpus": {"allowed_sources": ["help-center", "policies"]}, "nightly": {"min_examples": 5}}
@@ -52,14 +52,14 @@ def table(rows: list[dict]):
 
 def run(workspace: Workspace, console) -> Path:
     """Run every stage on the sample, printing what each did; returns the report's path."""
-    from distill.collect import collect
-    from distill.curate import curate
-    from distill.evaluate import run_eval
-    from distill.index import ingest
-    from distill.nightly import nightly
-    from distill.report import headline, write_report
-    from distill.router import Router
-    from distill.store import TraceStore
+    from distill.rag.collect import collect
+    from distill.learn.curate import curate
+    from distill.jobs.evaluate import run_eval
+    from distill.rag.index import ingest
+    from distill.jobs.nightly import nightly
+    from distill.jobs.report import headline, write_report
+    from distill.serve.router import Router
+    from distill.store.traces import TraceStore
 
     config = workspace.config(SAMPLE_SETTINGS)
     console.rule("1. ingest the sample help center (two versions of three documents)")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.store import TraceStore
+from distill.store.traces import TraceStore
 
 ROWS = [  # (metric key, label, format)
     ("f1_vs_gold", "token F1 vs gold", "{:.3f}"), ("exact_vs_gold", "exact match vs gold", "{:.3f}"),

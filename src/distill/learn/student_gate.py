@@ -31,10 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-from distill.calibrate import LOOSEN, TIGHTEN, agrees, risk_curve, threshold_at
-from distill.corpus import chunk_doc_version
+from distill.learn.coverage import LOOSEN, TIGHTEN, agrees, risk_curve, threshold_at
+from distill.rag.corpus import chunk_doc_version
 from distill.metrics import best_f1, token_f1
-from distill.open_book import parse_answer, student_evidence
+from distill.learn.open_book import parse_answer, student_evidence
 from distill.progress import track
 
 CONFIDENCE_FILE = "student_confidence.json"

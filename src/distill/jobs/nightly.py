@@ -37,13 +37,16 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from distill import open_book, registry
+from distill import registry
+
+from distill.learn import open_book
 from distill.config import Config, Workspace
-from distill.curate import curate
+from distill.learn.curate import curate
 from distill.errors import DistillError
-from distill.evaluate import held_out_queries, load_suite, run_suite
-from distill.store import TraceStore, has_traces
-from distill.train import train
+from distill.jobs.evaluate import held_out_queries, load_suite, run_suite
+from distill.store.segments import has_traces
+from distill.store.traces import TraceStore
+from distill.learn.train import train
 
 FINISHED = ("promoted", "kept")
 
@@ -180,9 +183,9 @@ def _scores(workspace: Workspace, config: Config, path: Path, current: str | Non
     the router knows what it may serve. A version that only replays is scored on its replays."""
     import json
 
-    from distill.student import Student
-    from distill.student_gate import CONFIDENCE_FILE, fit
-    from distill.teacher import Teacher
+    from distill.learn.student import Student
+    from distill.learn.student_gate import CONFIDENCE_FILE, fit
+    from distill.rag.teacher import Teacher
 
     if not queries:
         return {path.name: {"queries": 0}}
@@ -239,9 +242,9 @@ def _routed_scores(manifest: dict, queries: list[dict], fitted: dict, gold) -> d
 
 def _suite(workspace: Workspace, config: Config, trained) -> list[dict]:
     """The regression suite routed with the candidate as the student (nothing logged)."""
-    from distill.router import Router
-    from distill.student import load_version
-    from distill.teacher import Teacher
+    from distill.serve.router import Router
+    from distill.learn.student import load_version
+    from distill.rag.teacher import Teacher
 
     cases = load_suite(workspace.home / config.eval.suite)
     candidate = load_version(trained.path, config.student.runtime, config.student.max_new_tokens)

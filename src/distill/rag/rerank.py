@@ -48,16 +48,18 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from distill import answerability, registry
+from distill import registry
+
+from distill.rag import answerability
 from distill.config import Config, Workspace
-from distill.corpus import chunk_doc_version
+from distill.rag.corpus import chunk_doc_version
 from distill.errors import DistillError
-from distill.feedback import Verdicts
-from distill.index import PACKAGED_MINILM, Hit, Retrieval, Retriever, chunk_embedding_text, embedder_path
+from distill.store.feedback import Verdicts
+from distill.rag.index import PACKAGED_MINILM, Hit, Retrieval, Retriever, chunk_embedding_text, embedder_path
 from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
-from distill.store import TraceStore
-from distill.tune import held_out_queries
+from distill.store.traces import TraceStore
+from distill.rag.tune import held_out_queries
 
 NAME = "reranker"  # models/reranker/vNNNN
 ACTIVE = "reranker.json"  # in <home>/index/: the switched-on version

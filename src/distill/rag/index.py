@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Config, IndexConfig, Workspace
-from distill.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
+from distill.rag.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
 from distill.errors import DistillError
 from distill.progress import on_terminal
-from distill.store import WAIT_S, CorpusSnapshot, CorpusStore
+from distill.store.chunks import CorpusSnapshot, CorpusStore
+from distill.store.db import WAIT_S
 
 PACKAGED_MINILM = "all-MiniLM-L6-v2"
 
@@ -111,7 +112,7 @@ class OnnxQueryEncoder:
             options.log_severity_level = 3
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # no ONNX: the slower encode path still gives the same vectors
-            logging.getLogger("distill.index").warning("query embedding stays on torch: ONNX export failed (%s)", err)
+            logging.getLogger(__name__).warning("query embedding stays on torch: ONNX export failed (%s)", err)
             return None
         return cls(session, model.tokenizer, model.max_seq_length)
 

@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Workspace
-from distill.curate import REFUSAL_COMPLETION
+from distill.learn.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
 from distill.metrics import best_f1, normalize, normalize_query, rank_scores, token_f1
 from distill.progress import track
-from distill.store import TraceStore
-from distill.student_gate import local_cost
+from distill.store.traces import TraceStore
+from distill.learn.student_gate import local_cost
 
 def load_gold_rows(path: Path) -> list[dict]:
     """A gold file's rows: JSON lines, each with gold_answers (a list) and a query_id (`distill
@@ -164,7 +164,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     `keep_outcomes`, every system's answer to every item is kept too (`outcomes`, in item order).
     Without `generate`, the student is never asked: the student system is left out, and the routed
     one is replay then RAG (a benchmark of the decision alone, minutes faster on a CPU)."""
-    from distill.router import Router
+    from distill.serve.router import Router
 
     if not items:
         raise DistillError("the evaluation set is empty")
@@ -180,7 +180,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
         student_generates = getattr(router.student, "generates", False)
         gates = None
         if router.gate is not None:
-            from distill.student_gate import StudentGate
+            from distill.learn.student_gate import StudentGate
 
             folder, backend = router.student.folder, router.teacher.generator.backend
             gates = functools.lru_cache(maxsize=None)(
@@ -268,8 +268,8 @@ def _observe_open_book(router, item: EvalItem, record: dict) -> dict:
     """The open-book student's answer from the evidence the teacher retrieves now, read (the block it
     cites, whether it quotes it); a question the teacher would refuse before generating is never
     asked of it (the router sends those to RAG: `not_answerable`)."""
-    from distill.open_book import parse_answer, student_evidence
-    from distill.teacher import Generation
+    from distill.learn.open_book import parse_answer, student_evidence
+    from distill.llm.local import Generation
 
     evidence, refusal, _ = student_evidence(router.teacher, item.query, item.scope, router.config.student)
     record["open_book"] = {"refusal": refusal}
@@ -304,7 +304,7 @@ def route_at(record: dict, covered: bool) -> str:
     """The router's reason for one observed question, given whether the decision covers it: 'served'
     or the first failing check, in the router's order (those before coverage, coverage, those after,
     the answer)."""
-    from distill.router import BEFORE_COVERAGE
+    from distill.serve.router import BEFORE_COVERAGE
 
     if record["failed"] in BEFORE_COVERAGE:
         return record["failed"]
@@ -363,7 +363,7 @@ def _student_outcome(record: dict, prices) -> dict:
 def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate) -> dict:
     """Replay where covered, else the open-book student where the router would serve it, else RAG
     (after whatever the student spent)."""
-    from distill.router import BEFORE_COVERAGE
+    from distill.serve.router import BEFORE_COVERAGE
 
     replayed = _cache_outcome(record, covered, answers, prices, "replay")
     if replayed["route"] == "replay" or record["failed"] in BEFORE_COVERAGE:
@@ -436,8 +436,8 @@ def score_outcomes(items: list[EvalItem], outcomes: list[dict], teachers: list[d
 def _served_error(outcome: dict, teacher: dict, success_f1: float) -> float:
     """1.0 when an answer served without RAG is wrong by RAG's own answer: another document and a
     token F1 below `success_f1` (calibrate.agrees, the label the router's decision is calibrated on)."""
-    from distill.calibrate import agrees
-    from distill.corpus import cited_document
+    from distill.learn.coverage import agrees
+    from distill.rag.corpus import cited_document
 
     def evidence(o: dict) -> dict:
         return {"doc": cited_document(o["citations"]), "answer": o["answer"], "refused": o["refused"]}
@@ -460,7 +460,7 @@ def _success(item: EvalItem, outcome: dict, teacher_answer: str, f1: float | Non
 
 def _citation_correct(item: EvalItem, outcome: dict, texts: dict[str, str]) -> float:
     """A cited chunk is one of the gold chunks or documents, or holds a gold answer word for word."""
-    from distill.corpus import chunk_doc_version
+    from distill.rag.corpus import chunk_doc_version
 
     for chunk_id in outcome["citations"]:
         if chunk_id in item.gold_chunk_ids or chunk_doc_version(chunk_id)[0] in item.gold_doc_ids:
@@ -471,7 +471,7 @@ def _citation_correct(item: EvalItem, outcome: dict, texts: dict[str, str]) -> f
 
 
 def _grounded(outcome: dict, texts: dict[str, str]) -> float:
-    from distill.teacher import groundedness
+    from distill.rag.answers import groundedness
 
     return groundedness(outcome["answer"], [{"text": texts.get(c, "")} for c in outcome["citations"]])
 
@@ -487,7 +487,7 @@ def _format_valid(outcome: dict) -> bool:
 def _retrieval(items: list[EvalItem], records: list[dict], texts: dict[str, str]) -> dict:
     """The teacher's retrieval against gold: recall@1/@k and MRR over answerable gold questions. A
     retrieved chunk is relevant if it is a gold chunk, belongs to a gold document, or holds a gold answer."""
-    from distill.corpus import chunk_doc_version
+    from distill.rag.corpus import chunk_doc_version
 
     ranks = []
     for item, record in zip(items, records):

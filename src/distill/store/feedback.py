@@ -50,7 +50,8 @@ import numpy as np
 from distill.config import FeedbackConfig
 from distill.errors import DistillError
 from distill.metrics import normalize, normalize_query
-from distill.store import RATED_TRACE_COLUMNS, Trace, find_trace
+from distill.store.schema import RATED_TRACE_COLUMNS, Trace
+from distill.store.segments import find_trace
 
 
 class UnknownTrace(DistillError):
@@ -349,7 +350,8 @@ def import_scores(workspace, path: Path, strict: bool = False, on_progress=None,
     """`distill import` of rating lines (`langfuse_fields`): each names a stored trace; they are
     journaled (for running routers) and stored, deduplicated by id, so a rerun adds nothing. A bad line or
     an unknown trace id is reported by its line (with `strict`, it stops the import first)."""
-    from distill.store import FeedbackJournal, TraceStore, feedback_folder
+    from distill.store.segments import FeedbackJournal, feedback_folder
+    from distill.store.traces import TraceStore
 
     report = ScoresImported()
     config = workspace.config().feedback

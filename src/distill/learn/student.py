@@ -24,9 +24,9 @@ from pathlib import Path
 
 from distill.config import CHOICES
 from distill.errors import DistillError
-from distill.open_book import DEFAULT_TEMPLATE, render_prompt
+from distill.learn.open_book import DEFAULT_TEMPLATE, render_prompt
 from distill.registry import MANIFEST
-from distill.teacher import Generation, greedy_chats
+from distill.llm.local import Generation, greedy_chats
 
 
 RUNTIMES = CHOICES["student.runtime"]
@@ -136,7 +136,7 @@ class ChatModel:
     def load(cls, name: str, models_dir: Path, runtime: str = "fp32") -> "ChatModel":
         """`name`: 'SmolLM2-135M-Instruct' (the offline GGUF), a registered student version or any
         `save_pretrained` folder."""
-        from distill.teacher import SMOLLM2, smollm2_folder
+        from distill.llm.local import SMOLLM2, smollm2_folder
 
         path = smollm2_folder(models_dir) if name == SMOLLM2 else Path(name)
         if not (path / "config.json").is_file():

@@ -162,7 +162,7 @@ def without_heading_line(text: str, heading: str) -> str:
 @lru_cache(maxsize=1)
 def probes() -> tuple[str, ...]:
     """The off-topic probes shipped with distill (`data/probes.txt`)."""
-    path = Path(__file__).with_name("data") / "probes.txt"
+    path = Path(__file__).resolve().parents[1] / "data" / "probes.txt"
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
 
 

@@ -45,16 +45,22 @@ from pathlib import Path
 
 import numpy as np
 
-from distill import answerability, open_book
+from distill.rag import answerability
+
+from distill.learn import open_book
 from distill.config import Config, CurateConfig, Workspace
-from distill.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
-from distill.calibrate import CALIBRATION_FILE, export_calibration
+from distill.rag.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
+from distill.learn.coverage import CALIBRATION_FILE, export_calibration
 from distill.errors import DistillError
-from distill.feedback import Verdicts, answer_key
-from distill.index import corpus_path, embed, load_embedder
+from distill.store.feedback import Verdicts, answer_key
+from distill.rag.index import corpus_path, embed, load_embedder
 from distill.metrics import normalize_query
-from distill.store import CorpusStore, TraceLake, TraceStore, has_traces
-from distill.teacher import ensure_calibrated, words
+from distill.store.chunks import CorpusStore
+from distill.store.lake import TraceLake
+from distill.store.segments import has_traces
+from distill.store.traces import TraceStore
+from distill.rag.answers import words
+from distill.rag.teacher import ensure_calibrated
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
 FEEDBACK_RULES = ("rated_wrong",)  # users rated this answer to this wording wrong (feedback.py)
@@ -529,7 +535,7 @@ def _open_book(workspace: Workspace, config: Config, rows: list[dict], clusters:
 
 def _rewordings(workspace: Workspace, config: Config, rows: list[dict], clusters: dict) -> tuple[list, int]:
     """The verified rewordings of the answered intents' trained wordings (see reword.py)."""
-    from distill.reword import verified_rewordings
+    from distill.learn.reword import verified_rewordings
 
     wordings = []
     for row in rows:
@@ -542,7 +548,7 @@ def _rewordings(workspace: Workspace, config: Config, rows: list[dict], clusters
 
 def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list[dict], success_f1: float) -> None:
     """Every wording asked before the cutoff, with what the teacher answered it from and with, for
-    the router's coverage decision (see calibrate.py); wordings a safety rule rejected stay out.
+    the router's coverage decision (see coverage.py); wordings a safety rule rejected stay out.
     Verified rewordings are trained wordings too, marked with the wording they were written from."""
     decisions = {d["trace_id"]: d for d in result["decisions"]}
     before = [t for t in traces if decisions[t["trace_id"]]["decision"] != "eval"]
