@@ -1,6 +1,6 @@
 # Two entry points, both safe on a fresh machine with only Python 3.11:
 #   make quickstart   install everything into .venv, then run the main job on the embedded sample
-#   make test         the same install, then the test suite
+#   make test         the same install, then the test suite (make test-fast: without the slow tests)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,10 @@ quickstart: install
 
 test: install
 	$(BIN)/pytest
+
+# For development: everything but the tests marked slow (Ray, torchrun, servers, whole stages, real models).
+test-fast: install
+	$(BIN)/pytest -m "not slow" -q
 
 # Benchmarks print their figures; the PolicyQA ones need ../shared/datasets/policyqa, bench_paraphrase
 # ../shared/datasets/stackfaq.

@@ -20,8 +20,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from distill.errors import DistillError
-from distill.store.feedback import UnknownTrace
 from distill.serve.router import Router
+from distill.store.feedback import UnknownTrace
 
 
 class Question(BaseModel):

@@ -32,14 +32,15 @@ from pathlib import Path
 import httpx
 
 from distill import registry
-from distill.rag.collect import collect
 from distill.config import Workspace
+from distill.jobs.quickstart import SAMPLE
 from distill.learn.curate import curate
+from distill.learn.train import train
+from distill.metrics import best_f1
+from distill.rag.collect import collect
 from distill.rag.external import import_file
 from distill.rag.index import ingest
-from distill.metrics import best_f1
-from distill.jobs.quickstart import SAMPLE
-from distill.learn.train import train
+
 from policyqa import ROOT, save_results
 
 HOME = ROOT / "bench" / "byo"

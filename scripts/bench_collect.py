@@ -13,11 +13,13 @@ import shutil
 import time
 
 from bench_teacher import workspace as policyqa_workspace
-from distill.rag.collect import collect
+
 from distill.config import Workspace
-from distill.store.traces import TraceStore
+from distill.rag.collect import collect
 from distill.rag.teacher import Teacher
 from distill.rag.traffic import make_traffic
+from distill.store.traces import TraceStore
+
 from policyqa import ROOT, require_policyqa
 
 

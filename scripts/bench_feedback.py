@@ -39,17 +39,18 @@ from pathlib import Path
 import numpy as np
 
 from distill import registry
-from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.rag.corpus import cited_document
 from distill.learn.curate import curate
-from distill.store.feedback import import_scores
-from distill.rag.index import ingest
-from distill.metrics import normalize_query
-from distill.serve.router import Router
-from distill.store.traces import TraceStore
-from distill.rag.traffic import _pairs
 from distill.learn.train import train
+from distill.metrics import normalize_query
+from distill.rag.collect import collect
+from distill.rag.corpus import cited_document
+from distill.rag.index import ingest
+from distill.rag.traffic import _pairs
+from distill.serve.router import Router
+from distill.store.feedback import import_scores
+from distill.store.traces import TraceStore
+
 from policyqa import ROOT, load_results, require_policyqa, save_results
 from stackfaq import SCOPE, load_threads, write_corpus
 

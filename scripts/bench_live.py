@@ -42,17 +42,18 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import numpy as np
-
 from bench_router import FAQ, phrasings, traffic
+
 from distill import registry
-from distill.rag.collect import collect
 from distill.config import Workspace
 from distill.learn.curate import curate
+from distill.learn.train import train
+from distill.rag.collect import collect
 from distill.rag.index import corpus_path, ingest
 from distill.store.chunks import CorpusSnapshot
 from distill.store.segments import finished_segments, segment_folder
 from distill.store.traces import TraceStore
-from distill.learn.train import train
+
 from policyqa import ROOT, save_results
 
 HOME = ROOT / "bench" / "live"

@@ -57,20 +57,21 @@ from pathlib import Path
 import numpy as np
 
 from distill import registry
-from distill.learn.coverage import agrees
-from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.rag.corpus import chunk_doc_version, cited_document
 from distill.jobs.evaluate import load_gold
-from distill.rag.index import ingest
 from distill.jobs.nightly import nightly
+from distill.learn.coverage import agrees
 from distill.learn.open_book import parse_answer, student_evidence
-from distill.serve.router import Router
 from distill.learn.student import Student, load_causal_lm
 from distill.learn.student_gate import local_cost
 from distill.llm.local import local_model
+from distill.rag.collect import collect
+from distill.rag.corpus import chunk_doc_version, cited_document
+from distill.rag.index import ingest
 from distill.rag.teacher import Teacher
 from distill.rag.traffic import _pairs
+from distill.serve.router import Router
+
 from faq_squad import covid_squad, stackfaq_squad
 from policyqa import POLICYQA, ROOT, best_f1, save_results
 

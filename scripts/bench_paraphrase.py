@@ -29,21 +29,22 @@ import argparse
 import json
 import re
 import time
-from pathlib import Path
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 
 from distill import registry
-from distill.rag.collect import collect
 from distill.config import Workspace
-from distill.learn.curate import cluster_vectors, curate, normalize_answer, wording_evidence
 from distill.jobs.evaluate import evaluate_systems, held_out_items, load_gold_rows
-from distill.rag.index import embed, ingest, load_embedder
-from distill.metrics import best_f1, normalize_query, token_f1
-from distill.store.traces import TraceStore
-from distill.llm.local import SMOLLM2
+from distill.learn.curate import cluster_vectors, curate, normalize_answer, wording_evidence
 from distill.learn.train import train
+from distill.llm.local import SMOLLM2
+from distill.metrics import best_f1, normalize_query, token_f1
+from distill.rag.collect import collect
+from distill.rag.index import embed, ingest, load_embedder
+from distill.store.traces import TraceStore
+
 from policyqa import ROOT, save_results
 from stackfaq import load_threads, make_traffic, split_threads, write_corpus
 
@@ -158,6 +159,7 @@ def router_overhead(workspace: Workspace, config, queries: list[str]) -> dict:
     """Every check before generation for wordings this router has never embedded (a fresh router:
     one MiniLM forward, the coverage decision with its retrieval, freshness), one at a time."""
     from distill.serve.router import Router
+
     from stackfaq import SCOPE
 
     with Router.from_workspace(workspace, config, log=False) as router:

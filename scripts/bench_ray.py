@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 import httpx
-
 from bench_teacher import workspace as policyqa_workspace
-from distill.rag.collect import collect
+
 from distill.config import Workspace
+from distill.rag.collect import collect
 from distill.rag.traffic import make_traffic
+
 from policyqa import ROOT, require_policyqa, save_results
 
 

@@ -21,6 +21,7 @@ from distill.config import Workspace
 from distill.rag.corpus import first_match
 from distill.serve.router import Router
 from distill.store.traces import TraceStore
+
 from policyqa import ROOT, best_f1
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from distill.config import Workspace
 from distill.rag.index import Retriever, corpus_path, ingest
 from distill.store.chunks import CorpusStore
+
 from policyqa import POLICYQA, require_policyqa, split_pairs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,6 +28,7 @@ import numpy as np
 
 from distill.config import Workspace
 from distill.store.traces import TraceStore
+
 from policyqa import ROOT, save_results
 
 PORT = 18080

@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill.store.schema import Trace
-
 from distill.store.traces import TraceStore
 
 

@@ -24,11 +24,12 @@ import numpy as np
 
 from distill.config import Workspace
 from distill.jobs.evaluate import load_gold_rows
-from distill.rag.index import embed, load_embedder
 from distill.metrics import normalize_query, rank_scores
-from distill.store.traces import TraceStore
+from distill.rag.index import embed, load_embedder
 from distill.rag.teacher import Teacher
 from distill.rag.tune import tune_retriever
+from distill.store.traces import TraceStore
+
 from policyqa import ROOT, best_f1, save_results
 
 FAQ = ROOT.parent / "shared" / "datasets" / "covid_faq_versions" / "faq_versions.jsonl"

@@ -21,16 +21,18 @@ import statistics
 import time
 
 from bench_teacher import workspace as policyqa_workspace
+
 from distill import registry
-from distill.rag.collect import collect
 from distill.config import Workspace
 from distill.jobs.evaluate import load_gold, run_eval
 from distill.jobs.nightly import nightly
-from distill.learn.open_book import student_evidence
 from distill.jobs.report import headline, write_report
+from distill.learn.open_book import student_evidence
 from distill.learn.student import Student
+from distill.rag.collect import collect
 from distill.rag.teacher import Teacher
 from distill.rag.traffic import make_traffic
+
 from policyqa import ROOT, load_results, require_policyqa, save_results
 
 

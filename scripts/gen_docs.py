@@ -32,7 +32,7 @@ def cli_text() -> str:
     import typer.core
     from typer.main import get_command
 
-    from distill.cli import app
+    from distill.cli.base import app
 
     root = get_command(app)
     rich = getattr(typer.core, "HAS_RICH", None)
@@ -75,7 +75,6 @@ def traces_text() -> str:
     import duckdb
 
     from distill.store.chunks import CorpusStore
-
     from distill.store.traces import TraceStore
 
     with tempfile.TemporaryDirectory(prefix="distill-docs-") as tmp:
@@ -96,8 +95,8 @@ def traces_text() -> str:
 def routing_text() -> str:
     """The router's checks, in the order it runs them (router.REPLAY_CHECKS, then the open-book
     student's, student_gate.STUDENT_CHECKS)."""
-    from distill.serve.router import REPLAY_CHECKS
     from distill.learn.student_gate import STUDENT_CHECKS
+    from distill.serve.router import REPLAY_CHECKS
 
     def table(checks: dict) -> str:
         return "| check | fails when |\n|---|---|\n" + "\n".join(f"| `{name}` | {_cell(text)} |"

@@ -128,11 +128,11 @@ def trained_sample(home: Path, tiny_lm_dir: Path, router_settings: str):
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
         f'[router]\n{router_settings}')
     from distill import registry
-    from distill.rag.collect import collect
     from distill.config import Workspace
     from distill.learn.curate import curate
-    from distill.rag.index import ingest
     from distill.learn.train import train
+    from distill.rag.collect import collect
+    from distill.rag.index import ingest
 
     workspace = Workspace(home)
     config = workspace.config()
@@ -173,8 +173,8 @@ def served(app):
 def tiny_model_server(tiny_lm_dir, tmp_path_factory):
     """`distill serve --model <tiny LM>`: the project's own OpenAI-compatible model server."""
     from distill.config import Workspace
-    from distill.serve.app import create_model_app
     from distill.learn.student import ChatModel
+    from distill.serve.app import create_model_app
 
     workspace = Workspace(tmp_path_factory.mktemp("model_server"))
     model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)
@@ -294,8 +294,8 @@ def routed_workspace(tmp_path_factory, tiny_lm_dir):
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n')
     from distill import registry
     from distill.config import Workspace
-    from distill.rag.index import ingest
     from distill.learn.train import train
+    from distill.rag.index import ingest
 
     workspace = Workspace(home)
     ingest(workspace, home / "docs.jsonl", workspace.config())

@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from distill.rag import answerability
-from distill.rag.collect import collect
 from distill.config import Workspace
 from distill.learn.curate import curate
-from distill.store.traces import TraceStore
+from distill.rag import answerability
+from distill.rag.collect import collect
 from distill.rag.teacher import Teacher
+from distill.store.traces import TraceStore
 
 
 def test_the_threshold_refuses_few_known_answerable_questions_and_most_probes():
@@ -119,7 +119,7 @@ def test_the_threshold_is_the_corpus_own_whatever_the_traffic(corpus_workspace, 
     if shape == "mostly_not":  # one command says what decided, on what evidence, and what it refused
         from typer.testing import CliRunner
 
-        from distill.cli import app
+        from distill.cli.base import app
 
         shown = CliRunner().invoke(app, ["teacher", "--home", str(workspace.home)])
         assert shown.exit_code == 0, shown.output

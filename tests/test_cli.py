@@ -2,11 +2,11 @@ import json
 import os
 
 import pytest
-
 from typer.testing import CliRunner
 
+from distill.cli.base import app
+
 from conftest import make_trace, run_cli
-from distill.cli import app
 
 runner = CliRunner()
 
@@ -29,6 +29,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_quickstart_runs_the_whole_loop_and_is_idempotent(tmp_path, tiny_lm_dir):
     (tmp_path / "distill.toml").write_text(  # a tiny student keeps this fast; test_slow runs the real one
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 4\n[student]\nmax_new_tokens = 4\n')
@@ -53,6 +54,7 @@ def test_quickstart_runs_the_whole_loop_and_is_idempotent(tmp_path, tiny_lm_dir)
     assert unknown.returncode == 2 and "no curated trace matches" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_collect_reports_bad_lines_and_strict_stops(corpus_workspace, tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"query": "Can I pay with PayPal?", "scope": "billing"}) + "\nnot json\n")
@@ -98,13 +100,13 @@ def test_config_prints_the_effective_settings_as_toml(tmp_path):
 
 
 def test_a_bug_is_one_line_naming_the_file_with_its_traceback(monkeypatch, tmp_path, capsys):
-    import distill.cli
+    import distill.cli.base
 
     def broken():
         raise KeyError("internal")
 
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(distill.cli, "app", broken)
+    monkeypatch.setattr(distill.cli.base, "app", broken)
     with pytest.raises(SystemExit) as exited:
         distill.cli.main()
     assert exited.value.code == 1

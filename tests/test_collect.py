@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.rag.collect import collect, read_queries
 from distill.errors import DistillError
+from distill.rag.collect import collect, read_queries
 from distill.store.traces import TraceStore
 
 QUERIES = [
@@ -64,6 +64,7 @@ def test_identical_lines_are_distinct_queries_and_limit(tmp_path):
         read_queries(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_collect_then_rerun_loses_and_duplicates_nothing(corpus_workspace, tmp_path):
     """A real `distill collect` process is SIGKILLed mid-run; the rerun completes the log exactly once."""
     workspace = tmp_path / "ws"
@@ -103,6 +104,7 @@ def _wal_size(db: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
+@pytest.mark.slow
 def test_ray_engine_with_an_openai_teacher_resumes_like_the_local_one(corpus_workspace, tiny_model_server, tmp_path):
     """Ray Data actors on this machine, each calling `distill serve --model` as the teacher's LLM."""
     path = write_lines(tmp_path / "q.jsonl", [{**q, "query_id": f"ray-{i}"} for i, q in enumerate(QUERIES)] + ["not json"])

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from distill.rag.corpus import Document, allowed, chunk_document, load_documents
 from distill.errors import DistillError
+from distill.rag.corpus import Document, allowed, chunk_document, load_documents
 
 
 @pytest.fixture(scope="module")

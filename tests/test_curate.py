@@ -5,11 +5,13 @@ from datetime import datetime, timezone
 import pytest
 
 from distill.config import Workspace
-from distill.learn.curate import PiiDetector, cluster_wordings, curate
 from distill.errors import DistillError
+from distill.learn.curate import PiiDetector, cluster_wordings, curate
 from distill.rag.index import load_embedder
 from distill.store.traces import TraceStore
+
 from conftest import REFUND_A, REFUND_Q, START, make_trace, refund
+
 
 @pytest.fixture
 def home(curated_home):
@@ -175,8 +177,9 @@ def test_curating_from_the_lake_decides_as_the_file_does(home, tmp_path_factory)
 
 
 def test_questions_tried_with_distill_ask_never_move_the_cutoff_of_the_collected_log(home):
-    from distill.cli import app
     from typer.testing import CliRunner
+
+    from distill.cli.base import app
 
     before = curate(home, home.config())
     with TraceStore(home.traces_db) as store:  # three questions tried today through `distill ask`

@@ -1,10 +1,12 @@
 import pytest
 
-from conftest import SAMPLE
 from distill.errors import DistillError
 from distill.jobs.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at
 
+from conftest import SAMPLE
 
+
+@pytest.mark.slow
 def test_every_system_is_scored_on_the_held_out_traffic_with_gold(sample_workspace):
     gold = load_gold_rows(SAMPLE / "gold.jsonl")
     items = held_out_items(sample_workspace, gold)

@@ -8,13 +8,14 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from conftest import JsonHandler
 from distill.config import Workspace
-from distill.learn.curate import curate
 from distill.errors import DistillError
+from distill.learn.curate import curate
 from distill.rag.external import TraceLogger, import_file
 from distill.rag.http_teacher import content_version
 from distill.store.traces import TraceStore
+
+from conftest import JsonHandler
 
 REFUND = {"id": "kb/refunds#0", "doc_id": "kb/refunds", "text": "Refunds are available within 30 days of purchase. "
           "Open Billing and choose the invoice."}
@@ -227,8 +228,8 @@ def test_the_http_teacher_answers_with_citations_and_fails_clearly_on_timeouts_a
 def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent_off_the_student(
         tmp_path, their_rag, tiny_lm_dir):
     from distill import registry
-    from distill.serve.router import Router
     from distill.learn.train import train
+    from distill.serve.router import Router
 
     (tmp_path / "distill.toml").write_text(
         f'[teacher]\nbackend = "http"\n[teacher.http]\nurl = "{their_rag}"\n'

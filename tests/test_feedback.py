@@ -8,15 +8,16 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from distill.cli import app
+from distill.cli.base import app
 from distill.config import Workspace, load_config
-from distill.learn.curate import curate
 from distill.errors import DistillError
+from distill.learn.curate import curate
 from distill.rag.external import TraceLogger
-from distill.store.feedback import Verdicts, UnknownTrace, intent_key, score_of
-from distill.serve.router import Router
 from distill.serve.app import create_app
+from distill.serve.router import Router
+from distill.store.feedback import UnknownTrace, Verdicts, intent_key, score_of
 from distill.store.traces import TraceStore
+
 from conftest import COVERED, REFUND_A, REFUND_Q, make_trace
 
 
@@ -78,6 +79,7 @@ router.close()
 """
 
 
+@pytest.mark.slow
 def test_a_negative_rating_takes_the_intent_off_the_fast_path_in_this_router_and_in_another_process(rated_ws):
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(rated_ws.home), REFUND_Q], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)

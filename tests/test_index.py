@@ -1,12 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 
 from distill.config import Workspace
 from distill.errors import DistillError
-import numpy as np
-
 from distill.rag.index import OnnxQueryEncoder, Retriever, embed, ingest, load_embedder
+
 from conftest import DOCS, REFUND_V2
 
 

@@ -5,12 +5,15 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from conftest import make_trace
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.jobs.nightly import nightly
 from distill.store.traces import TraceStore
+
+from conftest import make_trace
+
+pytestmark = pytest.mark.slow  # every test here trains and gates, or tunes, a model: `make test` runs them
 
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
 DAY = date(2026, 11, 1)

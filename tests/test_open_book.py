@@ -4,15 +4,16 @@ import json
 
 import pytest
 
-from conftest import trained_sample
 from distill import registry
-from distill.learn import open_book
-from distill.rag.corpus import chunk_doc_version
-from distill.rag.index import ingest
 from distill.jobs.quickstart import SAMPLE
-from distill.serve.router import Router
+from distill.learn import open_book
 from distill.learn.student_gate import CONFIDENCE_FILE, StudentGate
 from distill.llm.local import Generation
+from distill.rag.corpus import chunk_doc_version
+from distill.rag.index import ingest
+from distill.serve.router import Router
+
+from conftest import trained_sample
 
 CHUNKS = {
     "kb/reset@v2#0": {"chunk_id": "kb/reset@v2#0", "heading": "Reset", "content_hash": "a",

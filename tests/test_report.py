@@ -4,16 +4,18 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SAMPLE
-from distill.cli import app
+from distill.cli.base import app
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.jobs.evaluate import load_suite, run_eval
-from distill.rag.external import TraceLogger
 from distill.jobs.report import write_report
+from distill.rag.external import TraceLogger
 from distill.store.traces import TraceStore
 
+from conftest import SAMPLE
 
+
+@pytest.mark.slow
 def test_the_report_shows_the_systems_the_curve_and_what_changed(sample_workspace, tmp_path):
     shutil.copytree(sample_workspace.home, tmp_path / "ws")
     workspace = Workspace(tmp_path / "ws")

@@ -5,17 +5,29 @@ from datetime import timedelta
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REFUND_A, REFUND_Q, START, make_trace, run_cli
-from distill.rag import rerank
-from distill.cli import app
+from distill.cli.base import app
 from distill.config import Workspace
-from distill.learn.curate import curate
 from distill.errors import DistillError
+from distill.learn.curate import curate
+from distill.rag import rerank
 from distill.rag.index import Hit
-from distill.rag.rerank import (Reranker, active_reranker, gate, held_out_scores, load_cross_encoder, reranker_off,
-                            rollback_reranker, trace_pairs, tune_reranker)
-from distill.store.traces import TraceStore
+from distill.rag.rerank import (
+    Reranker,
+    active_reranker,
+    gate,
+    held_out_scores,
+    load_cross_encoder,
+    reranker_off,
+    rollback_reranker,
+    trace_pairs,
+    tune_reranker,
+)
 from distill.rag.teacher import Teacher
+from distill.store.traces import TraceStore
+
+from conftest import REFUND_A, REFUND_Q, START, make_trace, run_cli
+
+pytestmark = pytest.mark.slow  # every test here trains and gates, or tunes, a model: `make test` runs them
 
 REFUNDS, PAYMENTS = "billing/refunds@v1#0", "billing/payment-methods@v1#0"
 EXPORT, OFFLINE, SHORTCUTS = "notes/export@v1#0", "notes/offline@v1#0", "notes/shortcuts@v1#0"

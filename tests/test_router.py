@@ -6,13 +6,15 @@ import time
 
 import pytest
 
-from conftest import COVERED, DOCS, REFUND_Q, REFUND_V2
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.rag.index import ingest
 from distill.serve.router import Router
 from distill.store.traces import TraceStore
+
+from conftest import COVERED, DOCS, REFUND_Q, REFUND_V2
+
 
 @pytest.fixture(scope="module")
 def workspace(routed_workspace):
@@ -164,8 +166,8 @@ def test_a_student_without_recorded_wordings_is_refused_with_a_clear_message(wor
 def own_router(workspace, store_path, **router_settings):
     """A router over the shared workspace that logs to its own trace store."""
     from distill.learn.student import Student
-    from distill.store.traces import TraceWriter
     from distill.rag.teacher import Teacher
+    from distill.store.traces import TraceWriter
 
     config = workspace.config({"router": router_settings})
     student = Student.load(workspace.models_dir / "student" / "v0001", runtime="fp32", max_new_tokens=6)
@@ -258,9 +260,10 @@ def test_concurrent_student_questions_are_batched_into_one_generate_call(workspa
 def test_the_student_can_answer_from_an_openai_compatible_endpoint(workspace, tmp_path):
     """`student.endpoint`: the promoted version served by another process (here `distill serve --model`
     on the same folder, as vLLM would serve it); coverage and the prompt still come from its manifest."""
-    from conftest import served
-    from distill.serve.app import create_model_app
     from distill.learn.student import ChatModel, RemoteStudent
+    from distill.serve.app import create_model_app
+
+    from conftest import served
 
     workspace = calibrated(workspace, tmp_path)
     folder = registry.student_dir(workspace.models_dir, "student") / "v0001"
@@ -302,6 +305,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_running_service_never_locks_the_store_and_a_kill_loses_no_answered_trace(workspace, tmp_path):
     """A router in another process (a service) logs to its own segment: the store stays open to
     every command meanwhile, and after `kill -9` the next command folds in all it had answered."""
@@ -315,7 +319,7 @@ def test_a_running_service_never_locks_the_store_and_a_kill_loses_no_answered_tr
         time.sleep(1.0)  # the writer's batch window: every answer is on disk now
         from typer.testing import CliRunner
 
-        from distill.cli import app
+        from distill.cli.base import app
 
         result = CliRunner().invoke(app, ["sql", "SELECT count(*) AS n FROM traces", "--home", str(workspace.home)])
         assert result.exit_code == 0, result.output  # not "in use by another process"
@@ -326,6 +330,7 @@ def test_a_running_service_never_locks_the_store_and_a_kill_loses_no_answered_tr
     assert {f"Which medication dosage is safe, service case {i}?" for i in range(5)} <= logged
 
 
+@pytest.mark.slow
 def test_a_running_router_follows_ingest_promotion_and_rollback_without_a_restart(workspace, tmp_path):
     """`distill ingest` (another process) writes the corpus while the router serves; within
     router.reload_s the router swaps to the new generation, and from then on the changed

@@ -2,9 +2,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from distill.errors import DistillError
-from distill.serve.router import Router
 from distill.serve.app import create_app
+from distill.serve.router import Router
 from distill.store.traces import TraceStore
+
 from conftest import COVERED, REFUND_Q
 
 
@@ -90,8 +91,8 @@ def test_model_server_speaks_chat_completions_and_batches_concurrent_requests(ti
     from concurrent.futures import ThreadPoolExecutor
 
     from distill.config import Workspace
-    from distill.serve.app import create_model_app
     from distill.learn.student import ChatModel
+    from distill.serve.app import create_model_app
 
     workspace = Workspace(tmp_path)
     model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)
@@ -138,6 +139,7 @@ def test_the_documented_service_example_embeds_the_router_from_a_folder_path(wor
         assert store.count() == before + 2
 
 
+@pytest.mark.slow
 def test_several_worker_processes_serve_one_port_and_every_request_is_a_trace(workspace, tmp_path):
     """`distill serve --workers 2`: each process has its own router and trace segment; after a
     graceful shutdown every answered request is in the store."""

@@ -3,9 +3,7 @@
 import pytest
 
 from distill.llm.local import SMOLLM2
-
 from distill.rag.generators import TransformersGenerator
-
 from distill.rag.teacher import Teacher
 
 
@@ -28,6 +26,7 @@ def test_smollm2_teacher_answers_from_the_evidence(corpus_workspace):
 def test_smollm2_student_trains_with_lora_and_answers(corpus_workspace, tmp_path):
     from distill.learn.student import Student
     from distill.learn.train import train
+
     from conftest import evidence, write_dataset
 
     config = corpus_workspace.config({"train": {"method": "lora", "max_steps": 3, "batch_size": 3,

@@ -6,9 +6,10 @@ import duckdb
 import pytest
 
 from distill.errors import DistillError
-from conftest import make_trace
 from distill.store.schema import TRACE_MIGRATIONS
 from distill.store.traces import TraceStore, user_sql
+
+from conftest import make_trace
 
 
 def test_append_is_idempotent_by_query_id(tmp_path):

@@ -4,11 +4,12 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from conftest import JsonHandler
 from distill.errors import DistillError
 from distill.llm.http import ChatEndpoint
 from distill.rag.generators import OpenAIGenerator, TransformersGenerator, build_messages, fence
 from distill.rag.teacher import Teacher
+
+from conftest import JsonHandler
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,11 @@ import torch
 from distill import registry
 from distill.config import Workspace
 from distill.errors import DistillError
-from conftest import QA, evidence, write_dataset
 from distill.learn.open_book import DEFAULT_TEMPLATE
 from distill.learn.train import train
+
+from conftest import QA, evidence, write_dataset
+
 
 @pytest.fixture
 def workspace(tmp_path, tiny_lm_dir):
@@ -73,6 +75,7 @@ def test_full_fine_tune(workspace, tmp_path):
     assert "vllm serve" in (result.path / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_data_parallel_training_with_two_processes_registers_one_version(workspace, tmp_path):
     """torchrun (as `accelerate launch` with configs/accelerate/multi-gpu.yaml does on GPUs): two
     DDP processes on the CPU (gloo); only the main one writes the registry."""

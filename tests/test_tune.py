@@ -6,8 +6,14 @@ import pytest
 from distill.config import Workspace
 from distill.errors import DistillError
 from distill.rag.index import Retriever, dense_meta
-from distill.rag.tune import (held_out_queries, retrieval_scores, rollback_retriever, switch_retriever, training_triplets,
-                          tune_retriever)
+from distill.rag.tune import (
+    held_out_queries,
+    retrieval_scores,
+    rollback_retriever,
+    switch_retriever,
+    training_triplets,
+    tune_retriever,
+)
 
 
 @pytest.fixture
@@ -30,6 +36,7 @@ def test_kept_traces_become_triplets_with_a_hard_negative_from_another_document(
     assert held_out_queries([dict(row, held_out=True)], None)[0]["chunks"] == {"a@v1#0"}
 
 
+@pytest.mark.slow
 def test_a_tuned_retriever_is_versioned_and_switched_only_if_it_retrieves_better(workspace):
     config = workspace.config()
     before = dense_meta(workspace)
@@ -44,6 +51,7 @@ def test_a_tuned_retriever_is_versioned_and_switched_only_if_it_retrieves_better
     assert dense_meta(workspace)["faiss"] == (manifest["dense"]["faiss"] if better else before["faiss"])
 
 
+@pytest.mark.slow
 def test_a_worse_retriever_is_kept_aside_and_a_switch_can_be_rolled_back(workspace):
     wrecked = workspace.config({"tune": {"learning_rate": 0.5}})  # training at this rate destroys the embedder
     before = dense_meta(workspace)

@@ -41,12 +41,13 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Workspace
-from distill.learn.curate import REFUSAL_COMPLETION
 from distill.errors import DistillError
+from distill.learn.curate import REFUSAL_COMPLETION
+from distill.learn.student_gate import local_cost
 from distill.metrics import best_f1, normalize, normalize_query, rank_scores, token_f1
 from distill.progress import track
 from distill.store.traces import TraceStore
-from distill.learn.student_gate import local_cost
+
 
 def load_gold_rows(path: Path) -> list[dict]:
     """A gold file's rows: JSON lines, each with gold_answers (a list) and a query_id (`distill

@@ -38,15 +38,14 @@ from pathlib import Path
 from typing import Callable
 
 from distill import registry
-
-from distill.learn import open_book
 from distill.config import Config, Workspace
-from distill.learn.curate import curate
 from distill.errors import DistillError
 from distill.jobs.evaluate import held_out_queries, load_suite, run_suite
+from distill.learn import open_book
+from distill.learn.curate import curate
+from distill.learn.train import train
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
-from distill.learn.train import train
 
 FINISHED = ("promoted", "kept")
 
@@ -242,9 +241,9 @@ def _routed_scores(manifest: dict, queries: list[dict], fitted: dict, gold) -> d
 
 def _suite(workspace: Workspace, config: Config, trained) -> list[dict]:
     """The regression suite routed with the candidate as the student (nothing logged)."""
-    from distill.serve.router import Router
     from distill.learn.student import load_version
     from distill.rag.teacher import Teacher
+    from distill.serve.router import Router
 
     cases = load_suite(workspace.home / config.eval.suite)
     candidate = load_version(trained.path, config.student.runtime, config.student.max_new_tokens)

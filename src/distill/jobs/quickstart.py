@@ -52,12 +52,12 @@ def table(rows: list[dict]):
 
 def run(workspace: Workspace, console) -> Path:
     """Run every stage on the sample, printing what each did; returns the report's path."""
-    from distill.rag.collect import collect
-    from distill.learn.curate import curate
     from distill.jobs.evaluate import run_eval
-    from distill.rag.index import ingest
     from distill.jobs.nightly import nightly
     from distill.jobs.report import headline, write_report
+    from distill.learn.curate import curate
+    from distill.rag.collect import collect
+    from distill.rag.index import ingest
     from distill.serve.router import Router
     from distill.store.traces import TraceStore
 

@@ -45,22 +45,21 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.rag import answerability
-
-from distill.learn import open_book
 from distill.config import Config, CurateConfig, Workspace
-from distill.rag.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
-from distill.learn.coverage import CALIBRATION_FILE, export_calibration
 from distill.errors import DistillError
-from distill.store.feedback import Verdicts, answer_key
-from distill.rag.index import corpus_path, embed, load_embedder
+from distill.learn import open_book
+from distill.learn.coverage import CALIBRATION_FILE, export_calibration
 from distill.metrics import normalize_query
+from distill.rag import answerability
+from distill.rag.answers import words
+from distill.rag.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
+from distill.rag.index import corpus_path, embed, load_embedder
+from distill.rag.teacher import ensure_calibrated
 from distill.store.chunks import CorpusStore
+from distill.store.feedback import Verdicts, answer_key
 from distill.store.lake import TraceLake
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
-from distill.rag.answers import words
-from distill.rag.teacher import ensure_calibrated
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
 FEEDBACK_RULES = ("rated_wrong",)  # users rated this answer to this wording wrong (feedback.py)

@@ -25,9 +25,8 @@ from pathlib import Path
 from distill.config import CHOICES
 from distill.errors import DistillError
 from distill.learn.open_book import DEFAULT_TEMPLATE, render_prompt
-from distill.registry import MANIFEST
 from distill.llm.local import Generation, greedy_chats
-
+from distill.registry import MANIFEST
 
 RUNTIMES = CHOICES["student.runtime"]
 

@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 from distill.learn.coverage import LOOSEN, TIGHTEN, agrees, risk_curve, threshold_at
-from distill.rag.corpus import chunk_doc_version
-from distill.metrics import best_f1, token_f1
 from distill.learn.open_book import parse_answer, student_evidence
+from distill.metrics import best_f1, token_f1
 from distill.progress import track
+from distill.rag.corpus import chunk_doc_version
 
 CONFIDENCE_FILE = "student_confidence.json"
 STUDENT_CHECKS = {  # the open-book student's checks, in the order the router runs them; the first that fails is the reason

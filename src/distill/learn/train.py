@@ -31,13 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill import registry
-from distill.learn.coverage import CALIBRATION_FILE
 from distill.config import Config, Workspace
 from distill.errors import DistillError
+from distill.learn.coverage import CALIBRATION_FILE
+from distill.llm.local import local_model
 from distill.progress import quiet_library_bars
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
-from distill.llm.local import local_model
 
 
 @dataclass

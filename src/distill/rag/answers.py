@@ -9,9 +9,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-
 from distill.rag import answerability
-
 
 WORD = re.compile(r"[a-z0-9]+")
 

@@ -37,16 +37,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from distill.rag import answerability
 from distill.config import CHOICES, Config, Workspace
 from distill.errors import DistillError
+from distill.rag import answerability
+from distill.rag.answers import Answer
 from distill.rag.index import corpus_path
+from distill.rag.teacher import Teacher, ensure_calibrated
 from distill.store.chunks import CorpusStore
+from distill.store.feedback import Verdicts
 from distill.store.schema import Trace
 from distill.store.traces import TraceStore
-from distill.store.feedback import Verdicts
-from distill.rag.answers import Answer
-from distill.rag.teacher import Teacher, ensure_calibrated
 
 
 @dataclass

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import Config, IndexConfig, Workspace
-from distill.rag.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
 from distill.errors import DistillError
 from distill.progress import on_terminal
+from distill.rag.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
 from distill.store.chunks import CorpusSnapshot, CorpusStore
 from distill.store.db import WAIT_S
 

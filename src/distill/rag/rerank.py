@@ -49,17 +49,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from distill import registry
-
-from distill.rag import answerability
 from distill.config import Config, Workspace
-from distill.rag.corpus import chunk_doc_version
 from distill.errors import DistillError
-from distill.store.feedback import Verdicts
-from distill.rag.index import PACKAGED_MINILM, Hit, Retrieval, Retriever, chunk_embedding_text, embedder_path
 from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
-from distill.store.traces import TraceStore
+from distill.rag import answerability
+from distill.rag.corpus import chunk_doc_version
+from distill.rag.index import PACKAGED_MINILM, Hit, Retrieval, Retriever, chunk_embedding_text, embedder_path
 from distill.rag.tune import held_out_queries
+from distill.store.feedback import Verdicts
+from distill.store.traces import TraceStore
 
 NAME = "reranker"  # models/reranker/vNNNN
 ACTIVE = "reranker.json"  # in <home>/index/: the switched-on version
@@ -334,8 +333,12 @@ def base_model_path(config: Config) -> str:
 def _train(pairs: list[dict], config: Config, out: Path, progress: bool) -> tuple[Path, list[float], int]:
     """A fresh cross-encoder trained on `pairs` and saved to `out`; (out, logged losses, steps)."""
     import datasets
-    from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments,
-                                                     losses)
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+        losses,
+    )
 
     cfg = config.rerank
     shutil.rmtree(out, ignore_errors=True)

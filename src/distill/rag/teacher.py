@@ -28,8 +28,14 @@ from distill.llm.local import Generation
 from distill.rag import answerability
 from distill.rag.answers import Answer, cite, groundedness, text_words, words
 from distill.rag.corpus import compile_patterns, first_match
-from distill.rag.generators import (DECLINE, EvidenceSentences, ExtractiveGenerator, Generator,
-    build_messages, make_generator)
+from distill.rag.generators import (
+    DECLINE,
+    EvidenceSentences,
+    ExtractiveGenerator,
+    Generator,
+    build_messages,
+    make_generator,
+)
 from distill.rag.http_teacher import HttpTeacher
 from distill.rag.index import Retrieval, Retriever, dense_meta
 from distill.rag.rerank import Reranker

@@ -35,14 +35,23 @@ from pathlib import Path
 
 from distill import registry
 from distill.config import Config, Workspace
-from distill.rag.corpus import chunk_doc_version
 from distill.errors import DistillError
-from distill.store.feedback import Verdicts
-from distill.rag.index import (PACKAGED_MINILM, Retriever, chunk_embedding_text, corpus_path, dense_meta, embed,
-                           embedder_path, sync_dense, write_dense_meta)
 from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
+from distill.rag.corpus import chunk_doc_version
+from distill.rag.index import (
+    PACKAGED_MINILM,
+    Retriever,
+    chunk_embedding_text,
+    corpus_path,
+    dense_meta,
+    embed,
+    embedder_path,
+    sync_dense,
+    write_dense_meta,
+)
 from distill.store.chunks import CorpusStore
+from distill.store.feedback import Verdicts
 from distill.store.traces import TraceStore
 
 NAME = "retriever"  # models/retriever/vNNNN
@@ -219,7 +228,11 @@ def _activate(workspace: Workspace, config: Config, meta: dict) -> None:
 def _train(triplets: list[dict], config: Config, out: Path, progress: bool) -> Path:
     import datasets
     import torch
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer import losses
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 

@@ -40,8 +40,8 @@ from contextlib import asynccontextmanager
 
 from distill.config import HOME_ENV, Config
 from distill.errors import DistillError, UpstreamError
-from distill.store.feedback import UnknownTrace
 from distill.serve.router import Router
+from distill.store.feedback import UnknownTrace
 
 log = logging.getLogger(__name__)
 

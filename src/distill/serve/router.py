@@ -77,7 +77,6 @@ from distill.store.schema import Trace
 from distill.store.segments import FeedbackJournal, feedback_folder
 from distill.store.traces import TraceWriter
 
-
 logger = logging.getLogger(__name__)
 
 

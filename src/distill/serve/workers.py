@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import math
 import queue
 import threading
-import logging
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import duckdb
 
 from distill.errors import DistillError
-from distill.store.db import Migration, WAIT_S, connect, extension_path, migrate, transaction
+from distill.store.db import WAIT_S, Migration, connect, extension_path, migrate, transaction
 
 
 def _c001_corpus(con: duckdb.DuckDBPyConnection) -> None:

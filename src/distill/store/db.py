@@ -14,9 +14,6 @@ import duckdb
 
 from distill.errors import DistillError
 
-
-
-
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
 

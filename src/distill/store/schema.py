@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 import duckdb
-from distill.store.db import Migration
 
+from distill.store.db import Migration
 
 
 @dataclass

@@ -14,11 +14,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
+
 from distill.store.db import connect
 from distill.store.schema import RATED_TRACE_COLUMNS
-
-
-
 
 SEGMENTS = "segments"
 

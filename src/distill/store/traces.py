@@ -26,12 +26,27 @@ import duckdb
 
 from distill.config import LakeLocation
 from distill.errors import DistillError
-from distill.store.db import Migration, WAIT_S, as_dicts, connect, first_line, migrate, transaction
+from distill.store.db import WAIT_S, Migration, as_dicts, connect, first_line, migrate, transaction
 from distill.store.lake import LAKE_SELECT, attach_lake
-from distill.store.schema import (CURATION_INPUT, FEEDBACK_COLUMNS, RATED_TRACE_COLUMNS, TRACE_COLUMNS,
-    TRACE_MIGRATIONS, Trace, trace_from_row, trace_table)
-from distill.store.segments import (SegmentLog, feedback_folder, finished_segments, journal_files,
-    read_journal, read_segment, segment_folder)
+from distill.store.schema import (
+    CURATION_INPUT,
+    FEEDBACK_COLUMNS,
+    RATED_TRACE_COLUMNS,
+    TRACE_COLUMNS,
+    TRACE_MIGRATIONS,
+    Trace,
+    trace_from_row,
+    trace_table,
+)
+from distill.store.segments import (
+    SegmentLog,
+    feedback_folder,
+    finished_segments,
+    journal_files,
+    read_journal,
+    read_segment,
+    segment_folder,
+)
 
 logger = logging.getLogger(__name__)
 

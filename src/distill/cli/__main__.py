@@ -1,0 +1,5 @@
+"""`python -m distill.cli`, as the `distill` command."""
+
+from distill.cli import main
+
+main()
