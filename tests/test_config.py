@@ -86,3 +86,11 @@ def test_workspace_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
     assert Workspace.resolve().home == tmp_path.resolve()
     assert Workspace.resolve(tmp_path / "x").traces_db == (tmp_path / "x" / "traces" / "traces.duckdb").resolve()
+
+
+def test_the_docstring_example_runs():
+    import doctest
+
+    import distill.config
+
+    assert doctest.testmod(distill.config).attempted == 1 and doctest.testmod(distill.config).failed == 0

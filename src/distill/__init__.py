@@ -5,7 +5,7 @@ package that writes SQL), `llm` (local and HTTP models), `rag` (the teacher and 
 writes), `learn` (curation, training, the student and when it may answer), `serve` (the router and
 its OpenAI-compatible app), `jobs` (eval, nightly, report, quickstart); docs/layout.md has the tree.
 
-    >>> from distill import TraceLogger   # two lines in your own RAG service's handler
+    from distill import TraceLogger   # two lines in your own RAG service's handler
 """
 
 from distill.errors import DistillError

@@ -5,9 +5,8 @@ them types and help text (the field metadata, TRL-style). Layering, lowest first
 
     configs/default.toml  ->  <home>/distill.toml  ->  overrides passed by the CLI or a caller
 
-    >>> cfg = load_config(Path("/tmp/ws"), {"teacher": {"backend": "openai"}})
-    >>> cfg.teacher.backend
-    'openai'
+    cfg = load_config(Path("/tmp/ws"), {"teacher": {"backend": "openai"}})
+    cfg.teacher.backend  # 'openai'
 
 An unknown key or a value of the wrong type is a `DistillError` naming the key, so a typo in a
 config file never silently falls back to a default.

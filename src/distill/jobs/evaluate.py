@@ -4,10 +4,9 @@ Two uses. `nightly` calibrates and scores a candidate on the held-out recent win
 (`held_out_queries`; student_gate.fit). `distill eval` (`evaluate_systems`) answers an
 evaluation set with every system and scores each on the same questions:
 
-    >>> items = held_out_items(workspace, gold=load_gold_rows(Path("gold.jsonl")))
-    >>> figures = evaluate_systems(workspace, config, items)
-    >>> figures["systems"]["routed"]["f1_vs_gold"], figures["systems"]["routed"]["served_share"]
-    (0.27, 0.58)
+    items = held_out_items(workspace, gold=load_gold_rows(Path("gold.jsonl")))
+    figures = evaluate_systems(workspace, config, items)
+    figures["systems"]["routed"]["f1_vs_gold"], figures["systems"]["routed"]["served_share"]  # (0.27, 0.58)
 
 The evaluation set is the recent traffic the latest curation run held out (every question asked
 after its cutoff, weighted by how often it was asked; gold joined by `query_id` when a gold file is

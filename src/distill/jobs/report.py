@@ -1,8 +1,7 @@
 """`distill report`: one self-contained HTML page (plots inline as SVG) and the same figures as JSON.
 
-    >>> path = write_report(workspace)          # the latest `distill eval` run
-    >>> path
-    PosixPath('/srv/acme/reports/20261126-0712/report.html')
+    path = write_report(workspace)          # the latest `distill eval` run
+    path  # PosixPath('/srv/acme/reports/20261126-0712/report.html')
 
 It reads what the earlier stages stored, so it never re-runs a model: the latest evaluation run
 (`eval_runs`), the one before it for "what changed", and the latest nightly runs (`nightly_runs`).

@@ -30,9 +30,8 @@ evidence the traces already hold, and bounded:
 A wording the student was trained on is always covered (its answer is the teacher's agreed answer
 for it); the decision is about the others.
 
-    >>> decision = Decision(calibration, embed, max_error_rate=0.02, min_similarity=0.5, evidence_doc=rag_top_document)
-    >>> decision.assess(embed(["how do i strike out text on github"])[0], "webapps", "how do i strike out text on github")
-    Assessment(cluster_id='3f2a...', similarity=0.83, rival=0.41, score=1.25, threshold=0.94, seen=False,
+    decision = Decision(calibration, embed, max_error_rate=0.02, min_similarity=0.5, evidence_doc=rag_top_document)
+    decision.assess(embed(["how do i strike out text on github"])[0], "webapps", "how do i strike out text on github")
                same_evidence=True, risk=0.011)
 """
 

@@ -27,9 +27,8 @@
    training set as a Hugging Face dataset (prompt/completion in chat form, one example per cluster
    and wording) saved to `<home>/datasets/<run_id>/`, with a content hash and its trace ids.
 
-    >>> result = curate(workspace, config)
-    >>> result.decisions["reject"]["infrequent"], result.examples
-    (412, 96)
+    result = curate(workspace, config)
+    result.decisions["reject"]["infrequent"], result.examples  # (412, 96)
 """
 
 from __future__ import annotations

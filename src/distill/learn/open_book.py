@@ -6,16 +6,10 @@ al., 2024): read the numbered evidence, answer with a short quote from the block
 answer, and say which block; or refuse when no block holds it. So it can answer a question no
 intent covers, and a question whose document changed, from the evidence retrieved now.
 
-    >>> chunks = [{"chunk_id": "kb/reset@v2#0", "heading": "Reset", "text": "The link is valid for 1 hour."},
-    ...           {"chunk_id": "kb/plans@v1#0", "heading": "Plans", "text": "Plus costs 8 dollars a month."}]
-    >>> print(render_prompt(DEFAULT_TEMPLATE, "How long is the reset link valid?", chunks, 250))
-    [1] Reset: The link is valid for 1 hour.
-    [2] Plans: Plus costs 8 dollars a month.
-    <BLANKLINE>
-    Question: How long is the reset link valid?
-    Answer with the number of the evidence that answers it and a short quote from it, or I don't know.
-    >>> parse_answer("[1] The link is valid for 1 hour.", chunks)
-    Quoted(answer='The link is valid for 1 hour.', chunk_id='kb/reset@v2#0', quoted=True, refused=False)
+    chunks = [{"chunk_id": "kb/reset@v2#0", "heading": "Reset", "text": "The link is valid for 1 hour."},
+              {"chunk_id": "kb/plans@v1#0", "heading": "Plans", "text": "Plus costs 8 dollars a month."}]
+    print(render_prompt(DEFAULT_TEMPLATE, "How long is the reset link valid?", chunks, 250))
+    parse_answer("[1] The link is valid for 1 hour.", chunks)
 
 Training examples (`examples`) come from curated traces, RAFT-style: the chunks the teacher read
 for that trace, at the trace's document versions (chunk ids carry them), the cited one among up

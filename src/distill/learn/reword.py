@@ -13,9 +13,8 @@ from) and trained wordings of the intent in the router's calibration evidence. T
 calibration examples themselves (those are what people asked), and a real wording's leave-one-out
 score ignores the rewordings written from it, so the calibration stays honest.
 
-    >>> writer = load_writer(config, workspace)
-    >>> writer.write(["How do I reset my password?"], 2)
-    [['How can I change my password?', 'What are the steps to reset a password?']]
+    writer = load_writer(config, workspace)
+    writer.write(["How do I reset my password?"], 2)
 """
 
 from __future__ import annotations

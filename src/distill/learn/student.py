@@ -1,9 +1,8 @@
 """A registered version, loaded for answering: the open-book student with the prompt template it
 was trained on, or a version that only replays.
 
-    >>> student = load_version(workspace.models_dir / "student" / "v0003")
-    >>> student.answer("How long is the refund window?", "billing", evidence=chunks)
-    Generation(text='[1] Refunds are possible within 30 days.', mean_logprob=-0.21, ...)
+    student = load_version(workspace.models_dir / "student" / "v0003")
+    student.answer("How long is the refund window?", "billing", evidence=chunks)
 
 The student reads the numbered evidence the router retrieved and answers `[n] quote` or the
 refusal (open_book.py). The prompt is rendered with the template recorded in the version's
@@ -98,9 +97,8 @@ class RemoteStudent(Student):
     router's coverage and the prompt are those the student was trained with; only generation moves.
     A batch of questions is sent as concurrent requests, which the server batches itself.
 
-        >>> student = RemoteStudent.load(version_dir, ChatEndpoint("http://gpu-1:8000/v1", "student", 10))
-        >>> student.answer("How long is the refund window?", scope="billing").text
-        'Refunds are possible within 30 days.'
+        student = RemoteStudent.load(version_dir, ChatEndpoint("http://gpu-1:8000/v1", "student", 10))
+        student.answer("How long is the refund window?", scope="billing").text
     """
 
     def __init__(self, endpoint, manifest: dict, max_new_tokens: int = 48, folder: Path | None = None):

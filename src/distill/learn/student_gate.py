@@ -19,9 +19,8 @@ The router sends the student what replay cannot take (open_book.py), but only un
    and follow the router's own answers (a moving average). With the extractive teacher on a CPU
    the student is slower, and the router says so: `teacher_cheaper`.
 
-    >>> gate = StudentGate.load(version_dir, max_error_rate=0.02, prices=config.eval, teacher_backend="openai")
-    >>> gate.threshold, gate.teacher_cheaper()
-    (-0.31, False)
+    gate = StudentGate.load(version_dir, max_error_rate=0.02, prices=config.eval, teacher_backend="openai")
+    gate.threshold, gate.teacher_cheaper()  # (-0.31, False)
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Fine-tune the student on a curated dataset with TRL, and register the result.
 
-    >>> result = train(workspace, config)              # the latest curation run's dataset
-    >>> result.version, result.path
-    ('v0003', PosixPath('models/student/v0003'))
+    result = train(workspace, config)              # the latest curation run's dataset
+    result.version, result.path  # ('v0003', PosixPath('models/student/v0003'))
 
 TRL's `SFTTrainer` trains on the dataset as `curate` wrote it (conversational prompt/completion:
 the question with its evidence, and `[n] quote` or the refusal), so the loss is on the completion

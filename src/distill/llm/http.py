@@ -71,9 +71,8 @@ class ChatEndpoint(RetryingClient):
     """A client of one OpenAI-compatible chat-completions server, shared by the teacher's `openai`
     backend and the router's remote student; retries as `RetryingClient` does.
 
-        >>> endpoint = ChatEndpoint("http://127.0.0.1:8000/v1", "default", timeout_s=30)
-        >>> endpoint.complete_many([[{"role": "user", "content": "Hi"}]], max_tokens=8, stop=["\n"])
-        [Generation(text='Hello!', mean_logprob=-0.4, ...)]
+        endpoint = ChatEndpoint("http://127.0.0.1:8000/v1", "default", timeout_s=30)
+        endpoint.complete_many([[{"role": "user", "content": "Hi"}]], max_tokens=8, stop=["\n"])
     """
 
     what = "the OpenAI-compatible endpoint"

@@ -12,10 +12,8 @@ the question, from three cheap local signals of its retrieval:
 They are combined by a logistic model whose weights were fitted on StackFAQ's tune half
 (`python scripts/bench_answerability.py` prints the fit), so `score` is a number between 0 and 1:
 
-    >>> round(score(top=0.62, sentence=0.55, coverage=0.5), 2)
-    0.9
-    >>> round(score(top=0.21, sentence=0.18, coverage=0.0), 2)
-    0.0
+    round(score(top=0.62, sentence=0.55, coverage=0.5), 2)  # 0.9
+    round(score(top=0.21, sentence=0.18, coverage=0.0), 2)  # 0.0
 
 Cosines differ from corpus to corpus (PolicyQA's answerable questions have a median score of 0.32,
 StackFAQ's 0.97), so each workspace gets its own threshold. Unlabelled traffic cannot place it (a
@@ -86,8 +84,7 @@ def unknown_names(question: str, knows) -> list[str]:
     """The names in a question (capitalized words of 3 or more letters, not the first of a
     sentence) that `knows(word)`, the corpus's vocabulary, does not have.
 
-        >>> unknown_names("Is there an Acme Calendar app?", knows=lambda w: w in {"Acme", "app"})
-        ['Calendar']
+        unknown_names("Is there an Acme Calendar app?", knows=lambda w: w in {"Acme", "app"})  # ['Calendar']
     """
     return [name for name in dict.fromkeys(m.group(1) for m in _NAME.finditer(question.strip())) if not knows(name)]
 
@@ -128,10 +125,9 @@ def documents_questions(chunks: list[dict], limit: int = MAX_KNOWN_ANSWERABLE) -
     heading every segment of its policy says nothing about any one of them). Latest versions,
     unflagged chunks; a fixed sample of `limit`, so the same corpus always gives the same fit.
 
-        >>> chunks = [{"heading": "Refunds > How to request a refund", "doc_id": "billing/refunds", "scope": "billing",
-        ...            "is_latest": True, "injection_flag": None, "text": "1. Open Billing."}]
-        >>> [q.text for q in documents_questions(chunks)]
-        ['How to request a refund']
+        chunks = [{"heading": "Refunds > How to request a refund", "doc_id": "billing/refunds", "scope": "billing",
+                   "is_latest": True, "injection_flag": None, "text": "1. Open Billing."}]
+        [q.text for q in documents_questions(chunks)]  # ['How to request a refund']
     """
     sections: dict[tuple, list[dict]] = {}
     for chunk in chunks:
@@ -152,8 +148,7 @@ def documents_questions(chunks: list[dict], limit: int = MAX_KNOWN_ANSWERABLE) -
 def without_heading_line(text: str, heading: str) -> str:
     """`text` without the lines that are `heading` (a short section's heading kept in the text).
 
-        >>> without_heading_line("## Steps\\n1. Open it.", "Steps")
-        '1. Open it.'
+        without_heading_line("## Steps\\n1. Open it.", "Steps")
     """
     target = " ".join(_WORD.findall(heading.lower()))
     return "\n".join(line for line in text.splitlines() if " ".join(_WORD.findall(line.lower())) != target).strip() or text
@@ -196,10 +191,9 @@ class Calibration:
     def summary(self) -> str:
         """One line on what decides refusals, for the CLI.
 
-            >>> Calibration(0.153, "documents_questions", "", evidence={"known_answerable": {"count": 124},
-            ...     "known_unanswerable": {"count": 195}}, refused_share={"known_answerable": 0.02,
-            ...     "known_unanswerable": 0.97}).summary()
-            "answerability threshold 0.153, from the documents' own questions (124 titles and headings: 2.0 % refused; 195 off-topic probes: 97.0 % refused)"
+            Calibration(0.153, "documents_questions", "", evidence={"known_answerable": {"count": 124},
+                "known_unanswerable": {"count": 195}}, refused_share={"known_answerable": 0.02,
+                "known_unanswerable": 0.97}).summary()
         """
         known = self.evidence.get("known_answerable", {}).get("count", 0)
         probed = self.evidence.get("known_unanswerable", {}).get("count", 0)
@@ -231,13 +225,11 @@ def fit(answerable: list[float], unanswerable: list[float], quantile: float, def
     refusal rated wrong: feedback.py): known-answerable too, and enough of them decide where the
     documents have too few questions of their own (method 'ratings').
 
-        >>> rng = np.random.default_rng(0)
-        >>> known, off_topic = list(rng.beta(8, 2, 200)), list(rng.beta(1, 60, 150))
-        >>> calibration = fit(known, off_topic, quantile=0.02, default=0.02)
-        >>> calibration.method, calibration.refused_share["known_answerable"] <= 0.02
-        ('documents_questions', True)
-        >>> fit(known[:5], off_topic, quantile=0.02, default=0.02).method
-        'probes'
+        rng = np.random.default_rng(0)
+        known, off_topic = list(rng.beta(8, 2, 200)), list(rng.beta(1, 60, 150))
+        calibration = fit(known, off_topic, quantile=0.02, default=0.02)
+        calibration.method, calibration.refused_share["known_answerable"] <= 0.02
+        fit(known[:5], off_topic, quantile=0.02, default=0.02).method  # 'probes'
     """
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     documents = [s for s in answerable if s is not None]
@@ -303,10 +295,8 @@ def nearest_topics(chunks: list[dict], n: int = 3) -> list[str]:
 def refusal_message(topics: list[str], unknown: list[str] | None = None) -> str:
     """What a person reads when the documents do not answer: why, and what they do cover nearby.
 
-        >>> refusal_message(["Resetting your password", "Two-factor authentication"])
-        'The documents do not cover this. Nearest topics: Resetting your password; Two-factor authentication.'
-        >>> refusal_message(["Offline mode"], unknown=["Calendar"])
-        'The documents do not mention Calendar. Nearest topics: Offline mode.'
+        refusal_message(["Resetting your password", "Two-factor authentication"])
+        refusal_message(["Offline mode"], unknown=["Calendar"])
     """
     message = f"The documents do not mention {', '.join(unknown)}." if unknown else "The documents do not cover this."
     return f"{message} Nearest topics: {'; '.join(topics)}." if topics else message

@@ -4,11 +4,9 @@ The input is JSONL, one `{"query", "scope"?, "query_id"?, "timestamp"?}` per lin
 an idempotency key (its `query_id`, or a hash of scope, text, timestamp and occurrence), so a rerun
 of the same command skips what is already stored and never duplicates:
 
-    >>> report = collect(workspace, config, Path("queries.jsonl"))
-    >>> report.answered, report.skipped_existing
-    (80, 0)
-    >>> collect(workspace, config, Path("queries.jsonl")).skipped_existing
-    80
+    report = collect(workspace, config, Path("queries.jsonl"))
+    report.answered, report.skipped_existing  # (80, 0)
+    collect(workspace, config, Path("queries.jsonl")).skipped_existing  # 80
 
 Queries are answered and committed in batches of `collect.batch_size`: a crash or `kill -9` loses
 at most the batches in flight. A bad line (not JSON, no `query`, an unknown scope, a bad timestamp) is
@@ -21,8 +19,7 @@ GPU) and answer batches in parallel. Either way this process alone writes the tr
 by batch as answers stream back, so the resume guarantee is the same. With the `openai` teacher
 backend each worker keeps `teacher.openai.max_concurrency` requests in flight to the endpoint.
 
-    >>> collect(workspace, config, Path("queries.jsonl"), engine="ray").answered   # ray.init() here,
-    80                                                                            # or collect.ray_address
+    collect(workspace, config, Path("queries.jsonl"), engine="ray").answered   # ray.init() here,
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ A document has an id, a version (or an effective date), a source and optionally 
 product or website). Chunking keeps a heading with the text under it and treats a list or numbered
 procedure as one block that is never split, so a retrieved chunk carries a whole procedure:
 
-    >>> doc = Document("help/export", "# Export\\n\\n1. Open a note.\\n2. Click Export.", "help-center")
-    >>> [c.text for c in chunk_document(doc, chunk_words=50, injection_patterns=[])]
-    ['1. Open a note.\\n2. Click Export.']
+    doc = Document("help/export", "# Export\\n\\n1. Open a note.\\n2. Click Export.", "help-center")
+    [c.text for c in chunk_document(doc, chunk_words=50, injection_patterns=[])]
 
 Every chunk knows its document id, version, scope and content hash; chunks whose text reads like
 instructions to a model are flagged here, once, so no later stage shows them to a generator as such.
@@ -231,8 +230,7 @@ def clean_markdown(text: str) -> str:
     """Markdown as a reader sees it: MyST and Sphinx labels, HTML comments and directive markup
     gone, roles reduced to their text, admonitions kept as text, code directives as code fences.
 
-        >>> clean_markdown("(setup)=\\n# Setup\\n\\nSee {ref}`the options <opts>`.\\n\\n```{note}\\nIt is free.\\n```")
-        '# Setup\\n\\nSee the options.\\n\\nIt is free.'
+        clean_markdown("(setup)=\\n# Setup\\n\\nSee {ref}`the options <opts>`.\\n\\n```{note}\\nIt is free.\\n```")
     """
     out: list[str] = []
     fence: tuple[str, str] | None = None  # (marker, kind): kind is 'code', 'hidden' or 'text'

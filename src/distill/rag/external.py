@@ -345,10 +345,10 @@ def _requests(path: Path, strict: bool, report: ImportReport) -> Iterator[tuple[
 class TraceLogger:
     """Log a RAG service's answers as distill traces, from any thread, without waiting on a disk.
 
-        >>> from distill import TraceLogger
-        >>> logger = TraceLogger("ws")                  # the distill workspace (or $DISTILL_HOME)
-        >>> logger.log(query=question, answer=answer, contexts=[{"id": d.id, "text": d.text} for d in docs])
-        >>> logger.close()                              # at shutdown: everything logged is on disk
+        from distill import TraceLogger
+        logger = TraceLogger("ws")                  # the distill workspace (or $DISTILL_HOME)
+        logger.log(query=question, answer=answer, contexts=[{"id": d.id, "text": d.text} for d in docs])
+        logger.close()                              # at shutdown: everything logged is on disk
 
     A record is checked at once (a bad one raises ValueError in the caller), then written from a
     background thread, in batches, to this process's own segment beside the trace store. The next

@@ -74,8 +74,7 @@ class EvidenceSentences:
     list item is one; a code block, table or list is no sentence itself but belongs to the sentence
     that introduces it (one ending in ':'), which answers with it:
 
-        >>> EvidenceSentences.units({"text": "## Keys\\n\\nTo set the default key, run this:\\n\\n```bash\\nllm keys set openai\\n```"})
-        [('To set the default key, run this:', '```bash\\nllm keys set openai\\n```')]
+        EvidenceSentences.units({"text": "## Keys\\n\\nTo set the default key, run this:\\n\\n```bash\\nllm keys set openai\\n```"})
     """
 
     def __init__(self, encode):

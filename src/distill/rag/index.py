@@ -5,11 +5,10 @@ index) and lexical (BM25 from DuckDB's `fts` extension), fused by weighted recip
 filtered by scope and document version. Files live in `<home>/index/`: `corpus.duckdb` (documents,
 chunks, BM25), `dense.faiss` (row i = chunk_key i) and `dense.json` (which embedding model built it).
 
-    >>> report = ingest(workspace, Path("docs/"), config=cfg)
-    >>> retriever = Retriever(workspace, cfg.index)
-    >>> hits = retriever.search("how do I export my notes?", scope="notes").hits
-    >>> hits[0].chunk["chunk_id"]
-    'notes/export-notes@v2#0'
+    report = ingest(workspace, Path("docs/"), config=cfg)
+    retriever = Retriever(workspace, cfg.index)
+    hits = retriever.search("how do I export my notes?", scope="notes").hits
+    hits[0].chunk["chunk_id"]  # 'notes/export-notes@v2#0'
 
 Re-ingesting a changed document stores a new version beside the old: retrieval returns the newest
 version by default (`latest_only=False` searches all). Ingest is resumable: documents are committed
@@ -71,9 +70,8 @@ class OnnxQueryEncoder:
     on this 2-core CPU, with the same vectors (cosine >= 0.99999). The export (about 1 s) is cached
     under `$DISTILL_CACHE_DIR` (default ~/.cache/distill), keyed by the model folder's files.
 
-        >>> encode = OnnxQueryEncoder.build(load_embedder("all-MiniLM-L6-v2"))
-        >>> encode(["how do I export my notes?"]).shape
-        (1, 384)
+        encode = OnnxQueryEncoder.build(load_embedder("all-MiniLM-L6-v2"))
+        encode(["how do I export my notes?"]).shape  # (1, 384)
 
     Only mean-pooled, normalized text encoders (MiniLM and models tuned from it) qualify; `build`
     returns None for anything else, and the caller keeps `embed`."""

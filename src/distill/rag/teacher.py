@@ -4,10 +4,9 @@ The answer itself comes from a generator (generators.py), chosen by `teacher.bac
 (default, no LLM), `transformers` (a local causal LM) or `openai` (an OpenAI-compatible server);
 `http` is a team's own RAG instead of this one (http_teacher.py).
 
-    >>> teacher = Teacher.from_workspace(workspace, config)
-    >>> answer = teacher.answer("How long is the refund window?", scope="billing")
-    >>> answer.answer, answer.citations, answer.refused
-    ('Refunds are available within 30 days of purchase.', ['billing/refunds@v2#0'], False)
+    teacher = Teacher.from_workspace(workspace, config)
+    answer = teacher.answer("How long is the refund window?", scope="billing")
+    answer.answer, answer.citations, answer.refused
 
 Evidence is a budget, not a dump: at most `context_chunks` chunks within `context_words`
 words, duplicates dropped, and chunks flagged as prompt injection left out (by default). Whatever is

@@ -5,8 +5,7 @@ Here an *intent* is a (website, question category) pair; its wordings are the da
 questions for it. Intents are drawn Zipf-distributed, a wording uniformly within the intent, and
 timestamps spread over several weeks, all from a fixed seed:
 
-    >>> make_traffic(Path("dev.json"), Path("out/"), n_queries=4000, seed=0)
-    TrafficReport(queries=4000, intents=..., distinct_queries=..., ...)
+    make_traffic(Path("dev.json"), Path("out/"), n_queries=4000, seed=0)
 
 Gold answers go to a separate `gold.jsonl` keyed by `query_id`, never into the query log the
 teacher sees, so evaluation cannot leak into traces.

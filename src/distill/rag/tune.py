@@ -1,8 +1,7 @@
 """Tune the retriever on the traces: the teacher's citations are labelled retrieval data.
 
-    >>> result = tune_retriever(workspace, config, gold=Path("gold.jsonl"))
-    >>> result.before["recall_at_5"], result.after["recall_at_5"], result.switched
-    (0.61, 0.68, True)
+    result = tune_retriever(workspace, config, gold=Path("gold.jsonl"))
+    result.before["recall_at_5"], result.after["recall_at_5"], result.switched  # (0.61, 0.68, True)
 
 Every kept trace (curation decision `train`, before the cutoff) says: for this question, the
 teacher answered from this chunk, and passed over the other chunks it retrieved. So the training

@@ -158,9 +158,8 @@ class CorpusSnapshot:
     one is complete (router.py). Queries are tokenized and stemmed by DuckDB in memory with the
     file's own tokenize macro, so BM25 matches the index exactly.
 
-        >>> snapshot = CorpusSnapshot(Path("ws/index/corpus.duckdb"))
-        >>> snapshot.query_terms("How do I export?")
-        ['export', 'how', 'do', 'i']
+        snapshot = CorpusSnapshot(Path("ws/index/corpus.duckdb"))
+        snapshot.query_terms("How do I export?")  # ['export', 'how', 'do', 'i']
     """
 
     def __init__(self, path: Path):

@@ -5,9 +5,8 @@ not answer the question. A rating is a number in [-1, 1] given to one trace's an
 false = -1); map other scales onto it before sending, for example thumbs up / down = 1 / -1, a
 rating r of 1 to 5 stars = (r - 3) / 2, a Langfuse NUMERIC score in [0, 1] = 2 * value - 1.
 
-    >>> rating = Rating.of({"trace_id": routed.trace_id, "score": False, "source": "user-17"}, trace, "http")
-    >>> rating.score, rating.source
-    (-1.0, 'user-17')
+    rating = Rating.of({"trace_id": routed.trace_id, "score": False, "source": "user-17"}, trace, "http")
+    rating.score, rating.source  # (-1.0, 'user-17')
 
 Ways in, each resolving the trace id first (an unknown one is `UnknownTrace`, HTTP 404):
 `Router.feedback(...)` (and `POST /v1/feedback` on `distill serve`), `TraceLogger.feedback(...)`
@@ -174,10 +173,9 @@ def evidence_key(scope: str | None, query: str, chunk_id: str) -> tuple:
 class Verdicts:
     """The weighed score of every rated answer and intent, fed ratings in any order once each.
 
-        >>> verdicts = Verdicts(config.feedback, store.feedback())   # every stored rating, weighed
-        >>> verdicts.add([rating])                      # a new one; returns the ratings that counted
-        >>> verdicts.wrong(answer_key("billing", "refund window?", "14 days."))
-        True
+        verdicts = Verdicts(config.feedback, store.feedback())   # every stored rating, weighed
+        verdicts.add([rating])                      # a new one; returns the ratings that counted
+        verdicts.wrong(answer_key("billing", "refund window?", "14 days."))  # True
     """
 
     def __init__(self, config: FeedbackConfig, ratings: Iterable[dict | Rating] = ()):
@@ -255,9 +253,9 @@ class RatedEvidence:
     teacher then answers from the next candidate, as a person corrected it to, or, with none left,
     refuses.
 
-        >>> rated = RatedEvidence(retriever.embed_queries, similar=0.9)
-        >>> rated.update(verdicts)                 # after new ratings
-        >>> rated.reorder(retrievals, vectors)     # in place, before the evidence is chosen
+        rated = RatedEvidence(retriever.embed_queries, similar=0.9)
+        rated.update(verdicts)                 # after new ratings
+        rated.reorder(retrievals, vectors)     # in place, before the evidence is chosen
     """
 
     def __init__(self, embed_queries, similar: float, withdraw_below: float = 0.0):

@@ -46,8 +46,8 @@ def attach_lake(cur: duckdb.DuckDBPyConnection, lake: LakeLocation) -> None:
 class TraceLake:
     """Read side of the trace lake: curation's own SQL, run over the lake's Parquet files.
 
-        >>> with TraceLake(LakeLocation("lake/traces.ducklake", "lake/data")) as lake:
-        ...     rows = lake.curation_input()
+        with TraceLake(LakeLocation("lake/traces.ducklake", "lake/data")) as lake:
+            rows = lake.curation_input()
     """
 
     def __init__(self, lake: LakeLocation):

@@ -48,9 +48,9 @@ class SegmentLog:
     those a process that died left open; traces are deduplicated by query_id, so nothing is counted
     twice.
 
-        >>> log = SegmentLog(Path("ws/traces/segments"))
-        >>> log.write([{"kind": "trace", "row": {...}}])     # durable when this returns
-        >>> log.close()                                       # finished: the next command folds it
+        log = SegmentLog(Path("ws/traces/segments"))
+        log.write([{"kind": "trace", "row": {...}}])     # durable when this returns
+        log.close()                                       # finished: the next command folds it
     """
 
     def __init__(self, folder: Path, rotate_s: float = 5.0, rotate_rows: int = 10_000):
@@ -195,9 +195,9 @@ class FeedbackJournal:
     journal's new lines (`read_new`) each `router.reload_s`, so a rating given to one worker takes
     effect in all of them without any of them opening the store.
 
-        >>> journal = FeedbackJournal(feedback_folder(workspace.traces_db))
-        >>> journal.append([rating])        # durable when this returns
-        >>> journal.read_new()              # every process's ratings this reader has not seen yet
+        journal = FeedbackJournal(feedback_folder(workspace.traces_db))
+        journal.append([rating])        # durable when this returns
+        journal.read_new()              # every process's ratings this reader has not seen yet
     """
 
     def __init__(self, folder: Path):

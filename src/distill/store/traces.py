@@ -2,11 +2,9 @@
 by query id), the queries curation, the nightly, the evaluation and `explain` run, and a user's
 own SQL (`user_sql`, read-only unless asked). `TraceWriter` is how a running router writes.
 
-    >>> store = TraceStore(Path("traces/traces.duckdb"))    # creates or upgrades the file
-    >>> store.append([trace])                               # one transaction per batch
-    1
-    >>> store.append([trace])                               # same query_id: skipped, not duplicated
-    0
+    store = TraceStore(Path("traces/traces.duckdb"))    # creates or upgrades the file
+    store.append([trace])                               # one transaction per batch
+    store.append([trace])                               # same query_id: skipped, not duplicated
 
 A batch is one transaction, so a crash or `kill -9` loses at most the batch being written, and
 `query_id` is unique, so re-running a collection resumes instead of duplicating.
@@ -430,8 +428,7 @@ def user_sql(traces_db: Path, query: str, write: bool = False) -> list[dict]:
     unless `write`, so a statement that would change it fails instead of deleting traces. An error
     is the user's: one line, the query's fault.
 
-        >>> user_sql(workspace.traces_db, "SELECT route, count(*) AS n FROM traces GROUP BY 1")
-        [{'route': 'rag', 'n': 61}, {'route': 'replay', 'n': 21}]
+        user_sql(workspace.traces_db, "SELECT route, count(*) AS n FROM traces GROUP BY 1")
     """
     TraceStore(traces_db).close()
     con = connect(Path(traces_db), read_only=not write, wait_s=WAIT_S)
@@ -468,9 +465,9 @@ class TraceWriter:
     of those to open the store folds the segments in. `close` writes everything queued and finishes
     the segment.
 
-        >>> writer = TraceWriter(workspace.traces_db)
-        >>> writer.put("trace", trace)          # returns at once; durable within `wait_s`
-        >>> writer.close()
+        writer = TraceWriter(workspace.traces_db)
+        writer.put("trace", trace)          # returns at once; durable within `wait_s`
+        writer.close()
     """
 
     def __init__(self, traces_db: Path, batch: int = 256, wait_s: float = 0.2, rotate_s: float = 5.0):
