@@ -155,3 +155,15 @@ def test_segments_a_service_writes_are_folded_once_by_whoever_opens_the_store_ne
     again.close()
     with TraceStore(db) as store:
         assert store.count() == 5 and store.folded == 0
+
+
+def test_the_trace_record_and_the_migrated_table_have_the_same_columns(tmp_path):
+    """One schema: the migrations build the table, `Trace` is its record, and every other list of
+    columns (the inserts, the lake, the docs) is derived from those two."""
+    from dataclasses import fields
+
+    from distill.store.schema import TRACE_COLUMNS, Trace
+
+    with TraceStore(tmp_path / "t.duckdb") as store:
+        table = [r["column_name"] for r in store.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'traces'")]
+    assert sorted(table) == sorted(f.name for f in fields(Trace)) == sorted(TRACE_COLUMNS)

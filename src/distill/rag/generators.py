@@ -10,7 +10,7 @@ import html
 import os
 import re
 from functools import lru_cache
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -52,18 +52,6 @@ def build_messages(query: str, evidence: list[dict]) -> list[dict]:
     question = html.escape(query, quote=False)
     return [{"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": f"{fenced}\n\nQuestion: {question}\nAnswer with a short quote:"}]
-
-
-def make_generator(config: TeacherConfig, retriever: Retriever, workspace: Workspace) -> Generator:
-    if config.backend == "extractive":
-        return ExtractiveGenerator(EvidenceSentences(retriever.encode), config.extractive.max_answer_words,
-                                   config.extractive.rank_margin, config.extractive.max_block_words)
-    if config.backend == "transformers":
-        return TransformersGenerator.load(config.transformers.model, workspace, config.transformers.max_new_tokens)
-    if config.backend == "openai":
-        return OpenAIGenerator(openai_endpoint(config.openai), config.openai.max_new_tokens)
-    raise DistillError(f"unknown teacher backend '{config.backend}'; set teacher.backend to extractive, "
-                       f"transformers, openai or http")
 
 
 class EvidenceSentences:
@@ -239,3 +227,22 @@ class OpenAIGenerator:
         for generation in generations:
             generation.text = first_answer_line(generation.text)
         return generations
+
+
+GENERATORS: dict[str, Callable[[TeacherConfig, Retriever, Workspace], Generator]] = {  # teacher.backend -> a generator
+    "extractive": lambda config, retriever, workspace: ExtractiveGenerator(
+        EvidenceSentences(retriever.encode), config.extractive.max_answer_words, config.extractive.rank_margin,
+        config.extractive.max_block_words),
+    "transformers": lambda config, retriever, workspace: TransformersGenerator.load(
+        config.transformers.model, workspace, config.transformers.max_new_tokens),
+    "openai": lambda config, retriever, workspace: OpenAIGenerator(openai_endpoint(config.openai),
+                                                                   config.openai.max_new_tokens),
+}
+
+
+def make_generator(config: TeacherConfig, retriever: Retriever, workspace: Workspace) -> Generator:
+    """The generator `teacher.backend` names (`http` is a whole teacher of its own: http_teacher.py)."""
+    if config.backend not in GENERATORS:
+        raise DistillError(f"teacher.backend '{config.backend}' has no generator here; set it to "
+                           f"{', '.join(GENERATORS)} or http")
+    return GENERATORS[config.backend](config, retriever, workspace)

@@ -5,7 +5,7 @@ order. Every table and column carries its meaning as a comment (`_m015_comments`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -413,15 +413,7 @@ FEEDBACK_COLUMNS = ["feedback_id", "trace_id", "score", "name", "comment", "sour
                     "route", "backend", "student_version", "cluster_id", "scope", "query", "answer", "citations"]
 
 
-TRACE_COLUMNS = [
-    "trace_id", "query_id", "created_at", "asked_at", "scope", "query", "answer", "citations",
-    "cited_doc_versions", "retrieved", "refused", "refusal_reason", "route", "route_reason",
-    "top_score", "score_margin", "retriever_agreement", "mean_logprob", "groundedness",
-    "citation_valid", "latency_ms", "retrieval_ms", "prompt_tokens", "completion_tokens", "model",
-    "backend", "collect_run_id", "answer_score", "router_ms", "generation_ms", "checks", "cluster_id",
-    "student_version", "corpus_generation", "answerability", "answerability_threshold", "nearest_topics",
-    "answerability_method", "origin",
-]
+TRACE_COLUMNS = [f.name for f in fields(Trace)]  # the migrations make the same columns: tests/test_store.py holds them together
 
 
 def trace_table(traces: Sequence[Trace]):
