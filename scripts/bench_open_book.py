@@ -58,7 +58,7 @@ import numpy as np
 
 from distill import registry
 from distill.config import Workspace
-from distill.jobs.evaluate import load_gold
+from distill.jobs.eval_sets import load_gold
 from distill.jobs.nightly import nightly
 from distill.learn.coverage import agrees
 from distill.learn.open_book import parse_answer, student_evidence

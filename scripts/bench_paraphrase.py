@@ -36,13 +36,16 @@ import numpy as np
 
 from distill import registry
 from distill.config import Workspace
-from distill.jobs.evaluate import evaluate_systems, held_out_items, load_gold_rows
-from distill.learn.curate import cluster_vectors, curate, normalize_answer, wording_evidence
+from distill.jobs.eval_sets import held_out_items, load_gold_rows
+from distill.jobs.evaluate import evaluate_systems
+from distill.learn.curate import curate
+from distill.learn.intents import cluster_vectors, normalize_answer, wording_evidence
 from distill.learn.train import train
 from distill.llm.local import SMOLLM2
 from distill.metrics import best_f1, normalize_query, token_f1
 from distill.rag.collect import collect
-from distill.rag.index import embed, ingest, load_embedder
+from distill.rag.embed import embed, load_embedder
+from distill.rag.index import ingest
 from distill.store.traces import TraceStore
 
 from policyqa import ROOT, save_results

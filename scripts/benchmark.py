@@ -24,7 +24,8 @@ from bench_teacher import workspace as policyqa_workspace
 
 from distill import registry
 from distill.config import Workspace
-from distill.jobs.evaluate import load_gold, run_eval
+from distill.jobs.eval_sets import load_gold
+from distill.jobs.evaluate import run_eval
 from distill.jobs.nightly import nightly
 from distill.jobs.report import headline, write_report
 from distill.learn.open_book import student_evidence

@@ -6,8 +6,9 @@ import pytest
 
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.learn.curate import PiiDetector, cluster_wordings, curate
-from distill.rag.index import load_embedder
+from distill.learn.curate import curate
+from distill.learn.intents import PiiDetector, cluster_wordings
+from distill.rag.embed import load_embedder
 from distill.store.traces import TraceStore
 
 from conftest import REFUND_A, REFUND_Q, START, make_trace, refund

@@ -1,7 +1,8 @@
 import pytest
 
 from distill.errors import DistillError
-from distill.jobs.evaluate import SYSTEMS, evaluate_systems, gold_items, held_out_items, load_gold_rows, route_at
+from distill.jobs.eval_sets import gold_items, held_out_items, load_gold_rows
+from distill.jobs.evaluate import SYSTEMS, evaluate_systems, route_at
 
 from conftest import SAMPLE
 

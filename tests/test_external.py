@@ -243,7 +243,8 @@ def test_a_router_falls_back_to_their_rag_and_a_changed_context_takes_the_intent
                                                               progress=False).version)
     manifest = registry.manifest(workspace.models_dir, "student", "v0001")  # their evidence is not readable here:
     assert manifest["student_mode"] == "replay" and manifest["metrics"]["steps"] == 0  # intents, no student trained
-    from distill.jobs.evaluate import evaluate_systems, held_out_items
+    from distill.jobs.eval_sets import held_out_items
+    from distill.jobs.evaluate import evaluate_systems
 
     figures = evaluate_systems(workspace, workspace.config(), held_out_items(workspace), progress=False)
     assert "student" not in figures["systems"] and figures["systems"]["routed"]["replay_share"] == 1.0

@@ -5,7 +5,8 @@ import pytest
 
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.rag.index import OnnxQueryEncoder, Retriever, embed, ingest, load_embedder
+from distill.rag.embed import OnnxQueryEncoder, embed, load_embedder
+from distill.rag.index import Retriever, ingest
 
 from conftest import DOCS, REFUND_V2
 

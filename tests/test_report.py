@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 from distill.cli.base import app
 from distill.config import Workspace
 from distill.errors import DistillError
-from distill.jobs.evaluate import load_suite, run_eval
+from distill.jobs.eval_sets import load_suite
+from distill.jobs.evaluate import run_eval
 from distill.jobs.report import write_report
 from distill.rag.external import TraceLogger
 from distill.store.traces import TraceStore

@@ -59,7 +59,7 @@ def tiny_cross_encoder_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from distill.rag.index import embedder_path
+    from distill.rag.embed import embedder_path
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(embedder_path("all-MiniLM-L6-v2"))

@@ -124,7 +124,7 @@ def nightly(gold: Optional[Path] = typer.Option(None, help="gold.jsonl (query_id
                                                   "pushed traces)"),
             home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Curate, train, evaluate on the held-out window, and promote only if the gate passes (for cron)."""
-    from distill.jobs.evaluate import load_gold
+    from distill.jobs.eval_sets import load_gold
     from distill.jobs.nightly import nightly as run_nightly
 
     workspace = workspace_at(home)
@@ -158,7 +158,7 @@ def tune_retriever(gold: Optional[Path] = typer.Option(None, help="gold JSONL wi
         return
     rows = None
     if gold:
-        from distill.jobs.evaluate import load_gold_rows
+        from distill.jobs.eval_sets import load_gold_rows
 
         rows = {row["query_id"]: row for row in load_gold_rows(gold) if row.get("query_id")}
     result = run_tune(workspace, workspace.config(), rows)
@@ -195,7 +195,7 @@ def tune_reranker(gold: Optional[Path] = typer.Option(None, help="gold JSONL wit
         return
     rows = None
     if gold:
-        from distill.jobs.evaluate import load_gold_rows
+        from distill.jobs.eval_sets import load_gold_rows
 
         rows = {row["query_id"]: row for row in load_gold_rows(gold) if row.get("query_id")}
     result = run_tune(workspace, workspace.config(), rows)

@@ -26,7 +26,8 @@ def eval_(gold: Optional[Path] = typer.Option(None, help="gold JSONL ({query_id 
     console = stderr_console()
     config = workspace.config()
     if suite:
-        from distill.jobs.evaluate import load_suite, run_suite
+        from distill.jobs.eval_sets import load_suite
+        from distill.jobs.evaluate import run_suite
 
         with _router(workspace, workspace.config({"router": {"log_traces": False}})) as router:
             results = run_suite(router, load_suite(suite), config.eval.success_f1)

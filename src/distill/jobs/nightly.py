@@ -40,7 +40,8 @@ from typing import Callable
 from distill import registry
 from distill.config import Config, Workspace
 from distill.errors import DistillError
-from distill.jobs.evaluate import held_out_queries, load_suite, run_suite
+from distill.jobs.eval_sets import held_out_queries, load_suite
+from distill.jobs.evaluate import run_suite
 from distill.learn import open_book
 from distill.learn.curate import curate
 from distill.learn.train import train

@@ -39,7 +39,6 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +47,12 @@ from distill.config import Config, CurateConfig, Workspace
 from distill.errors import DistillError
 from distill.learn import open_book
 from distill.learn.coverage import CALIBRATION_FILE, export_calibration
+from distill.learn.intents import REFUSED, PiiDetector, cluster_vectors, normalize_answer, wording_evidence
 from distill.metrics import normalize_query
 from distill.rag import answerability
-from distill.rag.answers import words
 from distill.rag.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
-from distill.rag.index import corpus_path, embed, load_embedder
+from distill.rag.embed import embed, load_embedder
+from distill.rag.index import corpus_path
 from distill.rag.teacher import ensure_calibrated
 from distill.store.chunks import CorpusStore
 from distill.store.feedback import Verdicts, answer_key
@@ -61,11 +61,19 @@ from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
+
+
 FEEDBACK_RULES = ("rated_wrong",)  # users rated this answer to this wording wrong (feedback.py)
+
+
 TRACE_RULES = ("refused", "answered_elsewhere", "citation_invalid", "stale_citation", "ungrounded", "low_confidence")
+
+
 CLUSTER_RULES = ("infrequent", "inconsistent", "minority_answer")
+
+
 RULES = SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + CLUSTER_RULES
-REFUSED = "<refused>"
+
 
 
 @dataclass
@@ -91,114 +99,6 @@ class CurationResult:
     def most_rejected(self) -> tuple[str, int] | None:
         rejected = self.decisions.get("reject", Counter())
         return rejected.most_common(1)[0] if rejected else None
-
-
-def normalize_answer(text: str) -> str:
-    return " ".join(words(text))
-
-
-# ---------------------------------------------------------------------------------------------
-# Clustering
-# ---------------------------------------------------------------------------------------------
-
-def cluster_wordings(wordings: list[tuple[str | None, str]], embedder, threshold: float,
-                     evidence: list[tuple] | None = None, neighbours: int = 10) -> dict[tuple[str | None, str], int]:
-    """Map each (scope, normalized wording) to a cluster number; only wordings of one scope join.
-
-    With `evidence` (one (document, answer) pair per wording: what the teacher answered it from and
-    with), two wordings join only when the teacher answered them from the same document with the
-    same answer: one threshold on question similarity alone both merges different needs whose
-    answers differ and splits rewordings of one need. On StackFAQ (125 threads, their users'
-    rephrasings) see `scripts/bench_paraphrase.py` for purity and inconsistent rejections."""
-    vectors = embed(embedder, [w for _, w in wordings], batch_size=128) if wordings else np.zeros((0, 1))
-    return cluster_vectors(wordings, vectors, threshold, evidence, neighbours)
-
-
-def cluster_vectors(wordings: list[tuple[str | None, str]], vectors: np.ndarray, threshold: float,
-                    evidence: list[tuple] | None = None, neighbours: int = 10) -> dict[tuple[str | None, str], int]:
-    """`cluster_wordings` over unit vectors already computed (one per wording)."""
-    import faiss
-
-    parent = list(range(len(wordings)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    by_scope: dict[str | None, list[int]] = defaultdict(list)
-    for i, (scope, _) in enumerate(wordings):
-        by_scope[scope].append(i)
-    for members in by_scope.values():
-        if len(members) < 2:
-            continue
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(vectors[members])
-        scores, hits = index.search(vectors[members], min(neighbours, len(members)))
-        for row, (score_row, hit_row) in enumerate(zip(scores, hits)):
-            for score, hit in zip(score_row, hit_row):
-                a, b = members[row], members[hit]
-                if hit >= 0 and hit != row and score >= threshold and (evidence is None or evidence[a] == evidence[b]):
-                    parent[find(a)] = find(b)
-    return {wording: find(i) for i, wording in enumerate(wordings)}
-
-
-def wording_evidence(traces: list[dict], keys: list[tuple], wordings: list[tuple]) -> list[tuple]:
-    """Per wording, the (cited document, normalized answer) most of its traces gave; (None, REFUSED)
-    when most were refused."""
-    given: dict[tuple, Counter] = defaultdict(Counter)
-    for trace, key in zip(traces, keys):
-        if trace["refused"] or not trace["citations"]:
-            given[key][(None, REFUSED)] += 1
-        else:
-            given[key][(cited_document(trace["citations"]), normalize_answer(trace["answer"]))] += 1
-    return [given[w].most_common(1)[0][0] for w in wordings]
-
-
-# ---------------------------------------------------------------------------------------------
-# Rules
-# ---------------------------------------------------------------------------------------------
-
-class PiiDetector:
-    """Presidio's pattern recognizers (email, phone, card, IBAN, SSN, ...) with their checksums and
-    context logic. No spaCy NER model ships offline, so a blank English pipeline tokenizes; entity
-    types that need NER (names, places) are out of reach and not configured by default."""
-
-    def __init__(self, entities: list[str], min_score: float):
-        import logging
-
-        import spacy
-        import tldextract
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-        from presidio_analyzer.nlp_engine import SpacyNlpEngine
-
-        # Presidio's email check calls tldextract, whose default extractor downloads the public-suffix
-        # list: point it at the snapshot that ships inside tldextract.
-        tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
-
-        class BlankEnglish(SpacyNlpEngine):
-            def load(self) -> None:
-                self.nlp = {"en": spacy.blank("en")}
-
-        logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # one warning per non-English recognizer
-        engine = BlankEnglish(models=[{"lang_code": "en", "model_name": "blank"}])
-        engine.load()
-        registry = RecognizerRegistry()
-        registry.load_predefined_recognizers(nlp_engine=engine, languages=["en"])
-        self.analyzer = AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
-        self.entities, self.min_score = entities, min_score
-        self.find = lru_cache(maxsize=None)(self._find)  # traffic repeats: cost grows with distinct texts
-
-    def _find(self, text: str, published: str = "") -> str | None:
-        """The first personal-data entity type found in `text`, or None. Spans that also occur in
-        `published` (the cited documents: a support address, a company phone) are not personal data."""
-        if not text.strip():
-            return None
-        results = self.analyzer.analyze(text=text, language="en", entities=self.entities,
-                                        score_threshold=self.min_score)
-        found = [r for r in results if text[r.start:r.end] not in published]
-        return found[0].entity_type if found else None
 
 
 def _validate(config: CurateConfig) -> None:
@@ -228,10 +128,6 @@ def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> st
         return "low_confidence"
     return None
 
-
-# ---------------------------------------------------------------------------------------------
-# The stage
-# ---------------------------------------------------------------------------------------------
 
 def curate(workspace: Workspace, config: Config, require_min: int | None = None,
            now: datetime | None = None, from_lake: bool = False, cutoff: datetime | None = None) -> CurationResult:

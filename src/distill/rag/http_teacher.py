@@ -74,7 +74,7 @@ class ExternalDocuments:
     generation = 0
 
     def __init__(self, config: IndexConfig):
-        from distill.rag.index import load_embedder
+        from distill.rag.embed import load_embedder
 
         self.model = load_embedder(config.embedding_model)
         self.dense = {"embedder": config.embedding_model}
@@ -83,7 +83,8 @@ class ExternalDocuments:
         self._query_vectors: dict[str, np.ndarray] = {}
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
-        from distill.rag.index import embed, embed_cached
+        from distill.rag.embed import embed
+        from distill.rag.index import embed_cached
 
         return embed_cached(self._query_vectors, lambda texts: embed(self.model, texts), queries)
 

@@ -53,7 +53,8 @@ from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
 from distill.rag import answerability
 from distill.rag.corpus import chunk_doc_version
-from distill.rag.index import PACKAGED_MINILM, Hit, Retrieval, Retriever, chunk_embedding_text, embedder_path
+from distill.rag.embed import PACKAGED_MINILM, embedder_path
+from distill.rag.index import Hit, Retrieval, Retriever, chunk_embedding_text
 from distill.rag.tune import held_out_queries
 from distill.store.feedback import Verdicts
 from distill.store.traces import TraceStore

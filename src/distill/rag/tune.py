@@ -38,17 +38,8 @@ from distill.errors import DistillError
 from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
 from distill.rag.corpus import chunk_doc_version
-from distill.rag.index import (
-    PACKAGED_MINILM,
-    Retriever,
-    chunk_embedding_text,
-    corpus_path,
-    dense_meta,
-    embed,
-    embedder_path,
-    sync_dense,
-    write_dense_meta,
-)
+from distill.rag.embed import PACKAGED_MINILM, embed, embedder_path
+from distill.rag.index import Retriever, chunk_embedding_text, corpus_path, dense_meta, sync_dense, write_dense_meta
 from distill.store.chunks import CorpusStore
 from distill.store.feedback import Verdicts
 from distill.store.traces import TraceStore

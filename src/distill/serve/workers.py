@@ -14,15 +14,11 @@ import queue
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from distill.learn.coverage import agrees
 from distill.metrics import token_f1
 from distill.rag.corpus import cited_document
 from distill.store.traces import TraceWriter, take_batch
-
-if TYPE_CHECKING:  # the router owns these helpers; only its type is named here
-    from distill.serve.router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +83,7 @@ class ShadowChecker:
     shadow mode, take RAG's answer and what replay would have answered), store the agreement, and
     withdraw intents whose agreement stays low."""
 
-    def __init__(self, router: "Router", writer: TraceWriter | None):
+    def __init__(self, router, writer: TraceWriter | None):  # router: the serve.router.Router it checks for
         self.router, self.writer = router, writer
         self.evidence: dict[tuple, list[dict]] = {}  # (student version, cluster_id) -> its shadow checks so far
         self._queue: queue.Queue = queue.Queue()
