@@ -217,9 +217,9 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=0,
                         help="only time the promoted student on this many held-out questions, one at a time, per runtime")
     args = parser.parse_args()
-    name = "_".join(part for part in (args.data if args.data in ("stackfaq", "covid") else "", args.teacher, args.tag)
+    run_name = "_".join(part for part in (args.data if args.data in ("stackfaq", "covid") else "", args.teacher, args.tag)
                     if part)
-    home = args.home or ROOT / "bench" / f"open-book-{name.replace('_', '-')}"
+    home = args.home or ROOT / "bench" / f"open-book-{run_name.replace('_', '-')}"
     home.mkdir(parents=True, exist_ok=True)
     args.data, changed_data = dataset(args.data, home)
     pairs = _pairs(args.data)
@@ -384,7 +384,7 @@ def main() -> None:
         measure("changed", changed_keys)
     results["changed_documents"] = len(changed_docs)
     results["changed_documents_cited"] = len(changed_docs & set(cited))
-    path = save_results(f"open_book_{name}", results)
+    path = save_results(f"open_book_{run_name}", results)
     print(f"\nfigures in {path}")
     if server:
         server.shutdown()
