@@ -81,13 +81,12 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
 
 
 def _moment(value: str, option: str):
-    from datetime import datetime, timezone
+    from distill.timestamps import utc
 
     try:
-        moment = datetime.fromisoformat(value)
+        return utc(value)
     except ValueError:
         raise DistillError(f"{option} {value!r} is not an ISO date or time (for example 2026-10-24)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @app.command()

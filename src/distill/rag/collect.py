@@ -44,6 +44,7 @@ from distill.store.chunks import CorpusStore
 from distill.store.feedback import Verdicts
 from distill.store.schema import Trace
 from distill.store.traces import TraceStore
+from distill.timestamps import utc
 
 
 @dataclass
@@ -64,11 +65,6 @@ class CollectReport:
     skipped_existing: int = 0
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
     calibration: answerability.Calibration | None = None  # fitted by this run (a new or changed corpus)
-
-
-def _parse_time(value) -> datetime:
-    moment = datetime.fromisoformat(str(value))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def require_query_file(path: Path) -> None:
@@ -101,7 +97,7 @@ def read_queries(path: Path, known_scopes: set[str] | None = None, strict: bool 
             asked_at = now
             if problem is None and row.get("timestamp") is not None:
                 try:
-                    asked_at = _parse_time(row["timestamp"])
+                    asked_at = utc(row["timestamp"])
                 except ValueError:
                     problem = f"timestamp {row['timestamp']!r} is not ISO 8601"
             if problem:

@@ -37,7 +37,6 @@ import json
 import os
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -49,17 +48,9 @@ from distill.store.feedback import Rating, RecentTraces
 from distill.store.schema import Trace, trace_table
 from distill.store.segments import FeedbackJournal, feedback_folder
 from distill.store.traces import TraceStore, TraceWriter
+from distill.timestamps import utc
 
 BATCH = 10_000  # records parsed and committed together: memory stays flat in the file's size
-
-
-def _time(value) -> datetime:
-    if value is None:
-        return datetime.now(timezone.utc)
-    if isinstance(value, (int, float)):  # seconds since the epoch
-        return datetime.fromtimestamp(value, timezone.utc)
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def to_trace(record: dict, route_reason: str = "import") -> Trace:
@@ -79,7 +70,7 @@ def to_trace(record: dict, route_reason: str = "import") -> Trace:
     refused = bool(record.get("refused", False)) or not answer.strip()
     cited = [] if refused else cited_contexts(answer, chunks, record.get("citations"))
     try:
-        asked_at = _time(record.get("timestamp"))
+        asked_at = utc(record.get("timestamp"))
     except (ValueError, TypeError, OverflowError):
         raise ValueError(f"timestamp {record.get('timestamp')!r} is not ISO 8601 or epoch seconds") from None
     latency = record.get("latency_ms")

@@ -40,7 +40,7 @@ import hashlib
 import threading
 from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable
 
@@ -51,6 +51,7 @@ from distill.errors import DistillError
 from distill.metrics import normalize, normalize_query
 from distill.store.schema import RATED_TRACE_COLUMNS, Trace
 from distill.store.segments import find_trace
+from distill.timestamps import utc
 
 
 class UnknownTrace(DistillError):
@@ -147,13 +148,10 @@ class Rating:
 
 
 def _when(value) -> datetime:
-    if value is None:
-        return datetime.now(timezone.utc)
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
+        return utc(value)
+    except (ValueError, TypeError, OverflowError):
         raise DistillError(f"'timestamp' must be an ISO 8601 time (got {value!r})") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def answer_key(scope: str | None, query: str, answer: str) -> tuple:
