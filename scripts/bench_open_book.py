@@ -290,7 +290,7 @@ def main() -> None:
                "examples": manifest["examples"], "groups": {}}
     if args.latency:
         return time_runtimes(workspace, config, folder, groups, args.latency)
-    base_path = local_model(config.train.base_model, workspace, "train.base_model")
+    base_path = local_model(config.train.base_model, workspace.models_dir, "set train.base_model")
     base_model, base_tokenizer = load_causal_lm(base_path, config.student.runtime)
     base = Student(base_model, base_tokenizer, manifest, config.student.max_new_tokens)
     trained = Student.load(folder, runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)

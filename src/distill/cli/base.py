@@ -109,5 +109,3 @@ def _bug_report(err: Exception) -> Path:
     path = folder / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
     path.write_text(f"distill {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(err)))
     return path
-if __name__ == "__main__":
-    main()

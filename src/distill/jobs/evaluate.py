@@ -270,7 +270,8 @@ def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate)
         spent = record["router_ms"] + record["student_ms"]
         outcome.update(latency_ms=spent, cost=local_cost(spent, prices), reason="served")
         return outcome
-    generated = reason in ("student_refused", "not_quoted", "confidence") and gate.threshold != float("inf")
+    book = record.get("open_book")  # the student was asked when the router would have asked it
+    generated = gate is not None and book is not None and book["refusal"] is None and gate.before_generating() is None
     spent = record["router_ms"] + (record.get("student_ms", 0.0) if generated else 0.0)
     return _fallback(record, prices, reason, spent)
 

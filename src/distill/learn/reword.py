@@ -76,7 +76,7 @@ class TransformersWriter:
 
         from distill.llm.local import local_model
 
-        path = local_model(name, workspace, setting)
+        path = local_model(name, workspace.models_dir, f"set {setting}")
         model = AutoModelForCausalLM.from_pretrained(str(path))
         model.eval()
         return cls(model, AutoTokenizer.from_pretrained(str(path)), seed)

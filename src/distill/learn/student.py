@@ -133,12 +133,9 @@ class ChatModel:
     def load(cls, name: str, models_dir: Path, runtime: str = "fp32") -> "ChatModel":
         """`name`: 'SmolLM2-135M-Instruct' (the offline GGUF), a registered student version or any
         `save_pretrained` folder."""
-        from distill.llm.local import SMOLLM2, smollm2_folder
+        from distill.llm.local import SMOLLM2, local_model
 
-        path = smollm2_folder(models_dir) if name == SMOLLM2 else Path(name)
-        if not (path / "config.json").is_file():
-            raise DistillError(f"model '{name}' is neither '{SMOLLM2}' nor a save_pretrained folder (no config.json); "
-                               f"pass a models/<student>/<version> folder")
+        path = local_model(name, models_dir, "pass a models/<student>/<version> folder")
         model, tokenizer = load_causal_lm(path, runtime)
         return cls(model, tokenizer, name if name == SMOLLM2 else path.resolve().name)
 

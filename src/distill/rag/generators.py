@@ -176,7 +176,7 @@ class TransformersGenerator:
     def load(cls, name: str, workspace: Workspace, max_new_tokens: int) -> "TransformersGenerator":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = local_model(name, workspace, "teacher.transformers.model")
+        path = local_model(name, workspace.models_dir, "set teacher.transformers.model")
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path))
         model.eval()
