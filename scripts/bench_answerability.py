@@ -57,7 +57,7 @@ from distill.config import Workspace
 from distill.rag.collect import collect
 from distill.rag.corpus import cited_document
 from distill.rag.index import ingest
-from distill.rag.teacher import Teacher, ensure_calibrated
+from distill.rag.teacher import Teacher, ensure_answerability_fitted
 from distill.rag.traffic import _pairs, make_traffic
 
 from policyqa import ROOT, load_results, require_policyqa, save_results, split_pairs
@@ -251,7 +251,7 @@ def measure_set(name: str, entry: dict, variants: dict[str, dict]) -> dict:
         config = ws.config(overrides)
         teacher = Teacher.from_workspace(ws, config)
         began = time.perf_counter()
-        calibration = teacher.calibrate()  # what a new workspace's ingest fits, for this variant's retriever
+        calibration = teacher.fit_answerability()  # what a new workspace's ingest fits, for this variant's retriever
         fit_s = time.perf_counter() - began
         answer_all(teacher, entry["items"][:128])  # warm caches, so that no variant pays for going first
         answered = answer_all(teacher, entry["items"])
@@ -334,7 +334,7 @@ def end_to_end(name: str, log) -> dict:
     ws.home.mkdir(parents=True)
     config = ws.config()
     ingest(ws, require_policyqa(), config, fmt="squad")
-    calibration = ensure_calibrated(ws, config)
+    calibration = ensure_answerability_fitted(ws, config)
     queries = ws.home / "queries.jsonl"
     gold = log(queries)
     began = time.time()

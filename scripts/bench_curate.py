@@ -55,12 +55,12 @@ def informativeness() -> None:
     with TraceStore(workspace.traces_db) as store:
         rows = store.sql("""
             SELECT t.query_id, t.answer, t.refused, t.top_score, t.score_margin, t.retriever_agreement,
-                   t.groundedness, t.answer_score, c.decision, c.reason, k.agreement AS cluster_agreement, k.frequency
-            FROM curation c JOIN traces t USING (trace_id) JOIN clusters k USING (run_id, cluster_id)
+                   t.groundedness, t.answer_score, c.decision, c.reason, k.agreement AS intent_agreement, k.frequency
+            FROM curation c JOIN traces t USING (trace_id) JOIN intents k USING (run_id, intent_id)
             WHERE c.run_id = ?""", [result.run_id])
     for row in rows:
         row["f1"] = best_f1(row["answer"], gold[row["query_id"]]["gold_answers"])
-    print(f"PolicyQA traffic: {result.traces_seen} traces, {result.clusters} intents, curated in {elapsed:.1f} s")
+    print(f"PolicyQA traffic: {result.traces_seen} traces, {result.intents} intents, curated in {elapsed:.1f} s")
     for decision in ("train", "eval", "reject"):
         chosen = [r["f1"] for r in rows if r["decision"] == decision]
         print(f"  {decision:7} {len(chosen):5d} traces, teacher F1 vs gold {np.mean(chosen) if chosen else 0:.3f}")
@@ -73,7 +73,7 @@ def informativeness() -> None:
     # Signals are compared on the tune half of the websites; the combination of the two best there
     # is then reported on the report half, so no choice is made on the figures it is judged by.
     halves = {name: {p["scope"] for p in pairs} for name, pairs in split_pairs().items()}
-    names = ("top_score", "score_margin", "retriever_agreement", "answer_score", "cluster_agreement", "frequency")
+    names = ("top_score", "score_margin", "retriever_agreement", "answer_score", "intent_agreement", "frequency")
     distinct = list({(gold[r["query_id"]]["scope"], gold[r["query_id"]]["query"]): r for r in rows}.values())
     for population, chosen_rows in (("traces (frequent wordings weigh more)", rows), ("distinct wordings", distinct)):
         figures = {}
@@ -138,7 +138,7 @@ def scale(n_traces: int = 100_000, n_distinct: int = 10_000) -> None:
     result = curate(workspace, workspace.config())
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"scale: {result.traces_seen:,} traces, {distinct:,} distinct queries -> {result.clusters:,} intents, "
+    print(f"scale: {result.traces_seen:,} traces, {distinct:,} distinct queries -> {result.intents:,} intents, "
           f"{result.train:,} train, {result.examples:,} examples in {elapsed:.1f} s (goal <= 60 s); "
           f"peak RSS {peak / 1024:.0f} MB (was {before / 1024:.0f} MB before curating)")
 

@@ -362,7 +362,7 @@ def main() -> None:
         measure(name, keys)
 
     # 3. changed documents: a new version of segments the replayed answers cite
-    cited = sorted({d["doc_id"] for c in manifest["clusters"] for d in c.get("cited_doc_versions", [])})
+    cited = sorted({d["doc_id"] for c in manifest["intents"] for d in c.get("cited_doc_versions", [])})
     if changed_data:
         before, after = (segments(path) for path in (args.data, changed_data))
         changed_docs = {doc for doc, text in after.items() if before.get(doc) != text}
@@ -377,7 +377,7 @@ def main() -> None:
         changed_data = home / "changed.json"
         changed_data.write_text(json.dumps(data))
     ingest(workspace, changed_data, config, fmt="squad")
-    by_doc = [k for c in manifest["clusters"] if {d["doc_id"] for d in c.get("cited_doc_versions", [])} & changed_docs
+    by_doc = [k for c in manifest["intents"] if {d["doc_id"] for d in c.get("cited_doc_versions", [])} & changed_docs
               for w in c["wordings"] for k in [(c["scope"], w)] if k in pairs]
     changed_keys = sorted(set(by_doc))[: args.per_group]
     if changed_keys:

@@ -80,12 +80,12 @@ def grouping_quality(workspace: Workspace, config, gold: dict, cutoff) -> dict:
     thread_of = {normalize_query(g["query"]): g["thread"] for g in gold.values()}
     out = {}
     for name, threshold, ev in (("question similarity only (0.7)", 0.7, None),
-                                (f"same evidence (default {config.curate.cluster_threshold})",
-                                 config.curate.cluster_threshold, evidence)):
-        cluster_of = cluster_vectors(distinct, vectors, threshold, ev)
+                                (f"same evidence (default {config.curate.intent_threshold})",
+                                 config.curate.intent_threshold, evidence)):
+        intent_of = cluster_vectors(distinct, vectors, threshold, ev)
         members: dict[int, list[int]] = defaultdict(list)
         for i, key in enumerate(keys):
-            members[cluster_of[key]].append(i)
+            members[intent_of[key]].append(i)
         pure = total = inconsistent = 0
         per_thread: dict[int, set] = defaultdict(set)
         for number, indices in members.items():
@@ -189,14 +189,14 @@ def cache_sweep(workspace: Workspace, config, gold_rows: list[dict], threads: li
     novel = [g for g in gold_rows if g["kind"] == "novel" and g["thread"] in halves["report"]]
     seen = {}
     with Router.from_workspace(workspace, config, log=False) as router:
-        answers = {c["cluster_id"]: c.get("answer") or "" for c in router.student.manifest["clusters"]}
+        answers = {c["intent_id"]: c.get("answer") or "" for c in router.student.manifest["intents"]}
         for g in novel:
             if g["query"] not in seen:
-                _, checks, cluster, _ = router.assess(g["query"], g["scope"])
-                answer = answers.get((cluster or {}).get("cluster_id"), "")
+                _, checks, intent, _ = router.assess(g["query"], g["scope"])
+                answer = answers.get((intent or {}).get("intent_id"), "")
                 wrong = bool(answer) and thread_of(answer) != g["thread"] and \
                     token_f1(answer, teacher.get(g["query"], "")) < config.eval.success_f1
-                seen[g["query"]] = (checks.get("coverage", 0.0) if cluster else 0.0, wrong)
+                seen[g["query"]] = (checks.get("coverage", 0.0) if intent else 0.0, wrong)
     sweep = {}
     for t in thresholds:
         served = [seen[g["query"]][1] for g in novel if seen[g["query"]][0] >= t]

@@ -84,7 +84,7 @@ def student_vs_llm_teacher(workspace: Workspace, config, version: str, n: int) -
     student = Student.load(workspace.models_dir / config.train.student_name / version,
                            runtime=config.student.runtime, max_new_tokens=config.student.max_new_tokens)
     manifest = registry.manifest(workspace.models_dir, config.train.student_name, version)
-    questions = [(w, c["scope"]) for c in manifest["clusters"] for w in c["wordings"][:1]][:n]
+    questions = [(w, c["scope"]) for c in manifest["intents"] for w in c["wordings"][:1]][:n]
     timings = {"student": [], "teacher": []}
     for query, scope in questions:
         evidence = student_evidence(with_llm, query, scope, config.student)[0]  # what the router shows the student

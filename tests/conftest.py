@@ -271,7 +271,7 @@ def write_dataset(path, rows=QA, **meta):
 
     records = [{"prompt": [{"role": "user", "content": render_prompt(DEFAULT_TEMPLATE, q, evidence(s, i, a), 250)}],
                 "completion": [{"role": "assistant", "content": f"[1] {a}"}], "answer": a,
-                "cluster_id": f"c{i}", "scope": s, "query": q, "trace_ids": [f"t{i}"],
+                "intent_id": f"c{i}", "scope": s, "query": q, "trace_ids": [f"t{i}"],
                 "cited_doc_versions": [{"doc_id": f"{s}/doc{i}", "version": 1}]} for i, (s, q, a) in enumerate(rows)]
     datasets.Dataset.from_list(records).save_to_disk(str(path))
     (path / "distill.json").write_text(json.dumps({"run_id": "run1", "content_hash": "ab" * 32,

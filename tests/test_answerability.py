@@ -92,7 +92,7 @@ def test_the_threshold_is_the_corpus_own_whatever_the_traffic(corpus_workspace, 
     report = collect(workspace, workspace.config(), path)
     fitted = json.loads(answerability.calibration_path(workspace).read_text())
     assert report.calibration is not None and fitted["threshold"] == report.calibration.threshold
-    reference = Teacher.from_workspace(corpus_workspace, corpus_workspace.config()).calibrate()
+    reference = Teacher.from_workspace(corpus_workspace, corpus_workspace.config()).fit_answerability()
     assert fitted["threshold"] == pytest.approx(reference.threshold) and fitted["method"] == reference.method
     assert fitted["evidence"]["known_unanswerable"]["count"] > 0
     with TraceStore(workspace.traces_db) as store:

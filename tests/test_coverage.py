@@ -42,7 +42,7 @@ def calibration(intents: int, wordings: int, wrong: set[int] = frozenset()) -> d
     for k in range(intents):
         for j in range(wordings):
             rows.append({"scope": "s", "wording": f"intent-{k} wording-{j}", "text": f"intent-{k} wording-{j}",
-                         "cluster_id": f"c{k}", "doc": f"doc-{k}", "answer": f"answer {k}", "refused": False})
+                         "intent_id": f"c{k}", "doc": f"doc-{k}", "answer": f"answer {k}", "refused": False})
     return {"success_f1": 0.5, "wordings": rows,
             "intents": {f"c{k}": {"doc": f"doc-{(k + 1) % intents}" if k in wrong else f"doc-{k}",
                                   "answer": "some other need entirely" if k in wrong else f"answer {k}", "refused": False}
@@ -68,7 +68,7 @@ def test_a_novel_wording_of_a_trained_intent_is_served_once_the_evidence_allows_
     assert decision.summary()["errors"] == 0 and decision.global_threshold < float("inf")
     novel = space.embed(["intent-7 wording-new"])[0]
     found = decision.assess(novel, "s", "intent-7 wording-new")
-    assert found.cluster_id == "c7" and not found.seen and found.covered and found.risk <= 0.05
+    assert found.intent_id == "c7" and not found.seen and found.covered and found.risk <= 0.05
     trained = decision.assess(space.embed(["intent-7 wording-0"])[0], "s", "intent-7 wording-0")
     assert trained.seen and trained.covered
     # with too little evidence for the bound (10 examples cannot show 1 %), novel wordings go to RAG
@@ -131,7 +131,7 @@ def test_rewordings_are_trained_wordings_but_never_calibration_evidence_for_thei
     plain = Decision(calibration(40, 3), space.embed, max_error_rate=0.05, min_similarity=0.5)
     evidence = calibration(40, 3)
     evidence["wordings"] += [{"scope": "s", "wording": f"rewording of {k}", "text": f"intent-{k} wording-0",
-                              "cluster_id": f"c{k}", "doc": f"doc-{k}", "answer": f"answer {k}", "refused": False,
+                              "intent_id": f"c{k}", "doc": f"doc-{k}", "answer": f"answer {k}", "refused": False,
                               "written_from": f"intent-{k} wording-0"} for k in range(40)]
     widened = Decision(evidence, space.embed, max_error_rate=0.05, min_similarity=0.5)
     assert len(widened.examples) == len(plain.examples) == 120

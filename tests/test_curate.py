@@ -45,7 +45,7 @@ def test_unsafe_stale_and_refused_traces_never_reach_the_training_set(home):
         trained = store.sql("SELECT t.trace_id FROM curation c JOIN traces t USING (trace_id) "
                             "WHERE c.run_id = ? AND decision = 'train'", [result.run_id])
     dataset = datasets.load_from_disk(str(result.dataset_path))
-    assert len(dataset) == 2  # one example per wording of the trained cluster
+    assert len(dataset) == 2  # one example per wording of the trained intent
     assert {row["query"] for row in dataset} == {REFUND_Q, "Can I get a refund within how many days?"}
     assert all(row["answer"] == REFUND_A and row["query"] in row["prompt"][0]["content"] for row in dataset)
     assert sorted(t for row in dataset for t in row["trace_ids"]) == sorted(r["trace_id"] for r in trained)
@@ -89,16 +89,16 @@ def test_explain_and_reruns(home):
 def test_rewriting_a_run_replaces_it_atomically(tmp_path):
     with TraceStore(tmp_path / "t.duckdb") as store:
         store.append([make_trace("q1")])
-        run = {"run_id": "r", "created_at": START, "config": "{}", "cutoff": START, "traces_seen": 1, "clusters": 1,
+        run = {"run_id": "r", "created_at": START, "config": "{}", "cutoff": START, "traces_seen": 1, "intents": 1,
                "train": 1, "eval": 0, "rejected": 0, "leaked_eval_traces": 0, "dataset_path": None,
                "dataset_hash": None, "examples": 0}
-        cluster = {"cluster_id": "c", "scope": "s", "representative": "q", "wordings": ["q"], "traces": 1,
+        intent = {"intent_id": "c", "scope": "s", "representative": "q", "wordings": ["q"], "traces": 1,
                    "frequency": 1, "answer": "a", "agreement": 1.0, "cited_doc_versions": [], "trained": True}
-        decision = {"trace_id": "q1", "cluster_id": "c", "decision": "train", "reason": None}
-        store.write_curation(run, [cluster], [decision])
-        store.write_curation(run, [cluster], [decision])
+        decision = {"trace_id": "q1", "intent_id": "c", "decision": "train", "reason": None}
+        store.write_curation(run, [intent], [decision])
+        store.write_curation(run, [intent], [decision])
         with pytest.raises(Exception):
-            store.write_curation(run, [cluster], [decision, decision])  # a duplicate key fails mid-write ...
+            store.write_curation(run, [intent], [decision, decision])  # a duplicate key fails mid-write ...
         assert store.sql("SELECT count(*) AS n FROM curation") == [{"n": 1}]  # ... and the old run survives
 
 
@@ -131,9 +131,9 @@ def test_paraphrases_cluster_and_scopes_stay_apart():
     model = load_embedder("all-MiniLM-L6-v2")
     wordings = [("notes", "how do i export my notes"), ("notes", "how can i export notes to pdf"),
                 ("billing", "how do i export my notes"), ("notes", "can i pay with paypal")]
-    clusters = cluster_wordings(wordings, model, 0.7)
-    assert clusters[wordings[0]] == clusters[wordings[1]]
-    assert clusters[wordings[0]] != clusters[wordings[2]] and clusters[wordings[0]] != clusters[wordings[3]]
+    intents = cluster_wordings(wordings, model, 0.7)
+    assert intents[wordings[0]] == intents[wordings[1]]
+    assert intents[wordings[0]] != intents[wordings[2]] and intents[wordings[0]] != intents[wordings[3]]
 
 
 def test_pii_detector_uses_presidio_checks():

@@ -49,7 +49,7 @@ def test_a_gold_file_is_an_evaluation_set_of_its_own(sample_workspace, tmp_path)
 
 
 def test_the_routed_reason_follows_the_routers_order():
-    record = {"failed": None, "cluster": {"cluster_id": "c0"}}
+    record = {"failed": None, "intent": {"intent_id": "c0"}}
     assert route_at(record, True) == "served" and route_at(record, False) == "coverage"
     assert route_at({**record, "failed": "stale"}, True) == "stale"
     assert route_at({**record, "failed": "stale"}, False) == "coverage"  # coverage is checked first

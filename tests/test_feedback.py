@@ -28,10 +28,10 @@ def workspace(routed_workspace):
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
-def rating(n, score, source, route="student", cluster="c0", query="q", answer="a", minutes=0):
+def rating(n, score, source, route="student", intent="c0", query="q", answer="a", minutes=0):
     return {"feedback_id": f"f{n}", "trace_id": f"t{n}", "score": score, "source": source,
             "created_at": T0 + timedelta(minutes=minutes), "route": route, "student_version": "v1",
-            "cluster_id": cluster, "scope": "s", "query": query, "answer": answer}
+            "intent_id": intent, "scope": "s", "query": query, "answer": answer}
 
 
 def test_ratings_are_weighed_per_source_and_one_source_is_rate_limited():
@@ -44,9 +44,9 @@ def test_ratings_are_weighed_per_source_and_one_source_is_rate_limited():
     assert verdicts.add([rating(10, 1.0, "u1")]) == []  # the same rating again: weighed once
 
     limited = Verdicts(load_config(overrides={"feedback": {"max_per_source_per_hour": 3}}).feedback)
-    counted = limited.add([rating(i, -1.0, "spammer", cluster=f"c{i}", query=f"q{i}", minutes=i) for i in range(10)])
+    counted = limited.add([rating(i, -1.0, "spammer", intent=f"c{i}", query=f"q{i}", minutes=i) for i in range(10)])
     assert len(counted) == 3 and limited.withdrawn_intents("v1") == {"c0", "c1", "c2"}
-    assert len(limited.add([rating(20, -1.0, "spammer", cluster="c9", minutes=70)])) == 1  # an hour later: counts again
+    assert len(limited.add([rating(20, -1.0, "spammer", intent="c9", minutes=70)])) == 1  # an hour later: counts again
 
 
 def test_a_score_is_a_number_in_range_or_a_boolean():
@@ -104,8 +104,8 @@ def test_a_negative_rating_takes_the_intent_off_the_fast_path_in_this_router_and
     result = CliRunner().invoke(app, ["sql", "SELECT source, comment FROM feedback", "--home", str(rated_ws.home)])
     assert result.exit_code == 0 and "user-17" in result.output and "wrong entry" in result.output, result.output
     with TraceStore(rated_ws.traces_db) as store:
-        (row,) = store.sql("SELECT trace_id, score, route, cluster_id FROM feedback")
-    assert row == {"trace_id": served.trace_id, "score": -1.0, "route": "replay", "cluster_id": "c0"}
+        (row,) = store.sql("SELECT trace_id, score, route, intent_id FROM feedback")
+    assert row == {"trace_id": served.trace_id, "score": -1.0, "route": "replay", "intent_id": "c0"}
 
 
 def test_feedback_over_http_is_stored_and_a_bad_request_is_a_one_line_4xx(rated_ws):
@@ -227,7 +227,7 @@ def test_refusals_users_rated_wrong_are_answerability_evidence(corpus_workspace,
     import os
 
     from distill.rag.index import dense_meta
-    from distill.rag.teacher import ensure_calibrated
+    from distill.rag.teacher import ensure_answerability_fitted
 
     os.symlink(corpus_workspace.index_dir, tmp_path / "index")
     ws = Workspace(tmp_path)
@@ -238,16 +238,16 @@ def test_refusals_users_rated_wrong_are_answerability_evidence(corpus_workspace,
     with TraceStore(ws.traces_db) as store:
         store.append(refused)
     config = ws.config()
-    before = ensure_calibrated(ws, config, force=True)
+    before = ensure_answerability_fitted(ws, config, force=True)
     assert before.method == "probes" and before.evidence["rated_answerable"]["count"] == 0
     with TraceLogger(ws.home) as logger:
         for trace in refused:
             logger.feedback(trace.trace_id, -1, source=f"user-{trace.trace_id}")
-    after = ensure_calibrated(ws, config)  # new ratings: fitted again without being forced
+    after = ensure_answerability_fitted(ws, config)  # new ratings: fitted again without being forced
     assert after.method == "ratings" and after.evidence["rated_answerable"]["count"] == 12
     assert "12 questions users rated answerable" in after.summary()
     assert after.threshold <= before.threshold
-    assert ensure_calibrated(ws, config) is None  # nothing new: the fit stands
+    assert ensure_answerability_fitted(ws, config) is None  # nothing new: the fit stands
 
 
 def test_the_example_service_takes_a_thumbs_down(rated_ws, monkeypatch):

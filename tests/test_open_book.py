@@ -93,7 +93,7 @@ def test_curate_writes_open_book_examples_from_the_chunks_each_trace_read(open_b
         assert row["prompt"][0]["content"].endswith(f"Question: {row['query']}\n" + open_book.DEFAULT_TEMPLATE.split("\n")[-1])
     manifest = registry.manifest(open_book_workspace.models_dir, "student", "v0001")
     assert manifest["student_mode"] == "open_book" and manifest["prompt_template"] == open_book.DEFAULT_TEMPLATE
-    assert not any(c["answer"].startswith("[") for c in manifest["clusters"])  # replay answers carry no block number
+    assert not any(c["answer"].startswith("[") for c in manifest["intents"])  # replay answers carry no block number
 
 
 def quoting(router):
@@ -142,11 +142,11 @@ def test_a_question_replay_does_not_cover_goes_to_the_student_only_when_confiden
 def test_a_replay_is_never_labelled_student_and_unanswerable_questions_never_reach_the_student(open_book_workspace):
     calibrate(open_book_workspace, student_cost=1e-6, teacher_cost=1e-4)
     manifest = registry.manifest(open_book_workspace.models_dir, "student", "v0001")
-    cluster = next(c for c in manifest["clusters"] if c["wordings"] and c["citations"])
+    intent = next(c for c in manifest["intents"] if c["wordings"] and c["citations"])
     with Router.from_workspace(open_book_workspace, log=False, watch=False) as router:
         quoting(router)
-        routed = router.answer(cluster["wordings"][0], cluster["scope"])
-        assert routed.route == "replay" and routed.answer == cluster["answer"]
+        routed = router.answer(intent["wordings"][0], intent["scope"])
+        assert routed.route == "replay" and routed.answer == intent["answer"]
         assert router._trace(routed).backend == "replay"
         off_topic = router.answer("What is the airspeed velocity of an unladen swallow?", "notes")
         assert off_topic.route == "rag" and off_topic.reason == "not_answerable", off_topic.checks
@@ -155,8 +155,8 @@ def test_a_replay_is_never_labelled_student_and_unanswerable_questions_never_rea
 def test_a_changed_document_stops_replay_and_the_student_answers_from_the_new_version(open_book_workspace, tmp_path):
     calibrate(open_book_workspace, student_cost=1e-6, teacher_cost=1e-4)
     manifest = registry.manifest(open_book_workspace.models_dir, "student", "v0001")
-    cluster = next(c for c in manifest["clusters"] if c["wordings"] and c["cited_doc_versions"])
-    doc_id = cluster["cited_doc_versions"][0]["doc_id"]
+    intent = next(c for c in manifest["intents"] if c["wordings"] and c["cited_doc_versions"])
+    doc_id = intent["cited_doc_versions"][0]["doc_id"]
     docs = [json.loads(line) for line in (SAMPLE / "corpus.jsonl").read_text().splitlines() if line.strip()]
     changed = next(d for d in docs if d["id"] == doc_id)
     changed = {**changed, "version": changed.get("version", 1) + 1,
@@ -166,7 +166,7 @@ def test_a_changed_document_stops_replay_and_the_student_answers_from_the_new_ve
     ingest(open_book_workspace, tmp_path / "changed.jsonl", config)
     with Router.from_workspace(open_book_workspace, log=False, watch=False) as router:
         quoting(router)
-        routed = router.answer(cluster["wordings"][0], cluster["scope"])
+        routed = router.answer(intent["wordings"][0], intent["scope"])
     assert routed.checks["replay"] == "stale" and routed.route == "student", routed.checks
     (cited,) = routed.citations
     (version,) = routed.cited_doc_versions

@@ -5,7 +5,7 @@ import pytest
 from distill.errors import DistillError
 from distill.learn.reword import TransformersWriter, clean, distinct, load_writer, verified_rewordings, verify
 
-REFUND = {"query": "How many days do I have to request a refund?", "scope": "billing", "cluster_id": "c-refund",
+REFUND = {"query": "How many days do I have to request a refund?", "scope": "billing", "intent_id": "c-refund",
           "doc": "billing/refunds", "answer": "you can ask for a refund within 14 days of purchase"}
 
 
@@ -28,7 +28,7 @@ def test_only_rewordings_rag_answers_from_the_intents_document_with_its_answer_a
     ]])
     assert [r.text for r in kept] == ["Within how many days can I ask for a refund?"]
     assert kept[0].written_from == "how many days do i have to request a refund"
-    assert kept[0].cluster_id == "c-refund" and kept[0].citations[0].startswith("billing/refunds@v1")
+    assert kept[0].intent_id == "c-refund" and kept[0].citations[0].startswith("billing/refunds@v1")
 
 
 def test_a_local_model_writes_rewordings_and_the_teacher_checks_them(corpus_workspace, tiny_lm_dir):

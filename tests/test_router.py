@@ -23,7 +23,7 @@ def workspace(routed_workspace):
 
 def traces(workspace):
     with TraceStore(workspace.traces_db) as store:
-        return store.sql("SELECT query, route, route_reason, backend, student_version, cluster_id, checks, "
+        return store.sql("SELECT query, route, route_reason, backend, student_version, intent_id, checks, "
                          "router_ms, generation_ms, citations, cited_doc_versions FROM traces ORDER BY created_at")
 
 
@@ -50,10 +50,10 @@ def test_a_covered_fresh_question_is_replayed_with_the_intents_citations_without
     assert routed.route == "replay" and routed.reason == "served", routed.checks
     assert routed.answer == COVERED[0][2] and routed.generation_ms == 0.0
     assert routed.citations == ["billing/refunds@v1#0"] and routed.student_version == "v0001"
-    assert routed.checks["coverage"] > 0.95 and routed.checks["cluster_id"] == "c0"
+    assert routed.checks["coverage"] > 0.95 and routed.checks["intent_id"] == "c0"
     (trace,) = [t for t in traces(workspace) if t["query"] == routed.query]
     assert trace["route"] == "replay" and trace["backend"] == "replay" and trace["student_version"] == "v0001"
-    assert trace["cluster_id"] == "c0" and trace["router_ms"] > 0 and trace["generation_ms"] == 0
+    assert trace["intent_id"] == "c0" and trace["router_ms"] > 0 and trace["generation_ms"] == 0
     assert trace["cited_doc_versions"] == [{"doc_id": "billing/refunds", "version": 1}]
 
 
@@ -114,23 +114,23 @@ def test_a_changed_document_takes_its_intents_off_the_student_without_retraining
     assert routed.route == "rag" and routed.reason == "stale" and routed.checks["stale_documents"] == ["billing/refunds"]
     assert routed.citations and all("@v2" in c for c in routed.citations if c.startswith("billing/refunds"))
     with Router.from_workspace(workspace, log=False) as router:  # an intent that only *retrieved* refunds
-        (cluster,) = router.clusters.values()
-        cluster["cited_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 1}]
-        cluster["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 1}]
+        (intent,) = router.intents.values()
+        intent["cited_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 1}]
+        intent["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 1}]
         assert router.check(REFUND_Q, "billing")[0] == "stale"
-        cluster["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
+        intent["retrieved_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
         assert router.check(REFUND_Q, "billing")[0] is None
     # a changed neighbour that no longer reaches RAG's evidence for the question leaves the answer standing
     one_chunk = workspace.config({"teacher": {"context_chunks": 1}})  # RAG reads only the best chunk
     with Router.from_workspace(workspace, one_chunk, log=False) as router:
-        (cluster,) = router.clusters.values()
-        cluster["cited_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
-        cluster["retrieved_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 0}]
+        (intent,) = router.intents.values()
+        intent["cited_doc_versions"] = [{"doc_id": "billing/refunds", "version": 2}]
+        intent["retrieved_doc_versions"] = [{"doc_id": "billing/payment-methods", "version": 0}]
         assert router.check(REFUND_Q, "billing")[0] is None
         payment_q = "Which payment methods and cards do you accept?"  # ranks the changed neighbour first
         vector = router.teacher.retriever.embed_queries([payment_q])[0]
         checks = {}
-        assert router._stale_documents(payment_q, "billing", vector, cluster, checks) == ["billing/payment-methods"]
+        assert router._stale_documents(payment_q, "billing", vector, intent, checks) == ["billing/payment-methods"]
         assert checks["evidence_searched"]
 
 
@@ -158,7 +158,7 @@ def test_a_student_without_recorded_wordings_is_refused_with_a_clear_message(wor
 
     path = workspace.models_dir / "student" / "v0001"
     student = Student.load(path)
-    student.manifest = {**student.manifest, "clusters": [{"cluster_id": "c0", "scope": "billing"}]}
+    student.manifest = {**student.manifest, "intents": [{"intent_id": "c0", "scope": "billing"}]}
     with pytest.raises(DistillError, match="retrain"):
         Router(Teacher.from_workspace(workspace, workspace.config()), workspace.config(), student, "v0001")
 
@@ -179,14 +179,14 @@ def test_an_intent_whose_trained_wording_rag_disagrees_with_is_withdrawn_at_once
     trained wording withdraws it, before the mean-agreement rule's samples are in."""
     store_path = tmp_path / "traces.duckdb"
     router = own_router(workspace, store_path, shadow_share=1.0, withdraw_min_samples=100)
-    router.clusters["c0"]["answer"] = "PayPal is not supported."
+    router.intents["c0"]["answer"] = "PayPal is not supported."
     served = [router.answer(REFUND_Q, "billing") for _ in range(2)]
     router.close()  # finishes the queued shadow checks
     assert all(r.route == "replay" and r.checks["seen"] for r in served)
     with TraceStore(store_path) as store:
-        checks = store.sql("SELECT cluster_id, student_answer, teacher_answer, agreement FROM shadow_checks")
-        (withdrawn,) = store.sql("SELECT student_version, cluster_id, samples, evidence FROM withdrawn_clusters")
-    assert len(checks) == 2 and all(c["cluster_id"] == "c0" and c["teacher_answer"] for c in checks)
+        checks = store.sql("SELECT intent_id, student_answer, teacher_answer, agreement FROM shadow_checks")
+        (withdrawn,) = store.sql("SELECT student_version, intent_id, samples, evidence FROM withdrawn_intents")
+    assert len(checks) == 2 and all(c["intent_id"] == "c0" and c["teacher_answer"] for c in checks)
     assert withdrawn["student_version"] == "v0001" and withdrawn["samples"] == 1
     assert json.loads(withdrawn["evidence"])[0]["query"] == REFUND_Q
     again = own_router(workspace, store_path)  # a restart keeps it withdrawn until the next version
@@ -197,7 +197,7 @@ def test_an_intent_whose_trained_wording_rag_disagrees_with_is_withdrawn_at_once
 def test_a_shadow_disagreement_on_a_novel_wording_tightens_its_intent_at_once(workspace, tmp_path):
     router = own_router(workspace, tmp_path / "traces.duckdb", shadow_share=1.0, withdraw_min_samples=100)
     router.decision.group_thresholds = dict.fromkeys((True, False, None), 0.0)  # as if calibration covered it
-    router.clusters["c0"]["answer"] = "PayPal is not supported."  # an answer RAG disagrees with
+    router.intents["c0"]["answer"] = "PayPal is not supported."  # an answer RAG disagrees with
     novel = "How long do I have to ask for my money back?"
     first = router.answer(novel, "billing")
     assert first.route == "replay" and not first.checks["seen"] and first.checks["max_error_rate"] == 0.02

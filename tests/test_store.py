@@ -131,10 +131,10 @@ def test_segments_a_service_writes_are_folded_once_by_whoever_opens_the_store_ne
     db = tmp_path / "traces" / "traces.duckdb"
     log = SegmentLog(segment_folder(db), rotate_s=3600, rotate_rows=3)
     log.write([{"kind": "trace", "row": dict(make_trace(f"q{i}").__dict__)} for i in range(4)])  # 3 rows: finished
-    log.write([{"kind": "shadow_check", "row": {"trace_id": "q0", "student_version": "v1", "cluster_id": "c",
+    log.write([{"kind": "shadow_check", "row": {"trace_id": "q0", "student_version": "v1", "intent_id": "c",
                                                  "scope": "billing", "query": "q", "student_answer": "a",
                                                  "teacher_answer": "b", "agreement": 0.0}},
-               {"kind": "withdrawal", "row": {"student_version": "v1", "cluster_id": "c", "samples": 1,
+               {"kind": "withdrawal", "row": {"student_version": "v1", "intent_id": "c", "samples": 1,
                                                "agreement": 0.0, "evidence": [{"query": "q"}]}}])
     assert len(list(segment_folder(db).glob("*.jsonl"))) == 1
     with TraceStore(db) as store:  # the open segment belongs to this live process: not folded yet
@@ -146,7 +146,7 @@ def test_segments_a_service_writes_are_folded_once_by_whoever_opens_the_store_ne
     dead = segment_folder(db) / f"{os.uname().nodename}-999999999-{time.time_ns()}.open"
     dead.write_text(json.dumps({"kind": "trace", "row": dict(make_trace("from-a-dead-process").__dict__)}, default=str))
     with TraceStore(db) as store:
-        assert store.count() == 5 and store.withdrawn_clusters("v1") == {"c"}
+        assert store.count() == 5 and store.withdrawn_intents("v1") == {"c"}
         assert store.sql("SELECT count(*) AS n FROM shadow_checks") == [{"n": 1}]
     assert not list(segment_folder(db).iterdir())
     # folding the same records again (a crash between commit and removal) adds nothing
@@ -167,3 +167,30 @@ def test_the_trace_record_and_the_migrated_table_have_the_same_columns(tmp_path)
     with TraceStore(tmp_path / "t.duckdb") as store:
         table = [r["column_name"] for r in store.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'traces'")]
     assert sorted(table) == sorted(f.name for f in fields(Trace)) == sorted(TRACE_COLUMNS)
+
+
+def test_what_was_a_cluster_is_an_intent_in_old_stores_segments_and_manifests(tmp_path):
+    """_m016 renames the tables and columns in place; a segment or a manifest written before it is
+    read with today's names, so a service or a student version from before the rename keeps working."""
+    from distill.registry import read_manifest
+    from distill.store.segments import segment_folder
+
+    db = tmp_path / "traces" / "traces.duckdb"
+    db.parent.mkdir()
+    old = TraceStore(db, migrations=TRACE_MIGRATIONS[:15])
+    old._con.execute("INSERT INTO withdrawn_clusters VALUES ('v1', 'c7', now(), 3, 0.1, '[]')")
+    old.close()
+    folder = segment_folder(db)
+    folder.mkdir()
+    row = {**make_trace("from-before").__dict__, "route": "replay", "cluster_id": "c7"}
+    del row["intent_id"]
+    (folder / "old-1-1.jsonl").write_text(json.dumps({"kind": "trace", "row": row}, default=str) + "\n")
+    with TraceStore(db) as store:
+        assert store.withdrawn_intents("v1") == {"c7"}
+        assert store.sql("SELECT intent_id FROM traces WHERE query_id = 'from-before'") == [{"intent_id": "c7"}]
+        tables = {r["table_name"] for r in store.sql("SELECT table_name FROM duckdb_tables()")}
+        assert {"intents", "withdrawn_intents"} <= tables and not {"clusters", "withdrawn_clusters"} & tables
+    version = tmp_path / "v0001"
+    version.mkdir()
+    (version / "distill.json").write_text(json.dumps({"clusters": [{"cluster_id": "c7", "wordings": ["q"]}]}))
+    assert read_manifest(version)["intents"] == [{"intent_id": "c7", "wordings": ["q"]}]

@@ -38,10 +38,10 @@ def test_training_logs_a_falling_loss_changes_weights_and_registers_a_loadable_v
     assert model.generate(**inputs, max_new_tokens=4, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
     manifest = json.loads((result.path / "distill.json").read_text())
     assert manifest["dataset_hash"] == "ab" * 32 and manifest["curation_run_id"] == "run1"
-    assert manifest["prompt_template"] == DEFAULT_TEMPLATE and len(manifest["clusters"]) == 3
-    assert manifest["student_mode"] == "open_book" and manifest["clusters"][1]["answer"] == "PayPal is not supported."
-    assert manifest["clusters"][0]["cited_doc_versions"] == [{"doc_id": "billing/doc0", "version": 1}]
-    assert manifest["clusters"][0]["wordings"] == ["How long is the refund window?"]
+    assert manifest["prompt_template"] == DEFAULT_TEMPLATE and len(manifest["intents"]) == 3
+    assert manifest["student_mode"] == "open_book" and manifest["intents"][1]["answer"] == "PayPal is not supported."
+    assert manifest["intents"][0]["cited_doc_versions"] == [{"doc_id": "billing/doc0", "version": 1}]
+    assert manifest["intents"][0]["wordings"] == ["How long is the refund window?"]
     assert "base_model:" in (result.path / "README.md").read_text()
     assert registry.current(workspace.models_dir, "student") is None  # training never promotes
     logged = [json.loads(line) for line in (result.path / "training_log.jsonl").read_text().splitlines()]
@@ -155,4 +155,4 @@ def test_a_dataset_without_readable_evidence_becomes_a_version_that_only_replays
     assert not any(result.path.glob("*.safetensors")) and "no model" in (result.path / "README.md").read_text()
     version = load_version(result.path)
     assert isinstance(version, Replay) and not version.generates
-    assert [c["answer"] for c in version.manifest["clusters"]] == [a for _, _, a in QA]
+    assert [c["answer"] for c in version.manifest["intents"]] == [a for _, _, a in QA]

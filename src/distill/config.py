@@ -149,13 +149,13 @@ class CollectConfig:
 
 @dataclass
 class CurateConfig:
-    cluster_threshold: float = _help("two wordings in one scope are one intent when the teacher answered them from the same document "
+    intent_threshold: float = _help("two wordings in one scope are one intent when the teacher answered them from the same document "
                                      "with the same answer and their embeddings' cosine is at least this (the same document with any "
                                      "answer: one need, whose traces the frequency rule counts)")
     window_days: int = _help("frequency is counted over this many days before the train/eval cutoff")
     eval_days: int = _help("the most recent this-many days of traces are held out for evaluation")
-    min_count: int = _help("rule 'infrequent': a cluster needs at least this many traces in the window")
-    min_agreement: float = _help("rule 'inconsistent': share of a cluster's traces that must give its majority answer")
+    min_count: int = _help("rule 'infrequent': an intent needs at least this many traces in the window")
+    min_agreement: float = _help("rule 'inconsistent': share of an intent's traces that must give its majority answer")
     min_top_score: float = _help("rule 'low_confidence': best chunk's dense similarity at least this")
     min_margin: float = _help("rule 'low_confidence': margin of the best chunk over the next at least this")
     min_logprob: float = _help("rule 'low_confidence': mean token log-probability at least this (where the backend gives one)")
@@ -394,6 +394,7 @@ REMOVED = {  # settings of the closed-book student, removed with it (#24): what 
 RENAMED = {  # old name -> new name, each accepted with a warning for one release (renamed 2026-12, #25)
     "teacher.context_token_budget": "teacher.context_words",  # it counts words, not tokens
     "serve.max_concurrent": "serve.max_concurrency",  # as teacher.openai.max_concurrency
+    "curate.cluster_threshold": "curate.intent_threshold",  # one word for an intent: tables, settings, docs
 }
 
 

@@ -2,7 +2,7 @@
 
     models/<student>/
         v0001/            config.json, model.safetensors, tokenizer files, README.md (model card),
-                          distill.json (manifest: base model, dataset hash, curation run, clusters,
+                          distill.json (manifest: base model, dataset hash, curation run, intents,
                           document versions, prompt template, training config, metrics)
         v0002/
         current           the promoted version's name, replaced atomically (write, fsync, rename)
@@ -46,14 +46,27 @@ def next_version(models_dir: Path, student: str) -> str:
 
 
 def manifest(models_dir: Path, student: str, version: str) -> dict:
-    path = student_dir(models_dir, student) / version / MANIFEST
-    if not path.exists():
+    folder = student_dir(models_dir, student) / version
+    if not (folder / MANIFEST).exists():
         known = ", ".join(versions(models_dir, student)) or "none"
         raise DistillError(f"no version '{version}' of student '{student}' (versions: {known})")
+    return read_manifest(folder)
+
+
+def read_manifest(folder: Path) -> dict:
+    """A version folder's manifest, in today's names (a version trained before #25 listed its
+    intents as `clusters`, each with a `cluster_id`)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise DistillError(f"{folder} is not a student version (no {MANIFEST}); pass a models/<student>/<version> folder")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise DistillError(f"the manifest {path} is corrupted; retrain or promote another version") from None
+    if "clusters" in data and "intents" not in data:
+        data["intents"] = [{("intent_id" if k == "cluster_id" else k): v for k, v in c.items()}
+                           for c in data.pop("clusters")]
+    return data
 
 
 def record_eval(models_dir: Path, student: str, version: str, scores: dict) -> None:

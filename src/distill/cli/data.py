@@ -20,7 +20,7 @@ def ingest(path: Path = typer.Argument(..., help="a folder of .md/.txt files, a 
            home: Optional[Path] = typer.Option(None, help=HOME_HELP)) -> None:
     """Chunk documents and add them to the hybrid (FAISS + BM25) index; fit the teacher's refusal threshold on them."""
     from distill.rag.index import ingest as run_ingest
-    from distill.rag.teacher import ensure_calibrated
+    from distill.rag.teacher import ensure_answerability_fitted
 
     workspace = workspace_at(home)
     console = stderr_console()
@@ -28,7 +28,7 @@ def ingest(path: Path = typer.Argument(..., help="a folder of .md/.txt files, a 
     with console.status(f"ingesting {path}"):
         report = run_ingest(workspace, path, config, fmt=format, version=version, progress=False)
     with console.status("fitting the answerability threshold on the documents"):
-        calibration = ensure_calibrated(workspace, config)
+        calibration = ensure_answerability_fitted(workspace, config)
     console.print(f"[bold]{report.documents_read}[/] documents read: {report.added} new, {report.new_versions} new "
                   f"versions, {report.unchanged} unchanged; {report.chunks_added} chunks added, "
                   f"{report.embedded} embedded")
@@ -122,7 +122,7 @@ def teacher(refit: bool = typer.Option(False, "--refit", help="fit the refusal t
     from distill.rag import answerability
     from distill.rag.index import dense_meta
     from distill.rag.rerank import active_reranker
-    from distill.rag.teacher import ensure_calibrated
+    from distill.rag.teacher import ensure_answerability_fitted
     from distill.store.segments import has_traces
     from distill.store.traces import TraceStore
 
@@ -134,7 +134,7 @@ def teacher(refit: bool = typer.Option(False, "--refit", help="fit the refusal t
         raise DistillError(f"no corpus in {workspace.index_dir}; run `distill ingest PATH` first")
     if refit:
         with console.status("fitting the answerability threshold on the documents"):
-            ensure_calibrated(workspace, config, force=True)
+            ensure_answerability_fitted(workspace, config, force=True)
     index, reranker = config.index, active_reranker(workspace)
     console.print(f"teacher: {config.teacher.backend}; retrieval: {meta['embedder']} (corpus generation "
                   f"{meta.get('generation', 0)}), {'multi-field (heading) ' if index.heading_field else ''}dense fused "

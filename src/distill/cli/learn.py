@@ -42,8 +42,8 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
                           f"  answer: {row['answer']!r}" + (f" (refused: {row['refusal_reason']})"
                                                              if row["refusal_reason"] else "") + "\n"
                           f"  {answerability_line(row)}\n"
-                          f"  intent {row['cluster_id']} ({row['representative']!r}): {row['frequency']} traces in "
-                          f"the window, agreement {row['agreement']:.2f}, its answer {row['cluster_answer']!r}")
+                          f"  intent {row['intent_id']} ({row['representative']!r}): {row['frequency']} traces in "
+                          f"the window, agreement {row['agreement']:.2f}, its answer {row['intent_answer']!r}")
         return
     from collections import Counter
 
@@ -67,7 +67,7 @@ def curate(explain: Optional[str] = typer.Option(None, help="a trace id, query i
         f"{workspace.config().curate.eval_days} days before the newest question, {basis['newest']:%Y-%m-%d %H:%M}" + (
             f"; {basis['ask_questions_ignored']} asked with `distill ask` not counted" if basis.get("ask_questions_ignored")
             else "")
-    console.print(f"{result.traces_seen} traces in {result.clusters} clusters; cutoff {result.cutoff:%Y-%m-%d %H:%M} "
+    console.print(f"{result.traces_seen} traces in {result.intents} intents; cutoff {result.cutoff:%Y-%m-%d %H:%M} "
                   f"({counted}); {result.leaked_eval_traces} eval traces share a wording with training; "
                   f"{result.examples} training examples -> {result.dataset_path or '(none)'}")
     if result.calibration:
@@ -224,7 +224,7 @@ def models_list(student: Optional[str] = typer.Option(None, help="registry name 
     for version in registry.versions(workspace.models_dir, name):
         m = registry.manifest(workspace.models_dir, name, version)
         rows.append({"version": version, "current": "*" if version == promoted else "", "created": m["created_at"][:19],
-                     "examples": m["examples"], "intents": len(m["clusters"]), "final loss":
+                     "examples": m["examples"], "intents": len(m["intents"]), "final loss":
                      (m["metrics"]["train_losses"] or [None])[-1], "eval": _eval_short(m.get("eval"))})
     if not rows:
         raise DistillError(f"student '{name}' has no versions in {workspace.models_dir}; run `distill train` first")

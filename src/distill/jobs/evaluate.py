@@ -65,8 +65,8 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
     with Router.from_workspace(workspace, config, log=False, watch=False) as router:
         records = [_observe(router, item, generate) for item in track(items, "evaluating", "question", disable=not progress)]
         chunk_texts = router.teacher.retriever.store.chunk_texts(
-            {c for r in records for c in r["teacher"].citations + r["teacher"].retrieved + r["cluster_citations"]})
-        cache = _cluster_answers(workspace, router.student.manifest) if router.student else {}
+            {c for r in records for c in r["teacher"].citations + r["teacher"].retrieved + r["intent_citations"]})
+        cache = _intent_answers(workspace, router.student.manifest) if router.student else {}
         counter = _token_counter(router)
         for record in records:
             record["prompt_tokens"] = record["teacher"].prompt_tokens or counter(record["teacher"].prompt)
@@ -79,7 +79,7 @@ def evaluate_systems(workspace: Workspace, config, items: list[EvalItem], progre
             folder, backend = router.student.folder, router.teacher.generator.backend
             gates = functools.lru_cache(maxsize=None)(
                 lambda at_rate: StudentGate.load(folder, at_rate, config.eval, backend))
-        trained = {(c.get("scope"), normalize_query(w)) for c in (router.student.manifest.get("clusters", [])
+        trained = {(c.get("scope"), normalize_query(w)) for c in (router.student.manifest.get("intents", [])
                                                                  if router.student else []) for w in c.get("wordings", [])}
     prices = config.eval
     context = {"chunk_texts": chunk_texts, "prices": prices, "success_f1": config.eval.success_f1}
@@ -149,10 +149,10 @@ def _observe(router, item: EvalItem, generate: bool = True) -> dict:
     router's assessment (coverage undecided) and the student's answer."""
     record: dict = {"teacher": router.teacher.answer(item.query, item.scope)}
     began = time.perf_counter()
-    failed, checks, cluster, found = router.assess(item.query, item.scope)
+    failed, checks, intent, found = router.assess(item.query, item.scope)
     record.update(router_ms=(time.perf_counter() - began) * 1000, failed=failed, found=found,
-                  similarity=checks.get("coverage", 0.0), cluster=cluster,
-                  cluster_citations=list((cluster or {}).get("citations", [])))
+                  similarity=checks.get("coverage", 0.0), intent=intent,
+                  intent_citations=list((intent or {}).get("citations", [])))
     if getattr(router.student, "generates", False) and failed != "input" and generate:
         return _observe_open_book(router, item, record)
     return record
@@ -202,7 +202,7 @@ def route_at(record: dict, covered: bool) -> str:
 
     if record["failed"] in BEFORE_COVERAGE:
         return record["failed"]
-    if record["cluster"] is None or not covered:
+    if record["intent"] is None or not covered:
         return "coverage"
     return record["failed"] or "served"
 
@@ -234,11 +234,11 @@ def _fallback(record: dict, prices, reason: str, extra_ms: float) -> dict:
 def _cache_outcome(record: dict, covered: bool, answers: dict, prices, route: str) -> dict:
     """The covering intent's agreed answer, replayed (`route`: 'cache' or 'replay')."""
     reason = route_at(record, covered)
-    cluster = record["cluster"] or {}
-    if reason != "served" or cluster.get("cluster_id") not in answers:
+    intent = record["intent"] or {}
+    if reason != "served" or intent.get("intent_id") not in answers:
         return _fallback(record, prices, reason if reason != "served" else "not_cached", record["router_ms"])
-    answer = answers[cluster["cluster_id"]]
-    return {"answer": answer or "", "refused": answer is None, "citations": record["cluster_citations"],
+    answer = answers[intent["intent_id"]]
+    return {"answer": answer or "", "refused": answer is None, "citations": record["intent_citations"],
             "latency_ms": record["router_ms"], "prompt_tokens": 0, "completion_tokens": 0,
             "cost": local_cost(record["router_ms"], prices), "route": route, "reason": "served"}
 
@@ -249,7 +249,7 @@ def _student_outcome(record: dict, prices) -> dict:
                 "completion_tokens": 0, "cost": 0.0, "route": "student", "reason": "no_student"}
     generation, text = record["student"], record["student"].text.strip()
     return {"answer": "" if text == REFUSAL_COMPLETION else text, "refused": text == REFUSAL_COMPLETION,
-            "citations": record.get("student_citations", record["cluster_citations"]), "latency_ms": record["student_ms"],
+            "citations": record.get("student_citations", record["intent_citations"]), "latency_ms": record["student_ms"],
             "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
             "cost": local_cost(record["student_ms"], prices), "route": "student", "reason": "student"}
 
@@ -422,11 +422,11 @@ def _quality(scores: dict) -> dict:
             "served_share": scores["served_share"]}
 
 
-def _cluster_answers(workspace: Workspace, manifest: dict) -> dict[str, str | None]:
+def _intent_answers(workspace: Workspace, manifest: dict) -> dict[str, str | None]:
     """The answers a student's intents were trained on (a refusal is None): what a cache would replay."""
     with TraceStore(workspace.traces_db) as store:
-        answers = store.cluster_answers(manifest.get("curation_run_id") or "")
-    return {c["cluster_id"]: answers.get(c["cluster_id"]) for c in manifest.get("clusters", []) if c["cluster_id"] in answers}
+        answers = store.intent_answers(manifest.get("curation_run_id") or "")
+    return {c["intent_id"]: answers.get(c["intent_id"]) for c in manifest.get("intents", []) if c["intent_id"] in answers}
 
 
 def _token_counter(router):

@@ -121,7 +121,7 @@ def _stages(workspace: Workspace, config: Config, run: _Run, gold, from_lake: bo
     cfg, student = config.nightly, config.train.student_name
     curation = curate(workspace, config, from_lake=from_lake)
     run.record("curate", {"run_id": curation.run_id, "traces_seen": curation.traces_seen,
-                          "clusters": curation.clusters, "train": curation.train, "examples": curation.examples,
+                          "intents": curation.intents, "train": curation.train, "examples": curation.examples,
                           "leaked_eval_traces": curation.leaked_eval_traces, "dataset_hash": curation.dataset_hash},
                f"{curation.traces_seen:,} traces seen, {curation.examples} training examples (run {curation.run_id[:8]})")
     if curation.examples < cfg.min_examples:
@@ -217,7 +217,7 @@ def _routed_scores(manifest: dict, queries: list[dict], fitted: dict, gold) -> d
 
     refusal = open_book.REFUSAL
     replay = {(c.get("scope"), normalize_query(w)): c.get("answer") or refusal
-              for c in manifest.get("clusters", []) for w in c.get("wordings", [])}
+              for c in manifest.get("intents", []) for w in c.get("wordings", [])}
     threshold = fitted["figures"].get("threshold")
     student = {(r["scope"], normalize_query(r["query"])): r["answer"] for r in fitted["rows"]
                if r["served"] and threshold is not None and r["score"] is not None and r["score"] >= threshold}

@@ -84,7 +84,7 @@ def run(workspace: Workspace, console) -> Path:
     console.rule("4. curate: what the student may learn, and why every other trace may not")
     result = curate(workspace, config)
     reasons = ", ".join(f"{reason} {count}" for reason, count in result.decisions.get("reject", {}).most_common())
-    console.print(f"{result.traces_seen} traces in {result.clusters} intents: {result.train} to train on, "
+    console.print(f"{result.traces_seen} traces in {result.intents} intents: {result.train} to train on, "
                   f"{sum(result.decisions.get('eval', {}).values())} held out for evaluation, rejected: "
                   f"{reasons or 'none'}; {result.examples} training examples")
 

@@ -5,7 +5,7 @@ threshold is wrong both ways (the similarity of right and wrong reuses overlaps,
 threshold differs per intent: vCache, Schroeder et al., ICLR 2026). So the decision is learned from
 evidence the traces already hold, and bounded:
 
-1. Evidence. Curation exports every wording asked before its cutoff (`calibration.json` beside the
+1. Evidence. Curation exports every wording asked before its cutoff (`coverage.json` beside the
    training set, copied into each student version) with what the teacher answered it from and with:
    the trained intents' wordings, and the untrained ones (rare questions, other needs) as rivals;
    with `curate.rewordings`, the verified rewordings too, as trained wordings (reword.py).
@@ -48,8 +48,9 @@ import numpy as np
 
 from distill.errors import DistillError
 from distill.metrics import normalize_query, token_f1
+from distill.store.schema import current_fields
 
-CALIBRATION_FILE = "calibration.json"
+COVERAGE_FILE = "coverage.json"  # the evidence the decision is calibrated on
 MARGIN_WEIGHT = 1.0  # chosen on StackFAQ's tune half of threads (scripts/bench_paraphrase.py)
 LOOSEN = 0.1  # share of the way back to the group thresholds that one shadow agreement moves an intent
 RIVALS = 32  # nearest wordings searched for a rival
@@ -58,7 +59,7 @@ TIGHTEN = 1e-6  # how far above a wrong answer's score an intent's threshold mov
 
 @dataclass
 class Assessment:
-    cluster_id: str | None
+    intent_id: str | None
     similarity: float  # s1: cosine to the nearest trained wording
     rival: float  # s2: cosine to the nearest wording of another need
     score: float
@@ -69,7 +70,7 @@ class Assessment:
 
     @property
     def covered(self) -> bool:
-        return self.cluster_id is not None and (self.seen or self.score >= self.threshold)
+        return self.intent_id is not None and (self.seen or self.score >= self.threshold)
 
 
 def agrees(a: dict, b: dict, success_f1: float) -> bool:
@@ -115,15 +116,15 @@ class Decision:
         self.success_f1 = calibration.get("success_f1", 0.5)
         self.intents: dict[str, dict] = calibration.get("intents", {})
         self.rows: list[dict] = calibration.get("wordings", [])
-        self.trained: dict[tuple, str] = {(r["scope"] or "", r["wording"]): r["cluster_id"]
-                                          for r in self.rows if r.get("cluster_id")}
+        self.trained: dict[tuple, str] = {(r["scope"] or "", r["wording"]): r["intent_id"]
+                                          for r in self.rows if r.get("intent_id")}
         vectors = (embed([r.get("text") or r["wording"] for r in self.rows]).astype(np.float32) if self.rows
                    else np.zeros((0, 1), np.float32))
         self.by_scope: dict[str, tuple] = {}
         for scope in {r["scope"] or "" for r in self.rows}:
             members = [i for i, r in enumerate(self.rows) if (r["scope"] or "") == scope]
-            trained = [i for i in members if self.rows[i].get("cluster_id")
-                       and not self.intents.get(self.rows[i]["cluster_id"], {}).get("refused")]
+            trained = [i for i in members if self.rows[i].get("intent_id")
+                       and not self.intents.get(self.rows[i]["intent_id"], {}).get("refused")]
             every = faiss.IndexFlatIP(vectors.shape[1])
             every.add(vectors[members])
             nearest = faiss.IndexFlatIP(vectors.shape[1])
@@ -141,7 +142,7 @@ class Decision:
         self.thresholds: dict[str, float] = {}  # intents stricter than their group, by calibration or shadow checks
         for example in self.examples:  # an intent whose own evidence erred above its threshold starts stricter
             if example["error"] and example["score"] >= self.group_thresholds[example["same_evidence"]]:
-                cid = example["cluster_id"]
+                cid = example["intent_id"]
                 self.thresholds[cid] = max(self.thresholds.get(cid, 0.0), example["score"] + TIGHTEN)
 
     def _group_thresholds(self, max_error_rate: float) -> dict:
@@ -157,29 +158,31 @@ class Decision:
              evidence_doc=None) -> "Decision":
         """A student version's decision; a version trained before calibration existed gets its
         trained wordings only (novel wordings go to RAG)."""
-        path = Path(folder) / CALIBRATION_FILE if folder else None
-        if path and path.exists():
+        path = next((Path(folder) / name for name in (COVERAGE_FILE, "calibration.json")  # its name before #25
+                     if (Path(folder) / name).exists()), None) if folder else None
+        if path:
             try:
                 calibration = json.loads(path.read_text())
             except json.JSONDecodeError:
                 raise DistillError(f"{path} is corrupted; retrain the student with `distill nightly`") from None
+            calibration["wordings"] = [current_fields(row) for row in calibration.get("wordings", [])]
         else:
-            calibration = {"intents": {c["cluster_id"]: {"doc": None, "answer": "", "refused": False}
-                                       for c in manifest.get("clusters", [])},
+            calibration = {"intents": {c["intent_id"]: {"doc": None, "answer": "", "refused": False}
+                                       for c in manifest.get("intents", [])},
                            "wordings": [{"scope": c.get("scope") or "", "wording": normalize_query(w), "text": w,
-                                         "cluster_id": c["cluster_id"]}
-                                        for c in manifest.get("clusters", []) for w in c.get("wordings", [])]}
+                                         "intent_id": c["intent_id"]}
+                                        for c in manifest.get("intents", []) for w in c.get("wordings", [])]}
         return cls(calibration, embed, max_error_rate, min_similarity, evidence_doc)
 
     # -- scoring -----------------------------------------------------------------------------------
 
-    def _agrees(self, cluster_id: str, row: int) -> bool:
+    def _agrees(self, intent_id: str, row: int) -> bool:
         found = self.rows[row]
-        if found.get("cluster_id") == cluster_id:
+        if found.get("intent_id") == intent_id:
             return True
         if "doc" not in found:
             return False
-        return agrees(self.intents[cluster_id], found, self.success_f1)
+        return agrees(self.intents[intent_id], found, self.success_f1)
 
     def _nearest(self, vector: np.ndarray, scope: str, skip: frozenset = frozenset()) -> tuple[str | None, float]:
         nearest, trained, _, _ = self.by_scope[scope]
@@ -188,10 +191,10 @@ class Decision:
         scores, ids = nearest.search(vector.reshape(1, -1), min(len(skip) + 1, len(trained)))
         for score, i in zip(scores[0], ids[0]):
             if i >= 0 and trained[i] not in skip:
-                return self.rows[trained[i]]["cluster_id"], float(score)
+                return self.rows[trained[i]]["intent_id"], float(score)
         return None, 0.0
 
-    def _rival(self, vector: np.ndarray, scope: str, cluster_id: str, skip: frozenset = frozenset()) -> float:
+    def _rival(self, vector: np.ndarray, scope: str, intent_id: str, skip: frozenset = frozenset()) -> float:
         _, _, every, members = self.by_scope[scope]
         scores, ids = every.search(vector.reshape(1, -1), min(RIVALS, len(members)))
         last = 0.0
@@ -200,14 +203,14 @@ class Decision:
                 break
             last = float(score)
             row = members[i]
-            if row not in skip and not self._agree(cluster_id, row):
+            if row not in skip and not self._agree(intent_id, row):
                 return float(score)
         return last if len(members) > RIVALS else 0.0
 
-    def _same_evidence(self, text: str, scope: str, vector: np.ndarray, cluster_id: str) -> bool | None:
-        if self.evidence_doc is None or not self.intents[cluster_id].get("doc"):
+    def _same_evidence(self, text: str, scope: str, vector: np.ndarray, intent_id: str) -> bool | None:
+        if self.evidence_doc is None or not self.intents[intent_id].get("doc"):
             return None
-        return self.intents[cluster_id]["doc"] in self.evidence_doc(text, scope or None, vector)
+        return self.intents[intent_id]["doc"] in self.evidence_doc(text, scope or None, vector)
 
     def _score(self, similarity: float, rival: float) -> float:
         return similarity + MARGIN_WEIGHT * (similarity - rival)
@@ -225,46 +228,46 @@ class Decision:
                 continue
             scope = row["scope"] or ""
             skip = frozenset([i, *written.get((scope, row["wording"]), [])])
-            cluster_id, similarity = self._nearest(vectors[i], scope, skip=skip)
-            if cluster_id is None:
+            intent_id, similarity = self._nearest(vectors[i], scope, skip=skip)
+            if intent_id is None:
                 continue
-            rival = self._rival(vectors[i], scope, cluster_id, skip=skip)
-            examples.append({"row": i, "cluster_id": cluster_id, "similarity": similarity, "rival": rival,
+            rival = self._rival(vectors[i], scope, intent_id, skip=skip)
+            examples.append({"row": i, "intent_id": intent_id, "similarity": similarity, "rival": rival,
                              "score": self._score(similarity, rival),
                              "same_evidence": self._same_evidence(row.get("text") or row["wording"], scope, vectors[i],
-                                                                  cluster_id),
-                             "error": not agrees(self.intents[cluster_id], row, self.success_f1)})
+                                                                  intent_id),
+                             "error": not agrees(self.intents[intent_id], row, self.success_f1)})
         return examples
 
     def assess(self, vector: np.ndarray, scope: str | None, wording: str, text: str | None = None) -> Assessment:
         """Where a question (its unit vector, scope, normalized wording and text) stands."""
         scope = scope or ""
         vector = vector.astype(np.float32)
-        cluster_id, similarity = self._nearest(vector, scope) if scope in self.by_scope else (None, 0.0)
-        if cluster_id is None:
+        intent_id, similarity = self._nearest(vector, scope) if scope in self.by_scope else (None, 0.0)
+        if intent_id is None:
             return Assessment(None, 0.0, 0.0, 0.0, float("inf"), False, None, None)
-        seen = self.trained.get((scope, wording)) == cluster_id
-        rival = self._rival(vector, scope, cluster_id)
+        seen = self.trained.get((scope, wording)) == intent_id
+        rival = self._rival(vector, scope, intent_id)
         score = self._score(similarity, rival)
         same = None if seen or similarity < self.min_similarity else \
-            self._same_evidence(text or wording, scope, vector, cluster_id)
-        threshold = self.threshold(cluster_id, same) if similarity >= self.min_similarity else float("inf")
-        return Assessment(cluster_id, round(similarity, 4), round(rival, 4), round(score, 4), threshold, seen, same,
+            self._same_evidence(text or wording, scope, vector, intent_id)
+        threshold = self.threshold(intent_id, same) if similarity >= self.min_similarity else float("inf")
+        return Assessment(intent_id, round(similarity, 4), round(rival, 4), round(score, 4), threshold, seen, same,
                           self.risk(score, same))
 
     def covers(self, found: Assessment, max_error_rate: float | None = None) -> bool:
         """`found.covered`, at another error rate (an evaluation sweeps it)."""
-        if found.cluster_id is None or found.seen:
-            return found.cluster_id is not None
+        if found.intent_id is None or found.seen:
+            return found.intent_id is not None
         return found.similarity >= self.min_similarity and \
-            found.score >= self.threshold(found.cluster_id, found.same_evidence, max_error_rate)
+            found.score >= self.threshold(found.intent_id, found.same_evidence, max_error_rate)
 
-    def threshold(self, cluster_id: str, same_evidence: bool | None, max_error_rate: float | None = None) -> float:
+    def threshold(self, intent_id: str, same_evidence: bool | None, max_error_rate: float | None = None) -> float:
         """The intent's threshold now for a question of this group; with `max_error_rate`, the group's
         threshold at that rate instead of the configured one (an evaluation sweeps it)."""
         group = (self.group_thresholds if max_error_rate is None else self._group_thresholds(max_error_rate))[same_evidence]
         with self._lock:
-            return max(group, self.thresholds.get(cluster_id, group))
+            return max(group, self.thresholds.get(intent_id, group))
 
     @property
     def global_threshold(self) -> float:
@@ -279,19 +282,19 @@ class Decision:
 
     # -- learning online ----------------------------------------------------------------------------
 
-    def disagreed(self, cluster_id: str, score: float) -> None:
+    def disagreed(self, intent_id: str, score: float) -> None:
         """A shadow check found the intent's answer wrong for a question scoring `score`: from now
         on, only questions scoring above it are served for this intent."""
         with self._lock:
-            self.thresholds[cluster_id] = max(self.thresholds.get(cluster_id, 0.0), score + TIGHTEN)
+            self.thresholds[intent_id] = max(self.thresholds.get(intent_id, 0.0), score + TIGHTEN)
 
-    def agreed(self, cluster_id: str) -> None:
+    def agreed(self, intent_id: str) -> None:
         """A shadow check agreed: move the intent's own threshold `LOOSEN` of the way back to the
         lowest group threshold (it never goes below a group's: those bound the error)."""
         with self._lock:
-            current = self.thresholds.get(cluster_id)
+            current = self.thresholds.get(intent_id)
             if current is not None and current > self.global_threshold:
-                self.thresholds[cluster_id] = current - LOOSEN * (current - self.global_threshold)
+                self.thresholds[intent_id] = current - LOOSEN * (current - self.global_threshold)
 
     def summary(self) -> dict:
         """What the decision rests on, for /health, the eval report and `distill ask --explain`."""
@@ -308,9 +311,9 @@ class Decision:
                 "stricter_intents": len(self.thresholds)}
 
 
-def export_calibration(path: Path, intents: dict[str, dict], wordings: list[dict], success_f1: float) -> None:
+def export_coverage_evidence(path: Path, intents: dict[str, dict], wordings: list[dict], success_f1: float) -> None:
     """Write the evidence a `Decision` is built from (curation calls this beside the training set):
-    `intents` {cluster_id: {doc, answer, refused}}, `wordings` [{scope, wording (normalized), text,
-    cluster_id (trained wordings only), doc, answer, refused, written_from (verified rewordings only:
+    `intents` {intent_id: {doc, answer, refused}}, `wordings` [{scope, wording (normalized), text,
+    intent_id (trained wordings only), doc, answer, refused, written_from (verified rewordings only:
     the asked wording an LLM rewrote)}]."""
     path.write_text(json.dumps({"success_f1": success_f1, "intents": intents, "wordings": wordings}))

@@ -1,8 +1,8 @@
 """The confidence filter: choose what the student learns, and record why for every trace.
 
 1. Intents. The distinct normalized wordings of each scope are embedded once (cost grows with
-   distinct queries, not traces) and joined into a cluster when their cosine similarity reaches
-   `curate.cluster_threshold` (FAISS nearest neighbours, then union-find).
+   distinct queries, not traces) and joined into an intent when their cosine similarity reaches
+   `curate.intent_threshold` (FAISS nearest neighbours, then union-find).
 2. Split by time. Traces from the last `curate.eval_days` days are held out for evaluation; the
    rest are training candidates. Eval traces whose exact wording also occurs in training are counted
    and reported (`leaked_eval_traces`), never silently mixed.
@@ -14,17 +14,17 @@
                                                        (feedback.py: weighed over sources, any route)
        refused, citation_invalid, stale_citation,      the trace itself
        ungrounded, low_confidence
-       infrequent, inconsistent, minority_answer       its cluster: asked often enough, answered the
+       infrequent, inconsistent, minority_answer       its intent: asked often enough, answered the
                                                        same way, and this trace gave that answer
 
-   A refused trace is kept as a refusal example (reason `refusal_example`) when its whole cluster
+   A refused trace is kept as a refusal example (reason `refusal_example`) when its whole intent
    is consistently refused and frequent, and no wording like it (cosine at least
-   `curate.cluster_threshold`) is answered: a need the teacher answers in other words is not out of
+   `curate.intent_threshold`) is answered: a need the teacher answers in other words is not out of
    scope, and its refusals are rejected as `answered_elsewhere`. Eval traces only go through the
    safety rules.
-4. Output. One `curation` row per trace (`train`, `eval` or `reject` with the reason), a `clusters`
+4. Output. One `curation` row per trace (`train`, `eval` or `reject` with the reason), a `intents`
    row per intent, a `curation_runs` row with the config, all written in one transaction; and the
-   training set as a Hugging Face dataset (prompt/completion in chat form, one example per cluster
+   training set as a Hugging Face dataset (prompt/completion in chat form, one example per intent
    and wording) saved to `<home>/datasets/<run_id>/`, with a content hash and its trace ids.
 
     result = curate(workspace, config)
@@ -46,14 +46,14 @@ import numpy as np
 from distill.config import Config, CurateConfig, Workspace
 from distill.errors import DistillError
 from distill.learn import open_book
-from distill.learn.coverage import CALIBRATION_FILE, export_calibration
+from distill.learn.coverage import COVERAGE_FILE, export_coverage_evidence
 from distill.learn.intents import REFUSED, PiiDetector, cluster_vectors, normalize_answer, wording_evidence
 from distill.metrics import normalize_query
 from distill.rag import answerability
 from distill.rag.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
 from distill.rag.embed import embed, load_embedder
 from distill.rag.index import corpus_path
-from distill.rag.teacher import ensure_calibrated
+from distill.rag.teacher import ensure_answerability_fitted
 from distill.store.chunks import CorpusStore
 from distill.store.feedback import Verdicts, answer_key
 from distill.store.lake import TraceLake
@@ -69,10 +69,10 @@ FEEDBACK_RULES = ("rated_wrong",)  # users rated this answer to this wording wro
 TRACE_RULES = ("refused", "answered_elsewhere", "citation_invalid", "stale_citation", "ungrounded", "low_confidence")
 
 
-CLUSTER_RULES = ("infrequent", "inconsistent", "minority_answer")
+INTENT_RULES = ("infrequent", "inconsistent", "minority_answer")
 
 
-RULES = SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + CLUSTER_RULES
+RULES = SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + INTENT_RULES
 
 
 
@@ -80,7 +80,7 @@ RULES = SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + CLUSTER_RULES
 class CurationResult:
     run_id: str
     traces_seen: int
-    clusters: int
+    intents: int
     cutoff: datetime | None
     decisions: dict[str, Counter] = field(default_factory=dict)
     leaked_eval_traces: int = 0
@@ -102,7 +102,7 @@ class CurationResult:
 
 
 def _validate(config: CurateConfig) -> None:
-    for name in ("cluster_threshold", "min_agreement", "min_groundedness", "pii_min_score"):
+    for name in ("intent_threshold", "min_agreement", "min_groundedness", "pii_min_score"):
         value = getattr(config, name)
         if not 0.0 <= value <= 1.0:
             raise DistillError(f"setting 'curate.{name}' must be between 0 and 1 (got {value})")
@@ -131,7 +131,7 @@ def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> st
 
 def curate(workspace: Workspace, config: Config, require_min: int | None = None,
            now: datetime | None = None, from_lake: bool = False, cutoff: datetime | None = None) -> CurationResult:
-    """Cluster, split, apply the rules, store the decisions and export the training set.
+    """Intent, split, apply the rules, store the decisions and export the training set.
 
     The evaluation cutoff is `curate.eval_days` before the newest question of the log (collected,
     imported or served; questions asked with `distill ask` are tried answers, not traffic, and do not
@@ -171,7 +171,7 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
             corpus.close()
     latest = {**latest_cited_versions(traces), **latest}  # documents not ingested here: as last seen
     # The teacher's threshold, fitted again if the corpus changed since (never from the traffic).
-    calibration = ensure_calibrated(workspace, config) if corpus_path(workspace).exists() else None
+    calibration = ensure_answerability_fitted(workspace, config) if corpus_path(workspace).exists() else None
     verdicts = Verdicts(config.feedback, ratings)
     rated_wrong = {t["trace_id"] for t in traces if verdicts.wrong(answer_key(t["scope"], t["query"], t["answer"]))}
     result = _decide(traces, config, latest, flagged, cited_text, cutoff, rated_wrong)
@@ -180,11 +180,11 @@ def curate(workspace: Workspace, config: Config, require_min: int | None = None,
     run.update(dataset_path=str(dataset_path) if dataset_path else None, dataset_hash=dataset_hash,
                examples=examples, created_at=now or datetime.now(timezone.utc), config=json.dumps(asdict(cfg)))
     with TraceStore(workspace.traces_db) as store:  # held only to write: services and `sql` wait less
-        store.write_curation(run, result["clusters"], result["decisions"])
+        store.write_curation(run, result["intents"], result["decisions"])
     counts: dict[str, Counter] = defaultdict(Counter)
     for d in result["decisions"]:
         counts[d["decision"]][d["reason"]] += 1
-    curation = CurationResult(run_id=run["run_id"], traces_seen=len(traces), clusters=len(result["clusters"]),
+    curation = CurationResult(run_id=run["run_id"], traces_seen=len(traces), intents=len(result["intents"]),
                               cutoff=run["cutoff"], decisions=dict(counts),
                               leaked_eval_traces=run["leaked_eval_traces"], examples=examples,
                               dataset_path=dataset_path, dataset_hash=dataset_hash,
@@ -240,18 +240,18 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
     # An intent: wordings answered from the same document with the same answer. Its need (the same
     # document, any answer) is what the frequency rule counts: a need the teacher answers with two
     # sentences of one document is asked as often as one answered with one.
-    cluster_of = cluster_vectors(distinct, vectors, cfg.cluster_threshold, evidence)
-    need_of = cluster_vectors(distinct, vectors, cfg.cluster_threshold, [doc for doc, _ in evidence])
+    intent_of = cluster_vectors(distinct, vectors, cfg.intent_threshold, evidence)
+    need_of = cluster_vectors(distinct, vectors, cfg.intent_threshold, [doc for doc, _ in evidence])
     # Wordings alike by their words alone: a refused one whose like is answered is not out of scope.
-    alike = cluster_vectors(distinct, vectors, cfg.cluster_threshold)
+    alike = cluster_vectors(distinct, vectors, cfg.intent_threshold)
     answered_alike = {alike[w] for w, (_, answer) in zip(distinct, evidence) if answer != REFUSED}
     members: dict[int, list[int]] = defaultdict(list)
     need_frequency: Counter = Counter()
     for i, key in enumerate(keys):
-        members[cluster_of[key]].append(i)
+        members[intent_of[key]].append(i)
         need_frequency[need_of[key]] += window_start <= traces[i]["asked_at"] < cutoff
 
-    clusters, cluster_id, facts = [], {}, {}
+    intents, intent_id, facts = [], {}, {}
     for number, indices in members.items():
         wordings = Counter(keys[i][1] for i in indices)
         representative = wordings.most_common(1)[0][0]
@@ -266,9 +266,9 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
         cited = {(c["doc_id"], c["version"]) for i in train_side for c in traces[i]["cited_doc_versions"]}
         retrieved = {chunk_doc_version(chunk_id) for i in train_side for chunk_id in traces[i]["retrieved"]}
         frequency = need_frequency[need_of[keys[indices[0]]]]
-        cluster_id[number] = cid
+        intent_id[number] = cid
         facts[number] = {"majority": majority, "agreement": agreement, "frequency": frequency, "answers": count}
-        clusters.append({"cluster_id": cid, "scope": scope, "representative": representative,
+        intents.append({"intent_id": cid, "scope": scope, "representative": representative,
                          "wordings": sorted(wordings), "traces": len(indices), "frequency": frequency,
                          "answer": answer if majority != REFUSED else None, "agreement": agreement,
                          "cited_doc_versions": [{"doc_id": d, "version": v} for d, v in sorted(cited)],
@@ -278,7 +278,7 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
     train_wordings = {keys[i] for i, t in enumerate(traces) if t["asked_at"] < cutoff}
     decisions, leaked = [], 0
     for i, trace in enumerate(traces):
-        number = cluster_of[keys[i]]
+        number = intent_of[keys[i]]
         reason = _safety_rule(trace, cfg, risk, injection, pii, flagged, cited_text)
         if trace["asked_at"] >= cutoff:
             decision = "reject" if reason else "eval"
@@ -292,16 +292,16 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
         else:
             decision, reason = _quality_decision(trace, facts[number], cfg, latest,
                                                  answered_alike=alike[keys[i]] in answered_alike)
-        decisions.append({"trace_id": trace["trace_id"], "cluster_id": cluster_id[number], "decision": decision,
+        decisions.append({"trace_id": trace["trace_id"], "intent_id": intent_id[number], "decision": decision,
                           "reason": reason})
-    trained = {d["cluster_id"] for d in decisions if d["decision"] == "train"}
-    for cluster in clusters:
-        cluster["trained"] = cluster["cluster_id"] in trained
-    run = {"run_id": uuid.uuid4().hex, "cutoff": cutoff, "traces_seen": len(traces), "clusters": len(clusters),
+    trained = {d["intent_id"] for d in decisions if d["decision"] == "train"}
+    for intent in intents:
+        intent["trained"] = intent["intent_id"] in trained
+    run = {"run_id": uuid.uuid4().hex, "cutoff": cutoff, "traces_seen": len(traces), "intents": len(intents),
            "train": sum(d["decision"] == "train" for d in decisions),
            "eval": sum(d["decision"] == "eval" for d in decisions),
            "rejected": sum(d["decision"] == "reject" for d in decisions), "leaked_eval_traces": leaked}
-    return {"run": run, "clusters": clusters, "decisions": decisions, "cutoff_basis": basis}
+    return {"run": run, "intents": intents, "decisions": decisions, "cutoff_basis": basis}
 
 
 def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetector, flagged: set[str],
@@ -316,16 +316,16 @@ def _safety_rule(trace: dict, cfg: CurateConfig, risk, injection, pii: PiiDetect
     return None
 
 
-def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dict[str, int],
+def _quality_decision(trace: dict, intent: dict, cfg: CurateConfig, latest: dict[str, int],
                       answered_alike: bool = False) -> tuple[str, str | None]:
-    consistent = cluster["agreement"] >= cfg.min_agreement
+    consistent = intent["agreement"] >= cfg.min_agreement
     # asked often enough (its need), and its answer given more than once (a one-off answer to a
     # frequent need's neighbour is no evidence that the teacher answers it that way)
-    frequent = cluster["frequency"] >= cfg.min_count and cluster["answers"] >= min(2, cfg.min_count)
+    frequent = intent["frequency"] >= cfg.min_count and intent["answers"] >= min(2, cfg.min_count)
     if trace["refused"]:
         if answered_alike:
             return "reject", "answered_elsewhere"
-        if cluster["majority"] == REFUSED and consistent and frequent:
+        if intent["majority"] == REFUSED and consistent and frequent:
             return "train", "refusal_example"
         return "reject", "refused"
     if reason := _trace_rule(trace, cfg, latest):
@@ -334,35 +334,35 @@ def _quality_decision(trace: dict, cluster: dict, cfg: CurateConfig, latest: dic
         return "reject", "infrequent"
     if not consistent:
         return "reject", "inconsistent"
-    if normalize_answer(trace["answer"]) != cluster["majority"]:
+    if normalize_answer(trace["answer"]) != intent["majority"]:
         return "reject", "minority_answer"
     return "train", None
 
 
 def _export(workspace: Workspace, result: dict, traces: list[dict], config: Config):
-    """Write the training set (one example per cluster and wording, plus the verified rewordings when
+    """Write the training set (one example per intent and wording, plus the verified rewordings when
     `curate.rewordings` asks for them) as a `datasets` folder, with the router's calibration evidence
     beside it. Returns the folder, its content hash, the examples and (rewordings written, kept)."""
     cfg = config.curate
     by_id = {t["trace_id"]: t for t in traces}
-    clusters = {c["cluster_id"]: c for c in result["clusters"]}
+    intents = {c["intent_id"]: c for c in result["intents"]}
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
     for decision in result["decisions"]:
         if decision["decision"] == "train":
             trace = by_id[decision["trace_id"]]
-            grouped[(decision["cluster_id"], normalize_query(trace["query"]))].append(trace["trace_id"])
+            grouped[(decision["intent_id"], normalize_query(trace["query"]))].append(trace["trace_id"])
     rows = []
     for (cid, _), trace_ids in sorted(grouped.items()):
         first = by_id[trace_ids[0]]
-        rows.append(_example(clusters[cid], first["scope"] or "", first["query"].strip(), list(first["citations"]),
+        rows.append(_example(intents[cid], first["scope"] or "", first["query"].strip(), list(first["citations"]),
                              sorted(trace_ids)))
     if not rows:
         return None, None, 0, (0, 0)
-    rewordings, written = _rewordings(workspace, config, rows, clusters) if cfg.rewordings else ([], 0)
-    rows += [_example(clusters[r.cluster_id], r.scope, r.text, r.citations, [], r.written_from) for r in rewordings]
+    rewordings, written = _rewordings(workspace, config, rows, intents) if cfg.rewordings else ([], 0)
+    rows += [_example(intents[r.intent_id], r.scope, r.text, r.citations, [], r.written_from) for r in rewordings]
     retrieved = {(r["scope"], r["query"]): list(by_id[r["trace_ids"][0]]["retrieved"] or []) for r in rows
                  if r["trace_ids"]}
-    opened = _open_book(workspace, config, rows, clusters, retrieved)
+    opened = _open_book(workspace, config, rows, intents, retrieved)
     template, mode, skipped = open_book.DEFAULT_TEMPLATE, "open_book", None
     if opened:
         rows = opened
@@ -384,25 +384,25 @@ def _export(workspace: Workspace, result: dict, traces: list[dict], config: Conf
                                                      "examples": len(rows),
                                                      "rewordings": {"written": written, "kept": len(rewordings)}},
                                                     indent=2))
-    _export_calibration(target / CALIBRATION_FILE, result, traces, rows, config.eval.success_f1)
+    _export_coverage_evidence(target / COVERAGE_FILE, result, traces, rows, config.eval.success_f1)
     return target, digest.hexdigest(), len(rows), (written, len(rewordings))
 
 
-def _example(cluster: dict, scope: str, query: str, citations: list[str], trace_ids: list[str],
+def _example(intent: dict, scope: str, query: str, citations: list[str], trace_ids: list[str],
              written_from: str = "") -> dict:
-    """One wording of the cluster (asked in `trace_ids`, or a rewording of the wording `written_from`)
-    with the cluster's agreed answer: what replay answers it, and what `_open_book` turns into the
+    """One wording of the intent (asked in `trace_ids`, or a rewording of the wording `written_from`)
+    with the intent's agreed answer: what replay answers it, and what `_open_book` turns into the
     student's examples (the prompt here is the bare question, the completion the answer)."""
-    completion = cluster["answer"] if cluster["answer"] is not None else REFUSAL_COMPLETION
+    completion = intent["answer"] if intent["answer"] is not None else REFUSAL_COMPLETION
     return {"prompt": [{"role": "user", "content": query}],
             "completion": [{"role": "assistant", "content": completion}], "answer": completion,
-            "cluster_id": cluster["cluster_id"], "scope": scope, "query": query, "citations": citations,
+            "intent_id": intent["intent_id"], "scope": scope, "query": query, "citations": citations,
             "trace_ids": trace_ids, "source": "rewording" if written_from else "trace", "written_from": written_from,
-            "cited_doc_versions": cluster["cited_doc_versions"],
-            "retrieved_doc_versions": cluster["retrieved_doc_versions"]}
+            "cited_doc_versions": intent["cited_doc_versions"],
+            "retrieved_doc_versions": intent["retrieved_doc_versions"]}
 
 
-def _open_book(workspace: Workspace, config: Config, rows: list[dict], clusters: dict,
+def _open_book(workspace: Workspace, config: Config, rows: list[dict], intents: dict,
                retrieved: dict[tuple[str, str], list[str]]) -> list[dict]:
     """The wordings turned open-book (open_book.examples): each wording with the chunks its
     trace retrieved, at that trace's versions. A rewording reads what its original wording's trace
@@ -418,7 +418,7 @@ def _open_book(workspace: Workspace, config: Config, rows: list[dict], clusters:
     student, train = config.student, config.train
     out = []
     for row in rows:
-        answer = clusters[row["cluster_id"]]["answer"]
+        answer = intents[row["intent_id"]]["answer"]
         read = retrieved.get((row["scope"], row["query"] if row["source"] == "trace" else row["written_from"]), [])
         for example in open_book.examples(row["query"], answer, (row["citations"] or [None])[0], read, chunks,
                                           student.evidence_chunks, student.evidence_words, train.no_evidence_share,
@@ -427,20 +427,20 @@ def _open_book(workspace: Workspace, config: Config, rows: list[dict], clusters:
     return out
 
 
-def _rewordings(workspace: Workspace, config: Config, rows: list[dict], clusters: dict) -> tuple[list, int]:
+def _rewordings(workspace: Workspace, config: Config, rows: list[dict], intents: dict) -> tuple[list, int]:
     """The verified rewordings of the answered intents' trained wordings (see reword.py)."""
     from distill.learn.reword import verified_rewordings
 
     wordings = []
     for row in rows:
-        answer = clusters[row["cluster_id"]]["answer"]
+        answer = intents[row["intent_id"]]["answer"]
         if answer is not None and row["citations"]:
-            wordings.append({"query": row["query"], "scope": row["scope"], "cluster_id": row["cluster_id"],
+            wordings.append({"query": row["query"], "scope": row["scope"], "intent_id": row["intent_id"],
                              "doc": cited_document(row["citations"]), "answer": normalize_answer(answer)})
     return verified_rewordings(workspace, config, wordings)
 
 
-def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list[dict], success_f1: float) -> None:
+def _export_coverage_evidence(path: Path, result: dict, traces: list[dict], rows: list[dict], success_f1: float) -> None:
     """Every wording asked before the cutoff, with what the teacher answered it from and with, for
     the router's coverage decision (see coverage.py); wordings a safety rule rejected stay out.
     Verified rewordings are trained wordings too, marked with the wording they were written from."""
@@ -453,24 +453,24 @@ def _export_calibration(path: Path, result: dict, traces: list[dict], rows: list
                                                    [k for k in keys if k not in unsafe], wordings)))
     text = {k: t["query"].strip() for t, k in zip(before, keys)}
     asked = [r for r in rows if r["source"] == "trace"]
-    trained = {(r["scope"], normalize_query(r["query"])): r["cluster_id"] for r in asked}
-    clusters = {c["cluster_id"]: c for c in result["clusters"]}
+    trained = {(r["scope"], normalize_query(r["query"])): r["intent_id"] for r in asked}
+    by_id = {c["intent_id"]: c for c in result["intents"]}
     intents = {}
     for cid in set(trained.values()):
-        answer = clusters[cid]["answer"]
+        answer = by_id[cid]["answer"]
         docs = Counter(evidence[k][0] for k, c in trained.items() if c == cid and evidence[k][0])
         intents[cid] = {"doc": docs.most_common(1)[0][0] if docs else None,
                         "answer": normalize_answer(answer) if answer is not None else "", "refused": answer is None}
     rows_out = [{"scope": scope, "wording": wording, "text": text[(scope, wording)],
-                 "cluster_id": trained.get((scope, wording)), "doc": evidence[(scope, wording)][0],
+                 "intent_id": trained.get((scope, wording)), "doc": evidence[(scope, wording)][0],
                  "answer": "" if evidence[(scope, wording)][1] == REFUSED else evidence[(scope, wording)][1],
                  "refused": evidence[(scope, wording)][1] == REFUSED}
                 for scope, wording in wordings]
     rows_out += [{"scope": r["scope"], "wording": normalize_query(r["query"]), "text": r["query"],
-                  "cluster_id": r["cluster_id"], "doc": cited_document(r["citations"]),
-                  "answer": intents[r["cluster_id"]]["answer"], "refused": False, "written_from": r["written_from"]}
+                  "intent_id": r["intent_id"], "doc": cited_document(r["citations"]),
+                  "answer": intents[r["intent_id"]]["answer"], "refused": False, "written_from": r["written_from"]}
                  for r in rows if r["source"] == "rewording"]
-    export_calibration(path, intents, rows_out, success_f1)
+    export_coverage_evidence(path, intents, rows_out, success_f1)
 
 
 REFUSAL_COMPLETION = open_book.REFUSAL

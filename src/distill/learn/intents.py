@@ -1,5 +1,5 @@
 """Traces grouped into intents: wordings of one scope that the teacher answered from the same
-document with the same answer, their query embeddings within `curate.cluster_threshold`
+document with the same answer, their query embeddings within `curate.intent_threshold`
 (the same document with any answer is one need, which the frequency rule counts), and
 personal data found by presidio, which keeps a wording out of training (`pii`).
 """
@@ -24,7 +24,7 @@ def normalize_answer(text: str) -> str:
 
 def cluster_wordings(wordings: list[tuple[str | None, str]], embedder, threshold: float,
                      evidence: list[tuple] | None = None, neighbours: int = 10) -> dict[tuple[str | None, str], int]:
-    """Map each (scope, normalized wording) to a cluster number; only wordings of one scope join.
+    """Map each (scope, normalized wording) to an intent number; only wordings of one scope join.
 
     With `evidence` (one (document, answer) pair per wording: what the teacher answered it from and
     with), two wordings join only when the teacher answered them from the same document with the

@@ -142,14 +142,14 @@ class Rewording:
     """A rewording the teacher answered the way its intent is answered."""
     text: str
     written_from: str  # the trained wording (normalized) it was written from
-    cluster_id: str
+    intent_id: str
     scope: str
     answer: str  # the teacher's answer to it
     citations: list[str]
 
 
 def verified_rewordings(workspace: Workspace, config: Config, wordings: list[dict], writer=None) -> tuple[list[Rewording], int]:
-    """Rewordings of `wordings` ([{query, scope, cluster_id, doc, answer}]: the trained wordings of
+    """Rewordings of `wordings` ([{query, scope, intent_id, doc, answer}]: the trained wordings of
     answered intents) written by `writer` (default: `load_writer`) and kept by `verify`; and how
     many were written in all."""
     if not wordings:
@@ -179,7 +179,7 @@ def verify(workspace: Workspace, config: Config, wordings: list[dict], written: 
         return []
     teacher = Teacher.from_workspace(workspace, config)
     answers = teacher.answer_batch([(text, w["scope"] or None) for w, text in candidates])
-    return [Rewording(text, normalize_query(w["query"]), w["cluster_id"], w["scope"], answer.answer, list(answer.citations))
+    return [Rewording(text, normalize_query(w["query"]), w["intent_id"], w["scope"], answer.answer, list(answer.citations))
             for (w, text), answer in zip(candidates, answers)
             if not answer.refused and answer.citation_valid and cited_document(answer.citations) == w["doc"]
             and token_f1(answer.answer, w["answer"]) >= config.eval.success_f1]

@@ -18,14 +18,13 @@ replay did not serve better (docs/student.md), so its weights are not loaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from distill.config import CHOICES
 from distill.errors import DistillError
 from distill.learn.open_book import DEFAULT_TEMPLATE, render_prompt
 from distill.llm.local import Generation, greedy_chats
-from distill.registry import MANIFEST
+from distill.registry import read_manifest
 
 RUNTIMES = CHOICES["student.runtime"]
 
@@ -157,16 +156,6 @@ class ChatModel:
 
 def first_line(text: str) -> str:
     return text.strip().split("\n")[0].strip()
-
-
-def read_manifest(path: Path) -> dict:
-    manifest_file = Path(path) / MANIFEST
-    if not manifest_file.exists():
-        raise DistillError(f"{path} is not a student version (no {MANIFEST}); pass a models/<student>/<version> folder")
-    try:
-        return json.loads(manifest_file.read_text())
-    except json.JSONDecodeError:
-        raise DistillError(f"the manifest {manifest_file} is corrupted; retrain or promote another version") from None
 
 
 def load_causal_lm(path: Path, runtime: str = "fp32"):

@@ -32,9 +32,10 @@ from pathlib import Path
 from distill import registry
 from distill.config import Config, Workspace
 from distill.errors import DistillError
-from distill.learn.coverage import CALIBRATION_FILE
+from distill.learn.coverage import COVERAGE_FILE
 from distill.llm.local import local_model
 from distill.progress import quiet_library_bars
+from distill.store.schema import current_fields
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
 
@@ -218,8 +219,8 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
     tokenizer.save_pretrained(tmp)
     if (work / TRAINING_LOG).exists():
         shutil.copy(work / TRAINING_LOG, tmp / TRAINING_LOG)
-    if (dataset_path / CALIBRATION_FILE).exists():  # the evidence the router's coverage decision is calibrated on
-        shutil.copy(dataset_path / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+    if (dataset_path / COVERAGE_FILE).exists():  # the evidence the router's coverage decision is calibrated on
+        shutil.copy(dataset_path / COVERAGE_FILE, tmp / COVERAGE_FILE)
     manifest = _manifest(cfg, version, dataset, dataset_path, meta, str(base), {
         "train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1),
         "processes": trainer.args.world_size, "tokens": int(tokens),
@@ -242,8 +243,8 @@ def _replay_version(workspace: Workspace, config: Config, dataset, dataset_path:
     tmp = root / f".{version}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if (dataset_path / CALIBRATION_FILE).exists():
-        shutil.copy(dataset_path / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+    if (dataset_path / COVERAGE_FILE).exists():
+        shutil.copy(dataset_path / COVERAGE_FILE, tmp / COVERAGE_FILE)
     manifest = _manifest(cfg, version, dataset, dataset_path, meta, None,
                          {"train_losses": [], "steps": 0, "runtime_s": 0.0, "processes": 1, "tokens": 0,
                           "tokens_per_s": None})
@@ -256,23 +257,24 @@ def _replay_version(workspace: Workspace, config: Config, dataset, dataset_path:
 def _manifest(cfg, version: str, dataset, dataset_path: Path, meta: dict, base_path: str | None, metrics: dict) -> dict:
     """distill.json: where the version came from, how it was trained, and its intents (what replay
     answers, with the wordings, citations and document versions the router checks)."""
-    clusters = {}
+    intents = {}
     for row in dataset:
-        cluster = clusters.setdefault(row.get("cluster_id"), {
-            "cluster_id": row.get("cluster_id"), "scope": row.get("scope"), "wordings": [],
+        row = current_fields(dict(row))  # a dataset curated before #25 names its intents cluster_id
+        intent = intents.setdefault(row.get("intent_id"), {
+            "intent_id": row.get("intent_id"), "scope": row.get("scope"), "wordings": [],
             "answer": row.get("answer") or row["completion"][-1]["content"],  # what replay answers
             "citations": row.get("citations") or [], "cited_doc_versions": row.get("cited_doc_versions") or [],
             "retrieved_doc_versions": row.get("retrieved_doc_versions") or [], "rewordings": []})
-        if row.get("query") and row["query"] not in cluster["wordings"] + cluster["rewordings"]:
+        if row.get("query") and row["query"] not in intent["wordings"] + intent["rewordings"]:
             # asked before the cutoff, or written by an LLM and verified (`curate.rewordings`)
-            cluster["rewordings" if row.get("source") == "rewording" else "wordings"].append(row["query"])
+            intent["rewordings" if row.get("source") == "rewording" else "wordings"].append(row["query"])
     return {
         "student": cfg.student_name, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
         "base_model": cfg.base_model if base_path else None, "base_model_path": base_path,
         "dataset_path": str(dataset_path), "dataset_hash": meta.get("content_hash"), "curation_run_id": meta.get("run_id"),
         "prompt_template": meta.get("prompt_template"), "student_mode": meta.get("student_mode", "open_book"),
         "evidence": meta.get("evidence"), "examples": len(dataset),
-        "clusters": list(clusters.values()), "training": asdict(cfg), "metrics": metrics, "eval": None,
+        "intents": list(intents.values()), "training": asdict(cfg), "metrics": metrics, "eval": None,
     }
 
 
@@ -285,7 +287,7 @@ tags: [distill, replay]
 
 # {manifest['student']} {manifest['version']}
 
-The curated intents of distill's curation run `{manifest['curation_run_id']}`: {len(manifest['clusters'])} intents
+The curated intents of distill's curation run `{manifest['curation_run_id']}`: {len(manifest['intents'])} intents
 from {manifest['examples']} wordings, and no model. The traces' evidence is not in this workspace's corpus
 (the team's own RAG answered them), so no student can read it: the router replays each covered
 intent's agreed answer and sends everything else to RAG. The intents, their wordings, citations
@@ -303,7 +305,7 @@ tags: [distill, trl, sft, {cfg['method']}]
 
 A student distilled by distill from its RAG teacher's traces: {manifest['base_model']} fine-tuned
 with TRL's SFTTrainer ({cfg['method']}) on {manifest['examples']} curated examples covering
-{len(manifest['clusters'])} intents. It reads the question with the numbered evidence the router
+{len(manifest['intents'])} intents. It reads the question with the numbered evidence the router
 retrieved and answers `[n] quote` or the refusal; the router serves it only for questions replay
 cannot take, where its calibrated confidence (`student_confidence.json`) keeps the expected error
 within the bound, and RAG stays the source of truth.

@@ -64,7 +64,7 @@ from distill.config import Workspace
 # without a third of the threads; off-topic and other datasets' questions), raw-signal scale.
 WEIGHTS = {"top": 17.35, "sentence": 0.65, "coverage": 0.62}
 BIAS = -9.21
-CALIBRATION_FILE = "answerability.json"
+ANSWERABILITY_FILE = "answerability.json"
 MIN_KNOWN_ANSWERABLE = 10  # fewer of the documents' own questions than this: the probes decide
 MAX_KNOWN_ANSWERABLE = 300  # the documents' questions asked to fit the threshold (a fixed sample)
 PROBES_REFUSED = 0.95  # the threshold refuses at least this share of the off-topic probes
@@ -256,7 +256,7 @@ def fit(answerable: list[float], unanswerable: list[float], quantile: float, def
 
 
 def calibration_path(workspace: Workspace) -> Path:
-    return workspace.home / CALIBRATION_FILE
+    return workspace.home / ANSWERABILITY_FILE
 
 
 def load_calibration(workspace: Workspace) -> Calibration | None:

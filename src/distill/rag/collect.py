@@ -39,7 +39,7 @@ from distill.errors import DistillError
 from distill.rag import answerability
 from distill.rag.answers import Answer
 from distill.rag.index import corpus_path
-from distill.rag.teacher import Teacher, ensure_calibrated
+from distill.rag.teacher import Teacher, ensure_answerability_fitted
 from distill.store.chunks import CorpusStore
 from distill.store.feedback import Verdicts
 from distill.store.schema import Trace
@@ -158,7 +158,7 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     todo = list(unique.values())
     report.skipped_existing = len(records) - len(todo)
     # A new workspace, or a corpus changed since the threshold was fitted: fit it before answering.
-    report.calibration = ensure_calibrated(workspace, config, teacher)
+    report.calibration = ensure_answerability_fitted(workspace, config, teacher)
     if report.calibration and teacher is not None:
         teacher.threshold, teacher.method = report.calibration.threshold, report.calibration.method
     if ratings and isinstance(teacher, Teacher):  # users' verdicts on the chunks it answered from (feedback.py)

@@ -135,7 +135,7 @@ class Teacher:
         _, retrievals, evidences, scores, _ = self._retrieve([(query, scope)])
         return evidences[0], self._early_refusal(retrievals[0], evidences[0], scores[0]), scores[0]
 
-    def calibrate(self, rated: list[float] = ()) -> "answerability.Calibration":
+    def fit_answerability(self, rated: list[float] = ()) -> "answerability.Calibration":
         """Fit the answerability threshold on the corpus's own evidence (`answerability.fit`): the
         documents' questions, each asked of its section's text without its heading, and the
         off-topic probes, and `rated`: the scores of questions users said the documents answer.
@@ -271,7 +271,7 @@ def workspace_threshold(workspace: Workspace, config: TeacherConfig) -> tuple[fl
     return (calibration.threshold, calibration.method) if calibration else (config.min_answerability, "default")
 
 
-def ensure_calibrated(workspace: Workspace, config: Config, teacher: "Teacher | None" = None,
+def ensure_answerability_fitted(workspace: Workspace, config: Config, teacher: "Teacher | None" = None,
                       force: bool = False) -> "answerability.Calibration | None":
     """Fit the workspace's answerability threshold when it has none, or one fitted on an older
     corpus generation (every ingest and retriever switch makes a new one), or on fewer of the
@@ -290,7 +290,7 @@ def ensure_calibrated(workspace: Workspace, config: Config, teacher: "Teacher | 
     if teacher is None or teacher.retriever.generation != generation:
         retriever = Retriever(workspace, config.index)  # retrieval only: the generator never runs
         teacher = Teacher(retriever, config.teacher, ExtractiveGenerator(EvidenceSentences(retriever.encode), 1))
-    calibration = teacher.calibrate(rated)
+    calibration = teacher.fit_answerability(rated)
     answerability.save_calibration(workspace, calibration)
     return calibration
 

@@ -30,7 +30,7 @@ disagreement (another document and token F1 below `eval.success_f1`) tightens th
 only questions scoring above the one that disagreed are served for it from then on, and a
 disagreement on a trained wording withdraws it; each agreement loosens it slowly (coverage.py). An
 intent whose agreement averages below `router.withdraw_below` over `router.withdraw_min_samples`
-checks is withdrawn too (`withdrawn_clusters`, with the evidence) and goes to RAG until the next
+checks is withdrawn too (`withdrawn_intents`, with the evidence) and goes to RAG until the next
 student version.
 Feedback: `router.feedback(trace_id, score)` (and `POST /v1/feedback`) rates an answer; the rating is
 journaled where every router of the workspace reads it within `router.reload_s`, and acts at once in
@@ -127,7 +127,7 @@ class RoutedAnswer:
     completion_tokens: int = 0
     trace_id: str = ""
     teacher_answer: Answer | None = field(default=None, repr=False)  # the full RAG answer, for the trace
-    cluster: dict | None = field(default=None, repr=False)  # the intent the student answered for
+    intent: dict | None = field(default=None, repr=False)  # the intent the student answered for
     cited_doc_versions: list[dict] | None = field(default=None, repr=False)  # open book: the cited chunk's document
     evidence_ids: list[str] = field(default_factory=list, repr=False)  # open book: the chunks the student read
 
@@ -195,14 +195,14 @@ class Router:
     def _state(self, teacher: Teacher, student, version: str | None) -> dict:
         """Everything a request reads that a reload replaces: the teacher (corpus generation), the
         student with its intents, coverage decision, batcher and withdrawn intents."""
-        clusters = student.manifest.get("clusters", []) if student else []
-        if student and clusters and not any(c.get("wordings") for c in clusters):
+        intents = student.manifest.get("intents", []) if student else []
+        if student and intents and not any(c.get("wordings") for c in intents):
             raise DistillError(f"student {version} was trained before distill recorded its intents' wordings; "
                                f"retrain it with `distill train` or `distill nightly`")
         cfg, generates = self.config, getattr(student, "generates", False)
         return {"teacher": teacher, "generation": teacher.retriever.generation,
                 "latest": teacher.retriever.store.document_versions(),  # doc_id -> the version RAG retrieves now
-                "student": student, "version": version, "clusters": {c["cluster_id"]: c for c in clusters},
+                "student": student, "version": version, "intents": {c["intent_id"]: c for c in intents},
                 "decision": Decision.load(getattr(student, "folder", None), student.manifest if student else {},
                                           teacher.retriever.embed_queries, cfg.router.max_error_rate,
                                           cfg.router.coverage_threshold, functools.partial(rag_documents, teacher)),
@@ -210,7 +210,7 @@ class Router:
                                           cfg.router.student_timeout_s) if generates else None,
                 "gate": StudentGate.load(student.folder, cfg.router.max_error_rate, cfg.eval,
                                          teacher.generator.backend) if generates else None,
-                "withdrawn": self.writer.withdrawn_clusters(version) if self.writer and version else set()}
+                "withdrawn": self.writer.withdrawn_intents(version) if self.writer and version else set()}
 
     # -- following the workspace -----------------------------------------------------------------
 
@@ -320,10 +320,10 @@ class Router:
 
     def check(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None]:
         """The cheap checks (everything before generation): (failed check or None, scores, intent)."""
-        failed, checks, cluster, found = self.assess(query, scope)
+        failed, checks, intent, found = self.assess(query, scope)
         if failed is None and not found.covered:
             return "coverage", checks, None
-        return failed, checks, cluster
+        return failed, checks, intent
 
     def assess(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None, Assessment | None]:
         """`check` without the coverage verdict, and the coverage assessment itself, so that an
@@ -344,27 +344,27 @@ class Router:
             return "no_student", checks, None, None
         vector = self.teacher.retriever.embed_queries([query.strip()])[0]
         found = self.decision.assess(vector, scope, normalize_query(query), query.strip())
-        cluster = self.clusters.get(found.cluster_id)
+        intent = self.intents.get(found.intent_id)
         checks.update(coverage=found.similarity, rival=found.rival, score=found.score, seen=found.seen,
                       same_evidence=found.same_evidence, max_error_rate=cfg.max_error_rate, estimated_error=found.risk,
                       threshold=None if found.threshold == float("inf") else round(found.threshold, 4))
-        if cluster is None:
+        if intent is None:
             return "coverage", checks, None, found
-        checks["cluster_id"] = cluster["cluster_id"]
-        if cluster["cluster_id"] in self.withdrawn:
-            return "withdrawn", checks, cluster, found
-        if self.verdicts.wrong(intent_key(self.version, cluster["cluster_id"])):
+        checks["intent_id"] = intent["intent_id"]
+        if intent["intent_id"] in self.withdrawn:
+            return "withdrawn", checks, intent, found
+        if self.verdicts.wrong(intent_key(self.version, intent["intent_id"])):
             checks["withdrawn_by"] = "feedback"
-            return "withdrawn", checks, cluster, found
-        stale = self._stale_documents(query, scope, vector, cluster, checks)
+            return "withdrawn", checks, intent, found
+        stale = self._stale_documents(query, scope, vector, intent, checks)
         if stale:
             checks["stale_documents"] = stale
-            return "stale", checks, cluster, found
-        return None, checks, cluster, found
+            return "stale", checks, intent, found
+        return None, checks, intent, found
 
-    def _stale_documents(self, query: str, scope: str | None, vector: np.ndarray, cluster: dict,
+    def _stale_documents(self, query: str, scope: str | None, vector: np.ndarray, intent: dict,
                          checks: dict) -> list[str]:
-        """The changed documents that make the student's answer for `cluster` untrustworthy: any
+        """The changed documents that make the student's answer for `intent` untrustworthy: any
         document its answers cited, and any document retrieved beside them that, at its new version,
         is among the evidence RAG would now read for this question (the top `teacher.context_chunks`),
         since the answer may now come from it. A changed neighbour that no longer reaches the
@@ -372,10 +372,10 @@ class Router:
         eligible unchanged wordings on the student (81 if any changed neighbour counted, 147 if
         only one ranked above the cited documents, which let 9 of 264 changed wordings through)."""
         def changed(key: str) -> set[str]:  # a document RAG has not shown yet (an external one) counts as unchanged
-            return {d["doc_id"] for d in cluster.get(key, [])
+            return {d["doc_id"] for d in intent.get(key, [])
                     if d["doc_id"] in self.latest and self.latest[d["doc_id"]] != d["version"]}
 
-        cited = {d["doc_id"] for d in cluster.get("cited_doc_versions", [])}
+        cited = {d["doc_id"] for d in intent.get("cited_doc_versions", [])}
         if changed_cited := changed("cited_doc_versions"):
             return sorted(changed_cited)
         neighbours = changed("retrieved_doc_versions") - cited
@@ -395,25 +395,25 @@ class Router:
 
     def _answer(self, query: str, scope: str | None) -> RoutedAnswer:
         started = time.perf_counter()
-        failed, checks, cluster = self.check(query, scope)
+        failed, checks, intent = self.check(query, scope)
         router_ms = (time.perf_counter() - started) * 1000
         if self.config.router.mode == "shadow":
             routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started)
             if failed is None:  # what replay would have answered, checked against RAG's answer
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
-                                    "student_version": self.version, "cluster_id": cluster["cluster_id"],
+                                    "student_version": self.version, "intent_id": intent["intent_id"],
                                     "score": checks["score"], "seen": checks["seen"], "route": "replay",
-                                    "student_answer": cluster["answer"],
+                                    "student_answer": intent["answer"],
                                     "teacher_answer": "" if routed.refused else routed.answer,
                                     "teacher_doc": cited_document(routed.citations)})
             return routed
         if failed is None:
-            routed = self._from_replay(query, scope, checks, cluster, router_ms)
+            routed = self._from_replay(query, scope, checks, intent, router_ms)
             if routed.route == "replay":
                 routed = self._finish(routed, started)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
-                                        "student_version": self.version, "cluster_id": cluster["cluster_id"],
+                                        "student_version": self.version, "intent_id": intent["intent_id"],
                                         "score": checks["score"], "seen": checks["seen"], "route": routed.route,
                                         "student_answer": routed.answer})
                 return routed
@@ -425,7 +425,7 @@ class Router:
                 routed = self._finish(routed, started)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
-                                        "student_version": self.version, "cluster_id": None, "route": "student",
+                                        "student_version": self.version, "intent_id": None, "route": "student",
                                         "score": checks["student_score"], "student_answer": routed.answer,
                                         "student_doc": cited_document(routed.citations)})
                 return routed
@@ -447,15 +447,15 @@ class Router:
         """`answer` for asyncio services: runs in a worker thread, never blocks the event loop."""
         return await asyncio.to_thread(self.answer, query, scope)
 
-    def _from_replay(self, query: str, scope: str | None, checks: dict, cluster: dict,
+    def _from_replay(self, query: str, scope: str | None, checks: dict, intent: dict,
                      router_ms: float) -> RoutedAnswer:
         """The covering intent's agreed answer, without generating, unless users rated it wrong for
         this wording."""
-        if self.verdicts.wrong(answer_key(scope, query, cluster["answer"])):
+        if self.verdicts.wrong(answer_key(scope, query, intent["answer"])):
             return RoutedAnswer(query, scope, "", [], "rag", "rated_wrong", checks, router_ms=router_ms)
-        return RoutedAnswer(query, scope, cluster["answer"], list(cluster.get("citations", [])), "replay", "served",
-                            checks, refused=cluster["answer"] == REFUSAL_COMPLETION, router_ms=router_ms,
-                            student_version=self.version, cluster=cluster)
+        return RoutedAnswer(query, scope, intent["answer"], list(intent.get("citations", [])), "replay", "served",
+                            checks, refused=intent["answer"] == REFUSAL_COMPLETION, router_ms=router_ms,
+                            student_version=self.version, intent=intent)
 
     def _from_open_book(self, query: str, scope: str | None, checks: dict, router_ms: float) -> RoutedAnswer:
         """The open-book student, for a question replay cannot take: served only when it is cheaper
@@ -568,13 +568,13 @@ class Router:
         common = dict(trace_id=routed.trace_id, query_id=routed.trace_id, asked_at=datetime.now(timezone.utc),
                       scope=routed.scope, query=routed.query, route=routed.route, route_reason=routed.reason,
                       latency_ms=routed.latency_ms, router_ms=routed.router_ms, generation_ms=routed.generation_ms,
-                      checks=json.dumps(routed.checks), cluster_id=routed.checks.get("cluster_id"),
+                      checks=json.dumps(routed.checks), intent_id=routed.checks.get("intent_id"),
                       corpus_generation=routed.corpus_generation, origin=self.origin)
         if answer is not None:
             return Trace(**{**answer.trace_fields(), **common})
         served = routed.route in SERVED
-        cluster = routed.cluster or {}
-        cited = routed.cited_doc_versions if routed.cited_doc_versions is not None else cluster.get("cited_doc_versions", [])
+        intent = routed.intent or {}
+        cited = routed.cited_doc_versions if routed.cited_doc_versions is not None else intent.get("cited_doc_versions", [])
         return Trace(**common, answer=routed.answer, citations=routed.citations,
                      cited_doc_versions=cited, retrieved=routed.evidence_ids,
                      refused=routed.refused or not served, refusal_reason="invalid_input" if routed.reason == "input" else None,

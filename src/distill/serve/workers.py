@@ -22,7 +22,7 @@ from distill.store.traces import TraceWriter, take_batch
 
 logger = logging.getLogger(__name__)
 
-SHADOW_FIELDS = ("trace_id", "student_version", "cluster_id", "scope", "query", "student_answer", "teacher_answer",
+SHADOW_FIELDS = ("trace_id", "student_version", "intent_id", "scope", "query", "student_answer", "teacher_answer",
                  "agreement", "route")  # a shadow check as the store keeps it
 
 
@@ -85,7 +85,7 @@ class ShadowChecker:
 
     def __init__(self, router, writer: TraceWriter | None):  # router: the serve.router.Router it checks for
         self.router, self.writer = router, writer
-        self.evidence: dict[tuple, list[dict]] = {}  # (student version, cluster_id) -> its shadow checks so far
+        self.evidence: dict[tuple, list[dict]] = {}  # (student version, intent_id) -> its shadow checks so far
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="distill-shadow", daemon=True)
         self._thread.start()
@@ -119,7 +119,7 @@ class ShadowChecker:
         if self.writer:
             self.writer.put("shadow_check", {**{k: job.get(k) for k in SHADOW_FIELDS},
                                              "checked_at": datetime.now(timezone.utc)})
-        if job.get("cluster_id") is None:  # the open-book student: its confidence threshold learns
+        if job.get("intent_id") is None:  # the open-book student: its confidence threshold learns
             student = {"doc": job.get("student_doc"), "answer": job["student_answer"], "refused": False}
             teacher = {"doc": job.get("teacher_doc"), "answer": job["teacher_answer"], "refused": not job["teacher_answer"]}
             if agrees(student, teacher, router.decision.success_f1):
@@ -127,39 +127,39 @@ class ShadowChecker:
             else:
                 router.gate.disagreed(job["score"])
             return
-        checks = self.evidence.setdefault((job["student_version"], job["cluster_id"]), [])
+        checks = self.evidence.setdefault((job["student_version"], job["intent_id"]), [])
         checks.append({k: job[k] for k in ("trace_id", "query", "student_answer", "teacher_answer", "agreement")})
         if not self._learn(job):
             mean = sum(c["agreement"] for c in checks) / len(checks)
             if len(checks) >= cfg.withdraw_min_samples and mean < cfg.withdraw_below:
-                self._withdraw(job["cluster_id"], checks, mean, f"shadow agreement {mean:.2f} over {len(checks)} checks")
+                self._withdraw(job["intent_id"], checks, mean, f"shadow agreement {mean:.2f} over {len(checks)} checks")
 
     def _learn(self, job: dict) -> bool:
         """Tighten the intent's decision at once on a disagreement, loosen it slowly on an agreement;
         a disagreement on a trained wording withdraws the intent (its own answer is wrong), and
         then this says True."""
         decision = self.router.decision
-        intent = decision.intents.get(job["cluster_id"], {})
+        intent = decision.intents.get(job["intent_id"], {})
         student = {"doc": intent.get("doc"), "answer": job["student_answer"], "refused": False}
         teacher = {"doc": job.get("teacher_doc"), "answer": job["teacher_answer"], "refused": not job["teacher_answer"]}
         if agrees(student, teacher, decision.success_f1):
-            decision.agreed(job["cluster_id"])
+            decision.agreed(job["intent_id"])
         elif job.get("seen"):
-            self._withdraw(job["cluster_id"], self.evidence[(job["student_version"], job["cluster_id"])][-1:], job["agreement"],
+            self._withdraw(job["intent_id"], self.evidence[(job["student_version"], job["intent_id"])][-1:], job["agreement"],
                            f"RAG disagreed on a trained wording ({job['query']!r})")
             return True
         else:
-            decision.disagreed(job["cluster_id"], job["score"])
+            decision.disagreed(job["intent_id"], job["score"])
         return False
 
-    def _withdraw(self, cluster_id: str, checks: list[dict], agreement: float, why: str) -> None:
+    def _withdraw(self, intent_id: str, checks: list[dict], agreement: float, why: str) -> None:
         router = self.router
-        if cluster_id in router.withdrawn:
+        if intent_id in router.withdrawn:
             return
-        router.withdrawn.add(cluster_id)
-        logger.warning("withdrew intent %s from student %s: %s", cluster_id, router.version, why)
+        router.withdrawn.add(intent_id)
+        logger.warning("withdrew intent %s from student %s: %s", intent_id, router.version, why)
         if self.writer:
-            self.writer.put("withdrawal", {"student_version": router.version, "cluster_id": cluster_id,
+            self.writer.put("withdrawal", {"student_version": router.version, "intent_id": intent_id,
                                            "samples": len(checks), "agreement": round(agreement, 4), "evidence": checks,
                                            "withdrawn_at": datetime.now(timezone.utc)})
 

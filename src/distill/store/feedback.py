@@ -121,7 +121,7 @@ class Rating:
     route: str | None
     backend: str | None
     student_version: str | None
-    cluster_id: str | None
+    intent_id: str | None
     scope: str | None
     query: str | None
     answer: str | None
@@ -140,7 +140,7 @@ class Rating:
                    score=score, name=name, comment=_text(payload, "comment"), source=source,
                    created_at=_when(payload.get("timestamp")), received_by=received_by, route=trace.get("route"),
                    backend=trace.get("backend"), student_version=trace.get("student_version"),
-                   cluster_id=trace.get("cluster_id"), scope=trace.get("scope"), query=trace.get("query"),
+                   intent_id=trace.get("intent_id"), scope=trace.get("scope"), query=trace.get("query"),
                    answer=trace.get("answer"), citations=list(trace.get("citations") or []))
 
     def record(self) -> dict:
@@ -159,8 +159,8 @@ def answer_key(scope: str | None, query: str, answer: str) -> tuple:
     return ("answer", scope, normalize_query(query or ""), normalize(answer or ""))
 
 
-def intent_key(student_version: str | None, cluster_id: str | None) -> tuple:
-    return ("intent", student_version, cluster_id)
+def intent_key(student_version: str | None, intent_id: str | None) -> tuple:
+    return ("intent", student_version, intent_id)
 
 
 def evidence_key(scope: str | None, query: str, chunk_id: str) -> tuple:
@@ -208,8 +208,8 @@ class Verdicts:
     def keys(rating: dict) -> list[tuple]:
         """The things a rating is about: the answer to its wording, and the intent that served it."""
         keys = [answer_key(rating.get("scope"), rating.get("query") or "", rating.get("answer") or "")]
-        if rating.get("route") in ("replay", "student") and rating.get("cluster_id"):
-            keys.append(intent_key(rating.get("student_version"), rating["cluster_id"]))
+        if rating.get("route") in ("replay", "student") and rating.get("intent_id"):
+            keys.append(intent_key(rating.get("student_version"), rating["intent_id"]))
         if rating.get("citations"):
             keys.append(evidence_key(rating.get("scope"), rating.get("query") or "", rating["citations"][0]))
         return keys

@@ -49,7 +49,7 @@ class Trace:
     router_ms: float | None = None  # the router's own checks, generation excluded
     generation_ms: float | None = None
     checks: str | None = None  # JSON: each router check's score
-    cluster_id: str | None = None  # the student intent that covered the query
+    intent_id: str | None = None  # the student intent that covered the query
     student_version: str | None = None
     corpus_generation: int | None = None  # routed answers: the corpus generation the router checked against
     answerability: float | None = None  # the teacher's answerability score, 0 to 1
@@ -398,6 +398,18 @@ def _m015_comments(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"COMMENT ON COLUMN {table}.{column} IS '{_sql_text(text)}'")
 
 
+def _m016_intents(con: duckdb.DuckDBPyConnection) -> None:
+    """One word for one thing: what curation groups wordings into was a cluster in the tables, an
+    intent in the docs and settings; it is an intent everywhere now (#25). Comments follow the
+    renamed columns; the ones that named the old names are written again."""
+    con.execute("ALTER TABLE clusters RENAME TO intents")
+    con.execute("ALTER TABLE withdrawn_clusters RENAME TO withdrawn_intents")
+    con.execute("ALTER TABLE curation_runs RENAME COLUMN clusters TO intents")
+    for table in ("intents", "curation", "traces", "shadow_checks", "withdrawn_intents", "feedback"):
+        con.execute(f"ALTER TABLE {table} RENAME COLUMN cluster_id TO intent_id")
+    con.execute("COMMENT ON COLUMN curation.intent_id IS 'its intent in this run (intents.intent_id)'")
+
+
 def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
@@ -406,11 +418,11 @@ TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_cur
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
                                      _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation,
                                      _m011_answerability, _m012_answerability_method_and_origin, _m013_feedback,
-                                     _m014_open_book_shadow_checks, _m015_comments]
+                                     _m014_open_book_shadow_checks, _m015_comments, _m016_intents]
 
 
 FEEDBACK_COLUMNS = ["feedback_id", "trace_id", "score", "name", "comment", "source", "created_at", "received_by",
-                    "route", "backend", "student_version", "cluster_id", "scope", "query", "answer", "citations"]
+                    "route", "backend", "student_version", "intent_id", "scope", "query", "answer", "citations"]
 
 
 TRACE_COLUMNS = [f.name for f in fields(Trace)]  # the migrations make the same columns: tests/test_store.py holds them together
@@ -425,6 +437,22 @@ def trace_table(traces: Sequence[Trace]):
     columns = {name: [getattr(t, name) for t in unique] for name in TRACE_COLUMNS}
     columns["trace_id"] = [t.trace_id or t.query_id for t in unique]
     return pa.Table.from_pydict(columns)
+
+
+RENAMED_FIELDS = {"cluster_id": "intent_id"}  # renamed by _m016: what a segment or journal from before calls it
+
+
+def current_fields(row: dict) -> dict:
+    """`row` (a record a process from before a rename wrote to a segment or journal) with today's
+    field names.
+
+        >>> current_fields({"cluster_id": "c0", "query": "q"})
+        {'query': 'q', 'intent_id': 'c0'}
+    """
+    for old, new in RENAMED_FIELDS.items():
+        if old in row:
+            row[new] = row.pop(old)
+    return row
 
 
 def trace_from_row(row: dict) -> Trace:
@@ -444,5 +472,5 @@ CURATION_INPUT = """
     FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id"""
 
 
-RATED_TRACE_COLUMNS = ["trace_id", "route", "backend", "student_version", "cluster_id", "scope", "query", "answer",
+RATED_TRACE_COLUMNS = ["trace_id", "route", "backend", "student_version", "intent_id", "scope", "query", "answer",
                        "citations", "refused", "answerability", "corpus_generation"]

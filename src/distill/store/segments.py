@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from distill.store.db import connect
-from distill.store.schema import RATED_TRACE_COLUMNS
+from distill.store.schema import RATED_TRACE_COLUMNS, current_fields
 
 SEGMENTS = "segments"
 
@@ -137,7 +137,7 @@ def find_trace(traces_db: Path, trace_id: str) -> dict | None:
         if at >= 0:
             line = data[data.rfind(b"\n", 0, at) + 1:data.find(b"\n", at)]
             with contextlib.suppress(json.JSONDecodeError, KeyError):
-                row = json.loads(line)["row"]
+                row = current_fields(json.loads(line)["row"])
                 return {name: row.get(name) for name in RATED_TRACE_COLUMNS}
     if not Path(traces_db).exists():
         return None
@@ -151,14 +151,15 @@ def find_trace(traces_db: Path, trace_id: str) -> dict | None:
 
 
 def read_segment(path: Path) -> list[dict]:
-    """A segment's records; a last line cut short by a crash is skipped."""
+    """A segment's records, with today's field names; a last line cut short by a crash is skipped."""
     records = []
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            records.append({**record, "row": current_fields(record["row"])} if "row" in record else record)
     return records
 
 
@@ -184,7 +185,7 @@ def read_journal(path: Path, start: int = 0) -> tuple[list[dict], int]:
     ratings = []
     for line in data[:end].splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            ratings.append(json.loads(line))
+            ratings.append(current_fields(json.loads(line)))
     return ratings, start + end
 
 

@@ -30,6 +30,7 @@ from distill.store.schema import (
     CURATION_INPUT,
     FEEDBACK_COLUMNS,
     RATED_TRACE_COLUMNS,
+    RENAMED_FIELDS,
     TRACE_COLUMNS,
     TRACE_MIGRATIONS,
     Trace,
@@ -64,18 +65,18 @@ def _insert_traces(cur: duckdb.DuckDBPyConnection, traces: Sequence[Trace]) -> i
 def _insert_shadow_check(cur: duckdb.DuckDBPyConnection, row: dict) -> None:
     """One shadow check, unless that trace was already checked against that student version."""
     cur.execute("INSERT INTO shadow_checks BY NAME SELECT * FROM (SELECT ? AS trace_id, "
-                "coalesce(CAST(? AS TIMESTAMPTZ), now()) AS checked_at, ? AS student_version, ? AS cluster_id, "
+                "coalesce(CAST(? AS TIMESTAMPTZ), now()) AS checked_at, ? AS student_version, ? AS intent_id, "
                 "? AS scope, ? AS query, ? AS student_answer, ? AS teacher_answer, ? AS agreement, ? AS route) AS new "
                 "WHERE NOT EXISTS (SELECT 1 FROM shadow_checks s WHERE s.trace_id = new.trace_id "
                 "AND s.student_version = new.student_version)",
-                [row["trace_id"], row.get("checked_at"), row["student_version"], row["cluster_id"], row["scope"],
+                [row["trace_id"], row.get("checked_at"), row["student_version"], row["intent_id"], row["scope"],
                  row["query"], row["student_answer"], row["teacher_answer"], row["agreement"], row.get("route")])
 
 
-def _insert_withdrawal(cur: duckdb.DuckDBPyConnection, student_version: str, cluster_id: str, samples: int,
+def _insert_withdrawal(cur: duckdb.DuckDBPyConnection, student_version: str, intent_id: str, samples: int,
                        agreement: float, evidence: list[dict], withdrawn_at: str | None = None) -> None:
-    cur.execute("INSERT INTO withdrawn_clusters VALUES (?, ?, coalesce(CAST(? AS TIMESTAMPTZ), now()), ?, ?, ?) "
-                "ON CONFLICT DO NOTHING", [student_version, cluster_id, withdrawn_at, samples, agreement,
+    cur.execute("INSERT INTO withdrawn_intents VALUES (?, ?, coalesce(CAST(? AS TIMESTAMPTZ), now()), ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", [student_version, intent_id, withdrawn_at, samples, agreement,
                                            json.dumps(evidence)])
 
 
@@ -166,7 +167,7 @@ class TraceStore:
                             _insert_shadow_check(cur, record["row"])
                         elif record["kind"] == "withdrawal":
                             row = record["row"]
-                            _insert_withdrawal(cur, row["student_version"], row["cluster_id"], row["samples"],
+                            _insert_withdrawal(cur, row["student_version"], row["intent_id"], row["samples"],
                                                row["agreement"], row["evidence"], row.get("withdrawn_at"))
             path.unlink()
         return added
@@ -287,6 +288,10 @@ class TraceStore:
                     cur.execute(f"CREATE TABLE lake.traces AS SELECT {LAKE_SELECT} FROM traces LIMIT 0")
                     cur.execute("ALTER TABLE lake.traces SET PARTITIONED BY (day, scope)")
                 else:
+                    for old, new in RENAMED_FIELDS.items():  # a lake pushed to before a rename
+                        if old in lake_columns and new not in lake_columns:
+                            cur.execute(f"ALTER TABLE lake.traces RENAME COLUMN {old} TO {new}")
+                            lake_columns = lake_columns - {old} | {new}
                     types = dict(cur.execute("SELECT column_name, data_type FROM information_schema.columns "
                                              "WHERE table_catalog = current_database() AND table_name = 'traces'").fetchall())
                     for column in TRACE_COLUMNS:
@@ -314,35 +319,35 @@ class TraceStore:
             finally:
                 cur.execute("DETACH lake")
 
-    def write_curation(self, run: dict, clusters: list[dict], decisions: list[dict]) -> None:
-        """Store one curation run, its clusters and one decision per trace, all in one transaction."""
+    def write_curation(self, run: dict, intents: list[dict], decisions: list[dict]) -> None:
+        """Store one curation run, its intents and one decision per trace, all in one transaction."""
         import pyarrow as pa
 
-        cluster_rows = pa.Table.from_pylist([{**c, "run_id": run["run_id"]} for c in clusters])  # noqa: F841
+        intent_rows = pa.Table.from_pylist([{**c, "run_id": run["run_id"]} for c in intents])  # noqa: F841
         decision_rows = pa.Table.from_pylist([{**d, "run_id": run["run_id"]} for d in decisions])  # noqa: F841
         with self._lock:
             cur = self._con.cursor()
             with transaction(cur):
-                for table in ("curation", "clusters", "curation_runs"):
+                for table in ("curation", "intents", "curation_runs"):
                     cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
                 columns = list(run)
                 cur.execute(f"INSERT INTO curation_runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                             [run[c] for c in columns])
-                if clusters:
-                    cur.execute("INSERT INTO clusters BY NAME SELECT * FROM cluster_rows")
+                if intents:
+                    cur.execute("INSERT INTO intents BY NAME SELECT * FROM intent_rows")
                 if decisions:
                     cur.execute("INSERT INTO curation BY NAME SELECT * FROM decision_rows")
 
     def held_out(self, run_id: str | None = None) -> list[dict]:
         """Every teacher trace at or after a curation run's cutoff (default: the latest run), most
         recent first: the traffic a student trained from that run has never seen, high-risk and
-        unanswerable questions included, with the cluster each fell in and that cluster's answer."""
+        unanswerable questions included, with the intent each fell in and that intent's answer."""
         return self.sql(_CURATION_RUN + """
             SELECT t.trace_id, t.query_id, t.asked_at, t.scope, t.query, t.answer, t.refused, t.citations,
                    t.latency_ms, t.prompt_tokens, t.completion_tokens,
-                   c.cluster_id, c.decision, c.reason, k.answer AS cluster_answer, run.run_id
+                   c.intent_id, c.decision, c.reason, k.answer AS intent_answer, run.run_id
             FROM run JOIN curation c USING (run_id) JOIN traces t USING (trace_id)
-            LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
+            LEFT JOIN intents k ON k.run_id = c.run_id AND k.intent_id = c.intent_id
             WHERE t.asked_at >= run.cutoff ORDER BY t.asked_at DESC, t.trace_id""", [run_id])
 
     def refusals(self, recent: int = 10_000) -> list[dict]:
@@ -364,10 +369,10 @@ class TraceStore:
             FROM run JOIN curation c USING (run_id) JOIN traces t USING (trace_id)
             ORDER BY t.asked_at, t.trace_id""", [run_id])
 
-    def cluster_answers(self, run_id: str) -> dict[str, str | None]:
-        """cluster_id -> the answer its traces agreed on (None: a refusal), for one curation run."""
-        rows = self.sql("SELECT cluster_id, answer FROM clusters WHERE run_id = ?", [run_id])
-        return {row["cluster_id"]: row["answer"] for row in rows}
+    def intent_answers(self, run_id: str) -> dict[str, str | None]:
+        """intent_id -> the answer its traces agreed on (None: a refusal), for one curation run."""
+        rows = self.sql("SELECT intent_id, answer FROM intents WHERE run_id = ?", [run_id])
+        return {row["intent_id"]: row["answer"] for row in rows}
 
     def add_eval_run(self, run_id: str, source: str, student_version: str | None, queries: int,
                      figures: dict) -> None:
@@ -399,19 +404,19 @@ class TraceStore:
         """The nightly runs started on `day`, oldest first, figures parsed."""
         return _figures_parsed(self.sql("SELECT * FROM nightly_runs WHERE day = ? ORDER BY started_at", [day]))
 
-    def withdrawn_clusters(self, student_version: str) -> set[str]:
-        rows = self.sql("SELECT cluster_id FROM withdrawn_clusters WHERE student_version = ?", [student_version])
-        return {row["cluster_id"] for row in rows}
+    def withdrawn_intents(self, student_version: str) -> set[str]:
+        rows = self.sql("SELECT intent_id FROM withdrawn_intents WHERE student_version = ?", [student_version])
+        return {row["intent_id"] for row in rows}
 
     def explain(self, needle: str) -> list[dict]:
-        """The latest curation decision for a trace id, query id or query text, with its cluster."""
+        """The latest curation decision for a trace id, query id or query text, with its intent."""
         return self.sql("""
             WITH latest AS (SELECT run_id FROM curation_runs ORDER BY created_at DESC LIMIT 1)
             SELECT t.trace_id, t.asked_at, t.scope, t.query, t.answer, t.refusal_reason, t.answerability,
-                   t.answerability_threshold, t.answerability_method, t.origin, c.decision, c.reason, c.cluster_id,
-                   k.representative, k.frequency, k.agreement, k.answer AS cluster_answer, c.run_id
+                   t.answerability_threshold, t.answerability_method, t.origin, c.decision, c.reason, c.intent_id,
+                   k.representative, k.frequency, k.agreement, k.answer AS intent_answer, c.run_id
             FROM curation c JOIN latest USING (run_id) JOIN traces t USING (trace_id)
-            LEFT JOIN clusters k ON k.run_id = c.run_id AND k.cluster_id = c.cluster_id
+            LEFT JOIN intents k ON k.run_id = c.run_id AND k.intent_id = c.intent_id
             WHERE t.trace_id = ? OR t.query_id = ? OR lower(t.query) = lower(?)
             ORDER BY t.asked_at""", [needle, needle, needle.strip()])
 
@@ -481,10 +486,10 @@ class TraceWriter:
         """Queue a record: `kind` "trace" (a Trace), "shadow_check" or "withdrawal" (dicts)."""
         self._queue.put({"kind": kind, "row": dict(row.__dict__) if isinstance(row, Trace) else row})
 
-    def withdrawn_clusters(self, version: str) -> set[str]:
+    def withdrawn_intents(self, version: str) -> set[str]:
         """The intents of `version` withdrawn so far, from the store (folding the segments in)."""
         with TraceStore(self.traces_db) as store:
-            return store.withdrawn_clusters(version)
+            return store.withdrawn_intents(version)
 
     def _run(self) -> None:
         while True:
