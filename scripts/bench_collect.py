@@ -29,7 +29,7 @@ def run(teacher: Teacher, queries_file, limit: int, batch_size: int) -> tuple[fl
     home.mkdir(parents=True)
     (home / "index").symlink_to(teacher.retriever.workspace.index_dir)
     workspace = Workspace(home)
-    config = workspace.config({"collect": {"batch_size": batch_size}})
+    config = workspace.config({"collect": {"commit_every": batch_size}})
     started = time.perf_counter()
     report = collect(workspace, config, queries_file, limit=limit, teacher=teacher)
     elapsed = time.perf_counter() - started

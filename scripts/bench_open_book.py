@@ -306,8 +306,8 @@ def main() -> None:
             rows["teacher"].append({**truth[k], "served": False, "agrees": True})
         evidence = {k: student_evidence(teacher, k[1], k[0], config.student)[0] for k in keys}
         for label, model in (("base reading evidence", base), ("open-book student alone", trained)):
-            for i in range(0, len(keys), config.student.batch_size):
-                batch = keys[i:i + config.student.batch_size]
+            for i in range(0, len(keys), config.student.max_batch):
+                batch = keys[i:i + config.student.max_batch]
                 began = time.perf_counter()
                 generations = model.answer_batch([(k[1], k[0], evidence[k]) for k in batch])
                 each_ms = (time.perf_counter() - began) * 1000 / len(batch)

@@ -72,7 +72,7 @@ def test_kill_9_mid_collect_then_rerun_loses_and_duplicates_nothing(corpus_works
     for name in ("index",):
         os.symlink(corpus_workspace.home / name, workspace / name)
     # off: the answerability calibration would run before the first batch, and the kill must land mid-answering
-    (workspace / "distill.toml").write_text("[collect]\nbatch_size = 8\n[teacher]\ncalibrate_answerability = false\n")
+    (workspace / "distill.toml").write_text("[collect]\ncommit_every = 8\n[teacher]\ncalibrate_answerability = false\n")
     questions = ["refund window", "PayPal payments", "export a notebook", "offline notes", "search shortcut"]
     lines = [{"query": f"{questions[i % 5]} question {i}", "scope": "notes" if i % 2 else "billing",
               "query_id": f"id-{i}"} for i in range(1500)]
@@ -108,7 +108,7 @@ def _wal_size(db: Path) -> int:
 def test_ray_engine_with_an_openai_teacher_resumes_like_the_local_one(corpus_workspace, tiny_model_server, tmp_path):
     """Ray Data actors on this machine, each calling `distill serve --model` as the teacher's LLM."""
     path = write_lines(tmp_path / "q.jsonl", [{**q, "query_id": f"ray-{i}"} for i, q in enumerate(QUERIES)] + ["not json"])
-    config = corpus_workspace.config({"collect": {"engine": "ray", "ray_workers": 2, "batch_size": 2},
+    config = corpus_workspace.config({"collect": {"engine": "ray", "ray_workers": 2, "commit_every": 2},
                                       "teacher": {"backend": "openai",
                                                   "openai": {"base_url": tiny_model_server, "max_new_tokens": 4}}})
     store_path = corpus_workspace.traces_db

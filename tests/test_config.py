@@ -53,6 +53,8 @@ def test_an_old_setting_name_still_works_with_a_warning_naming_the_new_one(tmp_p
     assert config.serve.max_concurrency == 8  # the workspace's value, not the default under the new name
     with pytest.warns(DistillWarning, match="teacher.context_words"):
         assert load_config(None, {"teacher": {"context_token_budget": 99}}).teacher.context_words == 99
+    with pytest.warns(DistillWarning, match="'router.batch_wait_ms' is now 'router.batch_wait_s'"):
+        assert load_config(None, {"router": {"batch_wait_ms": 200}}).router.batch_wait_s == 0.2  # converted
 
 
 def test_as_toml_is_a_config_file_with_the_help_and_the_changed_defaults_marked(tmp_path):

@@ -79,7 +79,7 @@ def test_a_failing_or_backed_up_student_falls_back_to_rag(workspace, tmp_path, m
         assert read.checks["replay"] == "coverage" and read.checks["student_score"] is not None
         assert router.batcher.batch_s is not None and router.batcher.pending == 0
         router.batcher.batch_s = 4.0  # each batch takes 4 s: 16 questions ahead means 8 s, one more 12 s
-        router.batcher.pending = 2 * router.config.student.batch_size
+        router.batcher.pending = 2 * router.config.student.max_batch
         busy = router.answer(*NOTES_Q)
         router.batcher.pending = 0
 
@@ -235,7 +235,7 @@ def test_a_corrupted_student_falls_back_to_rag_instead_of_failing(workspace, tmp
 
 
 def test_concurrent_student_questions_are_batched_into_one_generate_call(workspace, tmp_path):
-    router = own_router(calibrated(workspace, tmp_path), tmp_path / "traces.duckdb", batch_wait_ms=200.0,
+    router = own_router(calibrated(workspace, tmp_path), tmp_path / "traces.duckdb", batch_wait_s=0.2,
                         shadow_share=0.0)
     sizes, real = [], router.student.answer_batch
 

@@ -99,7 +99,7 @@ def test_model_server_speaks_chat_completions_and_batches_concurrent_requests(ti
     calls = []
     answer_batch = model.answer_batch
     model.answer_batch = lambda requests, max_time=None: calls.append(len(requests)) or answer_batch(requests, max_time)
-    config = workspace.config({"router": {"batch_wait_ms": 200.0}})
+    config = workspace.config({"router": {"batch_wait_s": 0.2}})
     with TestClient(create_model_app(model, config)) as client:
         assert client.get("/v1/models").json()["data"][0]["id"] == tiny_lm_dir.name
         body = {"model": "any", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "logprobs": True}

@@ -137,7 +137,7 @@ class TeacherConfig:
 
 @dataclass
 class CollectConfig:
-    batch_size: int = _help("queries embedded, answered and committed together")
+    commit_every: int = _help("queries embedded, answered and committed together (a kill loses at most this many answers)")
     engine: str = _help("'local' (this process answers) or 'ray' (Ray Data actors answer batches in parallel; "
                         "this process writes the traces)")
     ray_address: str = _help("with engine 'ray': the cluster to join ('auto', 'ray://head:10001'); empty: start Ray "
@@ -156,7 +156,8 @@ class CurateConfig:
     eval_days: int = _help("the most recent this-many days of traces are held out for evaluation")
     min_count: int = _help("rule 'infrequent': an intent needs at least this many traces in the window")
     min_agreement: float = _help("rule 'inconsistent': share of an intent's traces that must give its majority answer")
-    min_top_score: float = _help("rule 'low_confidence': best chunk's dense similarity at least this")
+    min_top_score_to_train: float = _help("rule 'low_confidence': best chunk's dense similarity at least this (the teacher "
+                                          "refuses below teacher.min_top_score)")
     min_margin: float = _help("rule 'low_confidence': margin of the best chunk over the next at least this")
     min_logprob: float = _help("rule 'low_confidence': mean token log-probability at least this (where the backend gives one)")
     min_groundedness: float = _help("rule 'ungrounded': share of answer words found in the cited chunks")
@@ -198,7 +199,8 @@ class StudentConfig:
     runtime: str = _help("weights when answering: 'bf16' (half the memory traffic of fp32, same answers here), 'fp32', "
                           "or 'int8' (dynamic quantization, CPU: fastest, but it changed most answers of the PolicyQA student)")
     max_new_tokens: int = _help("longest student answer, in tokens")
-    batch_size: int = _help("questions answered together in one generate call when evaluating or batching")
+    max_batch: int = _help("at most this many questions answered together in one generate call (the router's batcher, "
+                           "evaluation)")
     endpoint: str = _help("base URL (ending in /v1) of an OpenAI-compatible server that serves the promoted version "
                           "(vLLM, `distill serve --model`); empty: the router runs the student in its own process")
     endpoint_model: str = _help("model name sent to student.endpoint (vLLM's --served-model-name)")
@@ -225,7 +227,7 @@ class RouterConfig:
     coverage_threshold: float = _help("check 'coverage': a wording the student was not trained on is never served below this cosine to "
                                       "the nearest trained wording of its scope, whatever the calibration allows")
     student_timeout_s: float = _help("a student answer slower than this, waiting for a batch included, is dropped and RAG answers instead")
-    batch_wait_ms: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.batch_size)")
+    batch_wait_s: float = _help("a student answer waits at most this long for concurrent questions to batch with (up to student.max_batch)")
     log_traces: bool = _help("write every routed answer to the trace store (in the background)")
     reload_s: float = _help("a running router looks this often for a new corpus generation (ingest, tune-retriever --switch) or "
                             "a promoted or rolled-back student, and swaps to it between requests; 0: never")
@@ -391,17 +393,22 @@ REMOVED = {  # settings of the closed-book student, removed with it (#24): what 
 }
 
 
-RENAMED = {  # old name -> new name, each accepted with a warning for one release (renamed 2026-12, #25)
+RENAMED = {  # old name -> new name (or (new name, its value from the old)), each accepted with a warning for one release (#25)
     "teacher.context_token_budget": "teacher.context_words",  # it counts words, not tokens
     "serve.max_concurrent": "serve.max_concurrency",  # as teacher.openai.max_concurrency
     "curate.cluster_threshold": "curate.intent_threshold",  # one word for an intent: tables, settings, docs
+    "curate.min_top_score_to_train": "curate.min_top_score_to_train",  # not teacher.min_top_score, which refuses
+    "collect.commit_every": "collect.commit_every",  # batch_size is what a training step takes
+    "student.max_batch": "student.max_batch",
+    "router.batch_wait_ms": ("router.batch_wait_s", lambda ms: ms / 1000),  # every other duration is in seconds
 }
 
 
 def _renamed(data: dict, source: str) -> dict:
     """`data` (one config file or the overrides) with old setting names moved to their new ones,
     each with a one-line warning naming the new name and where to change it."""
-    for old, new in RENAMED.items():
+    for old, renamed in RENAMED.items():
+        new, convert = renamed if isinstance(renamed, tuple) else (renamed, None)
         old_section, old_name = old.rsplit(".", 1)
         new_section, new_name = new.rsplit(".", 1)
         table = data
@@ -410,6 +417,7 @@ def _renamed(data: dict, source: str) -> dict:
         if not isinstance(table, dict) or old_name not in table:
             continue
         value = table.pop(old_name)
+        value = convert(value) if convert else value
         target = data
         for part in new_section.split("."):
             target = target.setdefault(part, {})

@@ -123,7 +123,7 @@ def _trace_rule(trace: dict, config: CurateConfig, latest: dict[str, int]) -> st
     if (trace["groundedness"] or 0.0) < config.min_groundedness:
         return "ungrounded"
     retrieval_weak = trace["top_score"] is not None and (  # an imported trace has no scores of ours
-        trace["top_score"] < config.min_top_score or (trace["score_margin"] or 0.0) < config.min_margin)
+        trace["top_score"] < config.min_top_score_to_train or (trace["score_margin"] or 0.0) < config.min_margin)
     if retrieval_weak or (trace["mean_logprob"] is not None and trace["mean_logprob"] < config.min_logprob):
         return "low_confidence"
     return None

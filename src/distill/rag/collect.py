@@ -8,7 +8,7 @@ of the same command skips what is already stored and never duplicates:
     report.answered, report.skipped_existing  # (80, 0)
     collect(workspace, config, Path("queries.jsonl")).skipped_existing  # 80
 
-Queries are answered and committed in batches of `collect.batch_size`: a crash or `kill -9` loses
+Queries are answered and committed in batches of `collect.commit_every`: a crash or `kill -9` loses
 at most the batches in flight. A bad line (not JSON, no `query`, an unknown scope, a bad timestamp) is
 reported with its line number and skipped, or stops the run with `strict=True`; a file with no
 usable line at all is an error.
@@ -165,7 +165,7 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
         teacher.use_feedback(Verdicts(config.feedback, ratings), config.feedback)
     if on_progress:
         on_progress(0, len(todo))
-    batches = (_local_batches(teacher, todo, config.collect.batch_size, report.run_id) if engine == "local"
+    batches = (_local_batches(teacher, todo, config.collect.commit_every, report.run_id) if engine == "local"
                else _ray_batches(workspace, config, todo, report.run_id))
     for traces in batches:
         # Opened per batch, not for the whole run: `sql`, `curate` and starting services get in between.
@@ -226,10 +226,10 @@ def _ray_batches(workspace: Workspace, config: Config, todo: list[QueryRecord], 
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         items = [{"query": r.query, "scope": r.scope, "query_id": r.query_id, "asked_at": r.asked_at.isoformat(),
                   "line": r.line} for r in todo]
-        blocks = max(cfg.ray_workers, math.ceil(len(todo) / cfg.batch_size))  # enough to keep every actor busy
+        blocks = max(cfg.ray_workers, math.ceil(len(todo) / cfg.commit_every))  # enough to keep every actor busy
         answered = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             RayTeacher, fn_constructor_kwargs={"home": str(workspace.home), "config": config, "run_id": run_id},
-            batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.ray_workers),
+            batch_size=cfg.commit_every, compute=ray.data.ActorPoolStrategy(size=cfg.ray_workers),
             num_cpus=cfg.ray_cpus_per_worker, batch_format="numpy")
         for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
             yield [_trace_from_json(line) for line in batch["trace"]]

@@ -205,7 +205,7 @@ def create_model_app(model, config: Config):
 
     It is what the teacher's `openai` backend and the router's `student.endpoint` call where no vLLM
     runs (this CPU machine, CI): concurrent requests are answered together, up to
-    `student.batch_size` per `generate` call, as vLLM's continuous batching would. Answers carry
+    `student.max_batch` per `generate` call, as vLLM's continuous batching would. Answers carry
     per-token log-probabilities (`logprobs: true`) and token usage.
 
         $ distill serve --model models/student/current --port 8001
@@ -216,7 +216,7 @@ def create_model_app(model, config: Config):
     from distill.serve.workers import StudentBatcher
 
     cfg = config.serve
-    batcher = StudentBatcher(model, config.student.batch_size, config.router.batch_wait_ms / 1000, None)
+    batcher = StudentBatcher(model, config.student.max_batch, config.router.batch_wait_s, None)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -144,7 +144,7 @@ def load_student(workspace: Workspace, config: Config, version: str | None):
         if config.student.endpoint:  # generated elsewhere (vLLM); the manifest still read here
             endpoint = ChatEndpoint(config.student.endpoint, config.student.endpoint_model,
                                     config.router.student_timeout_s, os.environ.get(config.student.api_key_env),
-                                    max_concurrency=config.student.batch_size, max_retries=0,
+                                    max_concurrency=config.student.max_batch, max_retries=0,
                                     url_setting="student.endpoint", model_setting="student.endpoint_model")
             return load_version(folder, max_new_tokens=config.student.max_new_tokens, endpoint=endpoint), version, None
         return load_version(folder, config.student.runtime, config.student.max_new_tokens), version, None
@@ -206,7 +206,7 @@ class Router:
                 "decision": Decision.load(getattr(student, "folder", None), student.manifest if student else {},
                                           teacher.retriever.embed_queries, cfg.router.max_error_rate,
                                           cfg.router.coverage_threshold, functools.partial(rag_documents, teacher)),
-                "batcher": StudentBatcher(student, cfg.student.batch_size, cfg.router.batch_wait_ms / 1000,
+                "batcher": StudentBatcher(student, cfg.student.max_batch, cfg.router.batch_wait_s,
                                           cfg.router.student_timeout_s) if generates else None,
                 "gate": StudentGate.load(student.folder, cfg.router.max_error_rate, cfg.eval,
                                          teacher.generator.backend) if generates else None,
@@ -439,7 +439,7 @@ class Router:
         """Answer several questions at once, in order; those the student takes share its batches."""
         if len(questions) <= 1:
             return [self.answer(query, scope) for query, scope in questions]
-        workers = min(len(questions), 2 * self.config.student.batch_size)
+        workers = min(len(questions), 2 * self.config.student.max_batch)
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             return list(pool.map(lambda pair: self.answer(*pair), questions))
 
