@@ -3,7 +3,7 @@ import tomllib
 
 import pytest
 
-from distill.config import CHOICES, Workspace, as_toml, describe, load_config, setting
+from distill.config import CHOICES, RENAMED, Workspace, as_toml, describe, load_config, setting
 from distill.errors import DistillError, DistillWarning
 
 
@@ -53,6 +53,12 @@ def test_an_old_setting_name_still_works_with_a_warning_naming_the_new_one(tmp_p
     assert config.serve.max_concurrency == 8  # the workspace's value, not the default under the new name
     with pytest.warns(DistillWarning, match="teacher.context_words"):
         assert load_config(None, {"teacher": {"context_token_budget": 99}}).teacher.context_words == 99
+    defaults = load_config()
+    for old, new in RENAMED.items():  # every old name is gone, every new one a setting
+        new = new[0] if isinstance(new, tuple) else new
+        with pytest.raises(AttributeError):
+            setting(defaults, old)
+        setting(defaults, new)
     with pytest.warns(DistillWarning, match="'router.batch_wait_ms' is now 'router.batch_wait_s'"):
         assert load_config(None, {"router": {"batch_wait_ms": 200}}).router.batch_wait_s == 0.2  # converted
 

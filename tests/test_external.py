@@ -76,6 +76,8 @@ def test_a_malformed_record_names_its_line_and_strict_stops(tmp_path):
     latin.write_bytes(json.dumps(record(7, 0)).encode() + b"\n" + "caf\u00e9".encode("latin-1") + b"\n")
     with pytest.raises(DistillError, match="latin1.jsonl is not UTF-8 text"):
         import_file(Workspace(tmp_path / "other"), latin)
+    with pytest.raises(DistillError, match="unknown import format 'csv'; use jsonl, otlp or auto"):
+        import_file(Workspace(tmp_path / "other"), path, fmt="csv")
     cli = subprocess.run([sys.executable, "-m", "distill.cli", "import", str(path), "--strict", "--home", str(tmp_path / "c")],
                          capture_output=True, text=True)
     assert cli.returncode != 0 and "t.jsonl:2: not JSON" in cli.stderr + cli.stdout and "Traceback" not in cli.stderr

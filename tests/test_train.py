@@ -156,3 +156,6 @@ def test_a_dataset_without_readable_evidence_becomes_a_version_that_only_replays
     version = load_version(result.path)
     assert isinstance(version, Replay) and not version.generates
     assert [c["answer"] for c in version.manifest["intents"]] == [a for _, _, a in QA]
+    manifest = json.loads((result.path / "distill.json").read_text())
+    (result.path / "distill.json").write_text(json.dumps({**manifest, "student_mode": "closed_book"}))
+    assert isinstance(load_version(result.path), Replay)  # a mode no longer served (STUDENT_MODES) replays

@@ -397,9 +397,9 @@ RENAMED = {  # old name -> new name (or (new name, its value from the old)), eac
     "teacher.context_token_budget": "teacher.context_words",  # it counts words, not tokens
     "serve.max_concurrent": "serve.max_concurrency",  # as teacher.openai.max_concurrency
     "curate.cluster_threshold": "curate.intent_threshold",  # one word for an intent: tables, settings, docs
-    "curate.min_top_score_to_train": "curate.min_top_score_to_train",  # not teacher.min_top_score, which refuses
-    "collect.commit_every": "collect.commit_every",  # batch_size is what a training step takes
-    "student.max_batch": "student.max_batch",
+    "curate.min_top_score": "curate.min_top_score_to_train",  # not teacher.min_top_score, which refuses
+    "collect.batch_size": "collect.commit_every",  # batch_size is what a training step takes
+    "student.batch_size": "student.max_batch",
     "router.batch_wait_ms": ("router.batch_wait_s", lambda ms: ms / 1000),  # every other duration is in seconds
 }
 

@@ -19,6 +19,7 @@ replay did not serve better (docs/student.md), so its weights are not loaded.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Protocol
 
 from distill.config import CHOICES
 from distill.errors import DistillError
@@ -29,16 +30,19 @@ from distill.registry import read_manifest
 RUNTIMES = CHOICES["student.runtime"]
 
 
-def load_version(path: Path, runtime: str = "fp32", max_new_tokens: int = 48, endpoint=None):
-    """The registered version at `path`: a `Student` (a `RemoteStudent` with `endpoint`), or a
-    `Replay` when the version has no open-book student."""
-    manifest = read_manifest(path)
-    if manifest.get("student_mode") != "open_book":
-        return Replay(manifest, Path(path))
-    if endpoint is not None:
-        return RemoteStudent(endpoint, manifest, max_new_tokens, Path(path))
-    model, tokenizer = load_causal_lm(Path(path), runtime)
-    return Student(model, tokenizer, manifest, max_new_tokens, Path(path))
+class StudentVersion(Protocol):
+    """What the router, the nightly gate and the evaluation read of a registered version."""
+
+    manifest: dict  # distill.json: the intents replay answers, the prompt template, where it came from
+    folder: Path | None  # the version folder (the coverage evidence is read from it)
+    generates: bool  # whether it answers from evidence; a `Replay` only replays its intents' answers
+
+
+def load_version(path: Path, runtime: str = "fp32", max_new_tokens: int = 48, endpoint=None) -> StudentVersion:
+    """The registered version at `path`, as its manifest's `student_mode` says (`STUDENT_MODES`):
+    a `Student` (a `RemoteStudent` with `endpoint`), or a `Replay`."""
+    mode = read_manifest(path).get("student_mode")
+    return STUDENT_MODES.get(mode, STUDENT_MODES["replay"])(Path(path), runtime, max_new_tokens, endpoint)
 
 
 class Replay:
@@ -48,6 +52,10 @@ class Replay:
 
     def __init__(self, manifest: dict, folder: Path | None = None):
         self.manifest, self.folder = manifest, folder
+
+    @classmethod
+    def load(cls, path: Path) -> "Replay":
+        return cls(read_manifest(path), Path(path))
 
 
 class Student:
@@ -114,6 +122,13 @@ class RemoteStudent(Student):
         for generation in generations:
             generation.text = first_line(generation.text)
         return generations
+
+
+STUDENT_MODES: dict[str, Callable[..., StudentVersion]] = {  # manifest's student_mode -> (path, runtime, max_new_tokens, endpoint) -> version
+    "replay": lambda path, runtime, max_new_tokens, endpoint: Replay.load(path),  # and closed-book versions from before
+    "open_book": lambda path, runtime, max_new_tokens, endpoint: (
+        Student.load(path, runtime, max_new_tokens) if endpoint is None else RemoteStudent.load(path, endpoint, max_new_tokens)),
+}
 
 
 class ChatModel:

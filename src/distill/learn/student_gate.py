@@ -81,8 +81,8 @@ def fit(student, teacher, queries: list[dict], config, gold: dict | None = None,
         if refusal is None:
             asked.append((q, evidence))
     rows, spent_ms = [], 0.0
-    for start in track(range(0, len(asked), cfg.batch_size), "student confidence", "batch", disable=not progress):
-        batch = asked[start:start + cfg.batch_size]
+    for start in track(range(0, len(asked), cfg.max_batch), "student confidence", "batch", disable=not progress):
+        batch = asked[start:start + cfg.max_batch]
         began = time.perf_counter()
         generations = student.answer_batch([(q["query"], q["scope"], ev) for q, ev in batch])
         spent_ms += (time.perf_counter() - began) * 1000

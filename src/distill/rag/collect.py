@@ -161,7 +161,7 @@ def collect(workspace: Workspace, config: Config, path: Path, limit: int | None 
     report.calibration = ensure_answerability_fitted(workspace, config, teacher)
     if report.calibration and teacher is not None:
         teacher.threshold, teacher.method = report.calibration.threshold, report.calibration.method
-    if ratings and isinstance(teacher, Teacher):  # users' verdicts on the chunks it answered from (feedback.py)
+    if ratings and teacher is not None:  # users' verdicts on the chunks it answered from (feedback.py)
         teacher.use_feedback(Verdicts(config.feedback, ratings), config.feedback)
     if on_progress:
         on_progress(0, len(todo))

@@ -38,7 +38,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Protocol
 
 from distill.config import Workspace
 from distill.errors import DistillError
@@ -240,10 +240,10 @@ def import_file(workspace: Workspace, path: Path, fmt: str = "auto", strict: boo
 
 def _import(workspace: Workspace, path: Path, fmt: str, strict: bool, on_progress) -> ImportReport:
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt not in ("jsonl", "otlp"):
-        raise DistillError(f"unknown import format '{fmt}'; use jsonl, otlp or auto")
+    if fmt not in IMPORTERS:
+        raise DistillError(f"unknown import format '{fmt}'; use {', '.join(IMPORTERS)} or auto")
     report = ImportReport()
-    batches = _parsed_batches(path) if fmt == "jsonl" else _otlp_batches(path, strict, report)
+    batches = IMPORTERS[fmt](path, strict, report)
     for table, records, bad in batches:
         report.records += records
         if bad and strict:
@@ -273,8 +273,9 @@ def _parse(lines: list[tuple[int, str]]):
     return trace_table(traces), len(lines), bad
 
 
-def _parsed_batches(path: Path):
-    """`_parse` of each batch of the file's lines, in order, by a pool of worker processes."""
+def _parsed_batches(path: Path, strict: bool, report: ImportReport):
+    """`_parse` of each batch of the file's lines, in order, by a pool of worker processes (a bad
+    line is reported by the batch it is in: `strict` and `report` are the caller's)."""
     import multiprocessing
     from collections import deque
 
@@ -327,6 +328,16 @@ def _requests(path: Path, strict: bool, report: ImportReport) -> Iterator[tuple[
             report.bad.append((number, request))
             continue
         yield number, request
+
+
+class TraceSource(Protocol):
+    """An import format: the file's traces as batches of (trace table, records read, [(line,
+    problem)]), in order; a batch is committed before the next is read."""
+
+    def __call__(self, path: Path, strict: bool, report: ImportReport) -> Iterator[tuple[Any, int, list]]: ...
+
+
+IMPORTERS: dict[str, TraceSource] = {"jsonl": _parsed_batches, "otlp": _otlp_batches}  # --format -> its reader
 
 
 # ---------------------------------------------------------------------------------------------

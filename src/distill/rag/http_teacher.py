@@ -125,6 +125,10 @@ class HttpTeacher:
     def reloaded(self, workspace: Workspace, config: Config) -> "HttpTeacher":
         return self
 
+    def use_feedback(self, verdicts, config) -> None:
+        """Nothing to do: the team's RAG chooses its own evidence. Users' ratings still withdraw the
+        answers and intents they rate wrong, in the router."""
+
     def answer(self, query: str, scope: str | None = None) -> Answer:
         return self._ask((query, scope))
 

@@ -19,6 +19,7 @@ groundedness (the share of answer words found in the cited chunks).
 from __future__ import annotations
 
 import time
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -61,6 +62,23 @@ def select_evidence(retrieval: Retrieval, config: TeacherConfig) -> list[dict]:
     return chosen
 
 
+class AnyTeacher(Protocol):
+    """What collect, the router and the evaluation use of a teacher: `Teacher` (distill's own RAG)
+    or `HttpTeacher` (a team's own RAG service), as `TEACHERS` picks by `teacher.backend`."""
+
+    retriever: Any  # what it answers from: a `Retriever`, or the contexts a team's RAG returned (`ExternalDocuments`)
+    generator: Any  # what wrote the answers: its `backend` and `model_name` go on every trace
+    threshold: float | None  # the answerability below which it refuses (None: the team's RAG decides)
+
+    def answer(self, query: str, scope: str | None = None) -> Answer: ...
+
+    def answer_batch(self, queries: list[tuple[str, str | None]]) -> list[Answer]: ...
+
+    def use_feedback(self, verdicts: Verdicts, config: FeedbackConfig) -> None: ...
+
+    def reloaded(self, workspace: Workspace, config: Config) -> "AnyTeacher": ...
+
+
 class Teacher:
     """Retrieval + a generator + the bookkeeping that makes every answer auditable.
 
@@ -80,10 +98,13 @@ class Teacher:
         self.rated: RatedEvidence | None = None  # users' verdicts on the chunks it answered from (use_feedback)
 
     @classmethod
-    def from_workspace(cls, workspace: Workspace, config: Config) -> "Teacher | HttpTeacher":
-        """The workspace's teacher; with `teacher.backend = "http"`, the team's own RAG service."""
-        if config.teacher.backend == "http":
-            return HttpTeacher(config)
+    def from_workspace(cls, workspace: Workspace, config: Config) -> "AnyTeacher":
+        """The workspace's teacher (`TEACHERS`): with `teacher.backend = "http"`, the team's own RAG
+        service; with any other backend, distill's own RAG answering with that generator."""
+        return TEACHERS.get(config.teacher.backend, cls.own_rag)(workspace, config)
+
+    @classmethod
+    def own_rag(cls, workspace: Workspace, config: Config) -> "Teacher":
         retriever = Retriever(workspace, config.index)
         threshold, method = workspace_threshold(workspace, config.teacher)
         return cls(retriever, config.teacher, make_generator(config.teacher, retriever, workspace), threshold,
@@ -260,6 +281,11 @@ class Teacher:
             nearest_topics=answerability.nearest_topics([h.chunk for h in retrieval.hits if not (
                 self.config.drop_flagged_chunks and h.chunk["injection_flag"])]) if refusal else [],
             unknown_names=self._unknown_names(query) if refusal == "unknown_name" else [])
+
+
+TEACHERS: dict[str, Callable[[Workspace, Config], AnyTeacher]] = {  # teacher.backend -> its teacher; any other: Teacher.own_rag
+    "http": lambda workspace, config: HttpTeacher(config),
+}
 
 
 def workspace_threshold(workspace: Workspace, config: TeacherConfig) -> tuple[float, str]:

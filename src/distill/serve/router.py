@@ -264,7 +264,7 @@ class Router:
             state = {"teacher": teacher, "generation": teacher.retriever.generation,
                      "latest": teacher.retriever.store.document_versions()}
         retired = self.batcher if state.get("batcher", self.batcher) is not self.batcher else None
-        if teacher is not self.teacher and isinstance(teacher, Teacher):
+        if teacher is not self.teacher:
             teacher.use_feedback(self.verdicts, self.config.feedback)
         with self._swap.writing():
             self.__dict__.update(state)
@@ -548,7 +548,7 @@ class Router:
         if self.journal is not None:
             self.journal.append([rating.record()])
         counted = bool(self.verdicts.add([rating]))
-        if counted and isinstance(self.teacher, Teacher):
+        if counted:
             self.teacher.use_feedback(self.verdicts, self.config.feedback)
         keys = Verdicts.keys(rating.record())
         return {**rating.record(), "counted": counted,
@@ -559,7 +559,7 @@ class Router:
         """Weigh the ratings every process journaled since the last look, and let the teacher answer
         with them (`Teacher.use_feedback`); returns how many counted."""
         counted = len(self.verdicts.add(self.journal.read_new())) if self.journal is not None else 0
-        if counted and isinstance(self.teacher, Teacher):
+        if counted:
             self.teacher.use_feedback(self.verdicts, self.config.feedback)
         return counted
 
