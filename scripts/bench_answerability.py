@@ -53,12 +53,12 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.config import Workspace
 from distill.rag.collect import collect
 from distill.rag.corpus import cited_document
 from distill.rag.index import ingest
 from distill.rag.teacher import Teacher, ensure_answerability_fitted
 from distill.rag.traffic import _pairs, make_traffic
+from distill.workspace import Workspace
 
 from policyqa import ROOT, load_results, require_policyqa, save_results, split_pairs
 from stackfaq import OFF_TOPIC, SCOPE, load_threads, other_corpus_questions, split_threads, write_corpus

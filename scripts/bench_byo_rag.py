@@ -32,7 +32,6 @@ from pathlib import Path
 import httpx
 
 from distill import registry
-from distill.config import Workspace
 from distill.jobs.quickstart import SAMPLE
 from distill.learn.curate import curate
 from distill.learn.train import train
@@ -40,6 +39,7 @@ from distill.metrics import best_f1
 from distill.rag.collect import collect
 from distill.rag.external import import_file
 from distill.rag.index import ingest
+from distill.workspace import Workspace
 
 from policyqa import ROOT, save_results
 

@@ -14,11 +14,11 @@ import time
 
 from bench_teacher import workspace as policyqa_workspace
 
-from distill.config import Workspace
 from distill.rag.collect import collect
 from distill.rag.teacher import Teacher
 from distill.rag.traffic import make_traffic
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, require_policyqa
 

@@ -23,12 +23,12 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 from bench_teacher import workspace as policyqa_workspace
 
-from distill.config import Workspace
 from distill.learn.curate import curate
 from distill.rag.collect import collect
 from distill.rag.traffic import make_traffic
 from distill.store.schema import Trace
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, best_f1, require_policyqa, split_pairs
 

@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 
 from distill import registry
-from distill.config import Workspace
 from distill.learn.curate import curate
 from distill.learn.train import train
 from distill.metrics import normalize_query
@@ -50,6 +49,7 @@ from distill.rag.traffic import _pairs
 from distill.serve.router import Router
 from distill.store.feedback import import_scores
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, load_results, require_policyqa, save_results
 from stackfaq import SCOPE, load_threads, write_corpus

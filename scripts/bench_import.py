@@ -28,7 +28,7 @@ WORDS = ("account billing refund invoice export notebook offline sync password r
 
 CHILD = """
 import json, resource, sys, time
-from distill.config import Workspace
+from distill.workspace import Workspace
 from distill.rag.external import import_file
 began = time.perf_counter()
 report = import_file(Workspace.resolve(sys.argv[1]), sys.argv[2])

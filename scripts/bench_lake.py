@@ -23,10 +23,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 from bench_curate import synthetic_workspace
 
-from distill.config import Workspace
 from distill.learn.curate import curate
 from distill.store.lake import TraceLake
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, require_policyqa, save_results
 

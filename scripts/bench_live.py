@@ -45,7 +45,6 @@ import numpy as np
 from bench_router import FAQ, phrasings, traffic
 
 from distill import registry
-from distill.config import Workspace
 from distill.learn.curate import curate
 from distill.learn.train import train
 from distill.rag.collect import collect
@@ -53,6 +52,7 @@ from distill.rag.index import corpus_path, ingest
 from distill.store.chunks import CorpusSnapshot
 from distill.store.segments import finished_segments, segment_folder
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, save_results
 

@@ -57,7 +57,6 @@ from pathlib import Path
 import numpy as np
 
 from distill import registry
-from distill.config import Workspace
 from distill.jobs.eval_sets import load_gold
 from distill.jobs.nightly import nightly
 from distill.learn.coverage import agrees
@@ -71,6 +70,7 @@ from distill.rag.index import ingest
 from distill.rag.teacher import Teacher
 from distill.rag.traffic import _pairs
 from distill.serve.router import Router
+from distill.workspace import Workspace
 
 from faq_squad import covid_squad, stackfaq_squad
 from policyqa import POLICYQA, ROOT, best_f1, save_results

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from distill import registry
-from distill.config import Workspace
 from distill.jobs.eval_sets import held_out_items, load_gold_rows
 from distill.jobs.evaluate import evaluate_systems
 from distill.learn.curate import curate
@@ -47,6 +46,7 @@ from distill.rag.collect import collect
 from distill.rag.embed import embed, load_embedder
 from distill.rag.index import ingest
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, save_results
 from stackfaq import load_threads, make_traffic, split_threads, write_corpus

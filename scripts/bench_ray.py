@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 from bench_teacher import workspace as policyqa_workspace
 
-from distill.config import Workspace
 from distill.rag.collect import collect
 from distill.rag.traffic import make_traffic
+from distill.workspace import Workspace
 
 from policyqa import ROOT, require_policyqa, save_results
 

@@ -17,10 +17,10 @@ from collections import Counter
 
 import numpy as np
 
-from distill.config import Workspace
 from distill.rag.corpus import first_match
 from distill.serve.router import Router
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, best_f1
 

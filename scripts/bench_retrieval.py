@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.config import Workspace
 from distill.rag.index import Retriever, corpus_path, ingest
 from distill.store.chunks import CorpusStore
+from distill.workspace import Workspace
 
 from policyqa import POLICYQA, require_policyqa, split_pairs
 

@@ -29,12 +29,12 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from distill import registry
-from distill.config import Workspace
 from distill.learn.curate import curate
 from distill.learn.train import train
 from distill.rag.collect import collect
 from distill.rag.index import ingest
 from distill.serve.router import Router
+from distill.workspace import Workspace
 
 from policyqa import ROOT, save_results
 

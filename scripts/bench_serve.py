@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from distill.config import Workspace
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, save_results
 

@@ -13,9 +13,9 @@ import statistics
 
 import numpy as np
 
-from distill.config import Workspace
 from distill.rag.index import ingest
 from distill.rag.teacher import Teacher
+from distill.workspace import Workspace
 
 from policyqa import ROOT, best_f1, exact_match, normalize, require_policyqa, split_pairs
 

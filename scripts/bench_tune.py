@@ -22,13 +22,13 @@ import time
 
 import numpy as np
 
-from distill.config import Workspace
 from distill.jobs.eval_sets import load_gold_rows
 from distill.metrics import normalize_query, rank_scores
 from distill.rag.embed import embed, load_embedder
 from distill.rag.teacher import Teacher
 from distill.rag.tune import tune_retriever
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from policyqa import ROOT, best_f1, save_results
 

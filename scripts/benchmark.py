@@ -23,7 +23,6 @@ import time
 from bench_teacher import workspace as policyqa_workspace
 
 from distill import registry
-from distill.config import Workspace
 from distill.jobs.eval_sets import load_gold
 from distill.jobs.evaluate import run_eval
 from distill.jobs.nightly import nightly
@@ -33,6 +32,7 @@ from distill.learn.student import Student
 from distill.rag.collect import collect
 from distill.rag.teacher import Teacher
 from distill.rag.traffic import make_traffic
+from distill.workspace import Workspace
 
 from policyqa import ROOT, load_results, require_policyqa, save_results
 

@@ -93,10 +93,10 @@ def traces_text() -> str:
 
 
 def routing_text() -> str:
-    """The router's checks, in the order it runs them (router.REPLAY_CHECKS, then the open-book
+    """The router's checks, in the order it runs them (routes.REPLAY_CHECKS, then the open-book
     student's, student_gate.STUDENT_CHECKS)."""
     from distill.learn.student_gate import STUDENT_CHECKS
-    from distill.serve.router import REPLAY_CHECKS
+    from distill.serve.routes import REPLAY_CHECKS
 
     def table(checks: dict) -> str:
         return "| check | fails when |\n|---|---|\n" + "\n".join(f"| `{name}` | {_cell(text)} |"

@@ -28,8 +28,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from distill import TraceLogger
-from distill.config import Workspace
 from distill.rag.index import Retriever
+from distill.workspace import Workspace
 
 WORD = re.compile(r"[a-z0-9]+")
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

@@ -63,8 +63,8 @@ def docs_file(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def corpus_workspace(tmp_path_factory):
     """A workspace with DOCS ingested (built once: embedding is the slow part)."""
-    from distill.config import Workspace
     from distill.rag.index import ingest
+    from distill.workspace import Workspace
 
     root = tmp_path_factory.mktemp("corpus_ws")
     path = root / "docs.jsonl"
@@ -128,11 +128,11 @@ def trained_sample(home: Path, tiny_lm_dir: Path, router_settings: str):
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 4\n'
         f'[router]\n{router_settings}')
     from distill import registry
-    from distill.config import Workspace
     from distill.learn.curate import curate
     from distill.learn.train import train
     from distill.rag.collect import collect
     from distill.rag.index import ingest
+    from distill.workspace import Workspace
 
     workspace = Workspace(home)
     config = workspace.config()
@@ -172,9 +172,9 @@ def served(app):
 @pytest.fixture(scope="session")
 def tiny_model_server(tiny_lm_dir, tmp_path_factory):
     """`distill serve --model <tiny LM>`: the project's own OpenAI-compatible model server."""
-    from distill.config import Workspace
     from distill.learn.student import ChatModel
     from distill.serve.app import create_model_app
+    from distill.workspace import Workspace
 
     workspace = Workspace(tmp_path_factory.mktemp("model_server"))
     model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)
@@ -232,8 +232,8 @@ def refund(n: int, day: int, **changes):
 def curated_home(corpus_workspace, tmp_path):
     """Traces of every kind curation must sort (a frequent consistent intent, a paraphrase, PII, a
     high-risk question, an injected chunk's citation, a superseded version, a refusal, the held-out week)."""
-    from distill.config import Workspace
     from distill.store.traces import TraceStore
+    from distill.workspace import Workspace
 
     os.symlink(corpus_workspace.index_dir, tmp_path / "index")
     traces = [refund(n, day=n) for n in range(4)]  # a frequent, consistent, grounded intent
@@ -293,9 +293,9 @@ def routed_workspace(tmp_path_factory, tiny_lm_dir):
         f'[train]\nbase_model = "{tiny_lm_dir}"\nmax_steps = 2\nbatch_size = 1\n'
         f'[student]\nruntime = "fp32"\nmax_new_tokens = 6\n')
     from distill import registry
-    from distill.config import Workspace
     from distill.learn.train import train
     from distill.rag.index import ingest
+    from distill.workspace import Workspace
 
     workspace = Workspace(home)
     ingest(workspace, home / "docs.jsonl", workspace.config())

@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from distill.config import Workspace
 from distill.learn.curate import curate
 from distill.rag import answerability
 from distill.rag.collect import collect
 from distill.rag.teacher import Teacher
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 
 def test_the_threshold_refuses_few_known_answerable_questions_and_most_probes():

@@ -3,8 +3,9 @@ import tomllib
 
 import pytest
 
-from distill.config import CHOICES, RENAMED, Workspace, as_toml, describe, load_config, setting
+from distill.config import CHOICES, RENAMED, as_toml, describe, load_config, setting
 from distill.errors import DistillError, DistillWarning
+from distill.workspace import Workspace
 
 
 def test_defaults_load_with_types():

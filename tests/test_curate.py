@@ -4,12 +4,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.learn.curate import curate
 from distill.learn.intents import PiiDetector, cluster_wordings
 from distill.rag.embed import load_embedder
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from conftest import REFUND_A, REFUND_Q, START, make_trace, refund
 

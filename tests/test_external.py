@@ -8,12 +8,12 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.learn.curate import curate
 from distill.rag.external import TraceLogger, import_file
 from distill.rag.http_teacher import content_version
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from conftest import JsonHandler
 

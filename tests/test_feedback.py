@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from distill.cli.base import app
-from distill.config import Workspace, load_config
+from distill.config import load_config
 from distill.errors import DistillError
 from distill.learn.curate import curate
 from distill.rag.external import TraceLogger
@@ -17,6 +17,7 @@ from distill.serve.app import create_app
 from distill.serve.router import Router
 from distill.store.feedback import UnknownTrace, Verdicts, intent_key, score_of
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from conftest import COVERED, REFUND_A, REFUND_Q, make_trace
 

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.rag.embed import OnnxQueryEncoder, embed, load_embedder
 from distill.rag.index import Retriever, ingest
+from distill.workspace import Workspace
 
 from conftest import DOCS, REFUND_V2
 

@@ -6,10 +6,10 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from distill import registry
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.jobs.nightly import nightly
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from conftest import make_trace
 

@@ -5,13 +5,13 @@ import pytest
 from typer.testing import CliRunner
 
 from distill.cli.base import app
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.jobs.eval_sets import load_suite
 from distill.jobs.evaluate import run_eval
 from distill.jobs.report import write_report
 from distill.rag.external import TraceLogger
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from conftest import SAMPLE
 

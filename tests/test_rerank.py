@@ -6,7 +6,6 @@ import pytest
 from typer.testing import CliRunner
 
 from distill.cli.base import app
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.learn.curate import curate
 from distill.rag import rerank
@@ -24,6 +23,7 @@ from distill.rag.rerank import (
 )
 from distill.rag.teacher import Teacher
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from conftest import REFUND_A, REFUND_Q, START, make_trace, run_cli
 
@@ -170,8 +170,12 @@ def test_a_switch_can_be_rolled_back_and_switched_off(workspace):
     version = tune_reranker(workspace, workspace.config(), progress=False).version
     assert rollback_reranker(workspace) is None and active_reranker(workspace) is None  # none was on before it
     assert rollback_reranker(workspace) == version == active_reranker(workspace)["version"]  # and back again
+    from distill.rag.index import dense_meta
+
+    generation = dense_meta(workspace)["generation"]
     assert reranker_off(workspace) == version and active_reranker(workspace) is None
     assert rollback_reranker(workspace) == version
+    assert dense_meta(workspace)["generation"] == generation + 2  # each switch: running routers reload their teacher
     shutil.rmtree(workspace.models_dir / "reranker" / version)
     with pytest.raises(DistillError, match=r"models/reranker/v0001, which is missing.*rerank.enabled = false"):
         Reranker.from_workspace(workspace, workspace.config())

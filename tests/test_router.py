@@ -7,11 +7,11 @@ import time
 import pytest
 
 from distill import registry
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.rag.index import ingest
 from distill.serve.router import Router
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 from conftest import COVERED, DOCS, REFUND_Q, REFUND_V2
 
@@ -167,7 +167,7 @@ def own_router(workspace, store_path, **router_settings):
     """A router over the shared workspace that logs to its own trace store."""
     from distill.learn.student import Student
     from distill.rag.teacher import Teacher
-    from distill.store.traces import TraceWriter
+    from distill.store.writer import TraceWriter
 
     config = workspace.config({"router": router_settings})
     student = Student.load(workspace.models_dir / "student" / "v0001", runtime="fp32", max_new_tokens=6)

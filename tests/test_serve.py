@@ -90,9 +90,9 @@ def test_every_request_is_a_trace_after_shutdown(workspace):
 def test_model_server_speaks_chat_completions_and_batches_concurrent_requests(tiny_lm_dir, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from distill.config import Workspace
     from distill.learn.student import ChatModel
     from distill.serve.app import create_model_app
+    from distill.workspace import Workspace
 
     workspace = Workspace(tmp_path)
     model = ChatModel.load(str(tiny_lm_dir), workspace.models_dir)

@@ -79,8 +79,8 @@ def test_concurrent_appends_lose_nothing(tmp_path):
 
 
 def test_lake_push_is_partitioned_and_idempotent(tmp_path):
-    from distill.config import LakeLocation
     from distill.store.lake import TraceLake
+    from distill.workspace import LakeLocation
 
     lake = LakeLocation(str(tmp_path / "lake" / "t.ducklake"), str(tmp_path / "lake" / "data"))
     days = [datetime(2026, 10, d, 23, 30, tzinfo=timezone.utc) for d in (1, 2)]
@@ -105,8 +105,8 @@ def test_lake_push_is_partitioned_and_idempotent(tmp_path):
 
 
 def test_lake_pull_fills_a_store_and_errors_are_one_line(tmp_path):
-    from distill.config import LakeLocation
     from distill.store.lake import TraceLake
+    from distill.workspace import LakeLocation
 
     lake = LakeLocation(str(tmp_path / "t.ducklake"), str(tmp_path / "data"))
     with pytest.raises(DistillError, match="distill lake push"):

@@ -144,8 +144,8 @@ def test_the_answer_keeps_retrieval_s_ranking_unless_another_chunk_clearly_answe
 
 
 def test_an_answer_that_introduces_a_code_block_carries_it_and_is_never_a_heading(tmp_path):
-    from distill.config import Workspace
     from distill.rag.index import ingest
+    from distill.workspace import Workspace
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "setup.md").write_text(

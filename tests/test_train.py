@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from distill import registry
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.learn.open_book import DEFAULT_TEMPLATE
 from distill.learn.train import train
+from distill.workspace import Workspace
 
 from conftest import QA, evidence, write_dataset
 

@@ -3,7 +3,6 @@ import shutil
 
 import pytest
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.rag.index import Retriever, dense_meta
 from distill.rag.tune import (
@@ -14,6 +13,7 @@ from distill.rag.tune import (
     training_triplets,
     tune_retriever,
 )
+from distill.workspace import Workspace
 
 
 @pytest.fixture

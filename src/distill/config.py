@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tomllib
 import types
 import typing
@@ -326,51 +325,6 @@ class Config:
     rerank: RerankConfig
     feedback: FeedbackConfig
     lake: LakeConfig
-
-
-@dataclass(frozen=True)
-class LakeLocation:
-    """Where a DuckLake trace catalog lives: `catalog` is its metadata database (a local
-    `.ducklake` file, or `postgres:dbname=... host=...` for many writers), `data_path` the folder
-    or object-store prefix (`s3://bucket/traces/`) that holds its Parquet files."""
-
-    catalog: str
-    data_path: str
-
-
-@dataclass
-class Workspace:
-    """Where a distill deployment keeps its files: the trace store, the index and the models."""
-
-    home: Path
-
-    @classmethod
-    def resolve(cls, home: Path | str | None = None) -> "Workspace":
-        """`home` if given, else $DISTILL_HOME, else the current directory."""
-        chosen = home or os.environ.get(HOME_ENV) or Path.cwd()
-        return cls(Path(chosen).expanduser().resolve())
-
-    @property
-    def traces_db(self) -> Path:
-        return self.home / "traces" / "traces.duckdb"
-
-    @property
-    def index_dir(self) -> Path:
-        return self.home / "index"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
-
-    def lake(self, config: Config) -> "LakeLocation":
-        """The trace lake named by `config.lake`, relative paths taken from the workspace."""
-        def place(value: str) -> str:
-            return value if ":" in value else str(self.home / value)
-
-        return LakeLocation(place(config.lake.catalog), place(config.lake.data_path))
-
-    def config(self, overrides: dict | None = None) -> Config:
-        return load_config(self.home, overrides)
 
 
 def _merge(base: dict, extra: dict) -> dict:

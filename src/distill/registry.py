@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,6 +44,23 @@ def next_version(models_dir: Path, student: str) -> str:
     root = student_dir(models_dir, student)
     taken = [int(m.group(1)) for p in (root.iterdir() if root.is_dir() else []) if (m := _VERSION.match(p.name))]
     return f"v{max(taken, default=0) + 1:04d}"
+
+
+def staging(models_dir: Path, name: str) -> tuple[str, Path]:
+    """The next version of `name` and the folder to build it in, `.<version>.tmp` beside the
+    versions (what a killed run left there is removed): it becomes the version when moved into
+    place, and a complete one when `complete` has written its manifest."""
+    version = next_version(models_dir, name)
+    folder = student_dir(models_dir, name) / f".{version}.tmp"
+    shutil.rmtree(folder, ignore_errors=True)
+    return version, folder
+
+
+def complete(folder: Path, manifest: dict, card: str) -> None:
+    """Write a version's model card, then its manifest: a folder with a manifest is a complete
+    version (`versions`), so a run killed before this line leaves none."""
+    (folder / "README.md").write_text(card)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def manifest(models_dir: Path, student: str, version: str) -> dict:

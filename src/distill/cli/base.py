@@ -22,7 +22,7 @@ HOME_HELP = "workspace folder (traces/, index/, models/); default $DISTILL_HOME 
 
 
 def workspace_at(home: Optional[Path]):
-    from distill.config import Workspace
+    from distill.workspace import Workspace
 
     return Workspace.resolve(home)
 

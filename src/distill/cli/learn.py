@@ -150,10 +150,11 @@ def tune_retriever(gold: Optional[Path] = typer.Option(None, help="gold JSONL wi
     console = stderr_console()
     if switch:
         switch_retriever(workspace, workspace.config(), switch)
-        console.print(f"retrieving with {switch}; restart services to pick it up")
+        console.print(f"retrieving with {switch}; running routers switch within router.reload_s")
         return
     if rollback:
-        console.print(f"retrieving with {rollback_retriever(workspace, workspace.config())} again; restart services to pick it up")
+        console.print(f"retrieving with {rollback_retriever(workspace, workspace.config())} again; running routers switch "
+                      f"within router.reload_s")
         return
     rows = None
     if gold:
@@ -184,13 +185,13 @@ def tune_reranker(gold: Optional[Path] = typer.Option(None, help="gold JSONL wit
     console = stderr_console()
     if off:
         version = reranker_off(workspace)
-        console.print(f"reranker {version} switched off; restart services to pick it up" if version else
+        console.print(f"reranker {version} switched off; running routers follow within router.reload_s" if version else
                       "no reranker was on")
         return
     if rollback:
         version = rollback_reranker(workspace)
         state = f"reranking with {version} again" if version else "reranker off again (none was on before the last switch)"
-        console.print(f"{state}; restart services to pick it up")
+        console.print(f"{state}; running routers follow within router.reload_s")
         return
     rows = None
     if gold:

@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.metrics import normalize_query
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 
 def load_gold_rows(path: Path) -> list[dict]:

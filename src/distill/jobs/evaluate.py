@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.jobs.eval_sets import EvalItem, gold_items, held_out_items, load_gold_rows
 from distill.learn.curate import REFUSAL_COMPLETION
@@ -45,6 +44,7 @@ from distill.learn.student_gate import local_cost
 from distill.metrics import best_f1, normalize, normalize_query, rank_scores, token_f1
 from distill.progress import track
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 SYSTEMS = ("teacher", "cache", "replay", "student", "routed")
 
@@ -198,7 +198,7 @@ def route_at(record: dict, covered: bool) -> str:
     """The router's reason for one observed question, given whether the decision covers it: 'served'
     or the first failing check, in the router's order (those before coverage, coverage, those after,
     the answer)."""
-    from distill.serve.router import BEFORE_COVERAGE
+    from distill.serve.routes import BEFORE_COVERAGE
 
     if record["failed"] in BEFORE_COVERAGE:
         return record["failed"]
@@ -257,7 +257,7 @@ def _student_outcome(record: dict, prices) -> dict:
 def _open_book_outcome(record: dict, covered: bool, answers: dict, prices, gate) -> dict:
     """Replay where covered, else the open-book student where the router would serve it, else RAG
     (after whatever the student spent)."""
-    from distill.serve.router import BEFORE_COVERAGE
+    from distill.serve.routes import BEFORE_COVERAGE
 
     replayed = _cache_outcome(record, covered, answers, prices, "replay")
     if replayed["route"] == "replay" or record["failed"] in BEFORE_COVERAGE:

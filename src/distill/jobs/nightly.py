@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from distill import registry
-from distill.config import Config, Workspace
+from distill.config import Config
 from distill.errors import DistillError
 from distill.jobs.eval_sets import held_out_queries, load_suite
 from distill.jobs.evaluate import run_suite
@@ -47,6 +47,7 @@ from distill.learn.curate import curate
 from distill.learn.train import train
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 FINISHED = ("promoted", "kept")
 

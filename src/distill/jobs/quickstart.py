@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.config import Workspace
+from distill.workspace import Workspace
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"  # src/distill/sample, shipped with the package
 # The sample includes a community-forum post; allowlisting the official sources keeps it out. Its

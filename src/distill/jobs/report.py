@@ -18,9 +18,9 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 ROWS = [  # (metric key, label, format)
     ("f1_vs_gold", "token F1 vs gold", "{:.3f}"), ("exact_vs_gold", "exact match vs gold", "{:.3f}"),

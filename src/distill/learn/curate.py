@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.config import Config, CurateConfig, Workspace
+from distill.config import Config, CurateConfig
 from distill.errors import DistillError
 from distill.learn import open_book
 from distill.learn.coverage import COVERAGE_FILE, export_coverage_evidence
@@ -59,6 +59,7 @@ from distill.store.feedback import Verdicts, answer_key
 from distill.store.lake import TraceLake
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 SAFETY_RULES = ("high_risk", "injection", "pii")
 

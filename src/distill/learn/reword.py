@@ -22,11 +22,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from distill.config import Config, Workspace
+from distill.config import Config
 from distill.errors import DistillError
 from distill.metrics import normalize_query, token_f1
 from distill.progress import track
 from distill.rag.corpus import cited_document, compile_patterns
+from distill.workspace import Workspace
 
 # Few-shot: a 135M instruct model asked to "rephrase" answers the question instead; shown three
 # rewordings first, it writes a fourth (see the module's test and docs/coverage.md).

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill import registry
-from distill.config import Config, Workspace
+from distill.config import Config
 from distill.errors import DistillError
 from distill.learn.coverage import COVERAGE_FILE
 from distill.llm.local import local_model
@@ -38,6 +38,7 @@ from distill.progress import quiet_library_bars
 from distill.store.schema import current_fields
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 
 @dataclass
@@ -225,8 +226,7 @@ def _train(workspace: Workspace, config: Config, dataset_path: Path | None, prog
         "train_losses": losses, "steps": trainer.state.global_step, "runtime_s": round(runtime, 1),
         "processes": trainer.args.world_size, "tokens": int(tokens),
         "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None})
-    (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))
-    (tmp / "README.md").write_text(model_card(manifest))
+    registry.complete(tmp, manifest, model_card(manifest))
     os.replace(tmp, root / version)
     shutil.rmtree(work, ignore_errors=True)
     return TrainResult(version, root / version, len(dataset), trainer.state.global_step, losses, runtime)
@@ -239,17 +239,14 @@ def _replay_version(workspace: Workspace, config: Config, dataset, dataset_path:
     only answer closed-book, which never served what replay did not serve better (docs/student.md)."""
     cfg = config.train
     root = registry.student_dir(workspace.models_dir, cfg.student_name)
-    version = registry.next_version(workspace.models_dir, cfg.student_name)
-    tmp = root / f".{version}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    version, tmp = registry.staging(workspace.models_dir, cfg.student_name)
     tmp.mkdir(parents=True)
     if (dataset_path / COVERAGE_FILE).exists():
         shutil.copy(dataset_path / COVERAGE_FILE, tmp / COVERAGE_FILE)
     manifest = _manifest(cfg, version, dataset, dataset_path, meta, None,
                          {"train_losses": [], "steps": 0, "runtime_s": 0.0, "processes": 1, "tokens": 0,
                           "tokens_per_s": None})
-    (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))
-    (tmp / "README.md").write_text(model_card(manifest))
+    registry.complete(tmp, manifest, model_card(manifest))
     os.replace(tmp, root / version)
     return TrainResult(version, root / version, len(dataset), 0, [], 0.0)
 

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.config import Workspace
+from distill.workspace import Workspace
 
 # Fitted on StackFAQ's tune half (in-scope rephrasings against the full corpus and against a corpus
 # without a third of the threads; off-topic and other datasets' questions), raw-signal scale.

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from distill.config import CHOICES, Config, Workspace
+from distill.config import CHOICES, Config
 from distill.errors import DistillError
 from distill.rag import answerability
 from distill.rag.answers import Answer
@@ -45,6 +45,7 @@ from distill.store.feedback import Verdicts
 from distill.store.schema import Trace
 from distill.store.traces import TraceStore
 from distill.timestamps import utc
+from distill.workspace import Workspace
 
 
 @dataclass

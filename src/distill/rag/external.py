@@ -40,15 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from distill.config import Workspace
 from distill.errors import DistillError
 from distill.rag.answers import groundedness
 from distill.rag.http_teacher import cited_contexts, context_chunks
 from distill.store.feedback import Rating, RecentTraces
 from distill.store.schema import Trace, trace_table
 from distill.store.segments import FeedbackJournal, feedback_folder
-from distill.store.traces import TraceStore, TraceWriter
+from distill.store.traces import TraceStore
+from distill.store.writer import TraceWriter
 from distill.timestamps import utc
+from distill.workspace import Workspace
 
 BATCH = 10_000  # records parsed and committed together: memory stays flat in the file's size
 

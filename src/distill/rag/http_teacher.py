@@ -12,11 +12,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from distill.config import Config, IndexConfig, Workspace
+from distill.config import Config, IndexConfig
 from distill.errors import DistillError
 from distill.llm.http import RetryingClient
 from distill.rag.answers import Answer, cite, groundedness
 from distill.rag.index import Retrieval
+from distill.workspace import Workspace
 
 
 @lru_cache(maxsize=65_536)

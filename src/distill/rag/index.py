@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.config import Config, IndexConfig, Workspace
+from distill.config import Config, IndexConfig
 from distill.errors import DistillError
 from distill.rag.corpus import Document, allowed, chunk_document, compile_patterns, load_documents
 from distill.rag.embed import PACKAGED_MINILM, OnnxQueryEncoder, embed, load_embedder
 from distill.store.chunks import CorpusSnapshot, CorpusStore
 from distill.store.db import WAIT_S
+from distill.workspace import Workspace
 
 
 def chunk_embedding_text(chunk: dict) -> str:

@@ -47,17 +47,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from distill import registry
-from distill.config import Config, Workspace
+from distill.config import Config
 from distill.errors import DistillError
 from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
 from distill.rag import answerability
 from distill.rag.corpus import chunk_doc_version
 from distill.rag.embed import PACKAGED_MINILM, embedder_path
-from distill.rag.index import Hit, Retrieval, Retriever, chunk_embedding_text
-from distill.rag.tune import held_out_queries
-from distill.store.feedback import Verdicts
-from distill.store.traces import TraceStore
+from distill.rag.index import Hit, Retrieval, Retriever, chunk_embedding_text, dense_meta, write_dense_meta
+from distill.rag.tune import TuneResult, judged_on, learning_material
+from distill.workspace import Workspace
 
 NAME = "reranker"  # models/reranker/vNNNN
 ACTIVE = "reranker.json"  # in <home>/index/: the switched-on version
@@ -66,19 +65,8 @@ NEGATIVES = 3  # non-matching chunks per question
 
 
 @dataclass
-class RerankResult:
-    version: str
-    switched: bool
-    reason: str
-    pairs: int
-    held_out: int
-    held_out_seen: int  # held-out questions whose wording was also a training question
-    relevance: str  # 'gold' or 'teacher citations'
-    before: dict = field(default_factory=dict)
-    after: dict = field(default_factory=dict)
+class RerankResult(TuneResult):
     losses: list[float] = field(default_factory=list)
-    runtime_s: float = 0.0
-    path: Path | None = None
 
 
 def trace_pairs(rows: list[dict], chunks: dict[str, dict]) -> list[dict]:
@@ -155,11 +143,7 @@ def tune_reranker(workspace: Workspace, config: Config, gold: dict[str, dict] | 
     cfg = config.rerank
     if cfg.candidates < 2:
         raise DistillError(f"rerank.candidates is {cfg.candidates}; set it to at least 2 (the hits the reranker reorders)")
-    with TraceStore(workspace.traces_db) as store:
-        rows = store.retrieval_examples()
-        verdicts = Verdicts(config.feedback, store.feedback())
-    if not rows:
-        raise DistillError("no curation run to learn from; run `distill curate` (or `distill nightly`) first")
+    rows, verdicts = learning_material(workspace, config)
     retriever = Retriever(workspace, config.index)
     chunks = {c["chunk_id"]: c for c in retriever.chunks}
     from_traces = trace_pairs(rows, chunks) + rated_pairs(verdicts.rated_evidence(), chunks, config.feedback.withdraw_below)
@@ -168,18 +152,12 @@ def tune_reranker(workspace: Workspace, config: Config, gold: dict[str, dict] | 
     if len(pairs) < cfg.min_pairs:
         raise DistillError(f"only {len(pairs)} (question, chunk) pairs from the kept traces and the documents' own "
                            f"questions; the reranker needs at least {cfg.min_pairs} (rerank.min_pairs): collect more traffic")
-    queries = held_out_queries(rows, gold)
-    if not queries:
-        raise DistillError("no held-out question to judge a reranker on; collect traffic after the curation cutoff, "
-                           "or pass --gold with the held-out questions' gold documents")
-    trained_wordings = {normalize_query(p["query"]) for p in from_traces}
-    seen = sum(normalize_query(q["query"]) in trained_wordings for q in queries)
+    queries, seen = judged_on(rows, gold, [p["query"] for p in from_traces], "a reranker")
 
     started = time.time()
-    version = registry.next_version(workspace.models_dir, NAME)
-    root = registry.student_dir(workspace.models_dir, NAME)
-    folder = root / version
-    trained, losses, steps = _train(pairs, config, root / f".{version}.tmp", progress)
+    version, staged = registry.staging(workspace.models_dir, NAME)
+    folder = registry.student_dir(workspace.models_dir, NAME) / version
+    trained, losses, steps = _train(pairs, config, staged, progress)
     shutil.move(str(trained), str(folder))
     k = config.index.top_k
     retrieved = [retriever.search(q["query"], q["scope"], k=k).hits for q in queries]
@@ -196,12 +174,11 @@ def tune_reranker(workspace: Workspace, config: Config, gold: dict[str, dict] | 
                 "relevance": relevance, "candidates": cfg.candidates, "top_k": k, "before": before, "after": after,
                 "switched": switched, "reason": reason, "runtime_s": round(runtime, 1), "config": asdict(cfg),
                 "training": {"steps": steps, "losses": losses}}
-    (folder / "README.md").write_text(_card(manifest))
-    (folder / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))  # last: now it is a complete version
+    registry.complete(folder, manifest, _card(manifest))
     if switched:
         switch_reranker(workspace, version, reason="tune-reranker gate")
-    return RerankResult(version, switched, reason, len(pairs), len(queries), seen, relevance, before, after, losses,
-                        runtime, folder)
+    return RerankResult(version, switched, reason, len(pairs), len(queries), seen, relevance, before, after,
+                        runtime, folder, losses)
 
 
 def active_reranker(workspace: Workspace) -> dict | None:
@@ -246,12 +223,15 @@ def reranker_off(workspace: Workspace) -> str | None:
 
 
 def _activate(workspace: Workspace, active: dict | None) -> None:
-    """Make `active` the reranker (None: none), keeping the one it replaces as `reranker.previous.json`."""
+    """Make `active` the reranker (None: none), keeping the one it replaces as `reranker.previous.json`.
+    The corpus generation moves on, so running routers reload their teacher with it (`router.reload_s`)."""
     _write_json(workspace.index_dir / PREVIOUS, active_reranker(workspace) or {"version": None})
     if active is None:
         (workspace.index_dir / ACTIVE).unlink(missing_ok=True)
     else:
         _write_json(workspace.index_dir / ACTIVE, active)
+    if meta := dense_meta(workspace):
+        write_dense_meta(workspace, meta)
 
 
 def _write_json(path: Path, data: dict) -> None:

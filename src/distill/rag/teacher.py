@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from distill.config import Config, FeedbackConfig, TeacherConfig, Workspace
+from distill.config import Config, FeedbackConfig, TeacherConfig
 from distill.llm.local import Generation
 from distill.rag import answerability
 from distill.rag.answers import Answer, cite, groundedness, text_words, words
@@ -42,6 +42,7 @@ from distill.rag.rerank import Reranker
 from distill.store.feedback import RatedEvidence, Verdicts, answer_key
 from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 
 def select_evidence(retrieval: Retrieval, config: TeacherConfig) -> list[dict]:

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill import registry
-from distill.config import Config, Workspace
+from distill.config import Config
 from distill.errors import DistillError
 from distill.metrics import normalize_query, rank_scores
 from distill.progress import on_terminal
@@ -43,12 +43,16 @@ from distill.rag.index import Retriever, chunk_embedding_text, corpus_path, dens
 from distill.store.chunks import CorpusStore
 from distill.store.feedback import Verdicts
 from distill.store.traces import TraceStore
+from distill.workspace import Workspace
 
 NAME = "retriever"  # models/retriever/vNNNN
 
 
 @dataclass
 class TuneResult:
+    """What one tuning run did: the candidate version, whether the gate switched to it and why,
+    what it learned from and was judged on, both sides' scores."""
+
     version: str
     switched: bool
     reason: str
@@ -122,6 +126,29 @@ def held_out_queries(rows: list[dict], gold: dict[str, dict] | None) -> list[dic
     return list(queries.values())
 
 
+def learning_material(workspace: Workspace, config: Config) -> tuple[list[dict], Verdicts]:
+    """What tuning the retriever or the reranker learns from: the latest curation run's traces with
+    their retrieval (`TraceStore.retrieval_examples`), and users' verdicts on the chunks they read."""
+    with TraceStore(workspace.traces_db) as store:
+        rows = store.retrieval_examples()
+        verdicts = Verdicts(config.feedback, store.feedback())
+    if not rows:
+        raise DistillError("no curation run to learn from; run `distill curate` (or `distill nightly`) first")
+    return rows, verdicts
+
+
+def judged_on(rows: list[dict], gold: dict[str, dict] | None, trained_questions: list[str],
+              what: str) -> tuple[list[dict], int]:
+    """The held-out questions `what` is judged on, and how many of them it was trained on in the
+    same words (reported apart: a figure on seen wordings says little about new ones)."""
+    queries = held_out_queries(rows, gold)
+    if not queries:
+        raise DistillError(f"no held-out question to judge {what} on; collect traffic after the curation cutoff, "
+                           f"or pass --gold with the held-out questions' gold documents")
+    trained = {normalize_query(q) for q in trained_questions}
+    return queries, sum(normalize_query(q["query"]) in trained for q in queries)
+
+
 def retrieval_scores(retriever: Retriever, queries: list[dict], k: int = 5) -> dict:
     """Recall@1, recall@k and MRR (within the top k) of `retriever` on `queries`."""
     ranks = []
@@ -137,11 +164,7 @@ def tune_retriever(workspace: Workspace, config: Config, gold: dict[str, dict] |
                    progress: bool = True) -> TuneResult:
     """Train a candidate embedder on the latest curation run's kept traces, gate it, maybe switch."""
     cfg = config.tune
-    with TraceStore(workspace.traces_db) as store:
-        rows = store.retrieval_examples()
-        verdicts = Verdicts(config.feedback, store.feedback())
-    if not rows:
-        raise DistillError("no curation run to learn from; run `distill curate` (or `distill nightly`) first")
+    rows, verdicts = learning_material(workspace, config)
     active = Retriever(workspace, config.index)
     chunks = {c["chunk_id"]: c for c in active.chunks}
     triplets = training_triplets(rows, chunks) + rated_triplets(verdicts.rated_evidence(), rows, chunks,
@@ -149,18 +172,12 @@ def tune_retriever(workspace: Workspace, config: Config, gold: dict[str, dict] |
     if len(triplets) < cfg.min_pairs:
         raise DistillError(f"only {len(triplets)} kept (question, cited chunk) pairs with a hard negative; "
                            f"tuning needs at least {cfg.min_pairs} (tune.min_pairs): collect more traffic")
-    queries = held_out_queries(rows, gold)
-    if not queries:
-        raise DistillError("no held-out question to judge a tuned retriever on; collect traffic after the "
-                           "curation cutoff, or pass --gold with the held-out questions' gold documents")
-    trained_wordings = {normalize_query(t["anchor"]) for t in triplets}
-    seen = sum(normalize_query(q["query"]) in trained_wordings for q in queries)
+    queries, seen = judged_on(rows, gold, [t["anchor"] for t in triplets], "a tuned retriever")
 
     started = time.time()
-    version = registry.next_version(workspace.models_dir, NAME)
-    root = registry.student_dir(workspace.models_dir, NAME)
-    folder = root / version
-    shutil.move(str(_train(triplets, config, root / f".{version}.tmp", progress)), str(folder))
+    version, staged = registry.staging(workspace.models_dir, NAME)
+    folder = registry.student_dir(workspace.models_dir, NAME) / version
+    shutil.move(str(_train(triplets, config, staged, progress)), str(folder))
     meta = _embed_corpus(workspace, config, folder, version, progress)
     before = retrieval_scores(active, queries)
     after = retrieval_scores(Retriever(workspace, config.index, dense=meta), queries)
@@ -176,8 +193,7 @@ def tune_retriever(workspace: Workspace, config: Config, gold: dict[str, dict] |
                 "before": before, "after": after, "switched": better, "runtime_s": round(runtime, 1),
                 "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate},
                 "dense": meta}
-    (folder / "README.md").write_text(_card(manifest))
-    (folder / registry.MANIFEST).write_text(json.dumps(manifest, indent=2))  # last: now it is a complete version
+    registry.complete(folder, manifest, _card(manifest))
     if better:
         switch_retriever(workspace, config, version, reason="tune-retriever gate")
     return TuneResult(version, better, reason, len(triplets), len(queries), seen, relevance, before, after,

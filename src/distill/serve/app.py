@@ -336,7 +336,7 @@ def serve_workers(home, config: Config, workers: int, host: str | None = None, p
 def worker_app():
     """The app one `distill serve --workers N` process serves: the router of the workspace named
     by $DISTILL_HOME, watching it."""
-    from distill.config import Workspace
+    from distill.workspace import Workspace
 
     workspace = Workspace.resolve()
     config = workspace.config()

@@ -10,7 +10,7 @@ agreed answer, without generating. `student`: what replay cannot take (not cover
 withdrawn) the open-book student answers from the evidence retrieved now (open_book.py), when the
 checks below let it. `rag`: everything else; RouteLLM's rule, on any doubt the strong model
 answers. The first check that fails is the recorded reason: replay's checks are `REPLAY_CHECKS`
-below, in order; for what replay cannot take (coverage, withdrawn, stale, rated_wrong) the open-book
+(routes.py), in order; for what replay cannot take (coverage, withdrawn, stale, rated_wrong) the open-book
 student is tried before RAG (`checks["replay"]` keeps why replay could not), under its own checks
 (`student_gate.STUDENT_CHECKS`). docs/routing.md lists both, generated from them.
 
@@ -44,123 +44,43 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import json
 import logging
-import os
 import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from distill import registry
-from distill.config import Config, Workspace
+from distill.config import Config
 from distill.errors import DistillError
 from distill.learn.coverage import Assessment, Decision
 from distill.learn.curate import REFUSAL_COMPLETION
 from distill.learn.open_book import parse_answer, student_evidence
 from distill.learn.student_gate import StudentGate
-from distill.llm.http import ChatEndpoint
 from distill.metrics import normalize_query
-from distill.rag.answers import Answer
-from distill.rag.corpus import chunk_doc_version, cited_document, compile_patterns, first_match
+from distill.rag.corpus import cited_document, compile_patterns, first_match
 from distill.rag.teacher import Teacher, workspace_threshold
+from distill.serve.routes import (
+    OPEN_BOOK_AFTER,
+    RoutedAnswer,
+    load_student,
+    rag_documents,
+    routed_trace,
+)
 from distill.serve.workers import ShadowChecker, StudentBatcher, SwapLock
 from distill.store.feedback import Rating, RecentTraces, Verdicts, answer_key, intent_key
 from distill.store.schema import Trace
 from distill.store.segments import FeedbackJournal, feedback_folder
-from distill.store.traces import TraceWriter
+from distill.store.writer import TraceWriter
+from distill.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
 
-REPLAY_CHECKS = {  # replay's checks, in the order the router runs them; the first that fails is the reason
-    "input": "empty, too long (`router.max_query_chars`) or not valid text",
-    "high_risk": "a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)",
-    "injection": "the question reads like a prompt injection (`corpus.injection_patterns`)",
-    "no_student": "no student version is promoted",
-    "coverage": "the question is not one of the student's trained wordings, and the calibrated decision "
-                "(coverage.py) does not cover it: its nearest intent is not close enough, or not clearly nearer "
-                "than another need, for the expected error among such answers to stay within "
-                "`router.max_error_rate` (never below `router.coverage_threshold` cosine)",
-    "withdrawn": "shadow checks found the replayed answer disagreeing with RAG on this intent, or users' ratings "
-                 "of the answers it served weigh below `feedback.withdraw_below` (feedback.py)",
-    "stale": "a document the covering intent's answers cited has changed since the student was trained, or a "
-             "document retrieved beside it has changed and is now among the evidence RAG would read for this "
-             "question (the changed document may now hold the answer)",
-    "rated_wrong": "users rated this very answer to this wording wrong (any student version)",
-}
-
-
-BEFORE_COVERAGE = tuple(REPLAY_CHECKS)[:4]  # the checks `check` runs before coverage: nothing may answer these
-
-
-OPEN_BOOK_AFTER = tuple(REPLAY_CHECKS)[4:]  # what replay cannot take, the student may
-
-
-SERVED = ("replay", "student")  # routes that answer without RAG
-
-
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
-
-
-@dataclass
-class RoutedAnswer:
-    query: str
-    scope: str | None
-    answer: str
-    citations: list[str]
-    route: str  # 'replay' (the intent's agreed answer), 'student' (the student generated it) or 'rag'
-    reason: str  # 'served', or the name of the check that sent it to RAG
-    checks: dict = field(default_factory=dict)  # each check's score, for --explain and the trace
-    refused: bool = False
-    router_ms: float = 0.0
-    generation_ms: float = 0.0
-    latency_ms: float = 0.0
-    student_version: str | None = None
-    corpus_generation: int | None = None  # the corpus (ingest or retriever switch) the router checked against
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    trace_id: str = ""
-    teacher_answer: Answer | None = field(default=None, repr=False)  # the full RAG answer, for the trace
-    intent: dict | None = field(default=None, repr=False)  # the intent the student answered for
-    cited_doc_versions: list[dict] | None = field(default=None, repr=False)  # open book: the cited chunk's document
-    evidence_ids: list[str] = field(default_factory=list, repr=False)  # open book: the chunks the student read
-
-
-def load_student(workspace: Workspace, config: Config, version: str | None):
-    """(student, version, problem): the registry's `version` loaded, or (None, None, why) when it
-    cannot be (a broken version must not stop the service: RAG answers everything meanwhile)."""
-    from distill.learn.student import load_version
-
-    if not version:
-        return None, None, None
-    try:
-        folder = registry.student_dir(workspace.models_dir, config.train.student_name) / version
-        if config.student.endpoint:  # generated elsewhere (vLLM); the manifest still read here
-            endpoint = ChatEndpoint(config.student.endpoint, config.student.endpoint_model,
-                                    config.router.student_timeout_s, os.environ.get(config.student.api_key_env),
-                                    max_concurrency=config.student.max_batch, max_retries=0,
-                                    url_setting="student.endpoint", model_setting="student.endpoint_model")
-            return load_version(folder, max_new_tokens=config.student.max_new_tokens, endpoint=endpoint), version, None
-        return load_version(folder, config.student.runtime, config.student.max_new_tokens), version, None
-    except (DistillError, OSError, ValueError) as err:
-        problem = f"student {version} cannot be loaded ({err}); every question goes to RAG"
-        logger.error(problem)
-        return None, None, problem
-
-
-def rag_documents(teacher: Teacher, text: str, scope: str | None, vector: np.ndarray) -> set[str]:
-    """The document RAG would read first for a question (the coverage decision's evidence check)."""
-    try:
-        hits = teacher.retriever.search(text, scope, k=1, query_vector=vector).hits
-    except DistillError:  # a scope the corpus no longer has
-        return set()
-    return {chunk_doc_version(hit.chunk["chunk_id"])[0] for hit in hits}
 
 
 class Router:
@@ -564,27 +484,4 @@ class Router:
         return counted
 
     def _trace(self, routed: RoutedAnswer) -> Trace:
-        answer = routed.teacher_answer
-        common = dict(trace_id=routed.trace_id, query_id=routed.trace_id, asked_at=datetime.now(timezone.utc),
-                      scope=routed.scope, query=routed.query, route=routed.route, route_reason=routed.reason,
-                      latency_ms=routed.latency_ms, router_ms=routed.router_ms, generation_ms=routed.generation_ms,
-                      checks=json.dumps(routed.checks), intent_id=routed.checks.get("intent_id"),
-                      corpus_generation=routed.corpus_generation, origin=self.origin)
-        if answer is not None:
-            return Trace(**{**answer.trace_fields(), **common})
-        served = routed.route in SERVED
-        intent = routed.intent or {}
-        cited = routed.cited_doc_versions if routed.cited_doc_versions is not None else intent.get("cited_doc_versions", [])
-        return Trace(**common, answer=routed.answer, citations=routed.citations,
-                     cited_doc_versions=cited, retrieved=routed.evidence_ids,
-                     refused=routed.refused or not served, refusal_reason="invalid_input" if routed.reason == "input" else None,
-                     top_score=None, score_margin=None, retriever_agreement=None,
-                     mean_logprob=routed.checks.get("student_score"), groundedness=None, citation_valid=served,
-                     retrieval_ms=0.0, prompt_tokens=routed.prompt_tokens, completion_tokens=routed.completion_tokens,
-                     model=f"{self.config.train.student_name}/{self.version}" if served else "",
-                     backend=_backend(routed) if served else "none", student_version=self.version if served else None)
-
-
-def _backend(routed: RoutedAnswer) -> str:
-    """What produced a served answer: 'replay', or 'open_book' (the student reading evidence)."""
-    return "replay" if routed.route == "replay" else "open_book"
+        return routed_trace(routed, self.origin, self.config.train.student_name, self.version)

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from distill.learn.coverage import agrees
 from distill.metrics import token_f1
 from distill.rag.corpus import cited_document
-from distill.store.traces import TraceWriter, take_batch
+from distill.store.writer import TraceWriter, take_batch
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import duckdb
 
-from distill.config import LakeLocation
 from distill.errors import DistillError
 from distill.store.db import extension_path, first_line
 from distill.store.schema import CURATION_INPUT, TRACE_COLUMNS
+from distill.workspace import LakeLocation
 
 # A lake row is a trace plus its partition key `day` (the UTC date it was asked).
 LAKE_SELECT = ", ".join(TRACE_COLUMNS) + ", CAST(timezone('UTC', asked_at) AS DATE) AS day"

@@ -1,6 +1,6 @@
 """The trace store, `traces/traces.duckdb`: appending traces (one transaction per batch, deduplicated
 by query id), the queries curation, the nightly, the evaluation and `explain` run, and a user's
-own SQL (`user_sql`, read-only unless asked). `TraceWriter` is how a running router writes.
+own SQL (`user_sql`, read-only unless asked). A running router writes through writer.py instead.
 
     store = TraceStore(Path("traces/traces.duckdb"))    # creates or upgrades the file
     store.append([trace])                               # one transaction per batch
@@ -13,16 +13,12 @@ A batch is one transaction, so a crash or `kill -9` loses at most the batch bein
 from __future__ import annotations
 
 import json
-import logging
-import queue
 import threading
-import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import duckdb
 
-from distill.config import LakeLocation
 from distill.errors import DistillError
 from distill.store.db import WAIT_S, Migration, as_dicts, connect, first_line, migrate, transaction
 from distill.store.lake import LAKE_SELECT, attach_lake
@@ -38,7 +34,6 @@ from distill.store.schema import (
     trace_table,
 )
 from distill.store.segments import (
-    SegmentLog,
     feedback_folder,
     finished_segments,
     journal_files,
@@ -46,8 +41,7 @@ from distill.store.segments import (
     read_segment,
     segment_folder,
 )
-
-logger = logging.getLogger(__name__)
+from distill.workspace import LakeLocation
 
 
 def _insert_table(cur: duckdb.DuckDBPyConnection, batch) -> int:
@@ -446,69 +440,3 @@ def user_sql(traces_db: Path, query: str, write: bool = False) -> list[dict]:
         raise DistillError(f"SQL failed: {first_line(err)}") from None
     finally:
         con.close()
-
-
-def take_batch(source: queue.Queue, first, limit: int, wait_s: float) -> tuple[list, bool]:
-    """`first` and whatever else arrives on `source` within `wait_s`, up to `limit` items; and
-    whether the stop marker (None) arrived meanwhile (it is not in the batch)."""
-    batch, deadline = [first], time.monotonic() + wait_s
-    while len(batch) < limit and (left := deadline - time.monotonic()) > 0:
-        try:
-            item = source.get(timeout=left)
-        except queue.Empty:
-            break
-        if item is None:
-            return batch, True
-        batch.append(item)
-    return batch, False
-
-
-class TraceWriter:
-    """What a router logs (traces, shadow checks, withdrawn intents), written from a background
-    thread in batches to this process's own segment of the trace store (`store.SegmentLog`), so a
-    running service never locks `traces.duckdb` against collect, curate, nightly or sql; the next
-    of those to open the store folds the segments in. `close` writes everything queued and finishes
-    the segment.
-
-        writer = TraceWriter(workspace.traces_db)
-        writer.put("trace", trace)          # returns at once; durable within `wait_s`
-        writer.close()
-    """
-
-    def __init__(self, traces_db: Path, batch: int = 256, wait_s: float = 0.2, rotate_s: float = 5.0):
-        self.traces_db, self.batch, self.wait_s = Path(traces_db), batch, wait_s
-        self.log = SegmentLog(segment_folder(self.traces_db), rotate_s=rotate_s)
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="distill-trace-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, kind: str, row) -> None:
-        """Queue a record: `kind` "trace" (a Trace), "shadow_check" or "withdrawal" (dicts)."""
-        self._queue.put({"kind": kind, "row": dict(row.__dict__) if isinstance(row, Trace) else row})
-
-    def withdrawn_intents(self, version: str) -> set[str]:
-        """The intents of `version` withdrawn so far, from the store (folding the segments in)."""
-        with TraceStore(self.traces_db) as store:
-            return store.withdrawn_intents(version)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=self.log.rotate_s)
-            except queue.Empty:  # idle: finish the open segment so the next command folds it
-                self.log.finish_due()
-                continue
-            if first is None:
-                break
-            records, stopping = take_batch(self._queue, first, self.batch, self.wait_s)
-            try:
-                self.log.write(records)
-            except OSError:  # a full disk must not take the service down; the records are lost, said once
-                logger.exception("could not write %d trace records to %s", len(records), self.log.folder)
-            if stopping:
-                break
-        self.log.close()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
