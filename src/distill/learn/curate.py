@@ -76,7 +76,6 @@ INTENT_RULES = ("infrequent", "inconsistent", "minority_answer")
 RULES = SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + INTENT_RULES
 
 
-
 @dataclass
 class CurationResult:
     run_id: str

@@ -69,9 +69,9 @@ class Student:
 
     @classmethod
     def load(cls, path: Path, runtime: str = "fp32", max_new_tokens: int = 48) -> "Student":
-        """Load a registered version. `runtime` picks the weights used for answering: on this
-        2-core CPU a 135M student decodes a token in about 66 ms in fp32, 34 ms in bf16 and 26 ms
-        with int8 dynamic quantization of its linear layers (on a GPU, int8 means bf16)."""
+        """Load a registered version. `runtime` picks the weights used for answering: fp32, bf16
+        (half the memory traffic) or int8 dynamic quantization of the linear layers, fastest on a
+        CPU (on a GPU, int8 means bf16); docs/design-figures.md has their speeds."""
         manifest = read_manifest(path)
         model, tokenizer = load_causal_lm(Path(path), runtime)
         return cls(model, tokenizer, manifest, max_new_tokens, Path(path))

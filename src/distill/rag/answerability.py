@@ -15,15 +15,15 @@ They are combined by a logistic model whose weights were fitted on StackFAQ's tu
     round(score(top=0.62, sentence=0.55, coverage=0.5), 2)  # 0.9
     round(score(top=0.21, sentence=0.18, coverage=0.0), 2)  # 0.0
 
-Cosines differ from corpus to corpus (PolicyQA's answerable questions have a median score of 0.32,
-StackFAQ's 0.97), so each workspace gets its own threshold. Unlabelled traffic cannot place it (a
-mixture fitted to a Zipf log locked onto its repeated head wordings and refused 83 % of answerable
-questions), so it is fitted on evidence whose answer is known, which every corpus carries:
+Cosines differ from corpus to corpus, so each workspace gets its own threshold. Unlabelled traffic
+cannot place it (a mixture fitted to a Zipf log locks onto its repeated head wordings and refuses
+most answerable questions: docs/design-figures.md), so it is fitted on evidence whose answer is
+known, which every corpus carries:
 
 - **known answerable**: the questions the documents themselves ask (`documents_questions`: FAQ
   questions, titles, section headings), each asked of its own section's text without the heading
-  that holds its words, beside the rest of the corpus. Asked that way, StackFAQ's titles score like
-  its users' own rephrasings (5th percentile 0.42 against 0.50);
+  that holds its words, beside the rest of the corpus. Asked that way, an FAQ's titles score like
+  its users' own rephrasings;
 - **known unanswerable**: off-topic probes (`data/probes.txt`), asked in the corpus's scopes.
 
 The threshold refuses at least `PROBES_REFUSED` (95 %) of the probes, and goes higher as far as
@@ -219,8 +219,8 @@ def fit(answerable: list[float], unanswerable: list[float], quantile: float, def
 
     The probes set the floor: the threshold refuses at least PROBES_REFUSED of them. With at least
     MIN_KNOWN_ANSWERABLE known-answerable scores it goes as far above that floor as refusing at
-    most `quantile` of those allows (the answerable side is what must not be refused: on StackFAQ
-    this refuses 99 % of other datasets' questions); with neither kind of evidence, `default`.
+    most `quantile` of those allows (the answerable side is what must not be refused); with neither
+    kind of evidence, `default`.
     `rated` are the scores of questions users said the documents answer (an answer rated right, a
     refusal rated wrong: feedback.py): known-answerable too, and enough of them decide where the
     documents have too few questions of their own (method 'ratings').

@@ -48,8 +48,8 @@ def embed(model, texts: list[str], batch_size: int = 64, progress: bool = False)
 
 class OnnxQueryEncoder:
     """The embedder's transformer exported to ONNX and run by onnxruntime, for queries on the request
-    path: one MiniLM query takes 4.3 ms this way against 12.2 ms through `SentenceTransformer.encode`
-    on this 2-core CPU, with the same vectors (cosine >= 0.99999). The export (about 1 s) is cached
+    path: about a third of the time of `SentenceTransformer.encode` on a CPU, with the same vectors
+    (docs/design-figures.md). The export (once, about a second) is cached
     under `$DISTILL_CACHE_DIR` (default ~/.cache/distill), keyed by the model folder's files.
 
         encode = OnnxQueryEncoder.build(load_embedder("all-MiniLM-L6-v2"))

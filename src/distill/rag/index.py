@@ -173,10 +173,11 @@ def sync_dense(workspace: Workspace, store: CorpusStore, config: IndexConfig, pr
 class Bm25:
     """BM25 from DuckDB's `fts` index, scored in memory.
 
-    DuckDB tokenizes, stems and counts at ingest (`PRAGMA create_fts_index`); its `match_bm25` then
-    costs about 80 ms a query at 100k chunks. The same statistics loaded once into a sparse
+    DuckDB tokenizes, stems and counts at ingest (`PRAGMA create_fts_index`), but its `match_bm25`
+    is slow per query on a large corpus. The same statistics loaded once into a sparse
     term-by-chunk matrix of BM25 weights (k1 = 1.2, b = 0.75, DuckDB's formula and defaults) give
-    the same scores in about a millisecond: a query's score vector is the sum of its terms' rows."""
+    the same scores many times faster (docs/design-figures.md): a query's score vector is the sum
+    of its terms' rows."""
 
     K1, B = 1.2, 0.75
 
@@ -238,9 +239,8 @@ class HeadingField:
     """The second field of a multi-field dense retriever: each chunk's heading on its own.
 
     An FAQ entry's heading is its own question, and a question asked in other words matches it
-    better than it matches the entry's heading and answer together: on StackFAQ's rephrasings the
-    heading alone puts the right thread first for 94.5 %, heading and text together 93.4 %, and
-    the better of the two 95.4 %. Only headings that name one document of their scope count (a
+    better than it matches the entry's heading and answer together, and the better of the two
+    fields beats either (docs/design-figures.md). Only headings that name one document of their scope count (a
     website's name heading every segment of its policy says nothing about any of them). Vectors
     are kept in `<home>/index/headings.npz` by heading text and embedder, so each heading is
     embedded once."""

@@ -288,9 +288,7 @@ class Router:
         document its answers cited, and any document retrieved beside them that, at its new version,
         is among the evidence RAG would now read for this question (the top `teacher.context_chunks`),
         since the answer may now come from it. A changed neighbour that no longer reaches the
-        evidence leaves the answer standing. On the versioned COVID FAQ this keeps 134 of 159
-        eligible unchanged wordings on the student (81 if any changed neighbour counted, 147 if
-        only one ranked above the cited documents, which let 9 of 264 changed wordings through)."""
+        evidence leaves the answer standing (docs/design-figures.md: what the other rules kept)."""
         def changed(key: str) -> set[str]:  # a document RAG has not shown yet (an external one) counts as unchanged
             return {d["doc_id"] for d in intent.get(key, [])
                     if d["doc_id"] in self.latest and self.latest[d["doc_id"]] != d["version"]}
