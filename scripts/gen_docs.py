@@ -96,7 +96,7 @@ def routing_text() -> str:
     """The router's checks, in the order it runs them (routes.REPLAY_CHECKS, then the open-book
     student's, student_gate.STUDENT_CHECKS)."""
     from distill.learn.student_gate import STUDENT_CHECKS
-    from distill.serve.routes import REPLAY_CHECKS
+    from distill.serve.routes import OPEN_BOOK_AFTER, REPLAY_CHECKS
 
     def table(checks: dict) -> str:
         return "| check | fails when |\n|---|---|\n" + "\n".join(f"| `{name}` | {_cell(text)} |"
@@ -104,7 +104,7 @@ def routing_text() -> str:
 
     return (f"## Replay's checks\n\n{table(REPLAY_CHECKS)}\n\n"
             f"## The open-book student's checks\n\nFor what replay cannot take "
-            f"({', '.join(f'`{c}`' for c in list(REPLAY_CHECKS)[4:])}), in this order:\n\n{table(STUDENT_CHECKS)}")
+            f"({', '.join(f'`{c}`' for c in OPEN_BOOK_AFTER)}), in this order:\n\n{table(STUDENT_CHECKS)}")
 
 
 def _schema(sql: Callable[[str], list[dict]]) -> str:

@@ -9,6 +9,7 @@
 3. Rules. Each training candidate is checked against named rules in a fixed order; the first that
    fails is its `reason`:
 
+       not_standalone                                  a follow-up only a rule could rewrite (conversation.py)
        high_risk, injection, pii                       safety: never trained on, whatever else holds
        rated_wrong                                     users rated this answer to this wording wrong
                                                        (feedback.py: weighed over sources, any route)
@@ -21,7 +22,7 @@
    is consistently refused and frequent, and no wording like it (cosine at least
    `curate.intent_threshold`) is answered: a need the teacher answers in other words is not out of
    scope, and its refusals are rejected as `answered_elsewhere`. Eval traces only go through the
-   safety rules.
+   first two rows.
 4. Output. One `curation` row per trace (`train`, `eval` or `reject` with the reason), a `intents`
    row per intent, a `curation_runs` row with the config, all written in one transaction; and the
    training set as a Hugging Face dataset (prompt/completion in chat form, one example per intent
@@ -61,6 +62,9 @@ from distill.store.segments import has_traces
 from distill.store.traces import TraceStore
 from distill.workspace import Workspace
 
+CONVERSATION_RULES = ("not_standalone",)  # a follow-up joined with its conversation (rag/conversation.py): RAG's alone
+
+
 SAFETY_RULES = ("high_risk", "injection", "pii")
 
 
@@ -73,7 +77,7 @@ TRACE_RULES = ("refused", "answered_elsewhere", "citation_invalid", "stale_citat
 INTENT_RULES = ("infrequent", "inconsistent", "minority_answer")
 
 
-RULES = SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + INTENT_RULES
+RULES = CONVERSATION_RULES + SAFETY_RULES + FEEDBACK_RULES + TRACE_RULES + INTENT_RULES
 
 
 @dataclass
@@ -279,7 +283,8 @@ def _decide(traces: list[dict], config: Config, latest: dict[str, int], flagged:
     decisions, leaked = [], 0
     for i, trace in enumerate(traces):
         number = intent_of[keys[i]]
-        reason = _safety_rule(trace, cfg, risk, injection, pii, flagged, cited_text)
+        reason = "not_standalone" if trace.get("rewrite_method") == "rules" else \
+            _safety_rule(trace, cfg, risk, injection, pii, flagged, cited_text)
         if trace["asked_at"] >= cutoff:
             decision = "reject" if reason else "eval"
             leaked += decision == "eval" and keys[i] in train_wordings
@@ -447,7 +452,7 @@ def _export_coverage_evidence(path: Path, result: dict, traces: list[dict], rows
     decisions = {d["trace_id"]: d for d in result["decisions"]}
     before = [t for t in traces if decisions[t["trace_id"]]["decision"] != "eval"]
     keys = [(t["scope"] or "", normalize_query(t["query"])) for t in before]
-    unsafe = {k for t, k in zip(before, keys) if decisions[t["trace_id"]]["reason"] in SAFETY_RULES}
+    unsafe = {k for t, k in zip(before, keys) if decisions[t["trace_id"]]["reason"] in CONVERSATION_RULES + SAFETY_RULES}
     wordings = sorted(set(keys) - unsafe)
     evidence = dict(zip(wordings, wording_evidence([t for t, k in zip(before, keys) if k not in unsafe],
                                                    [k for k in keys if k not in unsafe], wordings)))

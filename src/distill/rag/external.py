@@ -42,6 +42,7 @@ from typing import Any, Iterator, Protocol
 
 from distill.errors import DistillError
 from distill.rag.answers import groundedness
+from distill.rag.conversation import standalone_turn
 from distill.rag.http_teacher import cited_contexts, context_chunks
 from distill.store.feedback import Rating, RecentTraces
 from distill.store.schema import Trace, trace_table
@@ -67,6 +68,10 @@ def to_trace(record: dict, route_reason: str = "import") -> Trace:
         raise ValueError("no 'id' (the record's own id makes an import idempotent)")
     if record.get("scope") is not None and not isinstance(record["scope"], str):
         raise ValueError("'scope' is not a string")
+    try:  # a conversation's turn: `query` is its last user message, `history` the messages before it
+        turn = standalone_turn(query.strip(), record["history"]) if record.get("history") else None
+    except DistillError as err:
+        raise ValueError(f"'history': {err}") from None
     chunks = context_chunks(record.get("contexts") or [])
     refused = bool(record.get("refused", False)) or not answer.strip()
     cited = [] if refused else cited_contexts(answer, chunks, record.get("citations"))
@@ -76,7 +81,8 @@ def to_trace(record: dict, route_reason: str = "import") -> Trace:
         raise ValueError(f"timestamp {record.get('timestamp')!r} is not ISO 8601 or epoch seconds") from None
     latency = record.get("latency_ms")
     return Trace(
-        query_id=str(record["id"]), scope=record.get("scope"), query=query.strip(), answer="" if refused else answer.strip(),
+        query_id=str(record["id"]), scope=record.get("scope"), query=turn.question if turn else query.strip(),
+        answer="" if refused else answer.strip(),
         citations=[c["chunk_id"] for c in cited],
         cited_doc_versions=[{"doc_id": c["doc_id"], "version": c["version"]} for c in cited],
         retrieved=[c["chunk_id"] for c in chunks], refused=refused,
@@ -86,7 +92,8 @@ def to_trace(record: dict, route_reason: str = "import") -> Trace:
         latency_ms=float(latency) if isinstance(latency, (int, float)) else 0.0, retrieval_ms=0.0,
         prompt_tokens=int(record.get("prompt_tokens") or 0), completion_tokens=int(record.get("completion_tokens") or 0),
         model=str(record.get("model") or ""), backend=str(record.get("backend") or "external"), asked_at=asked_at,
-        origin="logger" if route_reason == "logged" else "import")
+        origin="logger" if route_reason == "logged" else "import", raw_message=turn.message if turn else None,
+        rewrite_method=turn.method if turn else None, conversation_hash=turn.conversation_hash if turn else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +374,8 @@ class TraceLogger:
         self._journal = FeedbackJournal(feedback_folder(self.workspace.traces_db))
 
     def log(self, *, query: str, answer: str, contexts: list[dict], **fields) -> str:
-        """Queue one answer; returns its id."""
+        """Queue one answer; returns its id. In a conversation, `query` is the last user message and
+        `history=` the messages before it (OpenAI-style): the trace is of its standalone question."""
         record = {"id": fields.pop("id", None) or uuid.uuid4().hex, "query": query, "answer": answer,
                   "contexts": contexts, **fields}
         trace = to_trace(record, route_reason="logged")

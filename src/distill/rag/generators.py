@@ -188,6 +188,10 @@ class TransformersGenerator:
         generation.text = first_answer_line(raw)
         return generation
 
+    def chat(self, messages: list[dict], max_tokens: int = 64) -> str:
+        """Any other completion of the same model (a follow-up's condensed question: conversation.py)."""
+        return greedy_chat(self.model, self.tokenizer, messages, max_tokens, ["\n"])[1]
+
 
 STOP_STRINGS = ["\n\n", "</evidence>"]
 
@@ -221,6 +225,10 @@ class OpenAIGenerator:
     def generate(self, query: str, evidence: list[dict], messages: list[dict],
                  query_vector: np.ndarray | None = None) -> Generation:
         return self.generate_many([messages])[0]
+
+    def chat(self, messages: list[dict], max_tokens: int = 64) -> str:
+        """Any other completion of the same model (a follow-up's condensed question: conversation.py)."""
+        return self.endpoint.complete(messages, max_tokens, ["\n"]).text
 
     def generate_many(self, conversations: list[list[dict]]) -> list[Generation]:
         generations = self.endpoint.complete_many(conversations, self.max_new_tokens, STOP_STRINGS)

@@ -40,6 +40,7 @@ from contextlib import asynccontextmanager
 
 from distill.config import HOME_ENV, Config
 from distill.errors import DistillError, UpstreamError
+from distill.rag.conversation import MAX_CONVERSATION_MESSAGES
 from distill.serve.router import Router
 from distill.store.feedback import UnknownTrace
 
@@ -108,11 +109,11 @@ def create_app(router: Router, config: Config):
         except json.JSONDecodeError:
             return error(400, "the request body is not JSON")
         try:
-            query, scope = _question(payload, request.headers.get("x-distill-scope"))
+            query, scope, history = _question(payload, request.headers.get("x-distill-scope"))
         except BadRequest as bad:
             return error(400, bad.message, param=bad.param)
         try:
-            routed = await router.aanswer(query, scope)
+            routed = await router.aanswer(query, scope, history or None)
         except UpstreamError as err:  # the RAG endpoint (teacher.http, teacher.openai) is down
             return error(502, str(err), "upstream_error")
         except DistillError as err:  # e.g. an unknown scope
@@ -137,6 +138,7 @@ def create_app(router: Router, config: Config):
                         "refused": routed.refused, "student_version": routed.student_version,
                         "corpus_generation": routed.corpus_generation,
                         "checks": routed.checks, "trace_id": routed.trace_id,
+                        "question": routed.query, "rewrite": routed.turn.method if routed.turn else None,
                         "latency_ms": round(routed.latency_ms, 1), "router_ms": round(routed.router_ms, 2)},
         }
         return JSONResponse(response, headers={"X-Distill-Route": routed.route, "X-Distill-Reason": routed.reason})
@@ -292,8 +294,8 @@ class BadRequest(Exception):
         self.message, self.param = message, param
 
 
-def _question(payload, header_scope: str | None) -> tuple[str, str | None]:
-    """(query, scope) from an OpenAI chat request; raises BadRequest."""
+def _question(payload, header_scope: str | None) -> tuple[str, str | None, list[dict]]:
+    """(last user message, scope, the messages before it) from an OpenAI chat request; raises BadRequest."""
     if not isinstance(payload, dict):
         raise BadRequest("the request body must be a JSON object")
     if payload.get("stream"):
@@ -301,10 +303,16 @@ def _question(payload, header_scope: str | None) -> tuple[str, str | None]:
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list of {role, content}", "messages")
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise BadRequest("'messages' must be a list of {role, content}", "messages")
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
     if not users:
         raise BadRequest("'messages' has no user message to answer", "messages")
-    content = users[-1].get("content")
+    history = messages[:users[-1]]
+    if len(history) > MAX_CONVERSATION_MESSAGES:
+        raise BadRequest(f"'messages' holds {len(history)} messages before the last user message, over the "
+                         f"{MAX_CONVERSATION_MESSAGES} a follow-up is read with; send the recent turns", "messages")
+    content = messages[users[-1]].get("content")
     if isinstance(content, list):  # content parts: keep the text ones
         content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     if not isinstance(content, str):
@@ -313,7 +321,7 @@ def _question(payload, header_scope: str | None) -> tuple[str, str | None]:
     scope = metadata.get("scope") or payload.get("scope") or header_scope
     if scope is not None and not isinstance(scope, str):
         raise BadRequest("'scope' must be a string", "metadata.scope")
-    return content, scope
+    return content, scope, history
 
 
 def serve(app, config: Config, host: str | None = None, port: int | None = None) -> None:

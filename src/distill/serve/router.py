@@ -61,6 +61,7 @@ from distill.learn.curate import REFUSAL_COMPLETION
 from distill.learn.open_book import parse_answer, student_evidence
 from distill.learn.student_gate import StudentGate
 from distill.metrics import normalize_query
+from distill.rag.conversation import Turn, standalone_turn
 from distill.rag.corpus import cited_document, compile_patterns, first_match
 from distill.rag.teacher import Teacher, workspace_threshold
 from distill.serve.routes import (
@@ -81,6 +82,7 @@ logger = logging.getLogger(__name__)
 
 
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
+
 
 
 class Router:
@@ -238,19 +240,24 @@ class Router:
 
     # -- deciding -------------------------------------------------------------------------------
 
-    def check(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None]:
+    def check(self, query: str, scope: str | None = None,
+              turn: Turn | None = None) -> tuple[str | None, dict, dict | None]:
         """The cheap checks (everything before generation): (failed check or None, scores, intent)."""
-        failed, checks, intent, found = self.assess(query, scope)
+        failed, checks, intent, found = self.assess(query, scope, turn)
         if failed is None and not found.covered:
             return "coverage", checks, None
         return failed, checks, intent
 
-    def assess(self, query: str, scope: str | None = None) -> tuple[str | None, dict, dict | None, Assessment | None]:
+    def assess(self, query: str, scope: str | None = None,
+               turn: Turn | None = None) -> tuple[str | None, dict, dict | None, Assessment | None]:
         """`check` without the coverage verdict, and the coverage assessment itself, so that an
-        evaluation can decide coverage at several error rates from one pass."""
+        evaluation can decide coverage at several error rates from one pass. With `turn` (a
+        conversation's), `query` is its standalone question and the message is what is checked as
+        input; the risk checks read the question, the earlier turns included."""
         cfg = self.config.router
         checks: dict = {}
-        if not isinstance(query, str) or not query.strip() or len(query) > cfg.max_query_chars:
+        asked = turn.message if turn is not None else query
+        if not isinstance(asked, str) or not asked.strip() or len(asked) > cfg.max_query_chars:
             return "input", checks, None, None
         try:
             query.encode("utf-8")
@@ -260,6 +267,10 @@ class Router:
             return "high_risk", checks, None, None
         if first_match(query, self.injection):
             return "injection", checks, None, None
+        if turn is not None and turn.method != "none":
+            checks.update(rewrite=turn.method, conversation_signal=turn.signal)
+            if not turn.standalone:
+                return "conversation", checks, None, None
         if self.student is None:
             return "no_student", checks, None, None
         vector = self.teacher.retriever.embed_queries([query.strip()])[0]
@@ -306,17 +317,33 @@ class Router:
 
     # -- answering -------------------------------------------------------------------------------
 
-    def answer(self, query: str, scope: str | None = None) -> RoutedAnswer:
-        """Route one question (thread-safe); the answer says which route took it and why."""
+    def answer(self, query: str, scope: str | None = None, history: list[dict] | None = None) -> RoutedAnswer:
+        """Route one question (thread-safe); the answer says which route took it and why. With
+        `history` (the conversation's earlier messages, OpenAI-style, oldest first), `query` is its
+        last user message, answered as a standalone question (rag/conversation.py)."""
         with self._swap.reading():  # one corpus generation and one student for the whole request
-            return self._answer(query, scope)
+            started = time.perf_counter()
+            turn = self.standalone(query, history) if history else None
+            return self._answer(turn.question if turn else query, scope, turn, started)
 
-    def _answer(self, query: str, scope: str | None) -> RoutedAnswer:
-        started = time.perf_counter()
-        failed, checks, intent = self.check(query, scope)
+    def standalone(self, message: str, history: list[dict]) -> Turn:
+        """`message` made standalone against `history`: condensed by the teacher's LLM when its
+        backend has one, else by the rule (rag/conversation.py)."""
+        generator = getattr(self.teacher, "generator", None)
+
+        def condense(messages: list[dict]) -> str:
+            with self._teacher_lock:  # the teacher's model answers one call at a time
+                return generator.chat(messages)
+
+        return standalone_turn(message, history, condense if hasattr(generator, "chat") else None)
+
+    def _answer(self, query: str, scope: str | None, turn: Turn | None = None,
+                started: float | None = None) -> RoutedAnswer:
+        started = time.perf_counter() if started is None else started
+        failed, checks, intent = self.check(query, scope, turn)
         router_ms = (time.perf_counter() - started) * 1000
         if self.config.router.mode == "shadow":
-            routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started)
+            routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started, turn)
             if failed is None:  # what replay would have answered, checked against RAG's answer
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                     "student_version": self.version, "intent_id": intent["intent_id"],
@@ -328,7 +355,7 @@ class Router:
         if failed is None:
             routed = self._from_replay(query, scope, checks, intent, router_ms)
             if routed.route == "replay":
-                routed = self._finish(routed, started)
+                routed = self._finish(routed, started, turn)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                         "student_version": self.version, "intent_id": intent["intent_id"],
@@ -340,7 +367,7 @@ class Router:
             checks["replay"] = failed  # why replay could not take it
             routed = self._from_open_book(query, scope, checks, router_ms)
             if routed.route == "student":
-                routed = self._finish(routed, started)
+                routed = self._finish(routed, started, turn)
                 if self._sample.random() < self.config.router.shadow_share:
                     self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                         "student_version": self.version, "intent_id": None, "route": "student",
@@ -351,7 +378,7 @@ class Router:
                 checks["student"] = routed.reason
             else:
                 failed, router_ms = routed.reason, routed.router_ms
-        return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started)
+        return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started, turn)
 
     def answer_batch(self, questions: list[tuple[str, str | None]]) -> list[RoutedAnswer]:
         """Answer several questions at once, in order; those the student takes share its batches."""
@@ -361,9 +388,9 @@ class Router:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             return list(pool.map(lambda pair: self.answer(*pair), questions))
 
-    async def aanswer(self, query: str, scope: str | None = None) -> RoutedAnswer:
+    async def aanswer(self, query: str, scope: str | None = None, history: list[dict] | None = None) -> RoutedAnswer:
         """`answer` for asyncio services: runs in a worker thread, never blocks the event loop."""
-        return await asyncio.to_thread(self.answer, query, scope)
+        return await asyncio.to_thread(self.answer, query, scope, history)
 
     def _from_replay(self, query: str, scope: str | None, checks: dict, intent: dict,
                      router_ms: float) -> RoutedAnswer:
@@ -441,7 +468,8 @@ class Router:
                             generation_ms=(time.perf_counter() - began) * 1000, prompt_tokens=answer.prompt_tokens,
                             completion_tokens=answer.completion_tokens, teacher_answer=answer)
 
-    def _finish(self, routed: RoutedAnswer, started: float) -> RoutedAnswer:
+    def _finish(self, routed: RoutedAnswer, started: float, turn: Turn | None = None) -> RoutedAnswer:
+        routed.turn = turn
         routed.latency_ms = (time.perf_counter() - started) * 1000
         routed.corpus_generation = self.generation
         routed.trace_id = uuid.uuid4().hex

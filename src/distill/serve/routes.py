@@ -18,6 +18,7 @@ from distill.config import Config
 from distill.errors import DistillError
 from distill.llm.http import ChatEndpoint
 from distill.rag.answers import Answer
+from distill.rag.conversation import Turn
 from distill.rag.corpus import chunk_doc_version
 from distill.store.schema import Trace
 from distill.workspace import Workspace
@@ -29,6 +30,9 @@ REPLAY_CHECKS = {  # replay's checks, in the order the router runs them; the fir
     "input": "empty, too long (`router.max_query_chars`) or not valid text",
     "high_risk": "a high-risk scope or pattern (`curate.high_risk_scopes`, `curate.high_risk_patterns`)",
     "injection": "the question reads like a prompt injection (`corpus.injection_patterns`)",
+    "conversation": "a follow-up that depends on the conversation and could only be made standalone by joining it "
+                    "with the earlier turns (no LLM, or the LLM's rewrite did not count): RAG answers it with them "
+                    "(rag/conversation.py)",
     "no_student": "no student version is promoted",
     "coverage": "the question is not one of the student's trained wordings, and the calibrated decision "
                 "(coverage.py) does not cover it: its nearest intent is not close enough, or not clearly nearer "
@@ -43,10 +47,10 @@ REPLAY_CHECKS = {  # replay's checks, in the order the router runs them; the fir
 }
 
 
-BEFORE_COVERAGE = tuple(REPLAY_CHECKS)[:4]  # the checks `check` runs before coverage: nothing may answer these
+BEFORE_COVERAGE = tuple(REPLAY_CHECKS)[:5]  # the checks `check` runs before coverage: nothing may answer these
 
 
-OPEN_BOOK_AFTER = tuple(REPLAY_CHECKS)[4:]  # what replay cannot take, the student may
+OPEN_BOOK_AFTER = tuple(REPLAY_CHECKS)[5:]  # what replay cannot take, the student may
 
 
 SERVED = ("replay", "student")  # routes that answer without RAG
@@ -74,6 +78,7 @@ class RoutedAnswer:
     intent: dict | None = field(default=None, repr=False)  # the intent the student answered for
     cited_doc_versions: list[dict] | None = field(default=None, repr=False)  # open book: the cited chunk's document
     evidence_ids: list[str] = field(default_factory=list, repr=False)  # open book: the chunks the student read
+    turn: Turn | None = field(default=None, repr=False)  # a conversation's turn: what `query` was made from
 
 
 def load_student(workspace: Workspace, config: Config, version: str | None):
@@ -116,6 +121,9 @@ def routed_trace(routed: RoutedAnswer, origin: str, student_name: str, version: 
                   latency_ms=routed.latency_ms, router_ms=routed.router_ms, generation_ms=routed.generation_ms,
                   checks=json.dumps(routed.checks), intent_id=routed.checks.get("intent_id"),
                   corpus_generation=routed.corpus_generation, origin=origin)
+    if routed.turn is not None:
+        common.update(raw_message=routed.turn.message, rewrite_method=routed.turn.method,
+                      conversation_hash=routed.turn.conversation_hash)
     if answer is not None:
         return Trace(**{**answer.trace_fields(), **common})
     served = routed.route in SERVED

@@ -57,6 +57,9 @@ class Trace:
     nearest_topics: list[str] = field(default_factory=list)  # refusals: the topics named to the asker
     answerability_method: str | None = None  # how the threshold was set (answerability.METHODS, or 'setting')
     origin: str | None = None  # who asked: 'collect', 'import', 'service', 'ask' (interactive), 'logger'
+    raw_message: str | None = None  # a conversation's turn: the last user message as written (query: standalone)
+    rewrite_method: str | None = None  # how that turn was made standalone: 'none', 'llm' or 'rules' (conversation.py)
+    conversation_hash: str | None = None  # the earlier turns' hash: turns of one conversation share it
 
 
 def _m001_traces(con: duckdb.DuckDBPyConnection) -> None:
@@ -410,6 +413,19 @@ def _m016_intents(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("COMMENT ON COLUMN curation.intent_id IS 'its intent in this run (intents.intent_id)'")
 
 
+def _m017_conversations(con: duckdb.DuckDBPyConnection) -> None:
+    """A turn of a conversation is answered as a standalone question (rag/conversation.py): `query`
+    holds that question, and these what it was made from."""
+    for column, meaning in (("raw_message", "a conversation's turn: the last user message as written (query holds "
+                                            "the standalone question routed and answered); NULL: no conversation"),
+                            ("rewrite_method", "how the turn was made standalone: none (self-contained), llm (condensed by "
+                                               "the LLM) or rules (joined with the earlier user turns: RAG only, never "
+                                               "trained on); NULL: no conversation"),
+                            ("conversation_hash", "hash of the turns before this one: turns of one conversation share it")):
+        con.execute(f"ALTER TABLE traces ADD COLUMN {column} VARCHAR")
+        con.execute(f"COMMENT ON COLUMN traces.{column} IS '{_sql_text(meaning)}'")
+
+
 def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
@@ -418,7 +434,8 @@ TRACE_MIGRATIONS: list[Migration] = [_m001_traces, _m002_collect_runs, _m003_cur
                                      _m005_nightly_runs, _m006_router_columns, _m007_shadow,
                                      _m008_retrieved_doc_versions, _m009_eval_runs, _m010_corpus_generation,
                                      _m011_answerability, _m012_answerability_method_and_origin, _m013_feedback,
-                                     _m014_open_book_shadow_checks, _m015_comments, _m016_intents]
+                                     _m014_open_book_shadow_checks, _m015_comments, _m016_intents,
+                                     _m017_conversations]
 
 
 FEEDBACK_COLUMNS = ["feedback_id", "trace_id", "score", "name", "comment", "source", "created_at", "received_by",
@@ -468,7 +485,7 @@ def trace_from_row(row: dict) -> Trace:
 CURATION_INPUT = """
     SELECT trace_id, query_id, asked_at, scope, query, answer, citations, cited_doc_versions, retrieved, refused,
            refusal_reason, top_score, score_margin, mean_logprob, answer_score, groundedness, citation_valid,
-           answerability, origin
+           answerability, origin, rewrite_method
     FROM traces WHERE route = 'rag' ORDER BY asked_at, trace_id"""
 
 

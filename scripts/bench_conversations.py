@@ -1,0 +1,203 @@
+"""Two-turn conversations from the shipped FAQ data: is a follow-up answered in its conversation?
+
+    PYTHONPATH=src:scripts python scripts/bench_conversations.py --data covid     # or stackfaq
+    PYTHONPATH=src:scripts python scripts/bench_conversations.py --data stackfaq --per-group 40
+
+Each conversation's first turn is a question about one entry (StackFAQ: a thread's rephrasing;
+COVID FAQ: an entry's question). Its follow-up is either
+- *dependent*: another question that only makes sense with the first: for StackFAQ another
+  rephrasing of the same thread, for the COVID FAQ the question of another entry of the same source;
+  in both, the longest run of words it shares with the first turn (the subject the first turn
+  named: "my facebook account", "the virus") is replaced by "it";
+- *self-contained*: the question of an entry of another thread or source, unchanged.
+
+The follow-up's right entry is its own (the thread, or the entry it was written from). For each
+dependent follow-up the router answers three times: the original question alone (what it gets
+standalone), the follow-up alone (last message only), and the follow-up with its conversation.
+Reported: answers from the right entry in each case, follow-ups replayed or answered by the student
+from a wrong entry, self-contained follow-ups the rewrite changed, and the time the rewrite adds
+(`Router.standalone`, no LLM: the rule).
+
+It runs on the workspace `bench_open_book.py --data <data>` left (corpus, traces, a student), so
+replay and the student are measured too; without one it ingests the corpus alone (RAG only).
+Results go to bench/results/conversations-<data>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from distill.rag.conversation import QUESTION_WORDS
+from distill.rag.corpus import chunk_doc_version
+from distill.serve.router import Router
+from distill.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACES = {"covid": ROOT / "bench" / "open-book-covid-standin", "stackfaq": ROOT / "bench" / "open-book-stackfaq-standin"}
+
+
+def entries(data: str) -> list[dict]:
+    """Every entry as {doc_id, scope, group, questions}: the SQuAD file bench_open_book ingests
+    (faq_squad.py), a paragraph per entry, its doc id `<title>/<number>`."""
+    import faq_squad
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = faq_squad.stackfaq_squad(Path(folder) / "s.json") if data == "stackfaq" else \
+            faq_squad.covid_squad(Path(folder) / "c.json", 1)
+        articles = json.loads(path.read_text())["data"]
+    return [{"doc_id": f"{a['title']}/{n:03d}", "scope": a["title"], "questions": [q["question"] for q in p["qas"]],
+             "group": a["title"] if data == "covid" else f"{a['title']}/{n:03d}"}
+            for a in articles for n, p in enumerate(a["paragraphs"])]
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9][A-Za-z0-9'’-]*|[^\sA-Za-z0-9]", text)
+
+
+DETERMINERS = ("the", "a", "an", "my", "your", "our", "this")
+
+
+def _subject(span: list[str]) -> bool:
+    """A run of words that names a thing: opened by a determiner ("the virus", "my facebook
+    account"), two content words ("google docs"), or one proper name ("Trello", "COVID-19")."""
+    content = [w for w in span if w.isalnum() or "-" in w]
+    content = [w for w in content if w.lower() not in QUESTION_WORDS]
+    if not content or not all(w.isalnum() or "-" in w or "'" in w for w in span):
+        return False
+    return (span[0].lower() in DETERMINERS and len(span) > 1) or len(content) >= 2 or \
+        (len(span) == 1 and (span[0][0].isupper() or "-" in span[0]) and len(span[0]) > 3)
+
+
+def with_pronoun(follow_up: str, first: str) -> str | None:
+    """`follow_up` with the longest run of words it shares with `first` that names a thing
+    (`_subject`) replaced by "it"; None when they share none."""
+    words, seen = _tokens(follow_up), f" {' '.join(_tokens(first)).lower()} "
+    best = None
+    for i in range(len(words)):
+        for j in range(len(words), i, -1):
+            span = words[i:j]
+            if (best is None or j - i > best[1] - best[0]) and _subject(span) and f" {' '.join(span).lower()} " in seen:
+                best = (i, j)
+                break
+    if best is None or best[0] == 0:  # "it" opening a sentence reads as a dummy subject as often as not
+        return None
+    i, j = best
+    text = " ".join(words[:i] + ["it"] + words[j:])
+    return re.sub(r"\s+([?.!,;:])", r"\1", text)
+
+
+def conversations(data: str, per_group: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    rows = entries(data)
+    dependent, self_contained = [], []
+    for entry in rng.sample(rows, len(rows)):
+        if data == "stackfaq":
+            if len(entry["questions"]) < 2:
+                continue
+            first, original, target = entry["questions"][0], entry["questions"][1], entry
+        else:
+            first = entry["questions"][0]
+            others = [e for e in rows if e["group"] == entry["group"] and e is not entry
+                      and with_pronoun(e["questions"][0], first)]
+            if not others:
+                continue
+            target = rng.choice(others)
+            original = target["questions"][0]
+        follow_up = with_pronoun(original, first)
+        if follow_up and len(dependent) < per_group:
+            dependent.append({"first": first, "scope": entry["scope"], "original": original, "follow_up": follow_up,
+                              "doc": target["doc_id"]})
+        elsewhere = [e for e in rows if e["group"] != entry["group"]]
+        if len(self_contained) < per_group:
+            other = rng.choice(elsewhere)
+            self_contained.append({"first": first, "scope": entry["scope"], "follow_up": other["questions"][0],
+                                   "follow_scope": other["scope"], "doc": other["doc_id"]})
+        if len(dependent) >= per_group and len(self_contained) >= per_group:
+            break
+    return dependent, self_contained
+
+
+def doc_of(routed) -> str | None:
+    return chunk_doc_version(routed.citations[0])[0] if routed.citations and not routed.refused else None
+
+
+def run(data: str, per_group: int) -> dict:
+    home = WORKSPACES[data]
+    if not (home / "index").exists():
+        raise SystemExit(f"{home} has no index: run `scripts/bench_open_book.py --data {data}` first")
+    dependent, self_contained = conversations(data, per_group)
+    counts = {k: 0 for k in ("standalone_right", "alone_right", "conversation_right", "alone_wrong_served",
+                             "conversation_wrong_served", "rewritten", "self_rewritten", "self_right",
+                             "self_wrong_served")}
+    routes: dict[str, int] = {}
+    added_ms: list[float] = []
+    examples = []
+    with Router.from_workspace(Workspace(home), log=False, watch=False) as router:
+        for c in dependent:
+            first = router.answer(c["first"], c["scope"])
+            history = [{"role": "user", "content": c["first"]}, {"role": "assistant", "content": first.answer}]
+            started = time.perf_counter()
+            turn = router.standalone(c["follow_up"], history)
+            added_ms.append((time.perf_counter() - started) * 1000)
+            standalone = router.answer(c["original"], c["scope"])
+            alone = router.answer(c["follow_up"], c["scope"])
+            together = router.answer(c["follow_up"], c["scope"], history)
+            counts["rewritten"] += turn.method != "none"
+            for name, routed in (("standalone", standalone), ("alone", alone), ("conversation", together)):
+                counts[f"{name}_right"] += doc_of(routed) == c["doc"]
+            counts["alone_wrong_served"] += alone.route in ("replay", "student") and doc_of(alone) != c["doc"]
+            counts["conversation_wrong_served"] += together.route in ("replay", "student") and doc_of(together) != c["doc"]
+            routes[f"{together.route}/{together.reason}"] = routes.get(f"{together.route}/{together.reason}", 0) + 1
+            if len(examples) < 8:
+                examples.append({"first": c["first"], "follow_up": c["follow_up"], "question": together.query,
+                                 "route": together.route, "right": doc_of(together) == c["doc"],
+                                 "alone_right": doc_of(alone) == c["doc"]})
+        for c in self_contained:
+            history = [{"role": "user", "content": c["first"]}, {"role": "assistant", "content": "..."}]
+            started = time.perf_counter()
+            turn = router.standalone(c["follow_up"], history)
+            added_ms.append((time.perf_counter() - started) * 1000)
+            routed = router.answer(c["follow_up"], c["follow_scope"], history)
+            counts["self_rewritten"] += turn.method != "none"
+            counts["self_right"] += doc_of(routed) == c["doc"]
+            counts["self_wrong_served"] += routed.route in ("replay", "student") and doc_of(routed) != c["doc"]
+    n, m = len(dependent), len(self_contained)
+    added = sorted(added_ms)
+    result = {"data": data, "dependent": n, "self_contained": m, **counts, "routes_with_conversation": routes,
+              "right_share_of_standalone": counts["conversation_right"] / counts["standalone_right"]
+              if counts["standalone_right"] else None,
+              "added_ms_p50": round(statistics.median(added), 3), "added_ms_p90": round(added[int(0.9 * (len(added) - 1))], 3),
+              "examples": examples}
+    print(f"{data}: {n} dependent follow-ups, {m} self-contained")
+    print(f"  from the right entry: standalone {counts['standalone_right']}/{n}, last message only "
+          f"{counts['alone_right']}/{n}, with the conversation {counts['conversation_right']}/{n} "
+          f"({result['right_share_of_standalone'] or 0:.0%} of standalone)")
+    print(f"  served by replay or the student from a wrong entry: last message only {counts['alone_wrong_served']}, "
+          f"with the conversation {counts['conversation_wrong_served']}")
+    print(f"  dependent follow-ups rewritten: {counts['rewritten']}/{n}; routes {routes}")
+    print(f"  self-contained follow-ups rewritten: {counts['self_rewritten']}/{m}; from the right entry "
+          f"{counts['self_right']}/{m}; wrong served {counts['self_wrong_served']}")
+    print(f"  added by the rewrite: p50 {result['added_ms_p50']} ms, p90 {result['added_ms_p90']} ms")
+    out = ROOT / "bench" / "results" / f"conversations-{data}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", choices=sorted(WORKSPACES), default="covid")
+    parser.add_argument("--per-group", type=int, default=60, help="conversations of each kind")
+    args = parser.parse_args()
+    run(args.data, args.per_group)
+
+
+if __name__ == "__main__":
+    main()
