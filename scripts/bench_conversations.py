@@ -6,7 +6,7 @@
 Each conversation's first turn is a question about one entry (StackFAQ: a thread's rephrasing;
 COVID FAQ: an entry's question). Its follow-up is either
 - *dependent*: another question that only makes sense with the first: for StackFAQ another
-  rephrasing of the same thread, for the COVID FAQ the question of another entry of the same source;
+  rephrasing of the same thread (the first that shares a subject with it), for the COVID FAQ the question of another entry of the same source;
   in both, the longest run of words it shares with the first turn (the subject the first turn
   named: "my facebook account", "the virus") is replaced by "it";
 - *self-contained*: the question of an entry of another thread or source, unchanged.
@@ -20,12 +20,15 @@ from a wrong entry, self-contained follow-ups the rewrite changed, and the time 
 
 It runs on the workspace `bench_open_book.py --data <data>` left (corpus, traces, a student), so
 replay and the student are measured too; without one it ingests the corpus alone (RAG only).
-Results go to bench/results/conversations-<data>.json.
+The entries are split in two halves by a hash of their id: the detector's rules were chosen on
+`--half tune` and are reported on `--half report` (the default). Results go to
+bench/results/conversations-<data>-<half>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -93,15 +96,23 @@ def with_pronoun(follow_up: str, first: str) -> str | None:
     return re.sub(r"\s+([?.!,;:])", r"\1", text)
 
 
-def conversations(data: str, per_group: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def in_half(doc_id: str, half: str) -> bool:
+    """Entries split in two by a hash of their id: the detector's rules are chosen on `tune` and
+    reported on `report` (`all`: both)."""
+    parity = int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % 2
+    return half == "all" or parity == (half == "report")
+
+
+def conversations(data: str, per_group: int, seed: int = 0, half: str = "all") -> tuple[list[dict], list[dict]]:
     rng = random.Random(seed)
-    rows = entries(data)
+    rows = [e for e in entries(data) if in_half(e["group"], half)]
     dependent, self_contained = [], []
     for entry in rng.sample(rows, len(rows)):
         if data == "stackfaq":
-            if len(entry["questions"]) < 2:
+            first, target = entry["questions"][0], entry
+            original = next((q for q in entry["questions"][1:] if with_pronoun(q, first)), None)
+            if original is None:
                 continue
-            first, original, target = entry["questions"][0], entry["questions"][1], entry
         else:
             first = entry["questions"][0]
             others = [e for e in rows if e["group"] == entry["group"] and e is not entry
@@ -128,11 +139,11 @@ def doc_of(routed) -> str | None:
     return chunk_doc_version(routed.citations[0])[0] if routed.citations and not routed.refused else None
 
 
-def run(data: str, per_group: int) -> dict:
+def run(data: str, per_group: int, half: str = "report") -> dict:
     home = WORKSPACES[data]
     if not (home / "index").exists():
         raise SystemExit(f"{home} has no index: run `scripts/bench_open_book.py --data {data}` first")
-    dependent, self_contained = conversations(data, per_group)
+    dependent, self_contained = conversations(data, per_group, half=half)
     counts = {k: 0 for k in ("standalone_right", "alone_right", "conversation_right", "alone_wrong_served",
                              "conversation_wrong_served", "rewritten", "self_rewritten", "self_right",
                              "self_wrong_served")}
@@ -144,7 +155,7 @@ def run(data: str, per_group: int) -> dict:
             first = router.answer(c["first"], c["scope"])
             history = [{"role": "user", "content": c["first"]}, {"role": "assistant", "content": first.answer}]
             started = time.perf_counter()
-            turn = router.standalone(c["follow_up"], history)
+            turn = router.standalone(c["follow_up"], history, c["scope"])
             added_ms.append((time.perf_counter() - started) * 1000)
             standalone = router.answer(c["original"], c["scope"])
             alone = router.answer(c["follow_up"], c["scope"])
@@ -162,7 +173,7 @@ def run(data: str, per_group: int) -> dict:
         for c in self_contained:
             history = [{"role": "user", "content": c["first"]}, {"role": "assistant", "content": "..."}]
             started = time.perf_counter()
-            turn = router.standalone(c["follow_up"], history)
+            turn = router.standalone(c["follow_up"], history, c["follow_scope"])
             added_ms.append((time.perf_counter() - started) * 1000)
             routed = router.answer(c["follow_up"], c["follow_scope"], history)
             counts["self_rewritten"] += turn.method != "none"
@@ -170,12 +181,12 @@ def run(data: str, per_group: int) -> dict:
             counts["self_wrong_served"] += routed.route in ("replay", "student") and doc_of(routed) != c["doc"]
     n, m = len(dependent), len(self_contained)
     added = sorted(added_ms)
-    result = {"data": data, "dependent": n, "self_contained": m, **counts, "routes_with_conversation": routes,
+    result = {"data": data, "half": half, "dependent": n, "self_contained": m, **counts, "routes_with_conversation": routes,
               "right_share_of_standalone": counts["conversation_right"] / counts["standalone_right"]
               if counts["standalone_right"] else None,
               "added_ms_p50": round(statistics.median(added), 3), "added_ms_p90": round(added[int(0.9 * (len(added) - 1))], 3),
               "examples": examples}
-    print(f"{data}: {n} dependent follow-ups, {m} self-contained")
+    print(f"{data} ({half} half): {n} dependent follow-ups, {m} self-contained")
     print(f"  from the right entry: standalone {counts['standalone_right']}/{n}, last message only "
           f"{counts['alone_right']}/{n}, with the conversation {counts['conversation_right']}/{n} "
           f"({result['right_share_of_standalone'] or 0:.0%} of standalone)")
@@ -185,7 +196,7 @@ def run(data: str, per_group: int) -> dict:
     print(f"  self-contained follow-ups rewritten: {counts['self_rewritten']}/{m}; from the right entry "
           f"{counts['self_right']}/{m}; wrong served {counts['self_wrong_served']}")
     print(f"  added by the rewrite: p50 {result['added_ms_p50']} ms, p90 {result['added_ms_p90']} ms")
-    out = ROOT / "bench" / "results" / f"conversations-{data}.json"
+    out = ROOT / "bench" / "results" / f"conversations-{data}-{half}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
@@ -195,8 +206,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=sorted(WORKSPACES), default="covid")
     parser.add_argument("--per-group", type=int, default=60, help="conversations of each kind")
+    parser.add_argument("--half", choices=("tune", "report", "all"), default="report",
+                        help="the entries the conversations are built from (rules are chosen on tune)")
     args = parser.parse_args()
-    run(args.data, args.per_group)
+    run(args.data, args.per_group, args.half)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,23 @@ def test_the_rule_joins_what_the_earlier_user_turns_named_and_is_never_standalon
     assert turn.message == "And how long is the link valid?" and turn.signal == "follow_up_opening"
 
 
+def test_a_longer_message_that_refers_back_is_a_follow_up_only_when_the_conversation_moves_retrieval():
+    long = "I'd like to save it on my computer, how can I do this without the browser?"
+    asked = []
+
+    def shifted(alone, joined):
+        asked.append((alone, joined))
+        return True
+
+    assert depends_on_conversation(long) is None  # it names enough of its own for the word rules
+    turn = standalone_turn(long, PASSWORD, shifted=shifted)
+    assert (turn.method, turn.signal) == ("rules", "evidence_shift") and asked == [(long, turn.question)]
+    assert standalone_turn(long, PASSWORD, shifted=lambda alone, joined: False).method == "none"
+    asked.clear()
+    assert standalone_turn("How do I export my notes to PDF?", PASSWORD, shifted=shifted).method == "none"
+    assert not asked  # nothing refers back: retrieval is not asked
+
+
 def test_an_llm_rewrite_counts_only_when_it_is_one_question_that_no_longer_refers_back(tiny_lm_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

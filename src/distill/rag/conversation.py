@@ -12,7 +12,9 @@ against semantic caches. So each turn is first made standalone:
    own besides question words) and its first sentence refers back ("it", "that", "they", "the
    same"), since in a longer message "it" is usually something the message itself named; or when
    its one word of its own is a verb left without its object ("How do I cancel?", not "What is a
-   notebook?"). A first turn never does; "it" in "is it safe to ..." refers to nothing.
+   notebook?"). A longer message that refers back depends on it when the earlier turns' words move
+   retrieval to another document, clearly better matched (`shifted`: the router's retriever). A
+   first turn never does; "it" in "is it safe to ..." refers to nothing.
 2. **Rewrite.** With an LLM (`condense`: the teacher's, when its backend has one), a
    condense-question prompt, as LangChain's and LlamaIndex's chat engines use; the rewrite counts
    only when it is one question that no longer refers back. Otherwise, and whenever the LLM's
@@ -50,6 +52,8 @@ REFERS_BACK = re.compile(r"\b(it|its|itself|they|them|their|theirs|this|these|th
 # "it" and "there" that refer to nothing: "is it safe to", "how long does it take to", "is there a"
 DUMMY_SUBJECT = re.compile(r"\bit('s|\s+is|\s+was)?(\s+\w+){0,3}\s+(to|that|if|whether)\b|\bdoes\s+it\s+matter\b", re.I)
 MAX_OWN_WORDS = 3  # a message with more words of its own than this names what it asks about
+LEADING_PRONOUN = re.compile(r"\b(it|its|they|them|their|these|those)\b", re.I)
+MAX_WORDS_BEFORE_PRONOUN = 0  # chosen on the tune half of bench_conversations' entries (docs/benchmarks.md)
 BARE_VERB = re.compile(r"\b(i|you|we|to|do|does|can|could|should|will)\s+[a-z'-]+\W*$", re.I)  # "how do I cancel?"
 QUESTION_WORDS = frozenset(
     "a an the i me my we our you your do does did can could should would will is are was were be been am "
@@ -98,9 +102,12 @@ def depends_on_conversation(message: str) -> str | None:
     if FOLLOW_UP_OPENING.search(message):
         return "follow_up_opening"
     own = len(content_words(message))
-    first_sentence = re.split(r"(?<=[?.!])\s+", message.strip())[0]  # a later sentence's "it" is the first's
-    if own <= MAX_OWN_WORDS and REFERS_BACK.search(DUMMY_SUBJECT.sub(" ", first_sentence)):
+    first_sentence = DUMMY_SUBJECT.sub(" ", re.split(r"(?<=[?.!])\s+", message.strip())[0])  # a later "it" is the first's
+    if own <= MAX_OWN_WORDS and REFERS_BACK.search(first_sentence):
         return "refers_back"
+    pronoun = LEADING_PRONOUN.search(first_sentence)
+    if pronoun and len(content_words(first_sentence[:pronoun.start()])) <= MAX_WORDS_BEFORE_PRONOUN:
+        return "refers_back"  # "it" before anything it could stand for: "Can it be frozen and used later?"
     if own == 1 and BARE_VERB.search(message):
         return "no_object"
     return None
@@ -135,25 +142,36 @@ def check_history(history) -> list[dict]:
 
 
 def standalone_turn(message: str, history: list[dict] | None = None,
-                    condense: Callable[[list[dict]], str] | None = None) -> Turn:
+                    condense: Callable[[list[dict]], str] | None = None,
+                    shifted: Callable[[str, str], bool] | None = None) -> Turn:
     """`message` made standalone against `history` (the earlier messages, OpenAI-style, oldest
     first; system messages are ignored). `condense(messages) -> text` is an LLM's completion of
-    a chat (None: the rule only)."""
+    a chat (None: the rule only). `shifted(alone, joined)`: whether the earlier turns' words move
+    retrieval to another document, clearly better matched (the router asks its retriever); asked
+    only of a message that refers back but names enough of its own to pass the word rules."""
     history = [m for m in check_history(history) if m["role"] in ("user", "assistant") and m["content"].strip()]
     if not any(m["role"] == "user" for m in history):
         return Turn(message, message, "none", conversation_hash(history) if history else None)
     digest = conversation_hash(history)
+    own = set(content_words(message))
+    earlier = dict.fromkeys(w for m in history[-4:] if m["role"] == "user" for w in content_words(m["content"])
+                            if w not in own)  # what the recent user turns named that the message does not
+    joined = " ".join([message.strip(), *earlier])
     signal = depends_on_conversation(message)
+    if signal is None and shifted is not None and earlier and refers_back(message) and shifted(message, joined):
+        signal = "evidence_shift"
     if signal is None:
         return Turn(message, message, "none", digest)
     if condense is not None:
         rewritten = _condensed(message, history, condense)
         if rewritten:
             return Turn(rewritten, message, "llm", digest, signal)
-    own = set(content_words(message))
-    earlier = dict.fromkeys(w for m in history[-4:] if m["role"] == "user" for w in content_words(m["content"])
-                            if w not in own)  # what the recent user turns named that the message does not
-    return Turn(" ".join([message.strip(), *earlier]), message, "rules", digest, signal)
+    return Turn(joined, message, "rules", digest, signal)
+
+
+def refers_back(message: str) -> bool:
+    """Whether the first sentence holds a word that may stand for something said before."""
+    return bool(REFERS_BACK.search(DUMMY_SUBJECT.sub(" ", re.split(r"(?<=[?.!])\s+", message.strip())[0])))
 
 
 def _condensed(message: str, history: list[dict], condense) -> str | None:

@@ -84,6 +84,10 @@ logger = logging.getLogger(__name__)
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
 
 
+CONVERSATION_SHIFT = 0.2  # the earlier turns' words raise the best chunk's cosine this much, on another document
+# (chosen on the tune half of bench_conversations' entries, docs/benchmarks.md#conversations)
+
+
 
 class Router:
     """See the module docstring. Thread-safe: the cheap checks run concurrently, concurrent student
@@ -323,10 +327,10 @@ class Router:
         last user message, answered as a standalone question (rag/conversation.py)."""
         with self._swap.reading():  # one corpus generation and one student for the whole request
             started = time.perf_counter()
-            turn = self.standalone(query, history) if history else None
+            turn = self.standalone(query, history, scope) if history else None
             return self._answer(turn.question if turn else query, scope, turn, started)
 
-    def standalone(self, message: str, history: list[dict]) -> Turn:
+    def standalone(self, message: str, history: list[dict], scope: str | None = None) -> Turn:
         """`message` made standalone against `history`: condensed by the teacher's LLM when its
         backend has one, else by the rule (rag/conversation.py)."""
         generator = getattr(self.teacher, "generator", None)
@@ -335,7 +339,17 @@ class Router:
             with self._teacher_lock:  # the teacher's model answers one call at a time
                 return generator.chat(messages)
 
-        return standalone_turn(message, history, condense if hasattr(generator, "chat") else None)
+        def shifted(alone: str, joined: str) -> bool:
+            try:
+                before, after = (self.teacher.retriever.search(text, scope, k=1).hits for text in (alone, joined))
+            except (DistillError, AttributeError):  # a scope the corpus lacks; a team's RAG retrieves elsewhere
+                return False
+            if not before or not after:
+                return bool(after)
+            moved = before[0].chunk["doc_id"] != after[0].chunk["doc_id"]
+            return moved and (after[0].dense_score or 0.0) - (before[0].dense_score or 0.0) >= CONVERSATION_SHIFT
+
+        return standalone_turn(message, history, condense if hasattr(generator, "chat") else None, shifted)
 
     def _answer(self, query: str, scope: str | None, turn: Turn | None = None,
                 started: float | None = None) -> RoutedAnswer:
