@@ -61,12 +61,13 @@ from distill.learn.curate import REFUSAL_COMPLETION
 from distill.learn.open_book import parse_answer, student_evidence
 from distill.learn.student_gate import StudentGate
 from distill.metrics import normalize_query
-from distill.rag.conversation import Turn, standalone_turn
+from distill.rag.conversation import Turn
 from distill.rag.corpus import cited_document, compile_patterns, first_match
 from distill.rag.teacher import Teacher, workspace_threshold
 from distill.serve.routes import (
     OPEN_BOOK_AFTER,
     RoutedAnswer,
+    conversation_turn,
     load_student,
     rag_documents,
     routed_trace,
@@ -84,8 +85,6 @@ logger = logging.getLogger(__name__)
 FEEDBACK_POLL_S = 0.25  # how often a watching router reads new ratings from every process's journal
 
 
-CONVERSATION_SHIFT = 0.2  # the earlier turns' words raise the best chunk's cosine this much, on another document
-# (chosen on the tune half of bench_conversations' entries, docs/benchmarks.md#conversations)
 
 
 
@@ -331,25 +330,8 @@ class Router:
             return self._answer(turn.question if turn else query, scope, turn, started)
 
     def standalone(self, message: str, history: list[dict], scope: str | None = None) -> Turn:
-        """`message` made standalone against `history`: condensed by the teacher's LLM when its
-        backend has one, else by the rule (rag/conversation.py)."""
-        generator = getattr(self.teacher, "generator", None)
-
-        def condense(messages: list[dict]) -> str:
-            with self._teacher_lock:  # the teacher's model answers one call at a time
-                return generator.chat(messages)
-
-        def shifted(alone: str, joined: str) -> bool:
-            try:
-                before, after = (self.teacher.retriever.search(text, scope, k=1).hits for text in (alone, joined))
-            except (DistillError, AttributeError):  # a scope the corpus lacks; a team's RAG retrieves elsewhere
-                return False
-            if not before or not after:
-                return bool(after)
-            moved = before[0].chunk["doc_id"] != after[0].chunk["doc_id"]
-            return moved and (after[0].dense_score or 0.0) - (before[0].dense_score or 0.0) >= CONVERSATION_SHIFT
-
-        return standalone_turn(message, history, condense if hasattr(generator, "chat") else None, shifted)
+        """`message` made standalone against `history` (routes.conversation_turn)."""
+        return conversation_turn(self.teacher, self._teacher_lock, message, history, scope)
 
     def _answer(self, query: str, scope: str | None, turn: Turn | None = None,
                 started: float | None = None) -> RoutedAnswer:

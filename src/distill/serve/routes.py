@@ -1,6 +1,6 @@
 """What the router decides and records: its checks in order (`REPLAY_CHECKS`), the routed answer,
 and the trace it becomes; loading the promoted student so that a broken version only sends
-questions to RAG. router.py runs the checks; the evaluation and docs/routing.md read them here.
+questions to RAG; making a conversation's turn standalone with the teacher's model and retriever. router.py runs the checks; the evaluation and docs/routing.md read them here.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from distill.config import Config
 from distill.errors import DistillError
 from distill.llm.http import ChatEndpoint
 from distill.rag.answers import Answer
-from distill.rag.conversation import Turn
+from distill.rag.conversation import Turn, standalone_turn
 from distill.rag.corpus import chunk_doc_version
 from distill.store.schema import Trace
 from distill.workspace import Workspace
 
 logger = logging.getLogger(__name__)
+
+
+CONVERSATION_SHIFT = 0.2  # the earlier turns' words raise the best chunk's cosine this much, on another document
+# (chosen on the tune half of bench_conversations' entries, docs/benchmarks.md#conversations)
 
 
 REPLAY_CHECKS = {  # replay's checks, in the order the router runs them; the first that fails is the reason
@@ -142,3 +146,27 @@ def routed_trace(routed: RoutedAnswer, origin: str, student_name: str, version: 
 def _backend(routed: RoutedAnswer) -> str:
     """What produced a served answer: 'replay', or 'open_book' (the student reading evidence)."""
     return "replay" if routed.route == "replay" else "open_book"
+
+
+def conversation_turn(teacher, teacher_lock, message: str, history: list[dict], scope: str | None) -> Turn:
+    """`message` made standalone against `history` (rag/conversation.py): condensed by the
+    teacher's LLM when its backend has one (under `teacher_lock`: its model answers one call at a
+    time), else by the rule; the teacher's retriever says whether the earlier turns' words move a
+    longer message that refers back to another document."""
+    generator = getattr(teacher, "generator", None)
+
+    def condense(messages: list[dict]) -> str:
+        with teacher_lock:
+            return generator.chat(messages)
+
+    def shifted(alone: str, joined: str) -> bool:
+        try:
+            before, after = (teacher.retriever.search(text, scope, k=1).hits for text in (alone, joined))
+        except (DistillError, AttributeError):  # a scope the corpus lacks; a team's RAG retrieves elsewhere
+            return False
+        if not before or not after:
+            return bool(after)
+        moved = before[0].chunk["doc_id"] != after[0].chunk["doc_id"]
+        return moved and (after[0].dense_score or 0.0) - (before[0].dense_score or 0.0) >= CONVERSATION_SHIFT
+
+    return standalone_turn(message, history, condense if hasattr(generator, "chat") else None, shifted)
