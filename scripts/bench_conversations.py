@@ -18,6 +18,9 @@ Reported: answers from the right entry in each case, follow-ups replayed or answ
 from a wrong entry, self-contained follow-ups the rewrite changed, and the time the rewrite adds
 (`Router.standalone`, no LLM: the rule).
 
+With `--llm` it measures the LLM rewrite instead: SmolLM2-135M-Instruct condenses each dependent
+follow-up, and retrieval is asked the LLM's question and the rule's.
+
 It runs on the workspace `bench_open_book.py --data <data>` left (corpus, traces, a student), so
 replay and the student are measured too; without one it ingests the corpus alone (RAG only).
 The entries are split in two halves by a hash of their id: the detector's rules were chosen on
@@ -202,14 +205,67 @@ def run(data: str, per_group: int, half: str = "report") -> dict:
     return result
 
 
+def llm_rewrites(data: str, per_group: int, half: str = "report") -> dict:
+    """The LLM's condensed questions for the dependent follow-ups (SmolLM2-135M-Instruct, the
+    transformers teacher's default, on this machine): how many count (one question that no
+    longer refers back), and how often retrieval puts the right entry first for the LLM's question
+    and for the rule's, on the same follow-ups."""
+    from distill.llm.local import SMOLLM2
+    import threading
+
+    from distill.rag.conversation import _condensed
+    from distill.rag.generators import TransformersGenerator
+    from distill.serve.routes import conversation_turn
+
+    workspace = Workspace(WORKSPACES[data])
+    llm = TransformersGenerator.load(SMOLLM2, workspace, 64)
+    router = Router.from_workspace(workspace, log=False, watch=False)
+    retriever = router.teacher.retriever
+
+    def top_doc(text: str, scope: str) -> str | None:
+        hits = retriever.search(text, scope, k=1).hits
+        return chunk_doc_version(hits[0].chunk["chunk_id"])[0] if hits else None
+
+    dependent, _ = conversations(data, per_group, half=half)
+    counted = llm_right = rule_right = asked = 0
+    took, examples = [], []
+    for c in dependent:
+        history = [{"role": "user", "content": c["first"]}, {"role": "assistant", "content": "..."}]
+        started = time.perf_counter()
+        turn = conversation_turn(router.teacher, threading.Lock(), c["follow_up"], history, c["scope"], llm.chat)
+        asked += turn.signal is not None and _condensed(c["follow_up"], history, llm.chat) is not None
+        if turn.signal is not None:  # the LLM is asked only of a follow-up
+            took.append((time.perf_counter() - started) * 1000)
+        rule = conversation_turn(router.teacher, threading.Lock(), c["follow_up"], history, c["scope"])  # no LLM
+        if turn.method == "llm":
+            counted += 1
+            llm_right += top_doc(turn.question, c["scope"]) == c["doc"]
+            rule_right += top_doc(rule.question, c["scope"]) == c["doc"]
+            if len(examples) < 6:
+                examples.append({"follow_up": c["follow_up"], "llm": turn.question, "rule": rule.question})
+    router.close()
+    flagged = len(took)
+    result = {"data": data, "half": half, "dependent": len(dependent), "follow_ups_found": flagged,
+              "llm_one_question": asked, "llm_counted": counted, "llm_right_first": llm_right, "rule_right_first_on_those": rule_right,
+              "condense_ms_p50": round(statistics.median(took), 1) if took else None, "examples": examples}
+    print(f"{data} ({half} half): {len(dependent)} dependent follow-ups, {flagged} found; SmolLM2 gave one "
+          f"standalone question for {asked}, which counted (same first document as the rule's) for {counted}; right entry first for {llm_right} of those (the rule's "
+          f"question: {rule_right}); p50 {result['condense_ms_p50']} ms a follow-up it was asked")
+    out = ROOT / "bench" / "results" / f"conversations-llm-{data}-{half}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=sorted(WORKSPACES), default="covid")
     parser.add_argument("--per-group", type=int, default=60, help="conversations of each kind")
     parser.add_argument("--half", choices=("tune", "report", "all"), default="report",
                         help="the entries the conversations are built from (rules are chosen on tune)")
+    parser.add_argument("--llm", action="store_true", help="instead, SmolLM2's condensed questions against the rule's")
     args = parser.parse_args()
-    run(args.data, args.per_group, args.half)
+    (llm_rewrites if args.llm else run)(args.data, args.per_group, args.half)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def test_an_llm_rewrite_counts_only_when_it_is_one_question_that_no_longer_refer
     good = standalone_turn("How long is it valid?", PASSWORD,
                            condense=lambda messages: "How long is the password reset link valid?")
     assert (good.method, good.question) == ("llm", "How long is the password reset link valid?") and good.standalone
+    drifted = standalone_turn("How long is it valid?", PASSWORD, agrees=lambda rewritten, joined: False,
+                              condense=lambda messages: "How long is the password reset link valid?")
+    assert drifted.method == "rules"  # retrieval finds another document for it than for the rule's question
     for reply in ("How long is it valid?", "The link is valid.\nIt expires.", "What is the weather on Mars?"):
         assert standalone_turn("How long is it valid?", PASSWORD, condense=lambda messages: reply).method == "rules"
 

@@ -17,7 +17,8 @@ against semantic caches. So each turn is first made standalone:
    first turn never does; "it" in "is it safe to ..." refers to nothing.
 2. **Rewrite.** With an LLM (`condense`: the teacher's, when its backend has one), a
    condense-question prompt, as LangChain's and LlamaIndex's chat engines use; the rewrite counts
-   only when it is one question that no longer refers back. Otherwise, and whenever the LLM's
+   only when it is one question that no longer refers back, and retrieval puts the same document
+   first for it as for the rule's question (a small model's rewrite often drifts to another entry). Otherwise, and whenever the LLM's
    rewrite does not count, the rule: the message followed by the words the recent user turns
    named that it does not ("How do I cancel? subscribed iphone"), which retrieval and the
    extractive teacher read well and nothing else should (it is not a question anyone asked).
@@ -143,12 +144,15 @@ def check_history(history) -> list[dict]:
 
 def standalone_turn(message: str, history: list[dict] | None = None,
                     condense: Callable[[list[dict]], str] | None = None,
-                    shifted: Callable[[str, str], bool] | None = None) -> Turn:
+                    shifted: Callable[[str, str], bool] | None = None,
+                    agrees: Callable[[str, str], bool] | None = None) -> Turn:
     """`message` made standalone against `history` (the earlier messages, OpenAI-style, oldest
     first; system messages are ignored). `condense(messages) -> text` is an LLM's completion of
     a chat (None: the rule only). `shifted(alone, joined)`: whether the earlier turns' words move
     retrieval to another document, clearly better matched (the router asks its retriever); asked
-    only of a message that refers back but names enough of its own to pass the word rules."""
+    only of a message that refers back but names enough of its own to pass the word rules.
+    `agrees(llm_question, joined)`: whether retrieval puts the same document first for the LLM's
+    question as for the rule's; an LLM rewrite that does not agree does not count."""
     history = [m for m in check_history(history) if m["role"] in ("user", "assistant") and m["content"].strip()]
     if not any(m["role"] == "user" for m in history):
         return Turn(message, message, "none", conversation_hash(history) if history else None)
@@ -164,7 +168,7 @@ def standalone_turn(message: str, history: list[dict] | None = None,
         return Turn(message, message, "none", digest)
     if condense is not None:
         rewritten = _condensed(message, history, condense)
-        if rewritten:
+        if rewritten and (agrees is None or agrees(rewritten, joined)):
             return Turn(rewritten, message, "llm", digest, signal)
     return Turn(joined, message, "rules", digest, signal)
 

@@ -148,25 +148,38 @@ def _backend(routed: RoutedAnswer) -> str:
     return "replay" if routed.route == "replay" else "open_book"
 
 
-def conversation_turn(teacher, teacher_lock, message: str, history: list[dict], scope: str | None) -> Turn:
+def conversation_turn(teacher, teacher_lock, message: str, history: list[dict], scope: str | None,
+                      condense=None) -> Turn:
     """`message` made standalone against `history` (rag/conversation.py): condensed by the
     teacher's LLM when its backend has one (under `teacher_lock`: its model answers one call at a
     time), else by the rule; the teacher's retriever says whether the earlier turns' words move a
-    longer message that refers back to another document."""
+    longer message that refers back to another document, and whether the LLM's question finds
+    the document the rule's does. `condense` replaces the teacher's own LLM (a benchmark's)."""
     generator = getattr(teacher, "generator", None)
 
-    def condense(messages: list[dict]) -> str:
+    def teachers_llm(messages: list[dict]) -> str:
         with teacher_lock:
             return generator.chat(messages)
 
-    def shifted(alone: str, joined: str) -> bool:
+    def best(alone: str, joined: str):
         try:
-            before, after = (teacher.retriever.search(text, scope, k=1).hits for text in (alone, joined))
+            return [teacher.retriever.search(text, scope, k=1).hits[:1] for text in (alone, joined)]
         except (DistillError, AttributeError):  # a scope the corpus lacks; a team's RAG retrieves elsewhere
-            return False
-        if not before or not after:
-            return bool(after)
-        moved = before[0].chunk["doc_id"] != after[0].chunk["doc_id"]
-        return moved and (after[0].dense_score or 0.0) - (before[0].dense_score or 0.0) >= CONVERSATION_SHIFT
+            return None
 
-    return standalone_turn(message, history, condense if hasattr(generator, "chat") else None, shifted)
+    def shifted(alone: str, joined: str) -> bool:
+        found = best(alone, joined)
+        if not found or not found[1]:
+            return False
+        (before,), (after,) = found[0] or [None], found[1]
+        if before is None:
+            return True
+        moved = before.chunk["doc_id"] != after.chunk["doc_id"]
+        return moved and (after.dense_score or 0.0) - (before.dense_score or 0.0) >= CONVERSATION_SHIFT
+
+    def agrees(rewritten: str, joined: str) -> bool:
+        found = best(rewritten, joined)
+        return bool(found and found[0] and found[1]) and found[0][0].chunk["doc_id"] == found[1][0].chunk["doc_id"]
+
+    condense = condense or (teachers_llm if hasattr(generator, "chat") else None)
+    return standalone_turn(message, history, condense, shifted, agrees)
