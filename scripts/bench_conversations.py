@@ -210,9 +210,9 @@ def llm_rewrites(data: str, per_group: int, half: str = "report") -> dict:
     transformers teacher's default, on this machine): how many count (one question that no
     longer refers back), and how often retrieval puts the right entry first for the LLM's question
     and for the rule's, on the same follow-ups."""
-    from distill.llm.local import SMOLLM2
     import threading
 
+    from distill.llm.local import SMOLLM2
     from distill.rag.conversation import _condensed
     from distill.rag.generators import TransformersGenerator
     from distill.serve.routes import conversation_turn
