@@ -146,6 +146,28 @@ def test_the_two_quickstart_conversations_are_answered_in_their_conversation(sam
                      "conversation_hash": standalone_turn("x", PASSWORD).conversation_hash}]
 
 
+def test_a_turn_asks_retrieval_once_for_each_text_it_reads(sample_corpus, monkeypatch):
+    import collections
+    import threading
+
+    from distill.serve.routes import conversation_turn
+
+    router = Router.from_workspace(sample_corpus, log=False, watch=False)
+    searched, search = collections.Counter(), router.teacher.retriever.search
+
+    def counted(text, scope, **kwargs):
+        searched[text] += 1
+        return search(text, scope, **kwargs)
+
+    monkeypatch.setattr(router.teacher.retriever, "search", counted)
+    message = "Once I have it, how many hours can I keep using it before it runs out?"
+    turn = conversation_turn(router.teacher, threading.Lock(), message, PASSWORD, None,
+                             condense=lambda messages: "How long is the password reset link valid?")
+    assert (turn.method, turn.signal) == ("llm", "evidence_shift")  # the shift read the rule's question, and so did agrees
+    assert searched == {message: 1, f"{message} reset password": 1, turn.question: 1}
+    router.close()
+
+
 def test_a_follow_up_that_reads_like_a_trained_wording_is_never_replayed_out_of_its_conversation(routed_workspace):
     with Router.from_workspace(routed_workspace, log=False, watch=False) as router:
         assert router.answer(REFUND_Q, "billing").route == "replay"  # asked alone: the trained wording

@@ -5,6 +5,7 @@ questions to RAG; making a conversation's turn standalone with the teacher's mod
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -161,17 +162,24 @@ def conversation_turn(teacher, teacher_lock, message: str, history: list[dict], 
         with teacher_lock:
             return generator.chat(messages)
 
-    def best(alone: str, joined: str):
+    @functools.lru_cache(maxsize=None)
+    def first_hit(text: str):
+        """Retrieval's best chunk for `text` (None: nothing found), asked once a turn per text: the
+        rule's question is read by `shifted` and again by `agrees`."""
+        hits = teacher.retriever.search(text, scope, k=1).hits
+        return hits[0] if hits else None
+
+    def best(*texts: str):
         try:
-            return [teacher.retriever.search(text, scope, k=1).hits[:1] for text in (alone, joined)]
+            return [first_hit(text) for text in texts]
         except (DistillError, AttributeError):  # a scope the corpus lacks; a team's RAG retrieves elsewhere
             return None
 
     def shifted(alone: str, joined: str) -> bool:
         found = best(alone, joined)
-        if not found or not found[1]:
+        if not found or found[1] is None:
             return False
-        (before,), (after,) = found[0] or [None], found[1]
+        before, after = found
         if before is None:
             return True
         moved = before.chunk["doc_id"] != after.chunk["doc_id"]
@@ -179,7 +187,7 @@ def conversation_turn(teacher, teacher_lock, message: str, history: list[dict], 
 
     def agrees(rewritten: str, joined: str) -> bool:
         found = best(rewritten, joined)
-        return bool(found and found[0] and found[1]) and found[0][0].chunk["doc_id"] == found[1][0].chunk["doc_id"]
+        return bool(found and found[0] and found[1]) and found[0].chunk["doc_id"] == found[1].chunk["doc_id"]
 
     condense = condense or (teachers_llm if hasattr(generator, "chat") else None)
     return standalone_turn(message, history, condense, shifted, agrees)
