@@ -18,11 +18,15 @@ Reported: answers from the right entry in each case, follow-ups replayed or answ
 from a wrong entry, self-contained follow-ups the rewrite changed, and the time the rewrite adds
 (`Router.standalone`, no LLM: the rule).
 
+With `--teacher transformers` SmolLM2-135M-Instruct is the teacher end to end: it answers the RAG
+turns and condenses the follow-ups the rule finds (about 1 s a condensed turn on a 2-core CPU);
+results go to conversations-<data>-<half>-transformers.json.
+
 With `--llm` it measures the LLM rewrite instead: SmolLM2-135M-Instruct condenses each dependent
 follow-up, and retrieval is asked the LLM's question and the rule's.
 
 It runs on the workspace `bench_open_book.py --data <data>` left (corpus, traces, a student), so
-replay and the student are measured too; without one it ingests the corpus alone (RAG only).
+replay and the student are measured too; without one it stops and says so.
 The entries are split in two halves by a hash of their id: the detector's rules were chosen on
 `--half tune` and are reported on `--half report` (the default). Results go to
 bench/results/conversations-<data>-<half>.json.
@@ -40,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from distill.config import load_config
 from distill.rag.conversation import QUESTION_WORDS
 from distill.rag.corpus import chunk_doc_version
 from distill.serve.router import Router
@@ -142,7 +147,9 @@ def doc_of(routed) -> str | None:
     return chunk_doc_version(routed.citations[0])[0] if routed.citations and not routed.refused else None
 
 
-def run(data: str, per_group: int, half: str = "report") -> dict:
+def run(data: str, per_group: int, half: str = "report", teacher: str = "extractive") -> dict:
+    """The router answers each conversation (`teacher`: the workspace's extractive stand-in, or
+    'transformers', SmolLM2-135M-Instruct answering and condensing follow-ups)."""
     home = WORKSPACES[data]
     if not (home / "index").exists():
         raise SystemExit(f"{home} has no index: run `scripts/bench_open_book.py --data {data}` first")
@@ -153,7 +160,10 @@ def run(data: str, per_group: int, half: str = "report") -> dict:
     routes: dict[str, int] = {}
     added_ms: list[float] = []
     examples = []
-    with Router.from_workspace(Workspace(home), log=False, watch=False) as router:
+    workspace = Workspace(home)
+    config = load_config(home, {"teacher": {"backend": teacher}})
+    methods: dict[str, int] = {}
+    with Router.from_workspace(workspace, config, log=False, watch=False) as router:
         for c in dependent:
             first = router.answer(c["first"], c["scope"])
             history = [{"role": "user", "content": c["first"]}, {"role": "assistant", "content": first.answer}]
@@ -164,6 +174,7 @@ def run(data: str, per_group: int, half: str = "report") -> dict:
             alone = router.answer(c["follow_up"], c["scope"])
             together = router.answer(c["follow_up"], c["scope"], history)
             counts["rewritten"] += turn.method != "none"
+            methods[together.turn.method] = methods.get(together.turn.method, 0) + 1
             for name, routed in (("standalone", standalone), ("alone", alone), ("conversation", together)):
                 counts[f"{name}_right"] += doc_of(routed) == c["doc"]
             counts["alone_wrong_served"] += alone.route in ("replay", "student") and doc_of(alone) != c["doc"]
@@ -184,22 +195,23 @@ def run(data: str, per_group: int, half: str = "report") -> dict:
             counts["self_wrong_served"] += routed.route in ("replay", "student") and doc_of(routed) != c["doc"]
     n, m = len(dependent), len(self_contained)
     added = sorted(added_ms)
-    result = {"data": data, "half": half, "dependent": n, "self_contained": m, **counts, "routes_with_conversation": routes,
+    result = {"data": data, "half": half, "teacher": teacher, "dependent": n, "rewrite_methods": methods, "self_contained": m, **counts, "routes_with_conversation": routes,
               "right_share_of_standalone": counts["conversation_right"] / counts["standalone_right"]
               if counts["standalone_right"] else None,
               "added_ms_p50": round(statistics.median(added), 3), "added_ms_p90": round(added[int(0.9 * (len(added) - 1))], 3),
               "examples": examples}
-    print(f"{data} ({half} half): {n} dependent follow-ups, {m} self-contained")
+    print(f"{data} ({half} half, {teacher} teacher): {n} dependent follow-ups, {m} self-contained")
     print(f"  from the right entry: standalone {counts['standalone_right']}/{n}, last message only "
           f"{counts['alone_right']}/{n}, with the conversation {counts['conversation_right']}/{n} "
           f"({result['right_share_of_standalone'] or 0:.0%} of standalone)")
     print(f"  served by replay or the student from a wrong entry: last message only {counts['alone_wrong_served']}, "
           f"with the conversation {counts['conversation_wrong_served']}")
-    print(f"  dependent follow-ups rewritten: {counts['rewritten']}/{n}; routes {routes}")
+    print(f"  dependent follow-ups rewritten: {counts['rewritten']}/{n} (with the conversation: {methods}); routes {routes}")
     print(f"  self-contained follow-ups rewritten: {counts['self_rewritten']}/{m}; from the right entry "
           f"{counts['self_right']}/{m}; wrong served {counts['self_wrong_served']}")
     print(f"  added by the rewrite: p50 {result['added_ms_p50']} ms, p90 {result['added_ms_p90']} ms")
-    out = ROOT / "bench" / "results" / f"conversations-{data}-{half}.json"
+    suffix = "" if teacher == "extractive" else f"-{teacher}"
+    out = ROOT / "bench" / "results" / f"conversations-{data}-{half}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
@@ -264,8 +276,13 @@ def main() -> None:
     parser.add_argument("--half", choices=("tune", "report", "all"), default="report",
                         help="the entries the conversations are built from (rules are chosen on tune)")
     parser.add_argument("--llm", action="store_true", help="instead, SmolLM2's condensed questions against the rule's")
+    parser.add_argument("--teacher", choices=("extractive", "transformers"), default="extractive",
+                        help="who answers: the extractive stand-in, or SmolLM2 answering and condensing follow-ups")
     args = parser.parse_args()
-    (llm_rewrites if args.llm else run)(args.data, args.per_group, args.half)
+    if args.llm:
+        llm_rewrites(args.data, args.per_group, args.half)
+    else:
+        run(args.data, args.per_group, args.half, args.teacher)
 
 
 if __name__ == "__main__":

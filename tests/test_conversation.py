@@ -82,7 +82,8 @@ def test_an_llm_rewrite_counts_only_when_it_is_one_question_that_no_longer_refer
     drifted = standalone_turn("How long is it valid?", PASSWORD, agrees=lambda rewritten, joined: False,
                               condense=lambda messages: "How long is the password reset link valid?")
     assert drifted.method == "rules"  # retrieval finds another document for it than for the rule's question
-    for reply in ("How long is it valid?", "The link is valid.\nIt expires.", "What is the weather on Mars?"):
+    for reply in ("How long is it valid?", "The link is valid.\nIt expires.", "What is the weather on Mars?",
+                  "The password reset link is valid for one hour."):
         assert standalone_turn("How long is it valid?", PASSWORD, condense=lambda messages: reply).method == "rules"
 
     def down(messages):

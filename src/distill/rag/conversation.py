@@ -61,6 +61,8 @@ QUESTION_WORDS = frozenset(
     "how what when where which who whom whose why to of in on at for with from by about into as or and but "
     "if so then there it its this that these those they them their he she his her also please any some "
     "much many long get make have has had not no yes just still ok okay".split())
+ASKS = re.compile(r"^(how|what|when|where|which|who|whom|whose|why|is|are|am|was|were|do|does|did|can|could|"
+                  r"should|would|will|may|might|must|shall|has|have|had)\b", re.I)  # opens a question
 MAX_CONVERSATION_MESSAGES = 64  # a longer history is a bad request (the last turns are what a follow-up reads)
 CONDENSE_PROMPT = ("Rewrite the last question of this conversation so that it can be understood without the "
                    "conversation. Keep its meaning and its words where you can; do not answer it. Reply with "
@@ -193,6 +195,8 @@ def _condensed(message: str, history: list[dict], condense) -> str | None:
     question = re.sub(r"^(standalone question|question)\s*:\s*", "", lines[0], flags=re.I).strip().strip('"')
     if not question or len(question) > 4 * max(len(message), 40) or depends_on_conversation(question):
         return None
+    if not (question.endswith("?") or ASKS.match(question)):
+        return None  # an answer ("You can ask for a refund."), not the question
     if not set(content_words(question)) & set(content_words(message + " " + " ".join(m["content"] for m in history))):
         return None  # about nothing the conversation said
     return question
