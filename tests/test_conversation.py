@@ -183,7 +183,7 @@ def test_a_follow_up_that_reads_like_a_trained_wording_is_never_replayed_out_of_
 
 def test_an_imported_turn_keeps_its_message_and_curation_never_trains_on_a_rule_rewrite(tmp_path):
     from distill.learn.curate import curate
-    from distill.rag.external import import_file
+    from distill.rag.external import TraceLogger, import_file
     from distill.workspace import Workspace
 
     workspace = Workspace(tmp_path)
@@ -193,9 +193,16 @@ def test_an_imported_turn_keeps_its_message_and_curation_never_trains_on_a_rule_
     (tmp_path / "t.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(bad) + "\n")
     report = import_file(workspace, tmp_path / "t.jsonl")
     assert report.imported == 1 and "'history'" in report.bad[0][1]
+    with TraceLogger(tmp_path) as logger:  # the embedded logger reads the conversation the same way
+        logger.log(**{**record, "id": "t3", "query": "How do I export my notes?"})
+        logger.log(**{**record, "id": "t4"})
+        with pytest.raises(ValueError, match="'history': the conversation must be a list"):
+            logger.log(**bad)  # checked in the caller, as every field is
     with TraceStore(workspace.traces_db) as store:
-        (row,) = store.sql("SELECT query, raw_message, rewrite_method FROM traces")
-    assert row == {"query": "And how long is it valid? reset password", "raw_message": "And how long is it valid?",
-                   "rewrite_method": "rules"}
+        rows = store.sql("SELECT query_id, query, raw_message, rewrite_method FROM traces ORDER BY query_id")
+    rule = {"query": "And how long is it valid? reset password", "raw_message": "And how long is it valid?",
+            "rewrite_method": "rules"}
+    assert rows == [{"query_id": "t1", **rule}, {"query_id": "t3", "query": "How do I export my notes?",
+                    "raw_message": "How do I export my notes?", "rewrite_method": "none"}, {"query_id": "t4", **rule}]
     result = curate(workspace, workspace.config({"curate": {"eval_days": 0}}))
-    assert dict(result.decisions["reject"]) == {"not_standalone": 1}
+    assert dict(result.decisions["reject"]) == {"not_standalone": 2, "infrequent": 1}  # the export question: asked once
