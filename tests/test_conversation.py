@@ -147,6 +147,16 @@ def test_the_two_quickstart_conversations_are_answered_in_their_conversation(sam
                      "conversation_hash": standalone_turn("x", PASSWORD).conversation_hash}]
 
 
+def test_the_llm_reads_a_rule_rewrite_as_the_message_after_its_earlier_turns(sample_corpus):
+    with Router.from_workspace(sample_corpus, log=False, watch=False) as router:
+        routed = router.answer("How do I cancel?", None, IPHONE)
+    assert routed.turn.method == "rules" and routed.turn.earlier == ("I subscribed on my iPhone.",)
+    shown = routed.teacher_answer.prompt[-1]["content"]
+    assert shown.endswith("Earlier question: I subscribed on my iPhone.\nQuestion: How do I cancel?\n"
+                          "Answer with a short quote:")
+    assert routed.teacher_answer.query == routed.turn.question  # retrieval and the checks read the joined words
+
+
 def test_a_turn_asks_retrieval_once_for_each_text_it_reads(sample_corpus, monkeypatch):
     import collections
     import threading

@@ -78,6 +78,7 @@ class Turn:
     method: str  # 'none' (self-contained, or the first turn), 'llm' (condensed) or 'rules' (joined)
     conversation_hash: str | None = None  # the earlier turns' hash; None without them
     signal: str | None = None  # what made it depend on the conversation
+    earlier: tuple[str, ...] = ()  # for 'rules': the recent user turns whose words it joined, oldest first
 
     @property
     def standalone(self) -> bool:
@@ -160,7 +161,8 @@ def standalone_turn(message: str, history: list[dict] | None = None,
         return Turn(message, message, "none", conversation_hash(history) if history else None)
     digest = conversation_hash(history)
     own = set(content_words(message))
-    earlier = dict.fromkeys(w for m in history[-4:] if m["role"] == "user" for w in content_words(m["content"])
+    recent = tuple(m["content"].strip() for m in history[-4:] if m["role"] == "user")
+    earlier = dict.fromkeys(w for text in recent for w in content_words(text)
                             if w not in own)  # what the recent user turns named that the message does not
     joined = " ".join([message.strip(), *earlier])
     signal = depends_on_conversation(message)
@@ -172,7 +174,7 @@ def standalone_turn(message: str, history: list[dict] | None = None,
         rewritten = _condensed(message, history, condense)
         if rewritten and (agrees is None or agrees(rewritten, joined)):
             return Turn(rewritten, message, "llm", digest, signal)
-    return Turn(joined, message, "rules", digest, signal)
+    return Turn(joined, message, "rules", digest, signal, recent)
 
 
 def refers_back(message: str) -> bool:

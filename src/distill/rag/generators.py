@@ -48,11 +48,15 @@ def fence(chunk: dict, number: int) -> str:
     return f'<evidence n="{number}" id="{chunk["chunk_id"]}" title="{heading}">\n{body}\n</evidence>'
 
 
-def build_messages(query: str, evidence: list[dict]) -> list[dict]:
+def build_messages(query: str, evidence: list[dict], earlier: tuple[str, ...] = ()) -> list[dict]:
+    """The chat an LLM answers: the evidence, fenced, then the question. `earlier`: a follow-up's
+    earlier user turns (conversation.Turn.earlier), shown before it, so that the model reads "How do
+    I cancel?" after "I subscribed on my iPhone." rather than a rule's string of joined words."""
     fenced = "\n".join(fence(c, n) for n, c in enumerate(evidence, 1))
     question = html.escape(query, quote=False)
+    before = "".join(f"Earlier question: {html.escape(text, quote=False)}\n" for text in earlier)
     return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"{fenced}\n\nQuestion: {question}\nAnswer with a short quote:"}]
+            {"role": "user", "content": f"{fenced}\n\n{before}Question: {question}\nAnswer with a short quote:"}]
 
 
 class EvidenceSentences:

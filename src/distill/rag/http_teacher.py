@@ -130,7 +130,8 @@ class HttpTeacher:
         """Nothing to do: the team's RAG chooses its own evidence. Users' ratings still withdraw the
         answers and intents they rate wrong, in the router."""
 
-    def answer(self, query: str, scope: str | None = None) -> Answer:
+    def answer(self, query: str, scope: str | None = None, turn=None) -> Answer:
+        """`turn` is not sent: the team's RAG answers `query`, a rule rewrite's joined words included."""
         return self._ask((query, scope))
 
     def answer_batch(self, queries: list[tuple[str, str | None]]) -> list[Answer]:

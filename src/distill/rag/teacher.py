@@ -27,6 +27,7 @@ from distill.config import Config, FeedbackConfig, TeacherConfig
 from distill.llm.local import Generation
 from distill.rag import answerability
 from distill.rag.answers import Answer, cite, groundedness, text_words, words
+from distill.rag.conversation import Turn
 from distill.rag.corpus import compile_patterns, first_match
 from distill.rag.generators import (
     DECLINE,
@@ -71,7 +72,7 @@ class AnyTeacher(Protocol):
     generator: Any  # what wrote the answers: its `backend` and `model_name` go on every trace
     threshold: float | None  # the answerability below which it refuses (None: the team's RAG decides)
 
-    def answer(self, query: str, scope: str | None = None) -> Answer: ...
+    def answer(self, query: str, scope: str | None = None, turn: Turn | None = None) -> Answer: ...
 
     def answer_batch(self, queries: list[tuple[str, str | None]]) -> list[Answer]: ...
 
@@ -122,8 +123,11 @@ class Teacher:
         return Teacher(retriever, config.teacher, generator, threshold, config.corpus.injection_patterns, method,
                        Reranker.from_workspace(workspace, config))
 
-    def answer(self, query: str, scope: str | None = None) -> Answer:
-        return self.answer_batch([(query, scope)])[0]
+    def answer(self, query: str, scope: str | None = None, turn: Turn | None = None) -> Answer:
+        """`turn`: the conversation's turn `query` was made from. For a rule rewrite, retrieval and
+        the checks read `query` (the message with the earlier turns' words), an LLM the message as
+        written after the earlier user turns (`build_messages`)."""
+        return self.answer_batch([(query, scope)], [turn])[0]
 
     def use_feedback(self, verdicts: Verdicts, config: FeedbackConfig) -> None:
         """Answer from now on with users' verdicts on the chunks it answered from (feedback.RatedEvidence)."""
@@ -131,11 +135,12 @@ class Teacher:
             self.rated = RatedEvidence(self.retriever.embed_queries, config.similar_question, config.withdraw_below)
         self.rated.update(verdicts)
 
-    def answer_batch(self, queries: list[tuple[str, str | None]]) -> list[Answer]:
+    def answer_batch(self, queries: list[tuple[str, str | None]], turns: list[Turn | None] | None = None) -> list[Answer]:
         """Answer several queries: their embeddings, and the extractive backend's sentence
         embeddings, are computed in one batch each; shared costs are split evenly in `latency_ms`."""
         if not queries:
             return []
+        turns = turns or [None] * len(queries)
         started = time.perf_counter()
         vectors, retrievals, evidences, scores, embed_ms = self._retrieve(queries)
         refusals = [self._early_refusal(r, e, a) for r, e, a in zip(retrievals, evidences, scores)]
@@ -144,11 +149,11 @@ class Teacher:
         generations: list[Generation | None] = [None] * len(queries)
         if generate_many := getattr(self.generator, "generate_many", None):  # a remote endpoint: all at once
             wanted = [i for i, refusal in enumerate(refusals) if refusal is None]
-            asked = generate_many([build_messages(retrievals[i].query, evidences[i]) for i in wanted])
+            asked = generate_many([prompt(retrievals[i].query, evidences[i], turns[i]) for i in wanted])
             for i, generation in zip(wanted, asked):
                 generations[i] = generation
-        return [self._answer(r, e, v, a, refusal, embed_ms, shared_ms, g)
-                for r, e, v, a, refusal, g in zip(retrievals, evidences, vectors, scores, refusals, generations)]
+        return [self._answer(r, e, v, a, refusal, embed_ms, shared_ms, g, t)
+                for r, e, v, a, refusal, g, t in zip(retrievals, evidences, vectors, scores, refusals, generations, turns)]
 
     def evidence(self, query: str, scope: str | None = None) -> tuple[list[dict], str | None, float | None]:
         """(evidence, refusal, answerability) for a question, nothing generated: the chunks this
@@ -246,7 +251,7 @@ class Teacher:
 
     def _answer(self, retrieval: Retrieval, evidence: list[dict], vector: np.ndarray, score: float | None,
                 refusal: str | None, embed_ms: float, shared_ms: float,
-                generation: Generation | None = None) -> Answer:
+                generation: Generation | None = None, turn: Turn | None = None) -> Answer:
         """`refusal`: `_early_refusal`'s verdict, decided once per question in `answer_batch`."""
         started = time.perf_counter()
         generated_apart_ms = generation.elapsed_ms or 0.0 if generation else 0.0  # a concurrent batch's request
@@ -254,7 +259,7 @@ class Teacher:
         dense_scores = sorted((h.dense_score for h in retrieval.hits), reverse=True)
         top = dense_scores[0] if dense_scores else None
         margin = dense_scores[0] - dense_scores[1] if len(dense_scores) > 1 else None
-        messages = build_messages(query, evidence)
+        messages = prompt(query, evidence, turn)
         if refusal is not None:
             generation = Generation("")
         else:
@@ -282,6 +287,13 @@ class Teacher:
             nearest_topics=answerability.nearest_topics([h.chunk for h in retrieval.hits if not (
                 self.config.drop_flagged_chunks and h.chunk["injection_flag"])]) if refusal else [],
             unknown_names=self._unknown_names(query) if refusal == "unknown_name" else [])
+
+
+def prompt(query: str, evidence: list[dict], turn: Turn | None) -> list[dict]:
+    """What the LLM reads: the question, or for a rule rewrite the message after its earlier turns."""
+    if turn is not None and turn.method == "rules":
+        return build_messages(turn.message, evidence, turn.earlier)
+    return build_messages(query, evidence)
 
 
 TEACHERS: dict[str, Callable[[Workspace, Config], AnyTeacher]] = {  # teacher.backend -> its teacher; any other: Teacher.own_rag

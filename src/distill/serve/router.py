@@ -339,7 +339,7 @@ class Router:
         failed, checks, intent = self.check(query, scope, turn)
         router_ms = (time.perf_counter() - started) * 1000
         if self.config.router.mode == "shadow":
-            routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms), started, turn)
+            routed = self._finish(self._from_teacher(query, scope, failed or "shadow", checks, router_ms, turn), started, turn)
             if failed is None:  # what replay would have answered, checked against RAG's answer
                 self.shadow.submit({"trace_id": routed.trace_id, "query": query, "scope": scope,
                                     "student_version": self.version, "intent_id": intent["intent_id"],
@@ -374,7 +374,7 @@ class Router:
                 checks["student"] = routed.reason
             else:
                 failed, router_ms = routed.reason, routed.router_ms
-        return self._finish(self._from_teacher(query, scope, failed, checks, router_ms), started, turn)
+        return self._finish(self._from_teacher(query, scope, failed, checks, router_ms, turn), started, turn)
 
     def answer_batch(self, questions: list[tuple[str, str | None]]) -> list[RoutedAnswer]:
         """Answer several questions at once, in order; those the student takes share its batches."""
@@ -450,13 +450,14 @@ class Router:
                             cited_doc_versions=[{"doc_id": cited["doc_id"], "version": cited["version"]}],
                             evidence_ids=[c["chunk_id"] for c in evidence])
 
-    def _from_teacher(self, query: str, scope: str | None, reason: str, checks: dict, router_ms: float) -> RoutedAnswer:
+    def _from_teacher(self, query: str, scope: str | None, reason: str, checks: dict, router_ms: float,
+                      turn: Turn | None = None) -> RoutedAnswer:
         if reason == "input":
             return RoutedAnswer(query if isinstance(query, str) else "", scope, "", [], "rag", reason, checks,
                                 refused=True, router_ms=router_ms)
         began = time.perf_counter()
         with self._teacher_lock:
-            answer = self.teacher.answer(query, scope)
+            answer = self.teacher.answer(query, scope, turn)
         if self.gate is not None and not answer.refused:  # what a teacher answer costs, as it goes
             self.gate.saw_teacher(answer.latency_ms, answer.prompt_tokens, answer.completion_tokens)
         return RoutedAnswer(query, scope, answer.message, answer.citations, "rag", reason, checks,
