@@ -16,6 +16,7 @@ from distill.config import Config, IndexConfig
 from distill.errors import DistillError
 from distill.llm.http import RetryingClient
 from distill.rag.answers import Answer, cite, groundedness
+from distill.rag.conversation import Turn
 from distill.rag.index import Retrieval
 from distill.workspace import Workspace
 
@@ -130,7 +131,7 @@ class HttpTeacher:
         """Nothing to do: the team's RAG chooses its own evidence. Users' ratings still withdraw the
         answers and intents they rate wrong, in the router."""
 
-    def answer(self, query: str, scope: str | None = None, turn=None) -> Answer:
+    def answer(self, query: str, scope: str | None = None, turn: Turn | None = None) -> Answer:
         """`turn` is not sent: the team's RAG answers `query`, a rule rewrite's joined words included."""
         return self._ask((query, scope))
 
