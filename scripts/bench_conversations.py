@@ -35,6 +35,7 @@ bench/results/conversations-<data>-<half>.json.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import random
@@ -162,8 +163,8 @@ def run(data: str, per_group: int, half: str = "report", teacher: str = "extract
     examples = []
     workspace = Workspace(home)
     config = load_config(home, {"teacher": {"backend": teacher}})
-    methods: dict[str, int] = {}  # how the follow-ups were made standalone, and how many of each came from the right entry
-    right_by_method: dict[str, int] = {}
+    methods = collections.Counter()  # how the follow-ups were made standalone, and how many of each came from the right entry
+    right_by_method = collections.Counter()
     with Router.from_workspace(workspace, config, log=False, watch=False) as router:
         for c in dependent:
             first = router.answer(c["first"], c["scope"])
@@ -175,9 +176,8 @@ def run(data: str, per_group: int, half: str = "report", teacher: str = "extract
             alone = router.answer(c["follow_up"], c["scope"])
             together = router.answer(c["follow_up"], c["scope"], history)
             counts["rewritten"] += turn.method != "none"
-            method = together.turn.method
-            methods[method] = methods.get(method, 0) + 1
-            right_by_method[method] = right_by_method.get(method, 0) + (doc_of(together) == c["doc"])
+            methods[together.turn.method] += 1
+            right_by_method[together.turn.method] += doc_of(together) == c["doc"]
             for name, routed in (("standalone", standalone), ("alone", alone), ("conversation", together)):
                 counts[f"{name}_right"] += doc_of(routed) == c["doc"]
             counts["alone_wrong_served"] += alone.route in ("replay", "student") and doc_of(alone) != c["doc"]
@@ -198,7 +198,7 @@ def run(data: str, per_group: int, half: str = "report", teacher: str = "extract
             counts["self_wrong_served"] += routed.route in ("replay", "student") and doc_of(routed) != c["doc"]
     n, m = len(dependent), len(self_contained)
     added = sorted(added_ms)
-    result = {"data": data, "half": half, "teacher": teacher, "dependent": n, "rewrite_methods": methods, "right_by_method": right_by_method, "self_contained": m, **counts, "routes_with_conversation": routes,
+    result = {"data": data, "half": half, "teacher": teacher, "dependent": n, "rewrite_methods": dict(methods), "right_by_method": dict(right_by_method), "self_contained": m, **counts, "routes_with_conversation": routes,
               "right_share_of_standalone": counts["conversation_right"] / counts["standalone_right"]
               if counts["standalone_right"] else None,
               "added_ms_p50": round(statistics.median(added), 3), "added_ms_p90": round(added[int(0.9 * (len(added) - 1))], 3),
@@ -209,7 +209,7 @@ def run(data: str, per_group: int, half: str = "report", teacher: str = "extract
           f"({result['right_share_of_standalone'] or 0:.0%} of standalone)")
     print(f"  served by replay or the student from a wrong entry: last message only {counts['alone_wrong_served']}, "
           f"with the conversation {counts['conversation_wrong_served']}")
-    print(f"  dependent follow-ups rewritten: {counts['rewritten']}/{n} (with the conversation: {methods}, of which from the right entry {right_by_method}); routes {routes}")
+    print(f"  dependent follow-ups rewritten: {counts['rewritten']}/{n} (with the conversation: {dict(methods)}, of which from the right entry {dict(right_by_method)}); routes {routes}")
     print(f"  self-contained follow-ups rewritten: {counts['self_rewritten']}/{m}; from the right entry "
           f"{counts['self_right']}/{m}; wrong served {counts['self_wrong_served']}")
     print(f"  added by the rewrite: p50 {result['added_ms_p50']} ms, p90 {result['added_ms_p90']} ms")

@@ -162,11 +162,11 @@ def standalone_turn(message: str, history: list[dict] | None = None,
     digest = conversation_hash(history)
     own = set(content_words(message))
     recent = tuple(m["content"].strip() for m in history[-4:] if m["role"] == "user")
-    earlier = dict.fromkeys(w for text in recent for w in content_words(text)
-                            if w not in own)  # what the recent user turns named that the message does not
-    joined = " ".join([message.strip(), *earlier])
+    named = dict.fromkeys(w for text in recent for w in content_words(text)
+                          if w not in own)  # what the recent user turns named that the message does not
+    joined = " ".join([message.strip(), *named])
     signal = depends_on_conversation(message)
-    if signal is None and shifted is not None and earlier and refers_back(message) and shifted(message, joined):
+    if signal is None and shifted is not None and named and refers_back(message) and shifted(message, joined):
         signal = "evidence_shift"
     if signal is None:
         return Turn(message, message, "none", digest)
